@@ -1,0 +1,188 @@
+"""Settings: one TOML file plus `PLANTY_*` environment overrides, validated once at start.
+
+`load_settings()` is the only place that reads the environment or the config
+file. The result is a frozen `Settings` passed down to every component. A bad
+value raises `ConfigError` with one line naming the key, e.g.
+`config: api.port: Expected int <= 65535, got 70000`.
+
+Environment overrides are `PLANTY_<SECTION>_<KEY>` (e.g. `PLANTY_API_PORT=9000`,
+`PLANTY_MQTT_URL=mqtts://...`), plus `PLANTY_DATA_DIR` and `PLANTY_ADMIN_TOKEN`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and what is expected."""
+
+
+class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    data_dir: str = "./data"
+    broker_id: str = ""  # empty: generated once and stored in the data folder
+    name: str = "Planty Broker"
+    admin_token: str = ""  # PLANTY_ADMIN_TOKEN; empty: generated, written to data_dir/admin-token
+
+
+class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+
+
+class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Empty url: supervise our own Mosquitto. `mqtt://host:port` or `mqtts://host:port`:
+    # connect to an external MQTT server and manage nothing on it.
+    url: str = ""
+    username: str = ""  # for an external server
+    password: str = ""
+    # The device-facing TLS listener of the supervised Mosquitto.
+    bind: str = "0.0.0.0"  # noqa: S104 - devices connect over the network; TLS + auth
+    port: Port = 8883
+    public_host: str = ""  # host name devices use; empty: this machine's host name
+    # Loopback-only listener for the gateway's own privileged connection.
+    internal_port: Port = 18830
+    mosquitto_bin: str = "mosquitto"
+    # Plaintext device listener, only on loopback and only when asked (0 = none).
+    plaintext_loopback_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    topic_prefix: str = "planty/v1"
+    client_id: str = ""  # empty: "planty-gateway-<broker_id>"
+    keepalive_s: PositiveInt = 60
+    max_payload_bytes: PositiveInt = 64 * 1024
+    max_inflight: PositiveInt = 1000  # our own cap on unacked QoS 1 publishes
+    # Mosquitto's per-client queue; its default (1000) silently drops a persistent
+    # session's backlog, so a gateway restart under load would lose readings.
+    max_queued_messages: PositiveInt = 1_000_000
+
+
+class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = ""  # empty: sqlite file in the data folder; else a SQLAlchemy URL
+    batch_max: PositiveInt = 500
+    batch_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+
+
+class PresenceSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    default_interval_s: PositiveFloat = 60.0  # when a device did not declare interval_s
+    check_every_s: PositiveFloat = 1.0
+
+
+class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json: bool = False
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    gateway: GatewaySettings = GatewaySettings()
+    api: ApiSettings = ApiSettings()
+    mqtt: MqttSettings = MqttSettings()
+    store: StoreSettings = StoreSettings()
+    presence: PresenceSettings = PresenceSettings()
+    log: LogSettings = LogSettings()
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.gateway.data_dir).expanduser().resolve()
+
+    @property
+    def supervised_mqtt(self) -> bool:
+        return not self.mqtt.url
+
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.data_dir / 'planty.sqlite3'}"
+
+
+_SECTIONS = tuple(Settings.__struct_fields__)
+_SHORTCUTS = {
+    "PLANTY_DATA_DIR": ("gateway", "data_dir"),
+    "PLANTY_ADMIN_TOKEN": ("gateway", "admin_token"),
+}
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for key, value in env.items():
+        if not key.startswith("PLANTY_") or key == "PLANTY_CONFIG":
+            continue
+        if key in _SHORTCUTS:
+            section, field = _SHORTCUTS[key]
+        else:
+            rest = key[len("PLANTY_") :].lower()
+            section, _, field = rest.partition("_")
+            if section not in _SECTIONS or not field:
+                raise ConfigError(
+                    f"config: environment variable {key} matches no setting "
+                    f"(expected PLANTY_<{'|'.join(s.upper() for s in _SECTIONS)}>_<KEY>)"
+                )
+        out.setdefault(section, {})[field] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in over.items():
+        target = merged.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"config: {section} must be a table")
+        target.update(values)
+    return merged
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build the Settings once: file, then environment, then explicit (CLI) overrides."""
+    env = os.environ if env is None else env
+    path = config_file or env.get("PLANTY_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config: file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {p} is not valid TOML: {exc}") from None
+    data = _merge(data, _env_overrides(env))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        settings = msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config: {_readable(str(exc))}") from None
+    _check(settings)
+    return settings
+
+
+def _readable(message: str) -> str:
+    # msgspec says "Expected `int` <= 65535, got `70000` - at `$.api.port`"
+    text, sep, where = message.rpartition(" - at `$.")
+    if not sep:
+        return message
+    return f"{where.rstrip('`')}: {text.replace('`', '')}"
+
+
+def _check(s: Settings) -> None:
+    from planty_broker.protocol import Topics
+
+    try:
+        Topics(s.mqtt.topic_prefix)
+    except ValueError as exc:
+        raise ConfigError(f"config: mqtt.topic_prefix: {exc}") from None
+    if s.mqtt.url and not s.mqtt.url.startswith(("mqtt://", "mqtts://")):
+        raise ConfigError("config: mqtt.url: must start with mqtt:// or mqtts://")
+    if s.api.port in (s.mqtt.port, s.mqtt.internal_port) and s.supervised_mqtt:
+        raise ConfigError("config: api.port: must differ from mqtt.port and mqtt.internal_port")
+    if s.supervised_mqtt and s.mqtt.port == s.mqtt.internal_port:
+        raise ConfigError("config: mqtt.internal_port: must differ from mqtt.port")

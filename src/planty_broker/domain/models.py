@@ -1,0 +1,70 @@
+"""Domain values: devices, readings, presence. Pure data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class PresenceState(StrEnum):
+    """Presence as the broker knows it (issue 7 adds `late`; `unknown` while the broker was down)."""
+
+    UNKNOWN = "unknown"
+    ONLINE = "online"
+    LATE = "late"
+    OFFLINE = "offline"
+
+
+class PresenceCause(StrEnum):
+    """Why presence last changed."""
+
+    STATUS_ONLINE = "status_online"  # retained status online=true
+    LAST_WILL = "last_will"  # status online=false from the last will (or a clean goodbye)
+    SILENCE = "silence"  # nothing heard for the silence bound
+    MESSAGE = "message"  # any message from a device thought offline/late
+    GATEWAY_RESTART = "gateway_restart"  # state rebuilt after the broker itself was down
+    REMOVED = "removed"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A registered device as stored: identity, the hash of its token, what it declared."""
+
+    id: str
+    created_at_ms: int
+    token_hash: str
+    name: str | None = None
+    sensors: tuple[str, ...] = ()
+    actuators: tuple[str, ...] = ()
+    fw: str | None = None
+    interval_s: float | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One telemetry message: named values from a device at one moment."""
+
+    device_id: str
+    seq: int
+    ts_ms: int  # the device's clock when it sent `ts`, else arrival time
+    received_ms: int
+    values: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceTransition:
+    """A stored change of presence with its time and cause."""
+
+    device_id: str
+    state: PresenceState
+    at_ms: int
+    cause: PresenceCause
+
+
+def silence_bound_s(interval_s: float | None, keepalive_s: float, default_interval_s: float) -> float:
+    """PROTOCOL.md: offline after no message for max(3 x interval_s, 1.5 x keepalive)."""
+    interval = interval_s if interval_s and interval_s > 0 else default_interval_s
+    return max(3.0 * interval, 1.5 * keepalive_s)

@@ -1,0 +1,236 @@
+"""The device protocol, version 1: every topic and payload is built and parsed here.
+
+Nothing else in the code base builds a topic string or parses a device payload
+(see docs/protocol.md). Decoding is tolerant where PROTOCOL.md asks for it
+(unknown status fields and unknown reading names pass through) and strict
+everywhere else: a payload that cannot be trusted raises `ProtocolError` with a
+`kind` that the stats count per device.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+DEFAULT_PREFIX = "planty/v1"
+DEFAULT_MAX_PAYLOAD = 64 * 1024
+DEVICE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
+
+# Reading names with a fixed unit (PROTOCOL.md); other names are kept as they come.
+KNOWN_READINGS = ("temperature", "soil_moisture", "light", "humidity", "battery")
+BUILTIN_ACTIONS = ("ping", "read", "config")
+ACTUATOR_VERBS = ("on", "off", "set")
+
+
+class Channel(StrEnum):
+    """The last topic level: what kind of message travels on it."""
+
+    STATUS = "status"
+    TELEMETRY = "telemetry"
+    CMD = "cmd"
+    ACK = "ack"
+
+
+class ErrorKind(StrEnum):
+    """Why a device message was refused; each kind is counted per device."""
+
+    MALFORMED = "malformed_payload"  # not JSON, or not an object
+    SCHEMA = "bad_field_type"  # JSON, but a field has the wrong type or is missing
+    OVERSIZE = "oversize"
+    BAD_TOPIC = "bad_topic"
+    BAD_READING = "bad_reading"  # one reading value was not a number; the others are kept
+    UNKNOWN_DEVICE = "unknown_device"
+    UNKNOWN_COMMAND = "unknown_command_id"
+    ACK_TIMEOUT = "ack_timeout"
+    AUTH_REFUSED = "auth_refused"
+
+
+class ProtocolError(ValueError):
+    """A device message that cannot be used; `kind` says why, for the error counters."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# ---------------------------------------------------------------- payloads
+
+
+class Status(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Retained `status`: `{"online": false}` is the last will; the rest is optional."""
+
+    online: bool
+    fw: str | None = None
+    boot: int | None = None
+    sensors: tuple[str, ...] = ()
+    actuators: tuple[str, ...] = ()
+    interval_s: float | None = None
+    rssi: int | None = None
+    heap: int | None = None
+    uptime_s: int | None = None
+
+
+class Telemetry(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One telemetry message: a sequence number, an optional device clock, named numbers."""
+
+    seq: int
+    readings: dict[str, float]
+    ts: int | None = None
+
+
+class Command(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A command the broker sends on `cmd`; `exp` is the unix-ms deadline."""
+
+    id: str
+    action: str
+    args: dict[str, Any] = {}
+    exp: int | None = None
+
+
+class Ack(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A device's answer to a command, on `ack`."""
+
+    id: str
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class _RawTelemetry(msgspec.Struct, frozen=True):
+    seq: int
+    readings: dict[str, Any]
+    ts: int | None = None
+
+
+_status_decoder = msgspec.json.Decoder(Status)
+_telemetry_decoder = msgspec.json.Decoder(_RawTelemetry)
+_command_decoder = msgspec.json.Decoder(Command)
+_ack_decoder = msgspec.json.Decoder(Ack)
+_encoder = msgspec.json.Encoder()
+
+# ---------------------------------------------------------------- topics
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A parsed device topic."""
+
+    device_id: str
+    channel: Channel
+
+
+class Topics:
+    """Builds and parses topics under one prefix (default `planty/v1`)."""
+
+    __slots__ = ("_base", "_base_len", "prefix")
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        if not prefix or prefix.startswith("/") or prefix.endswith("/") or "+" in prefix or "#" in prefix:
+            raise ValueError(f"topic prefix {prefix!r} must be non-empty, without wildcards or edge slashes")
+        self.prefix = prefix
+        self._base = f"{prefix}/devices/"
+        self._base_len = len(self._base)
+
+    def device(self, device_id: str, channel: Channel) -> str:
+        return f"{self._base}{device_id}/{channel.value}"
+
+    def subscription(self, channel: Channel) -> str:
+        """Wildcard subscription for one channel of every device."""
+        return f"{self._base}+/{channel.value}"
+
+    def device_tree(self, device_id: str = "%u") -> str:
+        """The topic tree a device may use (`%u` for Mosquitto ACL patterns)."""
+        return f"{self._base}{device_id}/#"
+
+    def parse(self, topic: str) -> Topic:
+        if not topic.startswith(self._base):
+            raise ProtocolError(ErrorKind.BAD_TOPIC, f"topic {topic!r} is outside {self._base}")
+        rest = topic[self._base_len :]
+        device_id, sep, channel = rest.partition("/")
+        if not sep or "/" in channel:
+            raise ProtocolError(ErrorKind.BAD_TOPIC, f"topic {topic!r} is not devices/<id>/<channel>")
+        try:
+            ch = Channel(channel)
+        except ValueError:
+            raise ProtocolError(ErrorKind.BAD_TOPIC, f"unknown channel {channel!r}") from None
+        return Topic(device_id, ch)
+
+
+def valid_device_id(device_id: str) -> bool:
+    return DEVICE_ID_RE.fullmatch(device_id) is not None
+
+
+# ---------------------------------------------------------------- codec
+
+
+def _check_size(payload: bytes, max_bytes: int) -> None:
+    if len(payload) > max_bytes:
+        raise ProtocolError(ErrorKind.OVERSIZE, f"payload of {len(payload)} bytes exceeds {max_bytes}")
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], payload: bytes, what: str) -> Any:
+    try:
+        return decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(ErrorKind.SCHEMA, f"{what}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorKind.MALFORMED, f"{what}: {exc}") from None
+
+
+def decode_status(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Status:
+    _check_size(payload, max_bytes)
+    if not payload:  # an empty retained message clears status: treat as offline
+        return Status(online=False)
+    status: Status = _decode(_status_decoder, payload, "status")
+    return status
+
+
+def decode_telemetry(
+    payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD
+) -> tuple[Telemetry, list[str]]:
+    """Decode telemetry; returns it with the names of readings dropped for a non-number value."""
+    _check_size(payload, max_bytes)
+    raw: _RawTelemetry = _decode(_telemetry_decoder, payload, "telemetry")
+    readings: dict[str, float] = {}
+    dropped: list[str] = []
+    for name, value in raw.readings.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            readings[name] = float(value)
+        else:
+            dropped.append(name)
+    if raw.seq < 0:
+        raise ProtocolError(ErrorKind.SCHEMA, "telemetry: seq must be >= 0")
+    return Telemetry(seq=raw.seq, readings=readings, ts=raw.ts), dropped
+
+
+def decode_ack(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Ack:
+    _check_size(payload, max_bytes)
+    ack: Ack = _decode(_ack_decoder, payload, "ack")
+    return ack
+
+
+def decode_command(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Command:
+    """Used by the simulator (the device side)."""
+    _check_size(payload, max_bytes)
+    cmd: Command = _decode(_command_decoder, payload, "cmd")
+    return cmd
+
+
+def encode(msg: Status | Telemetry | Command | Ack) -> bytes:
+    return _encoder.encode(msg)
+
+
+def offline_will() -> bytes:
+    """The retained last will every device sets at CONNECT."""
+    return encode(Status(online=False))
+
+
+def split_action(action: str) -> tuple[str | None, str]:
+    """`pump.on` -> ("pump", "on"); `ping` -> (None, "ping")."""
+    actuator, dot, verb = action.rpartition(".")
+    return (actuator, verb) if dot else (None, action)
