@@ -130,8 +130,16 @@ class Topics:
     __slots__ = ("_base", "_base_len", "prefix")
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
-        if not prefix or prefix.startswith("/") or prefix.endswith("/") or "+" in prefix or "#" in prefix:
-            raise ValueError(f"topic prefix {prefix!r} must be non-empty, without wildcards or edge slashes")
+        if (
+            not prefix
+            or prefix.startswith("/")
+            or prefix.endswith("/")
+            or "+" in prefix
+            or "#" in prefix
+        ):
+            raise ValueError(
+                f"topic prefix {prefix!r} must be non-empty, without wildcards or edge slashes"
+            )
         self.prefix = prefix
         self._base = f"{prefix}/devices/"
         self._base_len = len(self._base)
@@ -153,7 +161,9 @@ class Topics:
         rest = topic[self._base_len :]
         device_id, sep, channel = rest.partition("/")
         if not sep or "/" in channel:
-            raise ProtocolError(ErrorKind.BAD_TOPIC, f"topic {topic!r} is not devices/<id>/<channel>")
+            raise ProtocolError(
+                ErrorKind.BAD_TOPIC, f"topic {topic!r} is not devices/<id>/<channel>"
+            )
         try:
             ch = Channel(channel)
         except ValueError:
@@ -170,7 +180,9 @@ def valid_device_id(device_id: str) -> bool:
 
 def _check_size(payload: bytes, max_bytes: int) -> None:
     if len(payload) > max_bytes:
-        raise ProtocolError(ErrorKind.OVERSIZE, f"payload of {len(payload)} bytes exceeds {max_bytes}")
+        raise ProtocolError(
+            ErrorKind.OVERSIZE, f"payload of {len(payload)} bytes exceeds {max_bytes}"
+        )
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], payload: bytes, what: str) -> Any:

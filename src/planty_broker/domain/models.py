@@ -8,7 +8,7 @@ from typing import Any
 
 
 class PresenceState(StrEnum):
-    """Presence as the broker knows it (issue 7 adds `late`; `unknown` while the broker was down)."""
+    """Presence as the broker knows it; `unknown` covers the time the broker itself was down."""
 
     UNKNOWN = "unknown"
     ONLINE = "online"
@@ -64,7 +64,9 @@ class PresenceTransition:
     cause: PresenceCause
 
 
-def silence_bound_s(interval_s: float | None, keepalive_s: float, default_interval_s: float) -> float:
+def silence_bound_s(
+    interval_s: float | None, keepalive_s: float, default_interval_s: float
+) -> float:
     """PROTOCOL.md: offline after no message for max(3 x interval_s, 1.5 x keepalive)."""
     interval = interval_s if interval_s and interval_s > 0 else default_interval_s
     return max(3.0 * interval, 1.5 * keepalive_s)

@@ -1,0 +1,84 @@
+"""Bearer-token authentication for the HTTP API.
+
+Tokens are compared by their SHA-256 digest with `hmac.compare_digest`
+(constant time); the plaintext admin token is never kept in memory beyond
+start-up, never logged. Scopes: `admin` (everything), `server` (devices,
+commands, events, rules), `read` (GET only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+
+class Scope(StrEnum):
+    ADMIN = "admin"
+    SERVER = "server"
+    READ = "read"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the token's id (or "admin") and its scope."""
+
+    token_id: str
+    scope: Scope
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_api_token(prefix: str = "pb") -> str:
+    """An API token: a readable prefix and 256 random bits."""
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+# Extra token sources (issue 4's token service) plug in here: digest -> Principal | None.
+TokenLookup = Callable[[str], Awaitable[Principal | None]]
+
+
+class Authenticator:
+    """Checks a bearer token against the admin token and any registered lookups."""
+
+    def __init__(self, admin_token: str) -> None:
+        self._admin_digest = digest(admin_token)
+        self.lookups: list[TokenLookup] = []
+
+    async def authenticate(self, token: str) -> Principal | None:
+        d = digest(token)
+        if hmac.compare_digest(d, self._admin_digest):
+            return Principal("admin", Scope.ADMIN)
+        for lookup in self.lookups:
+            principal = await lookup(d)
+            if principal is not None:
+                return principal
+        return None
+
+
+def ensure_admin_token(data_dir: Path, configured: str) -> tuple[str, Path | None]:
+    """The admin token: PLANTY_ADMIN_TOKEN, else generated once into data_dir/admin-token (0600).
+
+    Returns the token and the file it lives in (None when it came from the environment).
+    """
+    if configured:
+        return configured, None
+    path = data_dir / "admin-token"
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token, path
+    token = new_api_token("pb_admin")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token, path

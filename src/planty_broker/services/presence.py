@@ -1,0 +1,230 @@
+"""Presence: online / late / offline / unknown per device; transitions stored with time and cause.
+
+Online comes from the retained `status` (online: true) or any message; offline
+from the last will (`status` online: false) or from silence longer than
+`max(3 x interval_s, 1.5 x keepalive)`; late after 1.5 intervals without a
+message. While the gateway itself is down nobody knows: on start, devices that
+were online get an `unknown` transition at the last heartbeat, and the retained
+statuses (delivered on subscribe) rebuild the truth. Never "everyone online".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from planty_broker.domain.models import (
+    PresenceCause,
+    PresenceState,
+    PresenceTransition,
+    silence_bound_s,
+)
+from planty_broker.services.bus import Bus, DevicesChanged, PresenceChanged
+from planty_broker.services.registry import DeviceRegistry, now_ms
+from planty_broker.storage.port import Store
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_KEY = "gateway.heartbeat_ms"
+HEARTBEAT_EVERY_S = 5.0
+RESTART_GRACE_S = 5.0  # how long retained statuses get to arrive after a (re)start
+
+
+@dataclass(slots=True)
+class Presence:
+    state: PresenceState
+    since_ms: int
+    cause: PresenceCause
+    last_seen_ms: int | None = None
+    interval_s: float | None = None
+
+
+class PresenceService:
+    """Tracks presence in memory, persists transitions, publishes PresenceChanged."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        registry: DeviceRegistry,
+        *,
+        keepalive_s: float,
+        default_interval_s: float,
+        check_every_s: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._registry = registry
+        self._keepalive_s = keepalive_s
+        self._default_interval_s = default_interval_s
+        self._check_every_s = check_every_s
+        self._presence: dict[str, Presence] = {}
+        self._pending: list[PresenceTransition] = []
+        self._flushed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started_ms = 0
+        bus.subscribe(DevicesChanged, self._on_devices_changed)
+
+    def get(self, device_id: str) -> Presence | None:
+        return self._presence.get(device_id)
+
+    def online_count(self) -> int:
+        return sum(
+            1
+            for p in self._presence.values()
+            if p.state in (PresenceState.ONLINE, PresenceState.LATE)
+        )
+
+    async def start(self) -> None:
+        self._started_ms = now_ms()
+        last = await self._store.last_presence()
+        heartbeat = await self._store.get_meta(HEARTBEAT_KEY)
+        down_at = int(heartbeat) if isinstance(heartbeat, (int, float)) else self._started_ms
+        for device in self._registry.all():
+            prev = last.get(device.id)
+            if prev is None:
+                self._presence[device.id] = Presence(
+                    PresenceState.UNKNOWN,
+                    self._started_ms,
+                    PresenceCause.GATEWAY_RESTART,
+                    interval_s=device.interval_s,
+                )
+            elif prev.state in (PresenceState.ONLINE, PresenceState.LATE):
+                # We were down: from the last heartbeat on, nobody knows.
+                at = max(prev.at_ms, down_at)
+                self._presence[device.id] = Presence(
+                    PresenceState.UNKNOWN,
+                    at,
+                    PresenceCause.GATEWAY_RESTART,
+                    interval_s=device.interval_s,
+                )
+                self._pending.append(
+                    PresenceTransition(
+                        device.id, PresenceState.UNKNOWN, at, PresenceCause.GATEWAY_RESTART
+                    )
+                )
+            else:
+                self._presence[device.id] = Presence(
+                    prev.state, prev.at_ms, prev.cause, interval_s=device.interval_s
+                )
+        await self.flush()
+        await self._store.set_meta(HEARTBEAT_KEY, self._started_ms)
+        self._tasks = [
+            asyncio.create_task(self._check_loop(), name="presence-check"),
+            asyncio.create_task(self._heartbeat_loop(), name="presence-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.flush()
+        await self._store.set_meta(HEARTBEAT_KEY, now_ms())
+
+    # ------------------------------------------------------------ inputs
+
+    def on_status(self, device_id: str, online: bool, interval_s: float | None, at_ms: int) -> None:
+        p = self._ensure(device_id)
+        if interval_s:
+            p.interval_s = interval_s
+        if online:
+            p.last_seen_ms = at_ms
+            self._set(device_id, p, PresenceState.ONLINE, PresenceCause.STATUS_ONLINE, at_ms)
+        else:
+            self._set(device_id, p, PresenceState.OFFLINE, PresenceCause.LAST_WILL, at_ms)
+
+    def on_activity(self, device_id: str, at_ms: int) -> None:
+        """Any message (telemetry, ack) proves the device is there."""
+        p = self._presence.get(device_id)
+        if p is None:
+            p = self._ensure(device_id)
+        p.last_seen_ms = at_ms
+        if p.state is not PresenceState.ONLINE:
+            self._set(device_id, p, PresenceState.ONLINE, PresenceCause.MESSAGE, at_ms)
+
+    def mark(self, device_id: str, state: PresenceState, cause: PresenceCause) -> None:
+        self._set(device_id, self._ensure(device_id), state, cause, now_ms())
+
+    # ------------------------------------------------------------ internals
+
+    def _ensure(self, device_id: str) -> Presence:
+        p = self._presence.get(device_id)
+        if p is None:
+            p = Presence(PresenceState.UNKNOWN, now_ms(), PresenceCause.GATEWAY_RESTART)
+            self._presence[device_id] = p
+        return p
+
+    def _set(
+        self, device_id: str, p: Presence, state: PresenceState, cause: PresenceCause, at_ms: int
+    ) -> None:
+        if p.state is state:
+            return
+        previous = p.state
+        p.state, p.since_ms, p.cause = state, at_ms, cause
+        t = PresenceTransition(device_id, state, at_ms, cause)
+        self._pending.append(t)
+        log.info(
+            "device %s is %s (%s)",
+            device_id,
+            state.value,
+            cause.value,
+            extra={"device_id": device_id},
+        )
+        self._bus.publish(PresenceChanged(t, previous.value))
+
+    def _on_devices_changed(self, event: DevicesChanged) -> None:
+        if event.change == "removed":
+            self._presence.pop(event.device_id, None)
+        elif event.change == "added":
+            self._ensure(event.device_id)
+
+    async def flush(self) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._store.append_presence(batch)
+            except Exception:
+                self._pending[:0] = batch  # keep them; retried on the next check
+                raise
+
+    def check(self, at_ms: int) -> None:
+        """Apply silence, lateness and the restart grace period at time `at_ms`."""
+        grace_over = at_ms - self._started_ms >= RESTART_GRACE_S * 1000
+        for device_id, p in self._presence.items():
+            if p.state is PresenceState.UNKNOWN:
+                if grace_over and p.last_seen_ms is None:
+                    self._set(
+                        device_id, p, PresenceState.OFFLINE, PresenceCause.GATEWAY_RESTART, at_ms
+                    )
+                continue
+            if p.state is PresenceState.OFFLINE or p.last_seen_ms is None:
+                continue
+            silent_ms = at_ms - p.last_seen_ms
+            bound = silence_bound_s(p.interval_s, self._keepalive_s, self._default_interval_s)
+            if silent_ms > bound * 1000:
+                self._set(device_id, p, PresenceState.OFFLINE, PresenceCause.SILENCE, at_ms)
+            elif p.state is PresenceState.ONLINE:
+                interval = p.interval_s or self._default_interval_s
+                if silent_ms > 1.5 * interval * 1000:
+                    self._set(device_id, p, PresenceState.LATE, PresenceCause.SILENCE, at_ms)
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_every_s)
+            self.check(now_ms())
+            try:
+                await self.flush()
+            except Exception as exc:
+                log.warning("cannot store presence transitions yet (%s); will retry", exc)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+            try:
+                await self._store.set_meta(HEARTBEAT_KEY, now_ms())
+            except Exception as exc:
+                log.warning("cannot store the heartbeat (%s); will retry", exc)

@@ -1,0 +1,141 @@
+"""Device registry: who the devices are, their credentials (hashed), what they declared.
+
+The store is the source of truth; the registry keeps every record in memory
+for the hot path (an unknown-device check is a dict lookup) and publishes
+`DevicesChanged` so the MQTT server's password file follows the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from planty_broker.domain.models import DeviceRecord
+from planty_broker.protocol import Status, valid_device_id
+from planty_broker.services.bus import Bus, DevicesChanged
+from planty_broker.storage.port import DeviceExistsError, Store
+
+log = logging.getLogger(__name__)
+
+TokenHasher = Callable[[str], str]
+
+# Names the gateway itself uses on the MQTT server: never a device id.
+RESERVED_IDS = frozenset({"planty-gateway", "planty-claim", "planty-observer"})
+
+
+class RegistryError(Exception):
+    """Root of registry errors."""
+
+
+class InvalidDeviceIdError(RegistryError, ValueError):
+    pass
+
+
+class UnknownDeviceError(RegistryError, KeyError):
+    def __str__(self) -> str:
+        return f"no device with id {self.args[0]!r}"
+
+
+class DeviceAlreadyExistsError(RegistryError):
+    pass
+
+
+def new_token() -> str:
+    """A device token: 192 random bits, URL-safe."""
+    return secrets.token_urlsafe(24)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class DeviceRegistry:
+    """In-memory view of the registered devices, written through to the store."""
+
+    def __init__(self, store: Store, bus: Bus, hash_token: TokenHasher) -> None:
+        self._store = store
+        self._bus = bus
+        self._hash = hash_token
+        self._devices: dict[str, DeviceRecord] = {}
+        # Awaited after every credential change, before the caller gets the token: the MQTT
+        # server's password file is current by then, so a new device can connect at once.
+        self.credentials_hook: Callable[[], Awaitable[None]] | None = None
+
+    async def load(self) -> None:
+        self._devices = {d.id: d for d in await self._store.list_devices()}
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._devices
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def get(self, device_id: str) -> DeviceRecord | None:
+        return self._devices.get(device_id)
+
+    def require(self, device_id: str) -> DeviceRecord:
+        device = self._devices.get(device_id)
+        if device is None:
+            raise UnknownDeviceError(device_id)
+        return device
+
+    def all(self) -> list[DeviceRecord]:
+        return sorted(self._devices.values(), key=lambda d: d.id)
+
+    def credentials(self) -> dict[str, str]:
+        """username -> password hash, for the MQTT server's password file."""
+        return {d.id: d.token_hash for d in self._devices.values()}
+
+    async def add(self, device_id: str, name: str | None = None) -> tuple[DeviceRecord, str]:
+        """Register a device; returns its record and its token (shown once, stored hashed)."""
+        if not valid_device_id(device_id) or device_id in RESERVED_IDS:
+            raise InvalidDeviceIdError(
+                f"device id {device_id!r} is invalid: use 3-64 characters a-z, 0-9 and '-', "
+                "starting with a letter or digit"
+            )
+        if device_id in self._devices:
+            raise DeviceAlreadyExistsError(f"device {device_id!r} is already registered")
+        token = new_token()
+        record = DeviceRecord(
+            id=device_id, created_at_ms=now_ms(), token_hash=self._hash(token), name=name
+        )
+        try:
+            await self._store.add_device(record)
+        except DeviceExistsError:
+            raise DeviceAlreadyExistsError(f"device {device_id!r} is already registered") from None
+        self._devices[device_id] = record
+        await self._credentials_changed()
+        log.info("device registered", extra={"device_id": device_id})
+        self._bus.publish(DevicesChanged(device_id, "added"))
+        return record, token
+
+    async def remove(self, device_id: str) -> None:
+        self.require(device_id)
+        await self._store.remove_device(device_id)
+        del self._devices[device_id]
+        await self._credentials_changed()
+        log.info("device removed", extra={"device_id": device_id})
+        self._bus.publish(DevicesChanged(device_id, "removed"))
+
+    async def _credentials_changed(self) -> None:
+        if self.credentials_hook is not None:
+            await self.credentials_hook()
+
+    async def note_status(self, device_id: str, status: Status) -> None:
+        """Keep what the device declared (sensors, actuators, firmware, interval)."""
+        device = self._devices.get(device_id)
+        if device is None or not status.online:
+            return
+        updated = dataclasses.replace(
+            device,
+            sensors=tuple(status.sensors) or device.sensors,
+            actuators=tuple(status.actuators) or device.actuators,
+            fw=status.fw or device.fw,
+            interval_s=status.interval_s or device.interval_s,
+        )
+        if updated != device:
+            self._devices[device_id] = updated
+            await self._store.update_device(updated)
