@@ -1,0 +1,182 @@
+"""In-memory `Store`: the fast fake for unit tests, behaving exactly like `SqlStore`.
+
+Same ordering, bounds, cascade on removal, dropping of rows for unknown devices,
+JSON round-trip of stored values (a tuple comes back as a list) and the same errors
+when used before `open()` or after `close()`. Data outlives close/open of one
+instance, like a file would.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import msgspec
+
+from planty_broker.domain.models import DeviceRecord, PresenceTransition, Reading
+from planty_broker.storage.port import DeviceExistsError, Store, StoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+def _json_copy(value: Any) -> Any:
+    """What a JSON column gives back: a deep copy with JSON types only."""
+    return msgspec.json.decode(msgspec.json.encode(value))
+
+
+def _copy_device(d: DeviceRecord) -> DeviceRecord:
+    return replace(
+        d,
+        sensors=tuple(_json_copy(list(d.sensors))),
+        actuators=tuple(_json_copy(list(d.actuators))),
+        attrs=_json_copy(d.attrs),
+    )
+
+
+def _in_range(t: int, since_ms: int | None, until_ms: int | None) -> bool:
+    return (since_ms is None or t >= since_ms) and (until_ms is None or t <= until_ms)
+
+
+class MemoryStore:
+    """The `Store` port in dictionaries; an async context manager (open/close)."""
+
+    def __init__(self) -> None:
+        self._open = False
+        self._devices: dict[str, DeviceRecord] = {}
+        # Per device, kept sorted by (time, insertion number): ties keep arrival order.
+        self._readings: dict[str, list[tuple[int, int, Reading]]] = {}
+        self._presence: dict[str, list[tuple[int, int, PresenceTransition]]] = {}
+        self._meta: dict[str, Any] = {}
+        self._next_id = 0
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    def _check(self) -> None:
+        if not self._open:
+            raise StoreUnavailableError("the memory store is not open: call open() first")
+
+    # devices ------------------------------------------------------------------
+
+    async def add_device(self, device: DeviceRecord) -> None:
+        self._check()
+        if device.id in self._devices:
+            raise DeviceExistsError(f"device {device.id!r} is already registered")
+        self._devices[device.id] = _copy_device(device)
+
+    async def get_device(self, device_id: str) -> DeviceRecord | None:
+        self._check()
+        found = self._devices.get(device_id)
+        return None if found is None else _copy_device(found)
+
+    async def list_devices(self) -> list[DeviceRecord]:
+        self._check()
+        return [_copy_device(d) for _, d in sorted(self._devices.items())]
+
+    async def update_device(self, device: DeviceRecord) -> None:
+        """Replace the record; a device removed meanwhile stays removed (no-op)."""
+        self._check()
+        if device.id in self._devices:
+            self._devices[device.id] = _copy_device(device)
+
+    async def remove_device(self, device_id: str) -> bool:
+        self._check()
+        self._readings.pop(device_id, None)
+        self._presence.pop(device_id, None)
+        return self._devices.pop(device_id, None) is not None
+
+    # telemetry ----------------------------------------------------------------
+
+    def _known(self, ids: set[str], kind: str) -> set[str]:
+        unknown = ids - self._devices.keys()
+        if unknown:
+            log.warning(
+                "dropped %s rows of unknown (removed) devices: %s",
+                kind,
+                ", ".join(sorted(unknown)[:10]),
+            )
+        return ids - unknown
+
+    async def append_readings(self, readings: Sequence[Reading]) -> None:
+        """Readings of devices removed meanwhile are dropped, the others kept."""
+        self._check()
+        known = self._known({r.device_id for r in readings}, "readings")
+        for r in readings:
+            if r.device_id in known:
+                self._next_id += 1
+                stored = replace(r, values=_json_copy(r.values))
+                rows = self._readings.setdefault(r.device_id, [])
+                bisect.insort(rows, (r.ts_ms, self._next_id, stored), key=lambda x: x[:2])
+
+    async def query_readings(
+        self, device_id: str, since_ms: int | None, until_ms: int | None, limit: int
+    ) -> list[Reading]:
+        """Readings with since_ms <= ts_ms <= until_ms (either bound optional), newest last."""
+        self._check()
+        if limit <= 0:
+            return []
+        rows = self._readings.get(device_id, [])
+        found = [r for t, _, r in rows if _in_range(t, since_ms, until_ms)]
+        return [replace(r, values=_json_copy(r.values)) for r in found[-limit:]]
+
+    async def latest_readings(self) -> dict[str, Reading]:
+        self._check()
+        return {
+            d: replace(rows[-1][2], values=_json_copy(rows[-1][2].values))
+            for d, rows in self._readings.items()
+            if rows
+        }
+
+    # presence -----------------------------------------------------------------
+
+    async def append_presence(self, transitions: Sequence[PresenceTransition]) -> None:
+        """Transitions of devices removed meanwhile are dropped, the others kept."""
+        self._check()
+        known = self._known({t.device_id for t in transitions}, "presence")
+        for t in transitions:
+            if t.device_id in known:
+                self._next_id += 1
+                rows = self._presence.setdefault(t.device_id, [])
+                bisect.insort(rows, (t.at_ms, self._next_id, t), key=lambda x: x[:2])
+
+    async def last_presence(self) -> dict[str, PresenceTransition]:
+        self._check()
+        return {d: rows[-1][2] for d, rows in self._presence.items() if rows}
+
+    async def presence_history(
+        self, device_id: str, since_ms: int | None, until_ms: int | None
+    ) -> list[PresenceTransition]:
+        """Transitions with since_ms <= at_ms <= until_ms (either bound optional), oldest first."""
+        self._check()
+        rows = self._presence.get(device_id, [])
+        return [t for at, _, t in rows if _in_range(at, since_ms, until_ms)]
+
+    # meta ---------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> Any | None:
+        self._check()
+        return _json_copy(self._meta.get(key))
+
+    async def set_meta(self, key: str, value: Any) -> None:
+        self._check()
+        self._meta[key] = _json_copy(value)
+
+
+if TYPE_CHECKING:
+    _port_check: Store = MemoryStore()
