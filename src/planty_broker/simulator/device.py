@@ -1,0 +1,476 @@
+"""`SimDevice`: one virtual ESP32 that speaks PROTOCOL.md over a real MQTT connection.
+
+Lifecycle: `start()` boots it (boot counter + 1 after the first, `seq` back to 0)
+and keeps it connected, reconnecting with jittered exponential backoff;
+`stop()` says goodbye (retained offline status, clean DISCONNECT); `kill()` is a
+power cut (TCP dropped without DISCONNECT, so the broker publishes the last will).
+Every publish is QoS 1 and counted twice: when sent and when PUBACKed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, Self
+
+from planty_broker.protocol import (
+    Ack,
+    Channel,
+    ProtocolError,
+    Status,
+    Telemetry,
+    Topics,
+    decode_command,
+    encode,
+    offline_will,
+)
+from planty_broker.simulator.firmware import ActuatorState, Execution, Firmware
+from planty_broker.simulator.link import Kind, LinkError, MqttLink
+from planty_broker.simulator.plant import PlantModel
+from planty_broker.simulator.profile import DeviceCredentials, DeviceProfile, Faults
+
+log = logging.getLogger(__name__)
+
+# Bad telemetry for bad-input tests, sent in turn by `Faults.malformed_every`.
+MALFORMED_PAYLOADS: tuple[bytes, ...] = (
+    b"{not json",
+    b"[1, 2, 3]",
+    b'{"seq": "seven", "readings": {"temperature": 20.5}}',
+    b'{"readings": {"temperature": 20.5}}',
+    b'{"seq": -1, "readings": {"temperature": 20.5}}',
+    b"\xff\xfe\x00 not utf-8",
+)
+_COUNTER_NAME = {Kind.STATUS: "status", Kind.TELEMETRY: "telemetry", Kind.ACK: "acks"}
+
+
+class DeviceState(StrEnum):
+    """Where the device is in its life."""
+
+    OFF = "off"  # never started, stopped, or killed
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    WAITING = "waiting"  # backing off before the next connect attempt
+
+
+class DeviceOfflineError(TimeoutError):
+    """The device did not come online in time; the message carries the last connect error."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStats:
+    """Counters over the device object's life; `*_acked` means PUBACK received from the server."""
+
+    connects: int = 0
+    connect_failures: int = 0
+    disconnects: int = 0  # connections lost without stop()/kill()
+    status_published: int = 0
+    status_acked: int = 0
+    telemetry_published: int = 0
+    telemetry_acked: int = 0
+    telemetry_dropped: int = 0  # Faults.telemetry_drop_rate: seq taken, nothing sent
+    telemetry_skipped: int = 0  # tick while offline or with the in-flight window full
+    malformed_published: int = 0
+    malformed_acked: int = 0
+    acks_published: int = 0
+    acks_acked: int = 0
+    acks_withheld: int = 0  # Faults.ack=False, silent, or no link when the ack was due
+    commands_received: int = 0
+    commands_executed: int = 0
+    commands_duplicate: int = 0
+    commands_expired: int = 0
+    commands_refused: int = 0  # acked ok=false for another reason than expiry
+    commands_dropped: int = 0  # Faults.drop_rate or silent: never seen by the firmware
+    commands_malformed: int = 0  # undecodable cmd payloads
+
+
+class SimDevice:
+    """One simulated device; use as `async with SimDevice(creds, profile) as dev:`."""
+
+    def __init__(
+        self,
+        credentials: DeviceCredentials,
+        profile: DeviceProfile | None = None,
+        *,
+        topics: Topics | None = None,
+        connect_gate: asyncio.Semaphore | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.credentials = credentials
+        self.profile = profile or DeviceProfile()
+        self.faults: Faults = self.profile.faults  # assign a new Faults to change behaviour live
+        self._topics = topics or Topics()
+        self._gate = connect_gate
+        self._rng = random.Random(seed)  # noqa: S311 - simulation noise, not security
+        self._clock = clock
+        plant_rng = random.Random(None if seed is None else seed + 1)  # noqa: S311
+        plant = PlantModel(rng=plant_rng, time_scale=self.profile.time_scale)
+        self._fw = Firmware(
+            self.profile.sensors,
+            self.profile.actuators,
+            float(self.profile.interval_s),
+            clock,
+            self.profile.dedup_memory,
+            plant,
+        )
+        self._status_topic = self._topics.device(credentials.device_id, Channel.STATUS)
+        self._telemetry_topic = self._topics.device(credentials.device_id, Channel.TELEMETRY)
+        self._cmd_topic = self._topics.device(credentials.device_id, Channel.CMD)
+        self._ack_topic = self._topics.device(credentials.device_id, Channel.ACK)
+        self._counts: Counter[str] = Counter()
+        self._state = DeviceState.OFF
+        self._task: asyncio.Task[None] | None = None
+        self._link: MqttLink | None = None
+        self._online = asyncio.Event()
+        self._window = asyncio.Event()  # set on every PUBACK: room in the in-flight window
+        self._reschedule = asyncio.Event()  # set when `config` changed interval_s
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._boot = self.profile.first_boot - 1
+        self._seq = 0
+        self._ticks = 0
+        self._silent = False
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------ read-only views
+
+    @property
+    def device_id(self) -> str:
+        return self.credentials.device_id
+
+    @property
+    def state(self) -> DeviceState:
+        return self._state
+
+    @property
+    def boot(self) -> int:
+        return self._boot
+
+    @property
+    def next_seq(self) -> int:
+        """The `seq` the next telemetry message of this boot will carry."""
+        return self._seq
+
+    @property
+    def interval_s(self) -> float:
+        return self._fw.interval_s
+
+    @property
+    def silent(self) -> bool:
+        return self._silent
+
+    @property
+    def inflight(self) -> int:
+        return self._link.inflight if self._link is not None else 0
+
+    @property
+    def stats(self) -> DeviceStats:
+        return DeviceStats(**{f.name: self._counts[f.name] for f in fields(DeviceStats)})
+
+    def executions(
+        self, *, command_id: str | None = None, action: str | None = None
+    ) -> list[Execution]:
+        """Actions that really ran, oldest first, optionally filtered."""
+        return [
+            e
+            for e in self._fw.log
+            if (command_id is None or e.command_id == command_id)
+            and (action is None or e.action == action)
+        ]
+
+    def actuator(self, name: str) -> ActuatorState:
+        return self._fw.actuator(name)
+
+    def readings(self) -> dict[str, float]:
+        """What the sensors read right now."""
+        return self._fw.readings()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Boot the device and keep it connected in the background (returns at once)."""
+        if self._task is not None:
+            return
+        self._boot += 1
+        self._seq = 0
+        self._fw.power_cycle()
+        self._task = asyncio.create_task(self._run(), name=f"sim-device-{self.device_id}")
+
+    async def wait_online(self, timeout_s: float = 10.0) -> None:
+        """Wait until connected and status published; else `DeviceOfflineError` with the reason."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._online.wait()
+        except TimeoutError:
+            why = self.last_error or f"state {self._state.value}"
+            raise DeviceOfflineError(
+                f"{self.device_id} not online after {timeout_s:g} s: {why}"
+            ) from None
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Graceful shutdown: retained `{"online": false}`, wait for its PUBACK, DISCONNECT."""
+        link = self._link
+        await self._halt()
+        if link is not None and link.connected:
+            self._publish(link, self._status_topic, offline_will(), Kind.STATUS, retain=True)
+            await link.wait_acked(timeout_s)
+            await link.close()
+
+    async def kill(self) -> None:
+        """Power cut: the TCP connection drops without DISCONNECT and the last will fires."""
+        if self._link is not None:
+            self._link.abort()
+        await self._halt()
+
+    def drop_connection(self) -> None:
+        """Network blip: drop the TCP link (the last will fires); the device reconnects."""
+        if self._link is not None:
+            self._link.abort()
+
+    def go_silent(self) -> None:
+        """Stay connected (keepalive continues) but publish nothing and ignore commands."""
+        self._silent = True
+
+    def resume(self) -> None:
+        self._silent = False
+
+    async def _halt(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        self._link = None
+        self._online.clear()
+        self._state = DeviceState.OFF
+
+    # ------------------------------------------------------------ connection loop
+
+    async def _run(self) -> None:
+        try:
+            await self._connect_loop()
+        except Exception as exc:  # a bug here must show, not leave a silently dead device
+            log.exception("simulated device %s crashed", self.device_id)
+            self.last_error = f"crashed: {exc!r}"
+            if self._link is not None:
+                self._link.abort()
+            self._state = DeviceState.OFF
+
+    async def _connect_loop(self) -> None:
+        attempt = 0
+        while True:
+            if attempt:
+                self._state = DeviceState.WAITING
+                await asyncio.sleep(self._backoff(attempt))
+            self._state = DeviceState.CONNECTING
+            link = MqttLink(
+                self.device_id,
+                self.credentials.token,
+                will_topic=self._status_topic,
+                will_payload=offline_will(),
+                clean_session=self.profile.clean_session,
+                on_message=self._on_message,
+                on_acked=self._on_acked,
+            )
+            try:
+                async with self._gate if self._gate is not None else contextlib.nullcontext():
+                    await link.connect(
+                        self.credentials.host,
+                        self.credentials.port,
+                        self.credentials.ssl_context(),
+                        self.profile.keepalive_s,
+                        self.profile.connect_timeout_s,
+                    )
+            except LinkError as exc:
+                self.last_error = str(exc)
+                self._counts["connect_failures"] += 1
+                attempt += 1
+                continue
+            attempt = 1  # after a lost connection, wait a little before reconnecting
+            self.last_error = None
+            self._counts["connects"] += 1
+            self._link = link
+            link.subscribe(self._cmd_topic)  # before status: the broker sends queued commands on it
+            self._publish_status(link)
+            self._state = DeviceState.ONLINE
+            self._online.set()
+            ticker = asyncio.create_task(
+                self._telemetry_loop(link), name=f"sim-tick-{self.device_id}"
+            )
+            try:
+                await link.lost.wait()
+            finally:
+                ticker.cancel()
+                self._online.clear()
+            self._counts["disconnects"] += 1
+            self._link = None
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(
+            self.profile.reconnect_max_s, self.profile.reconnect_min_s * 2 ** (attempt - 1)
+        )
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    # ------------------------------------------------------------ publishing
+
+    def _publish(
+        self, link: MqttLink, topic: str, payload: bytes, kind: Kind, *, retain: bool = False
+    ) -> bool:
+        sent = link.publish(topic, payload, kind, retain=retain)
+        if sent:
+            self._counts[f"{_COUNTER_NAME.get(kind, kind.value)}_published"] += 1
+        return sent
+
+    def _on_acked(self, kind: Kind, _latency_s: float) -> None:
+        self._counts[f"{_COUNTER_NAME.get(kind, kind.value)}_acked"] += 1
+        self._window.set()
+
+    def _publish_status(self, link: MqttLink) -> None:
+        interval = self._fw.interval_s
+        status = Status(
+            online=True,
+            fw=self.profile.fw,
+            boot=self._boot,
+            sensors=self.profile.sensors,
+            actuators=self.profile.actuators,
+            interval_s=int(interval) if interval.is_integer() else interval,
+            rssi=self.profile.rssi + self._rng.randint(-3, 3),
+        )
+        self._publish(link, self._status_topic, encode(status), Kind.STATUS, retain=True)
+
+    def publish_telemetry(self) -> int | None:
+        """Publish one telemetry message now; returns its `seq`, or None if it could not go out."""
+        link = self._link
+        if link is None or self._silent or link.inflight >= self.profile.max_inflight:
+            self._counts["telemetry_skipped"] += 1
+            return None
+        faults = self.faults
+        self._ticks += 1
+        if faults.malformed_every and self._ticks % faults.malformed_every == 0:
+            bad = MALFORMED_PAYLOADS[
+                (self._ticks // faults.malformed_every - 1) % len(MALFORMED_PAYLOADS)
+            ]
+            self._publish(link, self._telemetry_topic, bad, Kind.MALFORMED)
+            return None
+        seq = self._seq
+        self._seq += 1
+        if faults.telemetry_drop_rate and self._rng.random() < faults.telemetry_drop_rate:
+            self._counts["telemetry_dropped"] += 1
+            return None
+        ts = int(self._clock() * 1000) if self.profile.send_ts else None
+        msg = Telemetry(seq=seq, readings=self._fw.readings(), ts=ts)
+        return (
+            seq if self._publish(link, self._telemetry_topic, encode(msg), Kind.TELEMETRY) else None
+        )
+
+    async def burst(self, count: int) -> int:
+        """Publish `count` telemetry messages as fast as the in-flight window allows (bench)."""
+        sent = 0
+        while sent < count:
+            link = self._link
+            if link is None:
+                await self._online.wait()
+                continue
+            if link.inflight >= self.profile.max_inflight:
+                self._window.clear()
+                await self._window.wait()
+                continue
+            if self.publish_telemetry() is not None:
+                sent += 1
+        return sent
+
+    async def wait_acked(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every publish on the current connection has its PUBACK."""
+        link = self._link
+        return link is None or await link.wait_acked(timeout_s)
+
+    async def _telemetry_loop(self, link: MqttLink) -> None:
+        try:
+            await self._tick_forever(link)
+        except Exception:
+            log.exception("telemetry of simulated device %s crashed; reconnecting", self.device_id)
+            link.abort()
+
+    async def _tick_forever(self, link: MqttLink) -> None:
+        loop = asyncio.get_running_loop()
+        # A random phase so that a fleet started at once does not publish in lockstep.
+        due = loop.time() + self._rng.uniform(0, min(self._fw.interval_s, 1.0))
+        while not link.lost.is_set():
+            try:
+                async with asyncio.timeout_at(due):
+                    await self._reschedule.wait()
+                self._reschedule.clear()
+                due = loop.time() + self._fw.interval_s
+                continue
+            except TimeoutError:
+                pass
+            if not self._silent:
+                self.publish_telemetry()
+            due = max(due + self._fw.interval_s, loop.time())
+
+    # ------------------------------------------------------------ commands
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic != self._cmd_topic:
+            return
+        self._counts["commands_received"] += 1
+        if self._silent or (self.faults.drop_rate and self._rng.random() < self.faults.drop_rate):
+            self._counts["commands_dropped"] += 1
+            return
+        try:
+            cmd = decode_command(payload)
+        except ProtocolError:
+            self._counts["commands_malformed"] += 1
+            return
+        outcome = self._fw.handle(cmd)
+        if outcome.duplicate:
+            self._counts["commands_duplicate"] += 1
+        elif outcome.expired:
+            self._counts["commands_expired"] += 1
+        elif outcome.executed:
+            self._counts["commands_executed"] += 1
+        else:
+            self._counts["commands_refused"] += 1
+        if outcome.auto_off_at is not None:
+            self._later(outcome.auto_off_at - self._clock() + 0.001, self._fw.expire_due)
+        if outcome.interval_changed:
+            self._reschedule.set()
+            if self._link is not None:
+                self._publish_status(self._link)  # the broker's silence bound follows interval_s
+        delay = self.faults.ack_delay_s
+        if delay > 0:
+            self._later(delay, self._send_ack, outcome.ack)
+        else:
+            self._send_ack(outcome.ack)
+
+    def _send_ack(self, ack: Ack) -> None:
+        link = self._link
+        if not self.faults.ack or self._silent or link is None:
+            self._counts["acks_withheld"] += 1
+            return
+        if not self._publish(link, self._ack_topic, encode(ack), Kind.ACK):
+            self._counts["acks_withheld"] += 1
+
+    def _later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> None:
+        def fire() -> None:
+            self._timers.discard(handle)
+            fn(*args)
+
+        handle = asyncio.get_running_loop().call_later(max(0.0, delay_s), fire)
+        self._timers.add(handle)

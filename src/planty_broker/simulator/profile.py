@@ -1,0 +1,114 @@
+"""What a simulated device is (credentials, hardware profile) and how it misbehaves (faults)."""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from dataclasses import dataclass, field
+
+DEFAULT_SENSORS = ("temperature", "soil_moisture", "light")
+DEFAULT_ACTUATORS = ("pump", "lamp")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCredentials:
+    """How one device reaches the MQTT server: what `POST /api/v1/devices` returns, flattened.
+
+    `tls=False` (plain TCP) exists for tests against a loopback Mosquitto only.
+    The token never appears in `repr()`, so it cannot leak into a log line.
+    """
+
+    device_id: str
+    token: str = field(repr=False)
+    host: str
+    port: int
+    tls: bool = True
+    ca_pem: str | None = field(default=None, repr=False)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A TLS context trusting only `ca_pem` (hostname checked), or None for plain TCP."""
+        if not self.tls:
+            return None
+        if not self.ca_pem:
+            raise ValueError(f"device {self.device_id}: tls is on but no CA certificate was given")
+        return tls_context(self.ca_pem)
+
+
+@functools.lru_cache(maxsize=8)
+def tls_context(ca_pem: str) -> ssl.SSLContext:
+    """One shared client context per CA: parsing the CA once matters for a 1,000-device fleet."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_pem)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Ways a device can misbehave, for tests and benchmarks; the default is a healthy device.
+
+    - `ack`: False = executes commands but never publishes an ack (issue 3 re-send test).
+    - `ack_delay_s`: every ack (ping included) is published this late.
+    - `drop_rate`: fraction of received commands lost before the firmware sees them
+      (neither executed nor acked), as if the radio dropped them.
+    - `telemetry_drop_rate`: fraction of telemetry messages skipped after taking a `seq`,
+      so the broker sees a gap.
+    - `malformed_every`: every Nth telemetry tick sends a malformed payload instead
+      (it takes no `seq`); 0 = never.
+    """
+
+    ack: bool = True
+    ack_delay_s: float = 0.0
+    drop_rate: float = 0.0
+    telemetry_drop_rate: float = 0.0
+    malformed_every: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("drop_rate", "telemetry_drop_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"faults.{name} must be between 0 and 1, got {value}")
+        if self.ack_delay_s < 0:
+            raise ValueError(f"faults.ack_delay_s must be >= 0, got {self.ack_delay_s}")
+        if self.malformed_every < 0:
+            raise ValueError(f"faults.malformed_every must be >= 0, got {self.malformed_every}")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceProfile:
+    """The hardware and firmware a simulated device pretends to be, plus its link settings.
+
+    `send_ts=False` omits `ts` from telemetry, like an ESP32 whose clock was never set.
+    `time_scale` speeds up the plant (drying, day curve) for demos; 1.0 is real time.
+    `max_inflight` caps unacked QoS 1 publishes, like the ESP-IDF MQTT outbox.
+    """
+
+    fw: str = "sim-1.0.0"
+    sensors: tuple[str, ...] = DEFAULT_SENSORS
+    actuators: tuple[str, ...] = DEFAULT_ACTUATORS
+    interval_s: float = 60.0
+    send_ts: bool = True
+    rssi: int = -61
+    keepalive_s: int = 60
+    clean_session: bool = True
+    connect_timeout_s: float = 10.0
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    max_inflight: int = 20
+    dedup_memory: int = 256
+    time_scale: float = 1.0
+    first_boot: int = 1
+    faults: Faults = Faults()
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0:
+            raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
+        if self.keepalive_s < 1:
+            raise ValueError(f"keepalive_s must be >= 1, got {self.keepalive_s}")
+        if self.max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must be > 0 and <= reconnect_max_s")
+        if self.dedup_memory < 1:
+            raise ValueError(f"dedup_memory must be >= 1, got {self.dedup_memory}")
