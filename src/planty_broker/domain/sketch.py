@@ -1,0 +1,304 @@
+"""A small DDSketch: latency quantiles with a relative-error guarantee in bounded memory.
+
+Why our own and not a package: measured here with 60 latency samples per sketch,
+`ddsketch` 3.0.1 (pure Python, a list of boxed ints per store) takes about 3.0 KiB
+per sketch and `hdrhistogram` 0.10.8 about 11 KiB. We keep ~40 time slots per
+device for 10,000 devices, with a 20 KiB per-device budget for all
+statistics. This sketch keeps one counter per bucket in an `array` whose item
+width grows only when a counter overflows (1 byte until 255), and a finished
+slot is frozen to one `bytes` object (`to_bytes`), about 80 bytes plus one byte
+per bucket.
+
+The algorithm is DDSketch (Masson, Rim, Lee, VLDB 2019): a value x > 0 goes to
+bucket k = ceil(log_gamma(x)) with gamma = (1 + a) / (1 - a), and bucket k is
+reported as 2 gamma^k / (gamma + 1). That estimate is within a relative error
+`a` of every value in the bucket. The "lower" rank quantile (the element at
+index floor(q (n - 1)) of the sorted samples) is therefore within `a` of the
+exact one, unless the number of buckets hit `max_buckets` and the lowest ones
+were merged into the lowest kept bucket. Merging the lowest keeps the upper
+quantiles exact-within-`a`, and those are the ones latency alerts care about.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+# Counter widths, narrowest first: a sketch widens its counters only when one overflows.
+_WIDTHS = "BHIQ"
+_HEADER = struct.Struct("<ciQQddd")  # width, offset, zero count, count, min, max, sum
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMapping:
+    """How values map to buckets. Sketches can only be merged if their mappings are equal."""
+
+    relative_accuracy: float = 0.01
+    max_buckets: int = 1024
+    min_value: float = 1e-3  # smaller values (and 0, and negative clock skew) count as zero
+    gamma: float = field(init=False)
+    multiplier: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.relative_accuracy < 1.0:
+            raise ValueError("relative_accuracy must be between 0 and 1")
+        if self.max_buckets < 2:
+            raise ValueError("max_buckets must be at least 2")
+        if not self.min_value > 0.0:
+            raise ValueError("min_value must be positive")
+        gamma = (1.0 + self.relative_accuracy) / (1.0 - self.relative_accuracy)
+        object.__setattr__(self, "gamma", gamma)
+        object.__setattr__(self, "multiplier", 1.0 / math.log(gamma))
+
+    def key(self, value: float) -> int:
+        """The bucket of a value >= min_value."""
+        return math.ceil(math.log(value) * self.multiplier)
+
+    def value(self, key: int) -> float:
+        """The value reported for a bucket: within relative_accuracy of all its members."""
+        return 2.0 * self.gamma**key / (self.gamma + 1.0)
+
+
+DEFAULT_MAPPING = KeyMapping()
+
+
+class LatencySketch:
+    """Mutable DDSketch of values in ms: add, merge, quantiles, count, min, max, mean."""
+
+    __slots__ = ("_count", "_counts", "_mapping", "_max", "_min", "_offset", "_sum", "_zero")
+
+    def __init__(self, mapping: KeyMapping = DEFAULT_MAPPING) -> None:
+        self._mapping = mapping
+        self._offset = 0  # key of _counts[0]
+        self._counts = array("B")
+        self._zero = 0
+        self._count = 0
+        self._min = math.inf
+        self._max = -math.inf
+        self._sum = 0.0
+
+    # ------------------------------------------------------------ adding
+
+    def add(self, value: float) -> None:
+        """Count one value in ms; negative ones (clock skew) count as 0, NaN/inf are refused."""
+        value = max(value, 0.0)
+        self.add_keyed(key_of(self._mapping, value), value)
+
+    def add_keyed(self, key: int | None, value: float) -> None:
+        """Count a value whose bucket `key_of` already computed (None: the zero bucket)."""
+        self._count += 1
+        self._sum += value
+        # Plain ifs, not min()/max(): this runs for every latency sample.
+        if value < self._min:  # noqa: PLR1730
+            self._min = value
+        if value > self._max:  # noqa: PLR1730
+            self._max = value
+        if key is None:
+            self._zero += 1
+            return
+        i = key - self._offset
+        counts = self._counts
+        if not 0 <= i < len(counts):
+            self._cover(key, key)
+            counts = self._counts
+            i = max(key - self._offset, 0)
+        try:
+            counts[i] += 1
+        except OverflowError:
+            self._widen(counts[i] + 1)
+            self._counts[i] += 1
+
+    def merge(self, other: LatencySketch) -> None:
+        """Add every value counted by `other` (same mapping) to this sketch."""
+        if other._mapping != self._mapping:
+            raise ValueError("cannot merge sketches with different key mappings")
+        if other._count:
+            self._merge_parts(
+                other._offset,
+                other._counts,
+                other._zero,
+                other._count,
+                other._min,
+                other._max,
+                other._sum,
+            )
+
+    def merge_bytes(self, blob: bytes) -> None:
+        """Merge a sketch frozen by `to_bytes` (same mapping) without building an object."""
+        width, offset, zero, count, lo, hi, total = _HEADER.unpack_from(blob)
+        if count:
+            counts = array(width.decode())
+            counts.frombytes(blob[_HEADER.size :])
+            self._merge_parts(offset, counts, zero, count, lo, hi, total)
+
+    def _merge_parts(
+        self,
+        offset: int,
+        counts: Sequence[int],
+        zero: int,
+        count: int,
+        lo: float,
+        hi: float,
+        total: float,
+    ) -> None:
+        self._count += count
+        self._zero += zero
+        self._sum += total
+        self._min = min(self._min, lo)
+        self._max = max(self._max, hi)
+        if not any(counts):
+            return
+        self._cover(offset, offset + len(counts) - 1)
+        if self._count >= 1 << (8 * self._counts.itemsize):
+            self._widen(self._count)  # no bucket can exceed the total: no overflow below
+        mine = self._counts
+        base = offset - self._offset
+        for i, c in enumerate(counts):
+            if c:
+                j = base + i
+                mine[j if j > 0 else 0] += c  # keys below the kept range fold into the lowest
+
+    def _cover(self, lo: int, hi: int) -> None:
+        """Make keys lo..hi addressable, keeping at most max_buckets (the lowest fold)."""
+        size = len(self._counts)
+        if size:
+            lo = min(lo, self._offset)
+            hi = max(hi, self._offset + size - 1)
+        lo = max(lo, hi - self._mapping.max_buckets + 1)
+        if size and lo == self._offset and hi == self._offset + size - 1:
+            return
+        old, old_off = self._counts, self._offset
+        new = _zeros(old.typecode, hi - lo + 1)
+        if size:
+            skip = min(max(lo - old_off, 0), size)  # old buckets below the new lowest key
+            if skip < size:
+                start = old_off + skip - lo
+                new[start : start + size - skip] = old[skip:]
+            folded = sum(old[:skip])
+            self._counts, self._offset = new, lo
+            if folded:
+                if new[0] + folded >= 1 << (8 * new.itemsize):
+                    self._widen(new[0] + folded)
+                self._counts[0] += folded
+        else:
+            self._counts, self._offset = new, lo
+
+    def _widen(self, at_least: int) -> None:
+        self._counts = array(_narrowest(at_least, self._counts.typecode), self._counts)
+
+    # ------------------------------------------------------------ reading
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def min(self) -> float | None:
+        return self._min if self._count else None
+
+    @property
+    def max(self) -> float | None:
+        return self._max if self._count else None
+
+    @property
+    def mean(self) -> float | None:
+        return self._sum / self._count if self._count else None
+
+    @property
+    def mapping(self) -> KeyMapping:
+        return self._mapping
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile (0 <= q <= 1) within the relative accuracy; None if empty."""
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: Iterable[float]) -> tuple[float | None, ...]:
+        """Several quantiles in one pass over the buckets, in the order asked."""
+        wanted = tuple(qs)
+        for q in wanted:
+            if not 0.0 <= q <= 1.0:
+                raise ValueError(f"quantile {q} is outside 0..1")
+        if self._count == 0:
+            return tuple(None for _ in wanted)
+        order = sorted(range(len(wanted)), key=wanted.__getitem__)
+        result: list[float | None] = [None] * len(wanted)
+        rank_of = [wanted[j] * (self._count - 1) for j in order]
+        cum = self._zero
+        pos = 0
+        while pos < len(order) and rank_of[pos] < cum:
+            result[order[pos]] = self._clamp(0.0)
+            pos += 1
+        value_of = self._mapping.value
+        for i, c in enumerate(self._counts):
+            if pos == len(order):
+                break
+            if not c:
+                continue
+            cum += c
+            while pos < len(order) and rank_of[pos] < cum:
+                result[order[pos]] = self._clamp(value_of(self._offset + i))
+                pos += 1
+        return tuple(result)
+
+    def _clamp(self, value: float) -> float:
+        return min(max(value, self._min), self._max)
+
+    # ------------------------------------------------------------ freezing
+
+    def to_bytes(self) -> bytes:
+        """A compact frozen copy (header + one counter per bucket) for finished time slots."""
+        counts = self._counts
+        width: str = counts.typecode
+        if width != "B":  # a merged sketch may be wider than its counters need
+            narrow = _narrowest(max(counts, default=0))
+            if narrow != width:
+                counts = array(narrow, counts)
+                width = narrow
+        header = _HEADER.pack(
+            width.encode(), self._offset, self._zero, self._count, self._min, self._max, self._sum
+        )
+        return header + counts.tobytes()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, mapping: KeyMapping = DEFAULT_MAPPING) -> LatencySketch:
+        sketch = cls(mapping)
+        sketch.merge_bytes(blob)
+        return sketch
+
+    def copy(self) -> LatencySketch:
+        twin = LatencySketch(self._mapping)
+        twin.merge(self)
+        return twin
+
+    def __repr__(self) -> str:
+        return f"LatencySketch(count={self._count}, buckets={len(self._counts)})"
+
+
+def key_of(mapping: KeyMapping, value: float) -> int | None:
+    """The bucket key of a value for `add_keyed` (None: zero bucket); refuses NaN/infinity."""
+    if not math.isfinite(value):
+        raise ValueError(f"latency {value!r} is not a finite number")
+    if value < mapping.min_value:
+        return None
+    return math.ceil(math.log(value) * mapping.multiplier)
+
+
+def count_of_bytes(blob: bytes) -> int:
+    """How many values a frozen sketch holds, without decoding its buckets."""
+    count: int = _HEADER.unpack_from(blob)[3]
+    return count
+
+
+def _zeros(width: str, n: int) -> array[int]:
+    return array(width, bytes(n * array(width).itemsize))
+
+
+def _narrowest(largest: int, at_least: str = "B") -> str:
+    """The narrowest counter width (no narrower than `at_least`) that holds `largest`."""
+    for width in _WIDTHS[_WIDTHS.index(at_least) :]:
+        if largest < 1 << (8 * array(width).itemsize):
+            return width
+    raise OverflowError(f"a bucket count of {largest} does not fit in 64 bits")
