@@ -61,7 +61,8 @@ def normalize_url(url: str) -> URL:
             "postgresql://user@host:5432/dbname"
         ) from None
     backend = parsed.get_backend_name()
-    if backend in ("postgres", "postgresql"):
+    driver = parsed.drivername.partition("+")[2]
+    if backend in ("postgres", "postgresql") and driver in ("", "psycopg"):
         return parsed.set(drivername="postgresql+psycopg")
     if backend == "sqlite" and parsed.get_driver_name() == "pysqlite":
         return parsed

@@ -39,7 +39,11 @@ class Target:
 
     @property
     def sqlite_path(self) -> Path:
-        return Path(self.url.database or "")
+        """The database file (`file:` URIs, `?uri=true`, are reduced to their path)."""
+        database = self.url.database or ""
+        if self.url.query.get("uri") and database.startswith("file:"):
+            database = database.removeprefix("file:").split("?", 1)[0]
+        return Path(database)
 
     @property
     def host_port(self) -> str:
