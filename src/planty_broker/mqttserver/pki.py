@@ -1,0 +1,276 @@
+"""The broker's own CA and the Mosquitto server certificate, created once in the data folder.
+
+Devices trust `ca.pem` (returned with their credentials). The CA is created once
+and never replaced automatically (replacing it would strand every device); the
+server certificate is re-issued when the host names change, when it nears
+expiry, or when it was not signed by the current CA. The CA also signs X.509
+client certificates for devices (`issue_client_cert`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from planty_broker.mqttserver.atomic import write_atomic
+from planty_broker.mqttserver.errors import PkiError
+
+CA_DAYS = 3650
+SERVER_DAYS = 825
+RENEW_BEFORE = timedelta(days=30)
+BACKDATE = timedelta(hours=1)  # tolerate device clocks that run a little behind
+ALWAYS_SAN = ("localhost", "127.0.0.1", "::1")
+_ORG = "Planty Broker"
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class Pki:
+    """Where the CA and server certificate live; `hostnames` is the server cert's SAN."""
+
+    directory: Path
+    ca_cert_path: Path
+    ca_key_path: Path
+    cert_path: Path
+    key_path: Path
+    hostnames: tuple[str, ...]
+
+    def ca_pem(self) -> str:
+        """The CA certificate devices must trust, PEM text."""
+        return self.ca_cert_path.read_text()
+
+
+def ensure_pki(directory: Path, hostnames: Sequence[str]) -> Pki:
+    """Create the CA and server certificate once; re-issue only the server cert when needed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)  # the unprivileged mosquitto user must reach server.pem/key
+    wanted = _san_entries([*hostnames, *ALWAYS_SAN])
+    pki = Pki(
+        directory=directory,
+        ca_cert_path=directory / "ca.pem",
+        ca_key_path=directory / "ca.key",
+        cert_path=directory / "server.pem",
+        key_path=directory / "server.key",
+        hostnames=tuple(str(e) for e in wanted),
+    )
+    ca_cert, ca_key = _ensure_ca(pki)
+    if _server_needs_issue(pki, ca_cert, wanted):
+        _issue_server(pki, ca_cert, ca_key, wanted)
+    return pki
+
+
+def issue_client_cert(
+    pki: Pki, common_name: str, days: int, *, valid_from: datetime | None = None
+) -> tuple[str, str]:
+    """A client certificate (CN = `common_name`, clientAuth) signed by our CA: (cert, key) PEM."""
+    if days < 1:
+        raise ValueError("days must be >= 1")
+    if not common_name or len(common_name) > 64:
+        raise ValueError("common_name must be 1..64 characters")
+    ca_cert, ca_key = _load_ca(pki)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = valid_from or datetime.now(UTC) - BACKDATE
+    cert = (
+        _base_builder(_name(common_name), ca_cert.subject, key.public_key(), start, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_leaf_key_usage(), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(_aki(ca_key), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key).decode()
+
+
+# ---------------------------------------------------------------- CA
+
+
+def _ensure_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    have_cert, have_key = pki.ca_cert_path.exists(), pki.ca_key_path.exists()
+    if have_cert and have_key:
+        return _load_ca(pki)
+    if have_cert or have_key:
+        present, missing = (
+            (pki.ca_cert_path, pki.ca_key_path)
+            if have_cert
+            else (pki.ca_key_path, pki.ca_cert_path)
+        )
+        raise PkiError(
+            f"pki: {present} exists but {missing} is missing; restore it from a backup, "
+            f"or delete {present} to create a new CA (every device must then get the new ca.pem)"
+        )
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(f"{_ORG} CA {secrets.token_hex(4)}")
+    cert = (
+        _base_builder(name, name, key.public_key(), datetime.now(UTC) - BACKDATE, CA_DAYS)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    # Key first: a crash in between leaves "key without cert", which we report, never overwrite.
+    write_atomic(pki.ca_key_path, _key_pem(key), mode=0o600)
+    write_atomic(pki.ca_cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    return cert, key
+
+
+def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate(pki.ca_cert_path.read_bytes())
+        key = serialization.load_pem_private_key(pki.ca_key_path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise PkiError(f"pki: cannot read the CA in {pki.directory}: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        raise PkiError(f"pki: {pki.ca_key_path} does not belong to {pki.ca_cert_path}")
+    return cert, key
+
+
+# ---------------------------------------------------------------- server certificate
+
+
+def _server_needs_issue(
+    pki: Pki, ca_cert: x509.Certificate, wanted: Sequence[str | IpAddress]
+) -> bool:
+    if not (pki.cert_path.exists() and pki.key_path.exists()):
+        return True
+    try:
+        cert = x509.load_pem_x509_certificate(pki.cert_path.read_bytes())
+        key = serialization.load_pem_private_key(pki.key_path.read_bytes(), password=None)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+        return True
+    have = {*san.get_values_for_type(x509.DNSName), *san.get_values_for_type(x509.IPAddress)}
+    return (
+        have != set(wanted)
+        or not isinstance(key, ec.EllipticCurvePrivateKey)
+        or key.public_key() != cert.public_key()
+        or cert.not_valid_after_utc - datetime.now(UTC) < RENEW_BEFORE
+    )
+
+
+def _issue_server(
+    pki: Pki,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    wanted: Sequence[str | IpAddress],
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    general: list[x509.GeneralName] = [
+        x509.DNSName(e) if isinstance(e, str) else x509.IPAddress(e) for e in wanted
+    ]
+    cert = (
+        _base_builder(
+            _name(str(wanted[0])[:64]),
+            ca_cert.subject,
+            key.public_key(),
+            datetime.now(UTC) - BACKDATE,
+            SERVER_DAYS,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_leaf_key_usage(), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(general), critical=False)
+        .add_extension(_aki(ca_key), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    write_atomic(pki.key_path, _key_pem(key), mode=0o600)
+    write_atomic(pki.cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _san_entries(hostnames: Sequence[str]) -> list[str | IpAddress]:
+    """Host names as SAN entries, first one first, duplicates dropped, IPs parsed."""
+    out: list[str | IpAddress] = []
+    for raw in hostnames:
+        name = raw.strip().lower()
+        if not name:
+            continue
+        entry: str | IpAddress
+        try:
+            entry = ipaddress.ip_address(name)
+        except ValueError:
+            if any(c.isspace() for c in name) or "/" in name:
+                raise PkiError(f"pki: {raw!r} is not a valid host name") from None
+            entry = name
+        if entry not in out:
+            out.append(entry)
+    return out
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _base_builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    start: datetime,
+    days: int,
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=days))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def _leaf_key_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _aki(ca_key: ec.EllipticCurvePrivateKey) -> x509.AuthorityKeyIdentifier:
+    return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )

@@ -1,0 +1,392 @@
+"""MosquittoSupervisor: run our own Mosquitto as a child, keep it up, and stop it on exit.
+
+    async with MosquittoSupervisor(layout, registry.password_hashes) as mqtt:
+        connect to mqtt.internal_url as mqtt.gateway_username / mqtt.gateway_password
+        await mqtt.update_users(new_hashes)      # after a device is added or removed
+
+On entry it writes the CA/server certificate (once), the config, password and
+ACL files, checks the ports, starts `mosquitto -c <conf>` in its own session
+and waits until it accepts an MQTT login. A Mosquitto left running by a gateway
+that was killed is adopted instead (so the QoS 1 backlog queued for the
+gateway's persistent session survives). It is restarted with backoff if it
+dies, and stopped (SIGTERM, then SIGKILL) on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from planty_broker.mqttserver import process
+from planty_broker.mqttserver.atomic import write_atomic
+from planty_broker.mqttserver.errors import MosquittoError, MosquittoStartError
+from planty_broker.mqttserver.files import FileOwner, write_mosquitto_files
+from planty_broker.mqttserver.layout import (
+    GATEWAY_USERNAME,
+    PROBE_USERNAME,
+    RESERVED_USERNAMES,
+    MosquittoLayout,
+    MqttAccount,
+)
+from planty_broker.mqttserver.passwords import hash_token, new_token
+from planty_broker.mqttserver.pki import Pki, ensure_pki
+from planty_broker.mqttserver.probe import CONNACK_ACCEPTED, mqtt_connect
+
+log = logging.getLogger("planty_broker.mqttserver")
+
+UsersProvider = Callable[[], Awaitable[Mapping[str, str]]]
+"""Returns every device's MQTT username (= device id) -> `$7$` password hash."""
+
+
+@dataclass(slots=True)
+class _Running:
+    """One Mosquitto process: our child (`child` set) or adopted from a previous run."""
+
+    pid: int
+    started_at: float
+    child: asyncio.subprocess.Process | None
+    conf_path: Path
+
+    def alive(self) -> bool:
+        if self.child is not None:
+            return self.child.returncode is None
+        return process.is_our_mosquitto(self.pid, self.conf_path)
+
+    async def wait(self, poll_s: float) -> int | None:
+        if self.child is not None:
+            return await self.child.wait()
+        while self.alive():  # noqa: ASYNC110 - not our child: nothing to await but /proc
+            await asyncio.sleep(poll_s)
+        return None
+
+    def signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self.child is not None:
+                if self.child.returncode is None:
+                    self.child.send_signal(sig)
+            elif self.alive():  # never signal a recycled pid
+                os.kill(self.pid, sig)
+
+
+class MosquittoSupervisor:
+    """Our own Mosquitto for the lifetime of an `async with` block (see the module docstring)."""
+
+    def __init__(
+        self,
+        layout: MosquittoLayout,
+        users_provider: UsersProvider,
+        *,
+        extra_accounts: Sequence[MqttAccount] = (),
+        start_timeout_s: float = 15.0,
+        stop_timeout_s: float = 15.0,
+        poll_interval_s: float = 0.5,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        stable_after_s: float = 60.0,
+    ) -> None:
+        self._layout = layout
+        self._users_provider = users_provider
+        self._extra_accounts = tuple(extra_accounts)
+        self._start_timeout_s = start_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._poll_s = poll_interval_s
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._stable_after_s = stable_after_s
+        self._lock = asyncio.Lock()  # files + process changes, one at a time
+        self._running: _Running | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._binary = ""
+        self._owner = FileOwner()
+        self._pki: Pki | None = None
+        self._ca_pem = ""
+        self._gateway_password = ""
+        self._probe_password = ""
+        self._accounts: tuple[MqttAccount, ...] = ()
+        self._devices: dict[str, str] = {}
+        self._adopted = False
+        self._restarts = 0
+
+    # ------------------------------------------------------------ public view
+
+    @property
+    def layout(self) -> MosquittoLayout:
+        return self._layout
+
+    @property
+    def pki(self) -> Pki:
+        if self._pki is None:
+            raise RuntimeError("MosquittoSupervisor is not started")
+        return self._pki
+
+    @property
+    def ca_pem(self) -> str:
+        """The CA certificate devices must trust (PEM)."""
+        return self._ca_pem
+
+    @property
+    def internal_url(self) -> tuple[str, int]:
+        """(host, port) of the loopback plaintext listener for the gateway's own connection."""
+        return self._layout.internal_host, self._layout.internal_port
+
+    @property
+    def gateway_username(self) -> str:
+        return GATEWAY_USERNAME
+
+    @property
+    def gateway_password(self) -> str:
+        return self._gateway_password
+
+    @property
+    def device_host(self) -> str:
+        """The host name devices connect to (the server certificate's first name)."""
+        return self._layout.public_host
+
+    @property
+    def device_port(self) -> int:
+        """The TLS listener devices connect to."""
+        return self._layout.port
+
+    @property
+    def reserved_usernames(self) -> frozenset[str]:
+        """Usernames a device id must never take."""
+        return RESERVED_USERNAMES | {a.username for a in self._extra_accounts}
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the running Mosquitto, None while it is down."""
+        return self._running.pid if self._running is not None else None
+
+    @property
+    def adopted(self) -> bool:
+        """True if the first Mosquitto we supervised was left running by a previous gateway."""
+        return self._adopted
+
+    @property
+    def restarts(self) -> int:
+        """How often Mosquitto died and was started again."""
+        return self._restarts
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        self._binary = process.find_mosquitto(self._layout.mosquitto_bin)
+        await asyncio.to_thread(self._prepare)
+        self._devices = dict(await self._users_provider())
+        self._stopping = False
+        try:
+            async with self._lock:
+                if not await self._try_adopt():
+                    process.check_ports_free(self._layout)
+                    await asyncio.to_thread(self._write_files, self._devices)
+                    await self._spawn_and_wait()
+        except BaseException:
+            await self._shutdown()
+            raise
+        self._watch_task = asyncio.create_task(self._watch(), name="mosquitto-supervisor")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._shutdown()
+
+    async def update_users(self, users: Mapping[str, str]) -> None:
+        """Replace the device accounts (id -> `$7$` hash); removed or changed ones are kicked.
+
+        Raises ValueError (before writing anything) for a bad id or hash, or a reserved id.
+        """
+        devices = dict(users)
+        async with self._lock:
+            await asyncio.to_thread(self._write_files, devices)
+            self._devices = devices
+            if self._running is not None:
+                self._running.signal(signal.SIGHUP)  # re-read password + ACL files
+
+    # ------------------------------------------------------------ internals
+
+    def _prepare(self) -> None:
+        layout = self._layout
+        layout.data_dir.mkdir(parents=True, exist_ok=True)
+        self._owner = process.plan_privileges(layout)
+        process.prepare_directory(layout.directory, self._owner)
+        self._pki = ensure_pki(layout.pki_dir, layout.hostnames)
+        if self._owner.uid_gid is not None:
+            os.chown(self._pki.key_path, *self._owner.uid_gid)
+        self._ca_pem = self._pki.ca_pem()
+        self._gateway_password = _load_or_create_secret(layout)
+        self._probe_password = new_token()
+        self._accounts = (
+            MqttAccount(GATEWAY_USERNAME, hash_token(self._gateway_password)),
+            MqttAccount(PROBE_USERNAME, hash_token(self._probe_password), grants=()),
+            *self._extra_accounts,
+        )
+
+    def _write_files(self, devices: Mapping[str, str]) -> bool:
+        return write_mosquitto_files(self._layout, self.pki, devices, self._accounts, self._owner)
+
+    async def _try_adopt(self) -> bool:
+        pid = process.find_adoptable(self._layout)
+        if pid is None:
+            return False
+        running = _Running(pid, time.monotonic(), None, self._layout.conf_path)
+        if await asyncio.to_thread(self._write_files, self._devices):
+            log.info(
+                "restarting Mosquitto (pid %d) left by a previous run: its config changed", pid
+            )
+            await self._stop(running)
+            return False
+        running.signal(signal.SIGHUP)  # load this run's password and ACL files
+        self._running = running
+        try:
+            await self._wait_ready(running)
+        except MosquittoStartError as exc:
+            log.warning("Mosquitto (pid %d) left by a previous run is unusable: %s", pid, exc)
+            await self._stop(running)
+            self._running = None
+            return False
+        self._adopted = True
+        log.info("adopted Mosquitto (pid %d) left running by a previous gateway", pid)
+        return True
+
+    async def _spawn_and_wait(self) -> None:
+        layout = self._layout
+        process.rotate_log(layout)
+        # A file, not a pipe: an adopted Mosquitto must outlive us without SIGPIPE.
+        err = os.open(layout.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            child = await asyncio.create_subprocess_exec(
+                self._binary,
+                "-c",
+                str(layout.conf_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,  # Ctrl-C reaches us, not it: we stop it in order
+            )
+        finally:
+            os.close(err)
+        running = _Running(child.pid, time.monotonic(), child, layout.conf_path)
+        self._running = running
+        try:
+            await self._wait_ready(running)
+        except MosquittoStartError:
+            await self._stop(running)
+            self._running = None
+            raise
+        log.info("Mosquitto started (pid %d), devices on TLS port %d", child.pid, layout.port)
+
+    async def _wait_ready(self, running: _Running) -> None:
+        """Until our probe account logs in; fail fast if the process exits."""
+        host, port = self.internal_url
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._start_timeout_s
+        last = "no answer"
+        while True:
+            if not running.alive():
+                code = await running.wait(self._poll_s)
+                raise MosquittoStartError(
+                    f"mosquitto {process.describe_exit(code)} during start-up; "
+                    f"its last words: {process.log_tail(self._layout)} "
+                    f"(full log: {self._layout.log_path})"
+                )
+            try:
+                async with asyncio.timeout(2.0):
+                    code = await mqtt_connect(host, port, PROBE_USERNAME, self._probe_password)
+                if code == CONNACK_ACCEPTED:
+                    return
+                last = f"login refused with CONNACK code {code}"
+            except (OSError, TimeoutError) as exc:
+                last = str(exc) or type(exc).__name__
+            if loop.time() >= deadline:
+                raise MosquittoStartError(
+                    f"mosquitto did not accept connections on {host}:{port} within "
+                    f"{self._start_timeout_s:g} s ({last}); its last words: "
+                    f"{process.log_tail(self._layout)} (full log: {self._layout.log_path})"
+                )
+            await asyncio.sleep(0.05)
+
+    async def _watch(self) -> None:
+        """Restart Mosquitto with exponential backoff whenever it dies."""
+        backoff = self._backoff_initial_s
+        while True:
+            running = self._running
+            if running is not None:
+                code = await running.wait(self._poll_s)
+                if self._stopping:
+                    return
+                self._running = None
+                uptime = time.monotonic() - running.started_at
+                if uptime >= self._stable_after_s:
+                    backoff = self._backoff_initial_s
+                log.warning(
+                    "Mosquitto (pid %d) %s after %.1f s; restarting in %.1f s; its last words: %s",
+                    running.pid,
+                    process.describe_exit(code),
+                    uptime,
+                    backoff,
+                    process.log_tail(self._layout),
+                )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._backoff_max_s)
+            async with self._lock:
+                try:
+                    await self._spawn_and_wait()
+                except MosquittoError as exc:
+                    log.error("Mosquitto did not restart: %s; next try in %.1f s", exc, backoff)
+                    continue
+                self._restarts += 1
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+        if self._running is not None:
+            await self._stop(self._running)
+            self._running = None
+
+    async def _stop(self, running: _Running) -> None:
+        """SIGTERM (Mosquitto saves its persistence file), then SIGKILL after the timeout."""
+        running.signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(self._stop_timeout_s):
+                await running.wait(0.05)
+        except TimeoutError:
+            log.warning(
+                "Mosquitto (pid %d) ignored SIGTERM for %g s; killing it",
+                running.pid,
+                self._stop_timeout_s,
+            )
+            running.signal(signal.SIGKILL)
+            await running.wait(0.05)
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if int(self._layout.pid_path.read_text().strip()) == running.pid:
+                self._layout.pid_path.unlink()
+
+
+def _load_or_create_secret(layout: MosquittoLayout) -> str:
+    """The gateway's MQTT password: generated once, kept in the data folder (0600)."""
+    path = layout.gateway_secret_path
+    with contextlib.suppress(FileNotFoundError):
+        secret = path.read_text().strip()
+        if len(secret) >= 22:
+            return secret
+    secret = new_token()
+    write_atomic(path, secret + "\n", mode=0o600)
+    return secret
