@@ -1,0 +1,480 @@
+"""Planty device client for MicroPython on ESP32: PROTOCOL.md v1 on top of umqtt.simple.
+
+One `Device` speaks the whole device half of the contract: TLS + token login with a
+retained last will, retained status on every connect, telemetry with `seq` (and `ts`
+when the clock is set), commands with ack, dedup by id (kept in a small file, so a
+reconnect or a reboot does not run a command twice), deadlines, the built-in
+`ping`/`read`/`config`, and actuators that switch themselves off after `seconds`.
+On a flaky link it reconnects with backoff and keeps unsent readings in a bounded
+ring buffer that is sent in order after the reconnect. Runs unchanged under CPython
+with thin shims (see tests/device/shims), which is how it is tested.
+MicroPython rules kept here: no f-strings, no typing, no dataclasses, no CPython-only
+builtins; payloads are bytes built once per message.
+"""
+
+import gc
+import json
+import random
+import time
+
+from planty_cmds import Commands, load_json, store_json
+from umqtt.simple import MQTTClient, MQTTException
+
+VERSION = "1.0.0"
+_UNIX_2000_MS = 946684800000  # ESP32 MicroPython counts time from 2000-01-01
+_CLOCK_SANE_MS = 1600000000000  # before Sept 2020: the RTC was never set
+_REFUSED = {1: "bad protocol", 2: "client id refused", 3: "server unavailable",
+            4: "bad device_id or token", 5: "not authorized"}
+_NET_ERRORS = (OSError, MQTTException, AssertionError, IndexError, TypeError, ValueError)
+
+
+def pem_to_der(pem):
+    """The first certificate of a PEM text as DER bytes (what mbedtls and CPython both take)."""
+    import binascii
+
+    if isinstance(pem, bytes):
+        pem = pem.decode()
+    start = pem.find("-----BEGIN CERTIFICATE-----")
+    end = pem.find("-----END CERTIFICATE-----")
+    if start < 0 or end < 0:
+        raise ValueError("ca_pem holds no PEM certificate")
+    body = pem[start + 27:end].replace("\n", "").replace("\r", "").replace(" ", "")
+    return binascii.a2b_base64(body)
+
+
+class _Sock:
+    """Wraps the connected socket: notes traffic (for liveness) and bounds blocking reads."""
+
+    def __init__(self, sock, dev):
+        self.s = sock
+        self.d = dev
+
+    def read(self, n):
+        b = self.s.read(n)
+        if b:
+            self.d._heard = time.ticks_ms()
+            self.d._rx += 1
+        return b
+
+    def write(self, buf, n=None):
+        self.d._said = time.ticks_ms()
+        if n is None:
+            return self.s.write(buf)
+        return self.s.write(buf, n)
+
+    def setblocking(self, flag):
+        if flag and self.d.io_timeout_s:
+            try:  # a dead link then raises instead of blocking for ever
+                self.s.settimeout(self.d.io_timeout_s)
+                return
+            except (AttributeError, OSError):
+                pass
+        self.s.setblocking(flag)
+
+    def close(self):
+        self.s.close()
+
+
+class Device:
+    """One plant device: register sensors and actions, then `run()` (or `run_once()` + sleep)."""
+
+    def __init__(self, device_id, token, host, port=8883, ca_pem=None, prefix="planty/v1",
+                 fw=VERSION, interval_s=60, keepalive=60, ring_size=32, dedup_size=16,
+                 state_dir="", backoff_ms=(1000, 60000), io_timeout_s=15, poll_ms=50,
+                 link_up=None, rssi=None, on_event=None, log=print):
+        self.device_id = device_id
+        self.token = token
+        self.host = host
+        self.port = port
+        self.ca_der = pem_to_der(ca_pem) if ca_pem else None
+        base = prefix + "/devices/" + device_id + "/"
+        self.t_status = (base + "status").encode()
+        self.t_tele = (base + "telemetry").encode()
+        self.t_cmd = (base + "cmd").encode()
+        self.t_ack = (base + "ack").encode()
+        self.fw = fw
+        self.keepalive = keepalive
+        self.io_timeout_s = io_timeout_s
+        self.poll_ms = poll_ms
+        self.backoff_min, self.backoff_max = backoff_ms
+        self.link_up = link_up
+        self.rssi = rssi
+        self.on_event = on_event
+        self.log = log
+        self.sensors = []  # (name, read function)
+        self.running = True
+        self.seq = 0
+        self.dropped = 0  # readings lost because the ring buffer was full
+        self._ring = [None] * ring_size
+        self._head = 0
+        self._count = 0
+        self._pending = []  # raw cmd payloads received, handled in the loop, not in the callback
+        self._c = None
+        self._heard = self._said = self._rx = 0
+        self._delay = 0
+        self._timeout_kw = True
+        self._wifi = True
+        self._next_try = time.ticks_ms()
+        self._next_sample = time.ticks_ms()
+        self._epoch_ms = _UNIX_2000_MS if time.gmtime(0)[0] == 2000 else 0
+        self._dir = state_dir + "/" if state_dir and not state_dir.endswith("/") else state_dir
+        state = load_json(self._dir + "planty_state.json", {})
+        self.boot = state.get("boot", 0) + 1
+        self.interval_s = state.get("interval_s", interval_s)  # a `config` command outlives reboots
+        self._save_state()
+        self.cmds = Commands(self, self._dir + "planty_ids.json", dedup_size)
+        self._restore_backlog()
+
+    @classmethod
+    def from_secrets(cls, secrets, **opts):
+        """A Device from the dict `load_secrets()` returns; `opts` are the other arguments."""
+        m = secrets["mqtt"]
+        return cls(secrets["device_id"], secrets["token"], m["host"], m.get("port", 8883),
+                   m.get("ca_pem"), prefix=m.get("prefix", "planty/v1"), **opts)
+
+    # ------------------------------------------------------------ registration
+    def sensor(self, name):
+        """Decorator: `fn()` returns the reading (a number) or None to skip it this time."""
+
+        def register(fn):
+            self.sensors.append((name, fn))
+            return fn
+
+        return register
+
+    def action(self, name):
+        """Decorator: `fn(args)` runs the action; raise to fail it, return a dict as its result."""
+
+        def register(fn):
+            self.cmds.register(name, fn)
+            return fn
+
+        return register
+
+    # ------------------------------------------------------------ clock and files
+    def now_ms(self):
+        """Unix time in ms, or None while the clock was never set (no NTP yet)."""
+        ms = time.time_ns() // 1000000 + self._epoch_ms
+        return ms if ms > _CLOCK_SANE_MS else None
+
+    def _save_state(self):
+        store_json(self._dir + "planty_state.json", {"boot": self.boot, "interval_s": self.interval_s})
+
+    def set_interval(self, seconds):
+        """New telemetry period (the `config` command): kept in a file, announced in status."""
+        self.interval_s = seconds
+        self._save_state()
+        self._next_sample = time.ticks_ms()
+        if self._c:
+            self._publish(self.t_status, self._status(), retain=True)
+
+    def _event(self, name):
+        if self.on_event:
+            self.on_event(name)
+
+    # ------------------------------------------------------------ readings
+    def read(self):
+        """Every registered sensor now, as {name: number}; a failing sensor is left out."""
+        out = {}
+        for name, fn in self.sensors:
+            try:
+                v = fn()
+            except Exception as e:  # one broken sensor must not stop the others
+                self.log("planty: sensor %s failed: %s" % (name, e))
+                continue
+            if v is not None:
+                out[name] = v
+        return out
+
+    def sample(self, readings=None):
+        """Take one reading, give it the next seq (and ts), queue it for sending; returns seq."""
+        msg = {"seq": self.seq, "readings": self.read() if readings is None else readings}
+        ts = self.now_ms()
+        if ts is not None:
+            msg["ts"] = ts
+        self._push(json.dumps(msg).encode())
+        self.seq += 1
+        return self.seq - 1
+
+    def _push(self, payload):
+        size = len(self._ring)
+        if self._count == size:  # full: the oldest reading is lost, the newest kept
+            self._head = (self._head + 1) % size
+            self._count -= 1
+            self.dropped += 1
+        self._ring[(self._head + self._count) % size] = payload
+        self._count += 1
+
+    def backlog(self):
+        """How many readings wait to be sent."""
+        return self._count
+
+    def _flush(self):
+        size = len(self._ring)
+        while self._count and self._c:
+            if not self._publish(self.t_tele, self._ring[self._head]):
+                return
+            self._ring[self._head] = None
+            self._head = (self._head + 1) % size
+            self._count -= 1
+            self._event("sent")
+
+    # ------------------------------------------------------------ connection
+    def connected(self):
+        return self._c is not None
+
+    def _status(self):
+        acts = list(self.cmds.actuators)
+        st = {"online": True, "fw": self.fw, "boot": self.boot, "interval_s": self.interval_s,
+              "sensors": [n for n, _ in self.sensors], "actuators": acts}
+        if self.rssi:
+            try:
+                st["rssi"] = self.rssi()
+            except Exception:  # noqa: S110 - rssi is optional decoration
+                pass
+        st["heap"] = gc.mem_free()
+        return json.dumps(st).encode()
+
+    def _tls(self, c):
+        if self.ca_der is None:
+            return
+        if hasattr(c, "ssl_params"):  # umqtt.simple < 1.4: ussl.wrap_socket(sock, **ssl_params)
+            import ssl
+
+            c.ssl_params = {"cert_reqs": ssl.CERT_REQUIRED, "cadata": self.ca_der,
+                            "server_hostname": self.host}
+        else:  # umqtt.simple >= 1.4 (mip today): an SSLContext in c.ssl
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cadata=self.ca_der)
+            c.ssl = ctx
+
+    def connect(self):
+        """One attempt: CONNECT with the will, retained status, subscribe. True when online."""
+        self._drop()
+        gc.collect()
+        self._event("connecting")
+        c = MQTTClient(self.device_id, self.host, self.port, self.device_id, self.token,
+                       self.keepalive, ssl=self.ca_der is not None)
+        self._tls(c)
+        c.set_last_will(self.t_status, b'{"online": false}', retain=True, qos=1)
+        c.set_callback(self._on_msg)
+        try:
+            self._connect(c)
+            c.sock = _Sock(c.sock, self)
+            self._heard = self._said = time.ticks_ms()
+            self._c = c
+            c.subscribe(self.t_cmd, qos=1)  # first, so "online" means commands are heard
+            c.publish(self.t_status, self._status(), retain=True, qos=1)
+        except MQTTException as e:
+            code = e.args[0] if e.args else 0
+            self.log("planty: broker refused %s (code %s: %s); check device_id and token"
+                     % (self.device_id, code, _REFUSED.get(code, "?")))
+            self._event("refused")
+            self._drop(c)
+            self._delay = self.backoff_max
+            return False
+        except _NET_ERRORS as e:
+            self.log("planty: cannot reach %s:%s (%s)" % (self.host, self.port, _why(e)))
+            self._event("unreachable")
+            self._drop(c)
+            return False
+        self._delay = 0
+        self.log("planty: online as %s at %s:%s, boot %d" % (self.device_id, self.host,
+                                                            self.port, self.boot))
+        self._event("connected")
+        return True
+
+    def _connect(self, c):
+        if self._timeout_kw:  # umqtt.simple >= 1.5 bounds the TCP connect and TLS handshake
+            try:
+                c.connect(clean_session=True, timeout=self.io_timeout_s)
+                return
+            except TypeError:
+                self._timeout_kw = False
+                self._drop(c)
+        c.connect(clean_session=True)
+
+    def _drop(self, c=None):
+        c = c or self._c
+        self._c = None
+        if c is not None and c.sock is not None:
+            try:
+                c.sock.close()
+            except OSError:
+                pass
+
+    def disconnect(self):
+        """Clean DISCONNECT: the will does not fire (use before deep sleep)."""
+        if self._c:
+            try:
+                self._c.disconnect()
+            except _NET_ERRORS:
+                pass
+        self._c = None
+
+    def _lost(self, why):
+        if self._c:
+            self.log("planty: link lost (%s); %d readings kept" % (why, self._count))
+            self._event("lost")
+        self._drop()
+        self._next_try = time.ticks_ms()
+
+    def _publish(self, topic, payload, retain=False):
+        try:
+            self._c.publish(topic, payload, retain=retain, qos=1)  # returns after the PUBACK
+            return True
+        except _NET_ERRORS as e:
+            self._lost(_why(e))
+            return False
+
+    def _backoff(self):
+        self._delay = min(self.backoff_max, max(self.backoff_min, self._delay * 2))
+        wait = self._delay // 2 + random.getrandbits(16) % (self._delay // 2 + 1)
+        self._next_try = time.ticks_add(time.ticks_ms(), wait)
+        self.log("planty: retry in %d ms" % wait)
+
+    def _service(self, now):
+        """Read what the broker sent, keep the session alive, notice a dead link."""
+        try:
+            for _ in range(8):  # drain what arrived, a bounded number per pass
+                before = self._rx
+                self._c.check_msg()
+                if self._rx == before:
+                    break
+            if self.keepalive and time.ticks_diff(now, self._said) >= self.keepalive * 500:
+                self._c.ping()
+        except _NET_ERRORS as e:
+            self._lost(_why(e))
+            return
+        if self.keepalive and time.ticks_diff(time.ticks_ms(), self._heard) > self.keepalive * 1500:
+            self._lost("no answer from broker")
+
+    # ------------------------------------------------------------ commands
+    def _on_msg(self, topic, msg):
+        if topic != self.t_cmd:
+            return
+        if len(self._pending) < 8:
+            self._pending.append(msg)
+        else:  # the broker re-sends a command that is never acked
+            self.log("planty: busy, dropped a command")
+
+    # ------------------------------------------------------------ loops
+    def step(self):
+        """One pass of the loop; never blocks longer than one network operation."""
+        now = time.ticks_ms()
+        self.cmds.tick(now)
+        if time.ticks_diff(now, self._next_sample) >= 0:
+            self.sample()
+            self._next_sample = time.ticks_add(now, int(self.interval_s * 1000))
+        if self.link_up is not None and not self.link_up():
+            if self._c:
+                self._lost("wifi down")
+            if self._wifi:
+                self._wifi = False
+                self.log("planty: wifi down, %d readings kept" % self._count)
+                self._event("wifi_down")
+            return
+        self._wifi = True
+        if self._c is None and time.ticks_diff(now, self._next_try) >= 0 and not self.connect():
+            self._backoff()
+        if self._c:
+            self._service(now)
+        self._commands()
+        if self._c:
+            self._flush()
+
+    def _commands(self):
+        while self._pending and self._c:
+            ack = self.cmds.handle(self._pending.pop(0), self.now_ms())
+            if ack is not None:
+                self._event("cmd")
+                self._publish(self.t_ack, ack)
+
+    def run(self):
+        """Forever (until `running` is False): sample every interval_s, send, obey commands."""
+        while self.running:
+            self.step()
+            time.sleep_ms(self.poll_ms)
+
+    def run_once(self, listen_ms=2000, tries=3):
+        """A deep-sleep wake: sample, connect, send all, take commands for listen_ms, disconnect.
+
+        Returns True when nothing is left unsent. Stays awake while an actuator timer runs,
+        so the board never sleeps with the pump on.
+        """
+        self.sample()
+        for _ in range(tries):
+            if self.connect():
+                break
+            time.sleep_ms(self.backoff_min)
+        start = time.ticks_ms()
+        cmds = self.cmds
+        while cmds.timers or (self._c and time.ticks_diff(time.ticks_ms(), start) < listen_ms):
+            if self._c:
+                self._flush()
+                self._service(time.ticks_ms())
+            self._commands()
+            cmds.tick(time.ticks_ms())
+            time.sleep_ms(self.poll_ms)
+        if self._c:
+            self._flush()
+        self.disconnect()
+        return self._count == 0
+
+    def deep_sleep(self, ms):
+        """Keep the unsent readings in a file and deep-sleep; the board reboots on wake."""
+        self._save_backlog()
+        import machine
+
+        machine.deepsleep(ms)
+
+    def _save_backlog(self):
+        items = []
+        for i in range(self._count):
+            items.append(self._ring[(self._head + i) % len(self._ring)].decode())
+        store_json(self._dir + "planty_backlog.json", items)
+
+    def _restore_backlog(self):
+        items = load_json(self._dir + "planty_backlog.json", [])
+        for text in items:  # old seq belonged to the last boot: number them anew, keep ts
+            try:
+                msg = json.loads(text)
+            except ValueError:
+                continue
+            msg["seq"] = self.seq
+            self.seq += 1
+            self._push(json.dumps(msg).encode())
+        if items:
+            store_json(self._dir + "planty_backlog.json", [])
+
+
+def load_secrets(path="secrets.json"):
+    """The provisioning file `planty devices add ID --export-device-config` writes, checked.
+
+    Raises ValueError with one line saying what is wrong and what to do.
+    """
+    try:
+        with open(path) as f:
+            s = json.loads(f.read())
+    except OSError:
+        raise ValueError("no " + path + " on the board: copy the file the gateway CLI exported")
+    except ValueError:
+        raise ValueError(path + " is not valid JSON: export it again with the gateway CLI")
+    if not isinstance(s, dict):
+        raise ValueError(path + " must hold a JSON object")
+    for key in ("device_id", "token", "mqtt", "wifi"):
+        if not s.get(key):
+            raise ValueError(path + " lacks " + key + ": export it again with the gateway CLI")
+    for key in ("host", "ca_pem"):
+        if not s["mqtt"].get(key):
+            raise ValueError(path + " lacks mqtt." + key + ": export it again with the gateway CLI")
+    if not s["wifi"].get("ssid"):
+        raise ValueError(path + " lacks wifi.ssid: fill in your network name")
+    return s
+
+
+def _why(e):
+    return "%s %s" % (e.__class__.__name__, e)

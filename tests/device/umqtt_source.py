@@ -1,0 +1,62 @@
+"""The real umqtt.simple source from PyPI (micropython-umqtt.simple 1.3.4), fetched once and pinned.
+
+That sdist has neither setup.py nor pyproject.toml, so neither uv nor pip can install
+it as a dependency; the tests fetch the exact archive from PyPI instead, check its
+sha256, and put the unchanged `umqtt/simple.py` on sys.path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import urllib.request
+from pathlib import Path
+
+VERSION = "1.3.4"
+URL = (
+    "https://files.pythonhosted.org/packages/bd/cf/"
+    "697e3418b2f44222b3e848078b1e33ee76aedca9b6c2430ca1b1aec1ce1d/"
+    "micropython-umqtt.simple-1.3.4.tar.gz"
+)
+SDIST_SHA256 = "b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f"
+SIMPLE_SHA256 = "8555d2f654deb8eb0d724f79b0811a78cc94029d070f3d96bbd74288653d63a5"
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "planty-broker-tests" / ("umqtt.simple-" + VERSION)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def umqtt_path() -> Path:
+    """A folder holding `umqtt/simple.py` exactly as published; downloads it on first use."""
+    root = _cache_root()
+    simple = root / "umqtt" / "simple.py"
+    if simple.exists() and _sha256(simple.read_bytes()) == SIMPLE_SHA256:
+        return root
+    try:
+        with urllib.request.urlopen(URL, timeout=60) as resp:  # noqa: S310 - fixed https URL
+            sdist = resp.read()
+    except OSError as exc:
+        raise RuntimeError(
+            f"cannot fetch micropython-umqtt.simple {VERSION} from PyPI ({exc}); "
+            f"the device tests need it once, then use {root}"
+        ) from exc
+    if _sha256(sdist) != SDIST_SHA256:
+        raise RuntimeError(f"micropython-umqtt.simple {VERSION} from PyPI changed: sha256 mismatch")
+    with tarfile.open(fileobj=io.BytesIO(sdist)) as tar:
+        member = tar.extractfile(f"micropython-umqtt.simple-{VERSION}/umqtt/simple.py")
+        assert member is not None
+        source = member.read()
+    if _sha256(source) != SIMPLE_SHA256:
+        raise RuntimeError("umqtt/simple.py inside the sdist is not the pinned one")
+    simple.parent.mkdir(parents=True, exist_ok=True)
+    tmp = simple.with_suffix(".tmp")
+    tmp.write_bytes(source)
+    tmp.replace(simple)
+    return root
