@@ -16,8 +16,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from enum import StrEnum
+from dataclasses import fields
 from typing import Any, Self
 
 from planty_broker.protocol import (
@@ -34,60 +33,19 @@ from planty_broker.protocol import (
 from planty_broker.simulator.firmware import ActuatorState, Execution, Firmware
 from planty_broker.simulator.link import Kind, LinkError, MqttLink
 from planty_broker.simulator.plant import PlantModel
-from planty_broker.simulator.profile import DeviceCredentials, DeviceProfile, Faults
+from planty_broker.simulator.profile import (
+    MALFORMED_PAYLOADS,
+    DeviceCredentials,
+    DeviceProfile,
+    Faults,
+)
+from planty_broker.simulator.stats import DeviceOfflineError, DeviceState, DeviceStats
+
+__all__ = ["DeviceOfflineError", "DeviceState", "DeviceStats", "SimDevice"]
 
 log = logging.getLogger(__name__)
 
-# Bad telemetry for bad-input tests, sent in turn by `Faults.malformed_every`.
-MALFORMED_PAYLOADS: tuple[bytes, ...] = (
-    b"{not json",
-    b"[1, 2, 3]",
-    b'{"seq": "seven", "readings": {"temperature": 20.5}}',
-    b'{"readings": {"temperature": 20.5}}',
-    b'{"seq": -1, "readings": {"temperature": 20.5}}',
-    b"\xff\xfe\x00 not utf-8",
-)
 _COUNTER_NAME = {Kind.STATUS: "status", Kind.TELEMETRY: "telemetry", Kind.ACK: "acks"}
-
-
-class DeviceState(StrEnum):
-    """Where the device is in its life."""
-
-    OFF = "off"  # never started, stopped, or killed
-    CONNECTING = "connecting"
-    ONLINE = "online"
-    WAITING = "waiting"  # backing off before the next connect attempt
-
-
-class DeviceOfflineError(TimeoutError):
-    """The device did not come online in time; the message carries the last connect error."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceStats:
-    """Counters over the device object's life; `*_acked` means PUBACK received from the server."""
-
-    connects: int = 0
-    connect_failures: int = 0
-    disconnects: int = 0  # connections lost without stop()/kill()
-    status_published: int = 0
-    status_acked: int = 0
-    telemetry_published: int = 0
-    telemetry_acked: int = 0
-    telemetry_dropped: int = 0  # Faults.telemetry_drop_rate: seq taken, nothing sent
-    telemetry_skipped: int = 0  # tick while offline or with the in-flight window full
-    malformed_published: int = 0
-    malformed_acked: int = 0
-    acks_published: int = 0
-    acks_acked: int = 0
-    acks_withheld: int = 0  # Faults.ack=False, silent, or no link when the ack was due
-    commands_received: int = 0
-    commands_executed: int = 0
-    commands_duplicate: int = 0
-    commands_expired: int = 0
-    commands_refused: int = 0  # acked ok=false for another reason than expiry
-    commands_dropped: int = 0  # Faults.drop_rate or silent: never seen by the firmware
-    commands_malformed: int = 0  # undecodable cmd payloads
 
 
 class SimDevice:
@@ -273,6 +231,12 @@ class SimDevice:
             self._state = DeviceState.OFF
 
     async def _connect_loop(self) -> None:
+        try:
+            tls = self.credentials.ssl_context()
+        except ValueError as exc:  # retrying cannot fix a bad CA
+            self.last_error = str(exc)
+            self._state = DeviceState.OFF
+            return
         attempt = 0
         while True:
             if attempt:
@@ -293,7 +257,7 @@ class SimDevice:
                     await link.connect(
                         self.credentials.host,
                         self.credentials.port,
-                        self.credentials.ssl_context(),
+                        tls,
                         self.profile.keepalive_s,
                         self.profile.connect_timeout_s,
                     )

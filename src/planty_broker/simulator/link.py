@@ -144,7 +144,10 @@ class MqttLink:
             self.abort()
             raise LinkError(f"{host}:{port} refused the connection: {exc}") from None
         except ssl.SSLCertVerificationError as exc:
-            raise LinkError(f"TLS to {host}:{port} failed: {exc.verify_message}") from None
+            raise LinkError(
+                f"TLS to {host}:{port} failed: certificate verify failed ({exc.verify_message}); "
+                "is this the gateway's CA and the host name in its certificate?"
+            ) from None
         except (OSError, ssl.SSLError) as exc:
             raise LinkError(f"cannot connect to {host}:{port}: {exc}") from None
         self._open = True

@@ -31,7 +31,12 @@ class DeviceCredentials:
             return None
         if not self.ca_pem:
             raise ValueError(f"device {self.device_id}: tls is on but no CA certificate was given")
-        return tls_context(self.ca_pem)
+        try:
+            return tls_context(self.ca_pem)
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"device {self.device_id}: the CA certificate is not usable PEM ({exc.reason})"
+            ) from None
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,6 +47,17 @@ def tls_context(ca_pem: str) -> ssl.SSLContext:
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+# Bad telemetry for bad-input tests, sent in turn by `Faults.malformed_every`.
+MALFORMED_PAYLOADS: tuple[bytes, ...] = (
+    b"{not json",
+    b"[1, 2, 3]",
+    b'{"seq": "seven", "readings": {"temperature": 20.5}}',
+    b'{"readings": {"temperature": 20.5}}',
+    b'{"seq": -1, "readings": {"temperature": 20.5}}',
+    b"\xff\xfe\x00 not utf-8",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import getpass
 import ipaddress
+import signal
 import socket
 import subprocess
 import time
@@ -59,41 +60,70 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"mosquitto did not listen on {port}: {log.read_text()}")
 
 
-def _start_mosquitto(folder: Path, listener: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = folder / "mosquitto.conf"
-    log = folder / "mosquitto.log"
-    conf.write_text(
-        f"user {getpass.getuser()}\n"
-        "persistence false\n"
-        f"log_dest file {log}\n"
-        "log_type error\nlog_type warning\nlog_type notice\n"
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "max_queued_messages 100000\n" + listener
-    )
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _wait_port(port, proc, log)
-    return proc, port
+class MosquittoProcess:
+    """A Mosquitto child on a fixed loopback port that a test may stop, restart, freeze, thaw.
 
+    `listener_extra` is appended after the one listener line (e.g. its TLS settings).
+    """
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    def __init__(self, folder: Path, listener_extra: str = "") -> None:
+        self.port = free_port()
+        self.log = folder / "mosquitto.log"
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(
+            f"user {getpass.getuser()}\n"
+            "persistence false\n"
+            f"log_dest file {self.log}\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            "max_queued_messages 100000\n"
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n" + listener_extra
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _wait_port(self.port, self.proc, self.log)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A plain-TCP Mosquitto on loopback, anonymous, shared by the simulator tests."""
-    proc, port = _start_mosquitto(tmp_path_factory.mktemp("mosquitto"), "")
-    yield Broker("127.0.0.1", port)
-    _stop(proc)
+    mosquitto = MosquittoProcess(tmp_path_factory.mktemp("mosquitto"))
+    mosquitto.start()
+    yield Broker("127.0.0.1", mosquitto.port)
+    mosquitto.stop()
+
+
+@pytest.fixture
+def own_mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """A Mosquitto for one test only, which the test may stop, restart or freeze."""
+    mosquitto = MosquittoProcess(tmp_path)
+    mosquitto.start()
+    yield mosquitto
+    mosquitto.stop()
 
 
 def make_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -111,14 +141,20 @@ def make_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certific
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    )
     return key, cert
 
 
@@ -168,9 +204,10 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         f"cafile {folder / 'ca.pem'}\ncertfile {folder / 'server.pem'}\n"
         f"keyfile {folder / 'server.key'}\ntls_version tlsv1.2\n"
     )
-    proc, port = _start_mosquitto(folder, tls)
-    yield Broker("127.0.0.1", port, ca_pem=pem(ca))
-    _stop(proc)
+    mosquitto = MosquittoProcess(folder, tls)
+    mosquitto.start()
+    yield Broker("127.0.0.1", mosquitto.port, ca_pem=pem(ca))
+    mosquitto.stop()
 
 
 @dataclass(frozen=True)

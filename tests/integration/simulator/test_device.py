@@ -76,17 +76,23 @@ async def test_last_will_fires_on_kill_but_not_on_graceful_stop(
 
     await killed.kill()
     will = await observer.wait_for(
-        lambda m: m.device_id == killed.device_id and m.channel == Channel.STATUS
-        and not decode_status(m.payload).online
-    )  # fmt: skip
+        lambda m: (
+            m.device_id == killed.device_id
+            and m.channel == Channel.STATUS
+            and not decode_status(m.payload).online
+        )
+    )
     assert msgspec.json.decode(will.payload) == {"online": False}
     assert killed.state == DeviceState.OFF
 
     await stopped.stop()
     goodbye = await observer.wait_for(
-        lambda m: m.device_id == stopped.device_id and m.channel == Channel.STATUS
-        and not decode_status(m.payload).online
-    )  # fmt: skip
+        lambda m: (
+            m.device_id == stopped.device_id
+            and m.channel == Channel.STATUS
+            and not decode_status(m.payload).online
+        )
+    )
     assert goodbye.payload == will.payload
     assert stopped.stats.status_acked == 2  # the goodbye was PUBACKed before DISCONNECT
 
@@ -100,9 +106,12 @@ async def test_telemetry_seq_rises_by_one_and_restarts_after_a_reboot(
     await dev.kill()
     await dev.start()  # reboot: boot 2, seq from 0 again
     await observer.wait_for(
-        lambda m: m.device_id == dev.device_id and m.channel == Channel.STATUS
-        and decode_status(m.payload).boot == 2
-    )  # fmt: skip
+        lambda m: (
+            m.device_id == dev.device_id
+            and m.channel == Channel.STATUS
+            and decode_status(m.payload).boot == 2
+        )
+    )
     n_before = len(observer.of(dev.device_id, Channel.TELEMETRY))
     await observer.wait_count(dev.device_id, Channel.TELEMETRY, n_before + 3)
     await dev.stop()
