@@ -28,6 +28,9 @@ class TestClient:
     def __init__(self, client_id: str, username: str, password: str, *, clean: bool = True) -> None:
         self.client = gmqtt.Client(client_id, clean_session=clean)
         self.client.set_auth_credentials(username, password)
+        # Never reconnect on its own: a test wants to see the kick, not a new session.
+        # (gmqtt reconnects while failures <= retries, so 0 would still allow one.)
+        self.client.set_config({"reconnect_retries": -2})
         self.messages: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.disconnected = asyncio.Event()
         self._subacks: dict[int, asyncio.Future[tuple[int, ...]]] = {}
@@ -62,7 +65,6 @@ class TestClient:
                 return seen
 
     async def close(self) -> None:
-        self.client.stop_reconnect()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.client.disconnect(), 5)
 
