@@ -1,11 +1,11 @@
 """SQL adapter of the storage port: SQLite (embedded default) or PostgreSQL (several instances).
 
-One sync SQLAlchemy Core engine, used only from ONE dedicated worker thread: the
-event loop never blocks on the database, SQLite sees a single writer, and calls are
-served in the order they were made. Every write commits before its coroutine
-returns. SQLite runs in WAL mode with `synchronous=FULL` (a commit survives kill -9
-and power loss), `BEGIN IMMEDIATE` transactions (migrations are atomic too) and
-foreign keys on, so removing a device removes its rows.
+One sync SQLAlchemy Core engine (built by `sql_engine`), used only from ONE dedicated
+worker thread: the event loop never blocks on the database, SQLite sees a single
+writer, and calls are served in the order they were made. Every write commits
+before its coroutine returns; a batch is one transaction and one executemany.
+Driver failures become `StoreUnavailableError` with one line saying what to do
+(`sql_errors`).
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-import msgspec
 from alembic.util.exc import CommandError
-from sqlalchemy import Engine, create_engine, event, insert, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import Connection
 
 from planty_broker.domain.models import DeviceRecord, PresenceTransition, Reading
 from planty_broker.storage import migrate
@@ -39,37 +38,11 @@ from planty_broker.storage.port import (
 )
 from planty_broker.storage.schema import devices, meta, presence
 from planty_broker.storage.schema import readings as readings_table
-from planty_broker.storage.sql_errors import Target, driver_error, os_error
+from planty_broker.storage.sql_engine import check_synchronous, create_store_engine, normalize_url
+from planty_broker.storage.sql_errors import Target, driver_error
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-SQLITE_SYNCHRONOUS = ("FULL", "EXTRA", "NORMAL")
-
-
-def _json_dumps(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-def normalize_url(url: str) -> URL:
-    """Parse a store URL; `postgres://` and `postgresql://` mean psycopg 3."""
-    try:
-        parsed = make_url(url)
-    except sa_exc.ArgumentError:
-        raise StoreError(
-            "store.url is not a valid URL: use sqlite:///path/to/file.sqlite3 or "
-            "postgresql://user@host:5432/dbname"
-        ) from None
-    backend = parsed.get_backend_name()
-    driver = parsed.drivername.partition("+")[2]
-    if backend in ("postgres", "postgresql") and driver in ("", "psycopg"):
-        return parsed.set(drivername="postgresql+psycopg")
-    if backend == "sqlite" and parsed.get_driver_name() == "pysqlite":
-        return parsed
-    raise StoreError(
-        f"store.url {parsed.render_as_string(hide_password=True)!r} is not supported: "
-        "use sqlite:///path/to/file.sqlite3 or postgresql://user@host:5432/dbname"
-    )
 
 
 class SqlStore:
@@ -77,11 +50,10 @@ class SqlStore:
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
         self._target = Target(normalize_url(url))
-        if sqlite_synchronous.upper() not in SQLITE_SYNCHRONOUS:
-            raise StoreError(f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNCHRONOUS)}")
-        self._synchronous = sqlite_synchronous.upper()
-        self._busy_timeout_ms = 10_000
+        self._synchronous = check_synchronous(sqlite_synchronous)
         self._engine: Engine | None = None
+        self._insert_readings = ""
+        self._insert_presence = ""
         self._executor: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
@@ -171,8 +143,8 @@ class SqlStore:
     async def append_readings(self, readings: Sequence[Reading]) -> None:
         """One transaction, one executemany; readings of devices removed meanwhile are dropped."""
         if readings:
-            values = [rows.reading_values(r) for r in readings]
-            await self._call(self._append, readings_table, values)
+            params = [rows.reading_params(r) for r in readings]
+            await self._call(self._append, self._insert_readings, params)
 
     async def query_readings(
         self, device_id: str, since_ms: int | None, until_ms: int | None, limit: int
@@ -213,7 +185,8 @@ class SqlStore:
     async def append_presence(self, transitions: Sequence[PresenceTransition]) -> None:
         """One transaction; transitions of devices removed meanwhile are dropped."""
         if transitions:
-            await self._call(self._append, presence, [rows.presence_values(t) for t in transitions])
+            params = [rows.presence_params(t) for t in transitions]
+            await self._call(self._append, self._insert_presence, params)
 
     async def last_presence(self) -> dict[str, PresenceTransition]:
         c, n = presence.c, presence.alias("newest").c
@@ -311,79 +284,39 @@ class SqlStore:
             raise DeviceExistsError(f"device {device.id!r} is already registered") from None
 
     @staticmethod
-    def _append(engine: Engine, table: Any, values: list[dict[str, Any]]) -> None:
+    def _append(engine: Engine, sql: str, params: list[tuple[Any, ...]]) -> None:
+        """executemany in one transaction; params start with the device id."""
         try:
             with engine.begin() as conn:
-                conn.execute(insert(table), values)
+                conn.exec_driver_sql(sql, params)
             return
         except sa_exc.IntegrityError:
             pass  # a device was removed while its rows were queued: keep the others
         with engine.begin() as conn:
-            ids = {v["device_id"] for v in values}
+            ids = {p[0] for p in params}
             known = set(conn.scalars(select(devices.c.id).where(devices.c.id.in_(ids))))
-            keep = [v for v in values if v["device_id"] in known]
+            keep = [p for p in params if p[0] in known]
             if keep:
-                conn.execute(insert(table), keep)
+                conn.exec_driver_sql(sql, keep)
         log.warning(
-            "dropped %d %s rows of unknown (removed) devices: %s",
-            len(values) - len(keep),
-            table.name,
+            "dropped %d rows of unknown (removed) devices: %s",
+            len(params) - len(keep),
             ", ".join(sorted(ids - known)[:10]),
         )
 
     def _open_sync(self) -> Engine:
-        engine = self._create_engine()
+        engine = create_store_engine(self._target, self._synchronous)
         try:
             with engine.begin() as conn:
                 migrate.upgrade(conn)
         except BaseException:
             engine.dispose()
             raise
+        self._insert_readings = rows.insert_sql(
+            engine.dialect, readings_table, rows.READING_COLUMNS
+        )
+        self._insert_presence = rows.insert_sql(engine.dialect, presence, rows.PRESENCE_COLUMNS)
         return engine
-
-    def _create_engine(self) -> Engine:
-        url = self._target.url
-        common: dict[str, Any] = {
-            "pool_size": 1,  # one worker thread: one connection is all we ever use
-            "max_overflow": 0,
-            "json_serializer": _json_dumps,
-            "json_deserializer": msgspec.json.decode,
-        }
-        if not self._target.is_sqlite:
-            connect_args = {"connect_timeout": 10, "application_name": "planty-broker"}
-            connect_args = {k: v for k, v in connect_args.items() if k not in url.query}
-            try:
-                return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **common)
-            except ModuleNotFoundError:
-                raise StoreError(
-                    "PostgreSQL support is not installed: pip install 'planty-broker[postgres]'"
-                ) from None
-        path = self._target.sqlite_path
-        if str(path) not in ("", ":memory:"):
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise os_error(self._target, exc) from exc
-        engine = create_engine(url, **common)
-        event.listen(engine, "connect", self._on_sqlite_connect)
-        event.listen(engine, "begin", _begin_immediate)
-        return engine
-
-    def _on_sqlite_connect(self, dbapi_conn: sqlite3.Connection, _record: object) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _begin_immediate)
-        cur = dbapi_conn.cursor()
-        try:
-            cur.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            cur.execute("PRAGMA journal_mode = WAL")
-            cur.execute(f"PRAGMA synchronous = {self._synchronous}")
-            cur.execute("PRAGMA foreign_keys = ON")
-        finally:
-            cur.close()
-
-
-def _begin_immediate(conn: Connection) -> None:
-    """Take SQLite's write lock up front: DDL is transactional, no upgrade deadlocks."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def open_store(url: str) -> SqlStore:

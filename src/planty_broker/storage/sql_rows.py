@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+from sqlalchemy import JSON, Table
+from sqlalchemy.engine import Dialect
+
 from planty_broker.domain.models import (
     DeviceRecord,
     PresenceCause,
@@ -43,14 +47,32 @@ def device(r: Sequence[Any]) -> DeviceRecord:
     )
 
 
-def reading_values(r: Reading) -> dict[str, Any]:
-    return {
-        "device_id": r.device_id,
-        "seq": r.seq,
-        "ts_ms": r.ts_ms,
-        "received_ms": r.received_ms,
-        "values": r.values,
-    }
+_encode = msgspec.json.Encoder().encode
+
+# Hot path: batches are inserted as plain tuples with the driver's executemany,
+# skipping SQLAlchemy's per-row parameter processing (measured 2.5-3x faster).
+READING_COLUMNS = ("device_id", "seq", "ts_ms", "received_ms", "values")
+PRESENCE_COLUMNS = ("device_id", "state", "at_ms", "cause")
+
+
+def insert_sql(dialect: Dialect, table: Table, columns: Sequence[str]) -> str:
+    """`INSERT INTO t (cols) VALUES (...)` in the driver's placeholder style; JSON as text."""
+    quote = dialect.identifier_preparer.quote
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    marks = [
+        f"{mark}::jsonb"
+        if dialect.name == "postgresql" and isinstance(table.c[name].type, JSON)
+        else mark
+        for name in columns
+    ]
+    names = ", ".join(quote(n) for n in columns)
+    # Only our own schema's table and column names go into the text; values are bound.
+    return f"INSERT INTO {quote(table.name)} ({names}) VALUES ({', '.join(marks)})"  # noqa: S608
+
+
+def reading_params(r: Reading) -> tuple[Any, ...]:
+    """Parameters in READING_COLUMNS order; values as JSON text (what the JSON type stores)."""
+    return (r.device_id, r.seq, r.ts_ms, r.received_ms, _encode(r.values).decode())
 
 
 def reading(r: Sequence[Any]) -> Reading:
@@ -58,13 +80,9 @@ def reading(r: Sequence[Any]) -> Reading:
     return Reading(device_id=r[0], seq=r[1], ts_ms=r[2], received_ms=r[3], values=r[4])
 
 
-def presence_values(t: PresenceTransition) -> dict[str, Any]:
-    return {
-        "device_id": t.device_id,
-        "state": t.state.value,
-        "at_ms": t.at_ms,
-        "cause": t.cause.value,
-    }
+def presence_params(t: PresenceTransition) -> tuple[Any, ...]:
+    """Parameters in PRESENCE_COLUMNS order."""
+    return (t.device_id, t.state.value, t.at_ms, t.cause.value)
 
 
 def transition(r: Sequence[Any]) -> PresenceTransition:

@@ -12,7 +12,8 @@ from sqlalchemy.engine import make_url
 
 from planty_broker.storage import migrate
 from planty_broker.storage.port import StoreError, StoreUnavailableError
-from planty_broker.storage.sql import SqlStore, normalize_url, open_store
+from planty_broker.storage.sql import SqlStore, open_store
+from planty_broker.storage.sql_engine import normalize_url
 from planty_broker.storage.sql_errors import Target, driver_error
 
 
