@@ -18,3 +18,14 @@ def free_port() -> int:
 @pytest.fixture
 def port_factory() -> Callable[[], int]:
     return free_port
+
+
+# The machine runs integration tests beside the property tests: no per-example deadline,
+# and slow data generation is not a failure (it says nothing about our code).
+from hypothesis import HealthCheck  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+hypothesis_settings.register_profile(
+    "planty", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("planty")

@@ -253,19 +253,22 @@ class Gateway:
             )
             return endpoint, cfg
 
-        from planty_broker.mqttserver.supervisor import MosquittoError, MosquittoSupervisor
+        from planty_broker.mqttserver.errors import MosquittoError
+        from planty_broker.mqttserver.layout import MosquittoLayout
+        from planty_broker.mqttserver.supervisor import MosquittoSupervisor
+
+        async def users() -> dict[str, str]:
+            return registry.credentials()
 
         try:
-            sup = MosquittoSupervisor.from_settings(s, users=registry.credentials)
+            sup = MosquittoSupervisor(MosquittoLayout.from_settings(s), users)
             await self._stack.enter_async_context(sup)
         except MosquittoError as exc:
             raise StartupError(str(exc)) from None
         self.supervisor = sup
-        sync = Coalescer(lambda: sup.update_users(registry.credentials()))
-        registry.credentials_hook = sync
-        public = s.mqtt.public_host or socket.gethostname()
-        endpoint = DeviceEndpoint(public, s.mqtt.port, True, sup.ca_pem)
-        host, port = sup.internal_address
+        registry.credentials_hook = Coalescer(lambda: sup.update_users(registry.credentials()))
+        endpoint = DeviceEndpoint(sup.device_host, sup.device_port, True, sup.ca_pem)
+        host, port = sup.internal_url
         cfg = LinkConfig(
             host=host,
             port=port,
