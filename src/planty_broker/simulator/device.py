@@ -251,6 +251,7 @@ class SimDevice:
                 clean_session=self.profile.clean_session,
                 on_message=self._on_message,
                 on_acked=self._on_acked,
+                on_lost=self._on_lost,
             )
             try:
                 async with self._gate if self._gate is not None else contextlib.nullcontext():
@@ -261,6 +262,9 @@ class SimDevice:
                         self.profile.keepalive_s,
                         self.profile.connect_timeout_s,
                     )
+            except asyncio.CancelledError:
+                link.abort()  # stopped or killed mid-handshake: leave no half-open session
+                raise
             except LinkError as exc:
                 self.last_error = str(exc)
                 self._counts["connect_failures"] += 1
@@ -318,18 +322,31 @@ class SimDevice:
         )
         self._publish(link, self._status_topic, encode(status), Kind.STATUS, retain=True)
 
+    def _on_lost(self) -> None:
+        self._online.clear()
+        self._window.set()  # wake a burst waiting for PUBACKs that will not come
+
+    def _ready(self, link: MqttLink | None) -> bool:
+        return link is not None and link.connected and not self._silent
+
     def publish_telemetry(self) -> int | None:
-        """Publish one telemetry message now; returns its `seq`, or None if it could not go out."""
+        """Publish one telemetry message now; returns its `seq`, or None if none went out.
+
+        Offline, silent or with the in-flight window full, the tick is skipped and
+        takes no `seq` (the broker would read a gap as loss).
+        """
         link = self._link
-        if link is None or self._silent or link.inflight >= self.profile.max_inflight:
+        if link is None or not self._ready(link) or link.inflight >= self.profile.max_inflight:
             self._counts["telemetry_skipped"] += 1
             return None
+        return self._tick(link)
+
+    def _tick(self, link: MqttLink) -> int | None:
         faults = self.faults
         self._ticks += 1
         if faults.malformed_every and self._ticks % faults.malformed_every == 0:
-            bad = MALFORMED_PAYLOADS[
-                (self._ticks // faults.malformed_every - 1) % len(MALFORMED_PAYLOADS)
-            ]
+            n = self._ticks // faults.malformed_every - 1
+            bad = MALFORMED_PAYLOADS[n % len(MALFORMED_PAYLOADS)]
             self._publish(link, self._telemetry_topic, bad, Kind.MALFORMED)
             return None
         seq = self._seq
@@ -339,25 +356,27 @@ class SimDevice:
             return None
         ts = int(self._clock() * 1000) if self.profile.send_ts else None
         msg = Telemetry(seq=seq, readings=self._fw.readings(), ts=ts)
-        return (
-            seq if self._publish(link, self._telemetry_topic, encode(msg), Kind.TELEMETRY) else None
-        )
+        self._publish(link, self._telemetry_topic, encode(msg), Kind.TELEMETRY)
+        return seq
 
-    async def burst(self, count: int) -> int:
-        """Publish `count` telemetry messages as fast as the in-flight window allows (bench)."""
-        sent = 0
-        while sent < count:
-            link = self._link
-            if link is None:
-                await self._online.wait()
-                continue
-            if link.inflight >= self.profile.max_inflight:
+    async def burst(self, ticks: int) -> int:
+        """Run `ticks` telemetry ticks back to back, each waiting for room in the in-flight
+        window (and for the link, if it is down); returns how many telemetry messages went
+        out (faults may turn ticks into drops or malformed payloads). For benchmarks."""
+        published = 0
+        for _ in range(ticks):
+            while True:
+                link = self._link
+                if link is None or not self._ready(link):
+                    await asyncio.sleep(0.01)  # offline or silent: rare, so a short poll will do
+                    continue
+                if link.inflight < self.profile.max_inflight:
+                    break
                 self._window.clear()
-                await self._window.wait()
-                continue
-            if self.publish_telemetry() is not None:
-                sent += 1
-        return sent
+                await self._window.wait()  # set by every PUBACK and by a lost link
+            if self._tick(link) is not None:
+                published += 1
+        return published
 
     async def wait_acked(self, timeout_s: float = 10.0) -> bool:
         """Wait until every publish on the current connection has its PUBACK."""

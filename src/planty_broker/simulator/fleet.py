@@ -9,6 +9,7 @@ MQTT server comes back. A fleet is built either from credentials already known
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
@@ -45,13 +46,14 @@ class FleetStats:
         """One human line: the periodic summary of `planty simulate`."""
         t = self.total
         rate = f" ({rate_per_s:,.1f}/s)" if rate_per_s is not None else ""
-        return (
-            f"{self.online}/{self.devices} online · telemetry {t.telemetry_published:,} sent"
-            f"{rate}, {t.telemetry_acked:,} acked · commands {t.commands_received:,} "
-            f"({t.commands_executed:,} run, {t.commands_duplicate:,} dup, "
-            f"{t.commands_expired + t.commands_refused:,} refused) · acks {t.acks_acked:,} · "
-            f"reconnects {t.disconnects:,} · connect failures {t.connect_failures:,}"
+        refused = t.commands_expired + t.commands_refused
+        line = (
+            f"{self.online}/{self.devices} online | telemetry {t.telemetry_published:,} sent{rate}"
+            f" {t.telemetry_acked:,} acked | cmds {t.commands_received:,} "
+            f"({t.commands_executed:,} run, {t.commands_duplicate:,} dup, {refused:,} refused)"
+            f" | reconnects {t.disconnects:,}"
         )
+        return line + (f" | connect failures {t.connect_failures:,}" if t.connect_failures else "")
 
 
 def sum_stats(stats: Sequence[DeviceStats]) -> DeviceStats:
@@ -86,6 +88,7 @@ class Fleet:
             for i, c in enumerate(credentials)
         )
         self._by_id = {d.device_id: d for d in self.devices}
+        self.replaced: tuple[str, ...] = ()  # set by `provision`: ids deleted and added again
         if len(self._by_id) != len(self.devices):
             raise ValueError("fleet credentials contain the same device id twice")
 
@@ -115,6 +118,7 @@ class Fleet:
             if progress is not None and task is not None:
                 progress.advance(task)
 
+        replaced: list[str] = []
         creds = await provision_devices(
             api_url,
             admin_token,
@@ -123,8 +127,9 @@ class Fleet:
             mqtt_host=mqtt_host,
             transport=transport,
             on_progress=advance,
+            replaced=replaced,
         )
-        return cls(
+        fleet = cls(
             creds,
             profile,
             topics=topics,
@@ -132,6 +137,8 @@ class Fleet:
             seed=seed,
             wait_online_s=wait_online_s,
         )
+        fleet.replaced = tuple(replaced)
+        return fleet
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -226,6 +233,8 @@ async def run_simulation(
     can connect. `profile` overrides the device profile; `interval_s` wins over it.
     """
     out = console or Console(stderr=True)
+    # gmqtt logs each lost connection with a stack trace; a fleet loses hundreds on purpose.
+    logging.getLogger("gmqtt").setLevel(logging.ERROR)
     prof = replace(profile or DeviceProfile(), interval_s=interval_s)
     bar = _progress(out) if progress else None
     if bar is not None:
@@ -254,6 +263,11 @@ async def run_simulation(
         finally:
             if bar is not None:
                 bar.stop()
+        if fleet.replaced:
+            out.print(
+                f"replaced {len(fleet.replaced)} device(s) that already existed "
+                f"({fleet.replaced[0]}, …): their old tokens no longer work"
+            )
         out.print(f"{online}/{len(fleet)} simulated devices online ({prefix}-…); Ctrl-C stops them")
         for dev in fleet.offline()[:3]:
             out.print(f"  {dev.device_id} not online yet: {dev.last_error or dev.state.value}")

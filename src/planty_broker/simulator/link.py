@@ -98,8 +98,10 @@ class MqttLink:
         clean_session: bool,
         on_message: MessageCallback,
         on_acked: AckedCallback,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.lost = asyncio.Event()
+        self._lost_callback = on_lost
         self._storage = _CountingStorage(on_acked)
         self._on_message = on_message
         self._client = _Client(
@@ -108,7 +110,7 @@ class MqttLink:
             will_message=gmqtt.Message(will_topic, will_payload, qos=1, retain=True),
             persistent_storage=self._storage,
             logger=_GMQTT_LOG,
-            on_lost=self.lost.set,
+            on_lost=self._mark_lost,
         )
         self._client.set_auth_credentials(client_id, password)
         self._client.on_message = self._message
@@ -194,10 +196,17 @@ class MqttLink:
             conn._transport.abort()
             if conn._keep_connection_callback is not None:
                 conn._keep_connection_callback.cancel()
-        self.lost.set()
+        self._mark_lost()
 
     def _message(self, _client: Any, topic: str, payload: bytes, _qos: int, _props: Any) -> None:
         self._on_message(topic, payload)
 
     def _disconnected(self, _client: Any, _packet: Any, _exc: Any = None) -> None:
+        self._mark_lost()
+
+    def _mark_lost(self) -> None:
+        if self.lost.is_set():
+            return
         self.lost.set()
+        if self._lost_callback is not None:
+            self._lost_callback()

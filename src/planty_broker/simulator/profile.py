@@ -26,17 +26,24 @@ class DeviceCredentials:
     ca_pem: str | None = field(default=None, repr=False)
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """A TLS context trusting only `ca_pem` (hostname checked), or None for plain TCP."""
+        """TLS trusting `ca_pem` (else the system CAs), host name checked; None = plain TCP."""
         if not self.tls:
             return None
-        if not self.ca_pem:
-            raise ValueError(f"device {self.device_id}: tls is on but no CA certificate was given")
+        if not self.ca_pem:  # an external MQTT server with a publicly trusted certificate
+            return _system_tls_context()
         try:
             return tls_context(self.ca_pem)
         except ssl.SSLError as exc:
             raise ValueError(
                 f"device {self.device_id}: the CA certificate is not usable PEM ({exc.reason})"
             ) from None
+
+
+@functools.lru_cache(maxsize=1)
+def _system_tls_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 @functools.lru_cache(maxsize=8)

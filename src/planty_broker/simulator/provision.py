@@ -88,6 +88,7 @@ class Provisioner:
         timeout_s: float = 30.0,
     ) -> None:
         self.url = api_root(api_url)
+        self.replaced: list[str] = []  # ids that existed and were deleted and added again
         self._on_conflict = on_conflict
         self._mqtt_host = mqtt_host
         self._http = httpx.AsyncClient(
@@ -112,6 +113,7 @@ class Provisioner:
                 raise ProvisioningError(
                     f"cannot replace device {device_id}: {_error_text(removed)}"
                 )
+            self.replaced.append(device_id)
             response = await self._request("POST", "/api/v1/devices", json={"id": device_id})
         if response.status_code == 409:
             raise ProvisioningError(
@@ -163,8 +165,12 @@ async def provision_devices(
     mqtt_host: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     on_progress: Callable[[str], None] | None = None,
+    replaced: list[str] | None = None,
 ) -> list[DeviceCredentials]:
-    """Provision every id (at most `concurrency` requests at once), in the order given."""
+    """Provision every id (at most `concurrency` requests at once), in the order given.
+
+    Ids that already existed and were replaced are appended to `replaced` if given.
+    """
     gate = asyncio.Semaphore(concurrency)
 
     async with Provisioner(
@@ -186,4 +192,6 @@ async def provision_devices(
             if isinstance(first, SimulatorError):
                 raise first from None
             raise
+        if replaced is not None:
+            replaced.extend(sorted(prov.replaced))
     return [t.result() for t in tasks]

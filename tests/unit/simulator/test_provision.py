@@ -97,13 +97,16 @@ async def test_provisioning_returns_credentials_in_order() -> None:
 
 async def test_existing_device_is_deleted_and_added_again() -> None:
     gw = FakeGateway(existing={"sim-0001"})
+    replaced: list[str] = []
     creds = await provision_devices(
         "http://gw:8080",
         ADMIN,
         ["sim-0001"],
         transport=httpx.MockTransport(gw),
         mqtt_host="127.0.0.1",
+        replaced=replaced,
     )
+    assert replaced == ["sim-0001"]
     assert gw.requests == [
         ("POST", "/api/v1/devices"),
         ("DELETE", "/api/v1/devices/sim-0001"),
