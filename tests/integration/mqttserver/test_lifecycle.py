@@ -25,6 +25,7 @@ from planty_broker.mqttserver import (
     hash_token,
     new_token,
 )
+from planty_broker.mqttserver.probe import mqtt_connect
 from planty_broker.mqttserver.process import pid_alive
 from planty_broker.protocol import Channel, Topics
 from tests.integration.mqttserver.clients import TestClient, device_tls
@@ -102,6 +103,20 @@ async def test_update_users_refuses_bad_entries_and_keeps_the_old_files(server: 
     assert server.layout.password_path.read_text() == before
     c = await connect_device(server, "dev-a")
     await c.close()
+
+
+async def test_concurrent_updates_end_with_the_newest_mapping(server: Server) -> None:
+    host, port = server.supervisor.internal_url
+    mappings = [{**server.hashes, f"dev-n{i}": hash_token(f"t{i}")} for i in range(20)]
+    try:
+        await asyncio.gather(*(server.supervisor.update_users(m) for m in mappings))
+        text = server.layout.password_path.read_text()
+        assert "dev-n19:" in text
+        assert "dev-n18:" not in text
+        assert await mqtt_connect(host, port, "dev-n19", "t19") == 0
+        assert await mqtt_connect(host, port, "dev-n0", "t0") == 5
+    finally:
+        await server.supervisor.update_users(server.hashes)
 
 
 # ---------------------------------------------------------------- restart
@@ -277,7 +292,9 @@ async def test_mosquitto_that_never_answers_times_out_and_is_stopped(tmp_path: P
     fake.chmod(0o755)
     layout = dataclasses.replace(make_layout(tmp_path / "data"), mosquitto_bin=str(fake))
     sup = MosquittoSupervisor(layout, provider({}), start_timeout_s=0.5)
-    with pytest.raises(MosquittoStartError, match=r"did not accept connections .* within 0.5 s"):
+    with pytest.raises(
+        MosquittoStartError, match=r"did not accept our login on .* within 0.5 s of start-up"
+    ):
         await sup.__aenter__()
     assert sup.pid is None
 
