@@ -7,6 +7,8 @@ import os
 import secrets
 from pathlib import Path
 
+from planty_broker.mqttserver.passwords import new_token
+
 
 def write_atomic(
     path: Path,
@@ -75,3 +77,14 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def load_or_create_secret(path: Path) -> str:
+    """A secret generated once and kept in `path` (0600), e.g. the gateway's MQTT password."""
+    with contextlib.suppress(FileNotFoundError):
+        secret = path.read_text().strip()
+        if len(secret) >= 22:  # >= 128 bits of URL-safe base64
+            return secret
+    secret = new_token()
+    write_atomic(path, secret + "\n", mode=0o600)
+    return secret

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import itertools
 import logging
@@ -12,6 +14,7 @@ import signal
 import socket
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from planty_broker.mqttserver.errors import (
@@ -237,3 +240,34 @@ def _tail(path: Path, lines: int) -> list[str]:
     except FileNotFoundError:
         return []
     return [line.strip()[:300] for line in text.splitlines() if line.strip()][-lines:]
+
+
+@dataclass(slots=True)
+class MosquittoProcess:
+    """One running Mosquitto: our child (`child` set) or adopted from a previous run."""
+
+    pid: int
+    started_at: float
+    child: asyncio.subprocess.Process | None
+    conf_path: Path
+
+    def alive(self) -> bool:
+        if self.child is not None:
+            return self.child.returncode is None
+        return is_our_mosquitto(self.pid, self.conf_path)
+
+    async def wait(self, poll_s: float) -> int | None:
+        """Until it exits: its exit code, or None for an adopted process (not our child)."""
+        if self.child is not None:
+            return await self.child.wait()
+        while self.alive():  # noqa: ASYNC110 - not our child: nothing to await but /proc
+            await asyncio.sleep(poll_s)
+        return None
+
+    def signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self.child is not None:
+                if self.child.returncode is None:
+                    self.child.send_signal(sig)
+            elif self.alive():  # never signal a recycled pid
+                os.kill(self.pid, sig)
