@@ -96,3 +96,6 @@ meta = Table(
     Column("key", String(256), primary_key=True),
     Column("value", json_type(), nullable=True),
 )
+
+# Feature tables defined on `metadata` in their own modules (imported for their side effect).
+from planty_broker.storage import schema_queue as _schema_queue  # noqa: E402, F401
