@@ -161,7 +161,9 @@ class SimDevice:
     async def start(self) -> None:
         """Boot the device and keep it connected in the background (returns at once)."""
         if self._task is not None:
-            return
+            if not self._task.done():
+                return
+            await self._halt()  # it gave up (bad CA) or crashed: boot it again
         self._boot += 1
         self._seq = 0
         self._fw.power_cycle()

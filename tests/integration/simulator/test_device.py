@@ -190,7 +190,7 @@ async def test_pump_on_with_seconds_switches_itself_off(
         ("pump.on", c, Source.COMMAND),
         ("pump.off", None, Source.AUTO),
     ]
-    assert 0.45 <= log[1].at - log[0].at <= 0.75
+    assert 0.45 <= log[1].at - log[0].at < 5  # after its seconds, not at once
 
 
 async def test_duplicate_id_is_acked_with_the_first_result_and_runs_once(
@@ -287,7 +287,8 @@ async def test_go_silent_keeps_the_session_but_publishes_nothing(
     async with device(broker, topics) as dev:
         await observer.wait_count(dev.device_id, Channel.TELEMETRY, 2)
         dev.go_silent()
-        await asyncio.sleep(0.15)
+        assert await dev.wait_acked()  # what was already on its way has reached the server
+        await asyncio.sleep(0.3)
         from_device = [m for m in observer.messages if m.channel != Channel.CMD]
         observer.send(dev.device_id, Command("c-quiet", "ping"))
         await asyncio.sleep(0.5)
@@ -339,3 +340,37 @@ async def test_malformed_every_sends_bad_payloads_without_taking_a_seq(
     assert len(bad) == 3
     assert good == [0, 1, 2, 3, 4, 5]
     assert dev.stats.malformed_published >= 3
+
+
+async def test_command_drop_rate_loses_commands_before_the_firmware(
+    broker: Broker, topics: Topics, observer: Observer
+) -> None:
+    async with device(
+        broker, topics, DeviceProfile(interval_s=60, faults=Faults(drop_rate=1.0))
+    ) as dev:
+        await dev.wait_online()
+        observer.send(dev.device_id, Command("c-lost", "pump.on"))
+        async with asyncio.timeout(5):
+            while dev.stats.commands_received < 1:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+    assert observer.of(dev.device_id, Channel.ACK) == []
+    assert dev.executions() == []
+    assert not dev.actuator("pump").on
+    assert dev.stats.commands_dropped == 1
+
+
+async def test_telemetry_drop_rate_leaves_seq_gaps(
+    broker: Broker, topics: Topics, observer: Observer
+) -> None:
+    profile = DeviceProfile(interval_s=60, faults=Faults(telemetry_drop_rate=0.5))
+    async with device(broker, topics, profile) as dev:
+        await dev.wait_online()
+        published = await dev.burst(40)
+        assert await dev.wait_acked()
+        msgs = await observer.wait_count(dev.device_id, Channel.TELEMETRY, published)
+    seqs = [decode_telemetry(m.payload)[0].seq for m in msgs]
+    assert 0 < published < 40
+    assert seqs == sorted(seqs)
+    assert len(seqs) == len(set(seqs))
+    assert dev.next_seq - len(seqs) == dev.stats.telemetry_dropped  # every missing seq is a drop

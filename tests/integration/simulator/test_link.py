@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +134,28 @@ async def test_device_reconnects_after_the_server_restarts(own_mosquitto: Mosqui
         assert dev.next_seq > seq_before
     assert dev.stats.connects == 2
     assert dev.stats.disconnects == 1
+
+
+async def test_wrong_token_is_refused_and_reported(tmp_path: Path) -> None:
+    passwords = tmp_path / "passwd"
+    passwords.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "auth-1", "right-token"], check=True)
+    passwords.chmod(0o600)
+    mosquitto = MosquittoProcess(tmp_path, f"allow_anonymous false\npassword_file {passwords}\n")
+    mosquitto.start()
+    try:
+        broker = Broker("127.0.0.1", mosquitto.port)
+        good = replace(broker.credentials("auth-1"), token="right-token")
+        async with SimDevice(good, QUICK, topics=Topics("auth/v1")) as dev:
+            await dev.wait_online()
+        bad = replace(good, token="wrong-token")
+        dev = SimDevice(bad, QUICK, topics=Topics("auth/v1"))
+        await dev.start()
+        with pytest.raises(DeviceOfflineError, match="refused the connection") as info:
+            await dev.wait_online(1.0)
+        await dev.stop()
+    finally:
+        mosquitto.stop()
+    assert "wrong-token" not in str(info.value)
+    assert dev.stats.connect_failures >= 1
+    assert dev.stats.connects == 0
