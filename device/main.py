@@ -80,7 +80,9 @@ def join_wifi(wlan, ssid, password, timeout_s):
     if wlan.isconnected():
         print("planty: wifi up, address %s" % wlan.ifconfig()[0])
         return True
-    print("planty: wifi %s not reachable after %d s; readings are kept meanwhile" % (ssid, timeout_s))
+    print(
+        "planty: wifi %s not reachable after %d s; readings are kept meanwhile" % (ssid, timeout_s)
+    )
     return False
 
 
@@ -194,7 +196,11 @@ def build(secrets, cfg, wlan=None):
             return wlan.status("rssi")
 
     dev = planty_device.Device.from_secrets(
-        secrets, fw=cfg["fw"], interval_s=cfg["interval_s"], link_up=link_up, rssi=rssi,
+        secrets,
+        fw=cfg["fw"],
+        interval_s=cfg["interval_s"],
+        link_up=link_up,
+        rssi=rssi,
         on_event=on_event,
     )
     dev.sensor("soil_moisture")(soil_sensor(cfg))
@@ -223,8 +229,14 @@ def main():
     if up and machine.reset_cause() != machine.DEEPSLEEP_RESET:
         set_clock(cfg["ntp_host"])  # the RTC keeps time through deep sleep
     dev = build(secrets, cfg, wlan)
-    print("planty: %s boot %d, %s" % (dev.device_id, dev.boot, json.dumps(
-        {"sensors": [n for n, _ in dev.sensors], "interval_s": dev.interval_s})))
+    print(
+        "planty: %s boot %d, %s"
+        % (
+            dev.device_id,
+            dev.boot,
+            json.dumps({"sensors": [n for n, _ in dev.sensors], "interval_s": dev.interval_s}),
+        )
+    )
     if cfg["deep_sleep"]:
         dev.run_once(listen_ms=cfg["listen_ms"])
         dev.deep_sleep(int(dev.interval_s * 1000))

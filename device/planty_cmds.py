@@ -109,7 +109,7 @@ class Commands:
             raise ValueError("unknown action " + action)
         dot = action.rfind(".")
         name = action[:dot]
-        verb = action[dot + 1:]
+        verb = action[dot + 1 :]
         secs = args.get("seconds") if verb == "on" else None
         if secs is not None:
             if not _number(secs) or secs <= 0:

@@ -23,8 +23,13 @@ from umqtt.simple import MQTTClient, MQTTException
 VERSION = "1.0.0"
 _UNIX_2000_MS = 946684800000  # ESP32 MicroPython counts time from 2000-01-01
 _CLOCK_SANE_MS = 1600000000000  # before Sept 2020: the RTC was never set
-_REFUSED = {1: "bad protocol", 2: "client id refused", 3: "server unavailable",
-            4: "bad device_id or token", 5: "not authorized"}
+_REFUSED = {
+    1: "bad protocol",
+    2: "client id refused",
+    3: "server unavailable",
+    4: "bad device_id or token",
+    5: "not authorized",
+}
 _NET_ERRORS = (OSError, MQTTException, AssertionError, IndexError, TypeError, ValueError)
 
 
@@ -38,8 +43,8 @@ def pem_to_der(pem):
     end = pem.find("-----END CERTIFICATE-----")
     if start < 0 or end < 0:
         raise ValueError("ca_pem holds no PEM certificate")
-    body = pem[start + 27:end].replace("\n", "").replace("\r", "").replace(" ", "")
-    return binascii.a2b_base64(body)
+    body = pem[start + 27 : end].replace("\n", "").replace("\r", "").replace(" ", "")
+    return binascii.a2b_base64(body.encode())
 
 
 class _Sock:
@@ -78,10 +83,29 @@ class _Sock:
 class Device:
     """One plant device: register sensors and actions, then `run()` (or `run_once()` + sleep)."""
 
-    def __init__(self, device_id, token, host, port=8883, ca_pem=None, prefix="planty/v1",
-                 fw=VERSION, interval_s=60, keepalive=60, ring_size=32, dedup_size=16,
-                 state_dir="", backoff_ms=(1000, 60000), io_timeout_s=15, poll_ms=50,
-                 link_up=None, rssi=None, on_event=None, log=print):
+    def __init__(
+        self,
+        device_id,
+        token,
+        host,
+        port=8883,
+        ca_pem=None,
+        prefix="planty/v1",
+        fw=VERSION,
+        interval_s=60,
+        keepalive=60,
+        ring_size=32,
+        slot_bytes=192,
+        dedup_size=16,
+        state_dir="",
+        backoff_ms=(1000, 60000),
+        io_timeout_s=15,
+        poll_ms=50,
+        link_up=None,
+        rssi=None,
+        on_event=None,
+        log=print,
+    ):
         self.device_id = device_id
         self.token = token
         self.host = host
@@ -105,7 +129,12 @@ class Device:
         self.running = True
         self.seq = 0
         self.dropped = 0  # readings lost because the ring buffer was full
-        self._ring = [None] * ring_size
+        # Unsent readings live in one buffer allocated at boot: ring_size slots of slot_bytes,
+        # so the RAM they take is fixed and the heap does not fragment during a long outage.
+        self._size = ring_size
+        self._slot = slot_bytes
+        self._arena = bytearray(ring_size * slot_bytes)
+        self._lens = [0] * ring_size
         self._head = 0
         self._count = 0
         self._pending = []  # raw cmd payloads received, handled in the loop, not in the callback
@@ -129,8 +158,15 @@ class Device:
     def from_secrets(cls, secrets, **opts):
         """A Device from the dict `load_secrets()` returns; `opts` are the other arguments."""
         m = secrets["mqtt"]
-        return cls(secrets["device_id"], secrets["token"], m["host"], m.get("port", 8883),
-                   m.get("ca_pem"), prefix=m.get("prefix", "planty/v1"), **opts)
+        return cls(
+            secrets["device_id"],
+            secrets["token"],
+            m["host"],
+            m.get("port", 8883),
+            m.get("ca_pem"),
+            prefix=m.get("prefix", "planty/v1"),
+            **opts,
+        )
 
     # ------------------------------------------------------------ registration
     def sensor(self, name):
@@ -158,7 +194,9 @@ class Device:
         return ms if ms > _CLOCK_SANE_MS else None
 
     def _save_state(self):
-        store_json(self._dir + "planty_state.json", {"boot": self.boot, "interval_s": self.interval_s})
+        store_json(
+            self._dir + "planty_state.json", {"boot": self.boot, "interval_s": self.interval_s}
+        )
 
     def set_interval(self, seconds):
         """New telemetry period (the `config` command): kept in a file, announced in status."""
@@ -197,25 +235,39 @@ class Device:
         return self.seq - 1
 
     def _push(self, payload):
-        size = len(self._ring)
+        n = len(payload)
+        if n > self._slot:
+            self.log(
+                "planty: a %d-byte reading does not fit slot_bytes=%d; dropped" % (n, self._slot)
+            )
+            self.dropped += 1
+            return
+        size = self._size
         if self._count == size:  # full: the oldest reading is lost, the newest kept
             self._head = (self._head + 1) % size
             self._count -= 1
             self.dropped += 1
-        self._ring[(self._head + self._count) % size] = payload
+        i = (self._head + self._count) % size
+        off = i * self._slot
+        self._arena[off : off + n] = payload
+        self._lens[i] = n
         self._count += 1
+
+    def _entry(self, k):
+        """The k-th oldest unsent reading, as a view into the ring buffer (no copy)."""
+        i = (self._head + k) % self._size
+        off = i * self._slot
+        return memoryview(self._arena)[off : off + self._lens[i]]
 
     def backlog(self):
         """How many readings wait to be sent."""
         return self._count
 
     def _flush(self):
-        size = len(self._ring)
         while self._count and self._c:
-            if not self._publish(self.t_tele, self._ring[self._head]):
+            if not self._publish(self.t_tele, self._entry(0)):
                 return
-            self._ring[self._head] = None
-            self._head = (self._head + 1) % size
+            self._head = (self._head + 1) % self._size
             self._count -= 1
             self._event("sent")
 
@@ -225,8 +277,14 @@ class Device:
 
     def _status(self):
         acts = list(self.cmds.actuators)
-        st = {"online": True, "fw": self.fw, "boot": self.boot, "interval_s": self.interval_s,
-              "sensors": [n for n, _ in self.sensors], "actuators": acts}
+        st = {
+            "online": True,
+            "fw": self.fw,
+            "boot": self.boot,
+            "interval_s": self.interval_s,
+            "sensors": [n for n, _ in self.sensors],
+            "actuators": acts,
+        }
         if self.rssi:
             try:
                 st["rssi"] = self.rssi()
@@ -241,8 +299,11 @@ class Device:
         if hasattr(c, "ssl_params"):  # umqtt.simple < 1.4: ussl.wrap_socket(sock, **ssl_params)
             import ssl
 
-            c.ssl_params = {"cert_reqs": ssl.CERT_REQUIRED, "cadata": self.ca_der,
-                            "server_hostname": self.host}
+            c.ssl_params = {
+                "cert_reqs": ssl.CERT_REQUIRED,
+                "cadata": self.ca_der,
+                "server_hostname": self.host,
+            }
         else:  # umqtt.simple >= 1.4 (mip today): an SSLContext in c.ssl
             import ssl
 
@@ -256,8 +317,15 @@ class Device:
         self._drop()
         gc.collect()
         self._event("connecting")
-        c = MQTTClient(self.device_id, self.host, self.port, self.device_id, self.token,
-                       self.keepalive, ssl=self.ca_der is not None)
+        c = MQTTClient(
+            self.device_id,
+            self.host,
+            self.port,
+            self.device_id,
+            self.token,
+            self.keepalive,
+            ssl=self.ca_der is not None,
+        )
         self._tls(c)
         c.set_last_will(self.t_status, b'{"online": false}', retain=True, qos=1)
         c.set_callback(self._on_msg)
@@ -270,8 +338,10 @@ class Device:
             c.publish(self.t_status, self._status(), retain=True, qos=1)
         except MQTTException as e:
             code = e.args[0] if e.args else 0
-            self.log("planty: broker refused %s (code %s: %s); check device_id and token"
-                     % (self.device_id, code, _REFUSED.get(code, "?")))
+            self.log(
+                "planty: broker refused %s (code %s: %s); check device_id and token"
+                % (self.device_id, code, _REFUSED.get(code, "?"))
+            )
             self._event("refused")
             self._drop(c)
             self._delay = self.backoff_max
@@ -282,8 +352,10 @@ class Device:
             self._drop(c)
             return False
         self._delay = 0
-        self.log("planty: online as %s at %s:%s, boot %d" % (self.device_id, self.host,
-                                                            self.port, self.boot))
+        self.log(
+            "planty: online as %s at %s:%s, boot %d"
+            % (self.device_id, self.host, self.port, self.boot)
+        )
         self._event("connected")
         return True
 
@@ -407,7 +479,7 @@ class Device:
         """
         self.sample()
         for _ in range(tries):
-            if self.connect():
+            if self._c or self.connect():
                 break
             time.sleep_ms(self.backoff_min)
         start = time.ticks_ms()
@@ -434,7 +506,7 @@ class Device:
     def _save_backlog(self):
         items = []
         for i in range(self._count):
-            items.append(self._ring[(self._head + i) % len(self._ring)].decode())
+            items.append(str(bytes(self._entry(i)), "utf-8"))
         store_json(self._dir + "planty_backlog.json", items)
 
     def _restore_backlog(self):

@@ -32,8 +32,9 @@ class Seen:
 class MqttBackend:
     """Subscribes to every device topic as the admin user; sends commands on `cmd`."""
 
-    def __init__(self, host: str, port: int, ca_pem: str, user: str, password: str,
-                 prefix: str = "planty/v1") -> None:
+    def __init__(
+        self, host: str, port: int, ca_pem: str, user: str, password: str, prefix: str = "planty/v1"
+    ) -> None:
         self._host, self._port = host, port
         self._ctx = ssl.create_default_context(cadata=ca_pem)
         self._user, self._password = user, password
@@ -59,9 +60,11 @@ class MqttBackend:
             await self._client.disconnect()
 
     def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
-        device_id, _, channel = topic[len(self._base):].partition("/")
+        device_id, _, channel = topic[len(self._base) :].partition("/")
         body = json.loads(payload) if payload else None
-        self.seen.append(Seen(device_id, channel, body, bool(props.get("retain")), time.monotonic()))
+        self.seen.append(
+            Seen(device_id, channel, body, bool(props.get("retain")), time.monotonic())
+        )
         self._changed.set()
         return 0
 
@@ -88,9 +91,15 @@ class MqttBackend:
         assert self._client is not None
         self._client.publish(self._base + device_id + "/cmd", json.dumps(cmd).encode(), qos=1)
 
-    async def command(self, device_id: str, action: str, args: dict[str, Any] | None = None,
-                      exp: int | None = None, cid: str | None = None,
-                      timeout: float = 10.0) -> dict[str, Any]:
+    async def command(
+        self,
+        device_id: str,
+        action: str,
+        args: dict[str, Any] | None = None,
+        exp: int | None = None,
+        cid: str | None = None,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
         """Send one command and return its ack (the first ack with that id)."""
         cid = cid or "c-" + uuid.uuid4().hex[:12]
         before = len(self.of(device_id, "ack"))

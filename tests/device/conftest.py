@@ -77,8 +77,9 @@ def device_endpoint(link: LinkProxy, pki: Pki, device_id: str, token: str) -> De
 
 @pytest.fixture
 async def backend(mosquitto: Mosquitto, pki: Pki) -> AsyncIterator[MqttBackend]:
-    b = MqttBackend("127.0.0.1", mosquitto.port, pki.ca_pem, mosquitto.admin_user,
-                    mosquitto.admin_password)
+    b = MqttBackend(
+        "127.0.0.1", mosquitto.port, pki.ca_pem, mosquitto.admin_user, mosquitto.admin_password
+    )
     await b.start()
     yield b
     await b.stop()
@@ -121,8 +122,13 @@ def make_device(tmp_path: Path) -> Callable[..., Any]:
     def make(endpoint: DeviceEndpoint, **opts: Any) -> Any:
         logs: list[str] = opts.pop("logs", [])
         kw: dict[str, Any] = {
-            "interval_s": 60, "keepalive": 30, "backoff_ms": (100, 800), "poll_ms": 10,
-            "io_timeout_s": 5, "state_dir": str(tmp_path / "flash"), "log": logs.append,
+            "interval_s": 60,
+            "keepalive": 30,
+            "backoff_ms": (100, 800),
+            "poll_ms": 10,
+            "io_timeout_s": 5,
+            "state_dir": str(tmp_path / "flash"),
+            "log": logs.append,
         }
         kw.update(opts)
         Path(kw["state_dir"]).mkdir(exist_ok=True)
@@ -131,4 +137,3 @@ def make_device(tmp_path: Path) -> Callable[..., Any]:
         return dev
 
     return make
-

@@ -74,7 +74,9 @@ class LinkProxy:
                 self._conns += [client, upstream]
                 self.accepted += 1
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True, name="proxy-pipe").start()
+                threading.Thread(
+                    target=self._pipe, args=(a, b), daemon=True, name="proxy-pipe"
+                ).start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:

@@ -189,8 +189,13 @@ async def test_builtins_ping_read_config_and_unknown_actions(
 async def test_a_wrong_token_is_refused_with_a_clear_line(
     make_device: Callable[..., Any], device_endpoint: DeviceEndpoint, backend: MqttBackend
 ) -> None:
-    wrong = DeviceEndpoint(device_endpoint.host, device_endpoint.port, device_endpoint.ca_pem,
-                           device_endpoint.device_id, "not-the-token")
+    wrong = DeviceEndpoint(
+        device_endpoint.host,
+        device_endpoint.port,
+        device_endpoint.ca_pem,
+        device_endpoint.device_id,
+        "not-the-token",
+    )
     dev = make_device(wrong)
     assert dev.connect() is False
     assert not dev.connected()
@@ -206,7 +211,14 @@ async def test_a_broker_with_another_ca_is_not_trusted(
     from tests.device.pki import make_pki
 
     other = make_pki(tmp_path / "other", cn="Someone else")
-    dev = make_device(DeviceEndpoint(device_endpoint.host, device_endpoint.port, other.ca_pem,
-                                     device_endpoint.device_id, device_endpoint.token))
+    dev = make_device(
+        DeviceEndpoint(
+            device_endpoint.host,
+            device_endpoint.port,
+            other.ca_pem,
+            device_endpoint.device_id,
+            device_endpoint.token,
+        )
+    )
     assert dev.connect() is False
     assert any("cannot reach" in line and "CERTIFICATE_VERIFY_FAILED" in line for line in dev.logs)

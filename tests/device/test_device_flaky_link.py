@@ -30,7 +30,9 @@ def _counting(dev: Any) -> None:
 
 
 async def test_ten_second_cut_loses_nothing_and_repeats_nothing(
-    make_device: Callable[..., Any], device_endpoint: DeviceEndpoint, backend: MqttBackend,
+    make_device: Callable[..., Any],
+    device_endpoint: DeviceEndpoint,
+    backend: MqttBackend,
     link: LinkProxy,
 ) -> None:
     dev = make_device(device_endpoint, interval_s=0.3, keepalive=5, ring_size=64)
@@ -47,7 +49,8 @@ async def test_ten_second_cut_loses_nothing_and_repeats_nothing(
         link.restore()
         await backend.wait_for(
             lambda: [s for s in backend.of(did, "status")[1:] if s.get("online")],
-            timeout=15, what="online again",
+            timeout=15,
+            what="online again",
         )
         await backend.wait_for(lambda: dev.backlog() == 0 and dev.connected(), what="backlog sent")
         await asyncio.sleep(0.6)
@@ -79,8 +82,10 @@ async def test_wifi_down_keeps_readings_and_the_ring_drops_the_oldest_when_full(
             await asyncio.sleep(1.0)  # ~20 readings into a ring of 8
             assert not dev.connected()
             network.up = True
-            await backend.wait_for(lambda: dev.dropped > 0 and dev.backlog() == 0 and dev.connected(),
-                                   what="backlog sent")
+            await backend.wait_for(
+                lambda: dev.dropped > 0 and dev.backlog() == 0 and dev.connected(),
+                what="backlog sent",
+            )
             await asyncio.sleep(0.2)
     finally:
         network.up = True
@@ -92,8 +97,11 @@ async def test_wifi_down_keeps_readings_and_the_ring_drops_the_oldest_when_full(
 
 
 async def test_deep_sleep_cycle_sends_then_sleeps_and_keeps_unsent_readings(
-    make_device: Callable[..., Any], device_endpoint: DeviceEndpoint, backend: MqttBackend,
-    link: LinkProxy, tmp_path: Path,
+    make_device: Callable[..., Any],
+    device_endpoint: DeviceEndpoint,
+    backend: MqttBackend,
+    link: LinkProxy,
+    tmp_path: Path,
 ) -> None:
     did = device_endpoint.device_id
     dev = make_device(device_endpoint, interval_s=600)

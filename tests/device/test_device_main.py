@@ -26,8 +26,7 @@ def board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.chdir(tmp_path)  # the board's flash: state files land here
     machine.Pin.levels.clear()
     machine.ADC.raw.clear()
-    cfg = dict(main.CONFIG)
-    return cfg
+    return dict(main.CONFIG)
 
 
 def _ack(dev: Any, action: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -80,7 +79,7 @@ def test_pump_relay_is_active_low_needs_seconds_and_stops_by_itself(board: dict[
 
 def test_secrets_file_problems_are_one_clear_line(tmp_path: Path) -> None:
     path = tmp_path / "secrets.json"
-    with pytest.raises(ValueError, match="no .*secrets.json on the board"):
+    with pytest.raises(ValueError, match=r"no .*secrets\.json on the board"):
         planty_device.load_secrets(str(path))
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
@@ -89,5 +88,5 @@ def test_secrets_file_problems_are_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lacks token"):
         planty_device.load_secrets(str(path))
     path.write_text(json.dumps({**SECRETS, "mqtt": {"host": "gw.local", "port": 8883}}))
-    with pytest.raises(ValueError, match="lacks mqtt.ca_pem"):
+    with pytest.raises(ValueError, match=r"lacks mqtt\.ca_pem"):
         planty_device.load_secrets(str(path))

@@ -40,7 +40,7 @@ def umqtt_path() -> Path:
     if simple.exists() and _sha256(simple.read_bytes()) == SIMPLE_SHA256:
         return root
     try:
-        with urllib.request.urlopen(URL, timeout=60) as resp:  # noqa: S310 - fixed https URL
+        with urllib.request.urlopen(URL, timeout=60) as resp:
             sdist = resp.read()
     except OSError as exc:
         raise RuntimeError(

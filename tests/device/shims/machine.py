@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 DEEPSLEEP_RESET = 4
 PWRON_RESET = 1
@@ -13,9 +13,11 @@ class Pin:
     IN = 1
     OUT = 3
     PULL_UP = 2
-    levels: dict[int, int] = {}
+    levels: ClassVar[dict[int, int]] = {}
 
-    def __init__(self, pin_id: int, mode: int = -1, pull: int = -1, value: int | None = None) -> None:
+    def __init__(
+        self, pin_id: int, mode: int = -1, pull: int = -1, value: int | None = None
+    ) -> None:
         self.id = pin_id
         if value is not None:
             Pin.levels[pin_id] = value
@@ -35,7 +37,7 @@ class Pin:
 
 class ADC:
     ATTN_11DB = 3
-    raw: dict[int, int] = {}
+    raw: ClassVar[dict[int, int]] = {}
 
     def __init__(self, pin: Pin, atten: int | None = None) -> None:
         self.id = pin.id

@@ -41,8 +41,14 @@ def sleep_us(us: int) -> None:
 
 
 def install() -> None:
-    for name, fn in (("ticks_ms", ticks_ms), ("ticks_us", ticks_us), ("ticks_add", ticks_add),
-                     ("ticks_diff", ticks_diff), ("sleep_ms", sleep_ms), ("sleep_us", sleep_us)):
+    for name, fn in (
+        ("ticks_ms", ticks_ms),
+        ("ticks_us", ticks_us),
+        ("ticks_add", ticks_add),
+        ("ticks_diff", ticks_diff),
+        ("sleep_ms", sleep_ms),
+        ("sleep_us", sleep_us),
+    ):
         setattr(time, name, fn)
     gc.mem_free = lambda: 111_000  # type: ignore[attr-defined]
     gc.mem_alloc = lambda: 9_000  # type: ignore[attr-defined]

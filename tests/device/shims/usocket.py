@@ -13,8 +13,9 @@ SOCK_STREAM = _socket.SOCK_STREAM
 class socket:  # noqa: N801 - MicroPython's name
     """A socket whose read(n) loops to n bytes when blocking and returns None when it would block."""
 
-    def __init__(self, af: int = AF_INET, kind: int = SOCK_STREAM, proto: int = 0, *,
-                 _sock: Any = None) -> None:
+    def __init__(
+        self, af: int = AF_INET, kind: int = SOCK_STREAM, proto: int = 0, *, _sock: Any = None
+    ) -> None:
         self._s = _sock if _sock is not None else _socket.socket(af, kind, proto)
         self._blocking = True
 

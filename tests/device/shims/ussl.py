@@ -31,7 +31,6 @@ def wrap_socket(
         ctx.load_verify_locations(cadata=cadata)
     raw = sock._s
     raw.settimeout(10)
-    ss = ctx.wrap_socket(raw, server_hostname=server_hostname,
-                         do_handshake_on_connect=do_handshake)
+    ss = ctx.wrap_socket(raw, server_hostname=server_hostname, do_handshake_on_connect=do_handshake)
     ss.settimeout(None)
     return socket(_sock=ss)
