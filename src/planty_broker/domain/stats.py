@@ -147,8 +147,9 @@ class DeviceStats:
 
     def round_trip(self, value_ms: float, now_ms: int) -> None:
         """A ping or command round trip took `value_ms` (also fed to the fleet sketch)."""
-        value_ms = max(value_ms, 0.0)
-        key = key_of(self.latency.layout.mapping, value_ms)
+        if value_ms < 0.0:  # noqa: PLR1730 (an if is ~100 ns cheaper than max() per sample)
+            value_ms = 0.0
+        key = key_of(self.latency.mapping, value_ms)
         self.latency.add_keyed(key, value_ms, now_ms)
         if self._fleet_latency is not None:
             self._fleet_latency.add_keyed(key, value_ms, now_ms)

@@ -69,6 +69,17 @@ def test_frozen_bytes_answer_like_the_live_sketch(values: list[float]) -> None:
     assert thawed.mean == pytest.approx(live.mean)
 
 
+def test_a_frozen_slot_of_scattered_values_is_stored_sparse_and_reads_back() -> None:
+    scattered = [1.0, 50.0, 2500.0, 60_000.0]  # ~550 buckets apart, 4 in use
+    live = sketch_of(scattered)
+    blob = live.to_bytes()
+    header = len(LatencySketch().to_bytes())
+    assert len(blob) <= header + 4 * 3
+    assert LatencySketch.from_bytes(blob).quantiles(QS) == live.quantiles(QS)
+    packed = sketch_of([10.0 + i * 0.2 for i in range(100)])  # ~100 adjacent buckets, all used
+    assert len(packed.to_bytes()) <= header + 100
+
+
 def test_known_distribution_gives_known_percentiles() -> None:
     values = [float(v) for v in range(1, 1001)]  # 1..1000 ms
     p50, p95, p99 = sketch_of(values).quantiles((0.5, 0.95, 0.99))
