@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -122,9 +123,7 @@ def run(
     settings = settings_from(config, data_dir, api_port=api_port, mqtt_port=mqtt_port)
     setup_logging(settings.log.level, settings.log.json)
     try:
-        asyncio.run(
-            run_gateway(settings, announce=lambda line: console.print(line, highlight=False))
-        )
+        asyncio.run(run_gateway(settings, announce=lambda line: print(line, flush=True)))
     except StartupError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -151,23 +150,39 @@ def _readings_cell(d: dict[str, Any]) -> str:
 def devices_default(
     ctx: typer.Context, config: ConfigOpt = None, data_dir: DataDirOpt = None, url: UrlOpt = None
 ) -> None:
-    """With no sub-command: list devices."""
-    ctx.obj = (config, data_dir, url)
+    """With no sub-command: list devices (the options apply to that list)."""
     if ctx.invoked_subcommand is None:
-        list_devices(ctx)
+        list_devices(config=config, data_dir=data_dir, url=url)
 
 
-def _client(ctx: typer.Context) -> ApiClient:
-    config, data_dir, url = ctx.obj or (None, None, None)
+def client(
+    config: Path | None = None, data_dir: Path | None = None, url: str | None = None
+) -> ApiClient:
+    """An API client for the gateway that these settings describe."""
     return ApiClient(settings_from(config, data_dir), url)
+
+
+def ago(iso_time: str | None) -> str:
+    """'12s ago' from an API time, for tables."""
+    if not iso_time:
+        return "-"
+    then = datetime.fromisoformat(iso_time.replace("Z", "+00:00"))
+    secs = (datetime.now(UTC) - then).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{int(secs // size)}{unit} ago"
+    return f"{max(0, int(secs))}s ago"
 
 
 @devices_app.command("list")
 def list_devices(
-    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
 ) -> None:
     """List devices with presence, last seen, latest readings, message and error counts."""
-    data = _client(ctx).call("GET", "/devices")
+    data = client(config, data_dir, url).call("GET", "/devices")
     if as_json:
         console.print_json(json.dumps(data))
         return
@@ -175,20 +190,20 @@ def list_devices(
     for col in (
         "id",
         "presence",
-        "since / cause",
+        "since (cause)",
         "last seen",
         "latest readings",
         "msgs",
         "errors",
     ):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for d in data["devices"]:
         p = d["presence"]
         t.add_row(
             d["id"],
             _presence_cell(d),
-            f"{p['since'] or '-'} {p['cause'] or ''}",
-            d["last_seen"] or "-",
+            f"{ago(p['since'])} ({p['cause'] or '-'})",
+            ago(d["last_seen"]),
             _readings_cell(d),
             str(d["counts"]["messages"]),
             str(d["counts"]["errors"]),
@@ -198,7 +213,6 @@ def list_devices(
 
 @devices_app.command("add")
 def add_device(
-    ctx: typer.Context,
     device_id: Annotated[str, typer.Argument(help="device id: 3-64 of a-z 0-9 -")],
     name: Annotated[str | None, typer.Option(help="a human name")] = None,
     export_device_config: Annotated[
@@ -210,12 +224,15 @@ def add_device(
     ] = None,
     wifi_ssid: Annotated[str, typer.Option(help="Wi-Fi SSID to put in secrets.json")] = "",
     wifi_password: Annotated[str, typer.Option(help="Wi-Fi password to put in secrets.json")] = "",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
 ) -> None:
     """Register a device; prints its credentials once."""
     body: dict[str, Any] = {"id": device_id}
     if name:
         body["name"] = name
-    creds = _client(ctx).call("POST", "/devices", json=body)
+    creds = client(config, data_dir, url).call("POST", "/devices", json=body)
     if export_device_config:
         secrets_doc = {
             "wifi": {"ssid": wifi_ssid, "password": wifi_password},
@@ -236,15 +253,21 @@ def add_device(
 
 
 @devices_app.command("show")
-def show_device(ctx: typer.Context, device_id: str) -> None:
+def show_device(
+    device_id: str, config: ConfigOpt = None, data_dir: DataDirOpt = None, url: UrlOpt = None
+) -> None:
     """Everything the gateway knows about one device."""
-    console.print_json(json.dumps(_client(ctx).call("GET", f"/devices/{device_id}")))
+    console.print_json(
+        json.dumps(client(config, data_dir, url).call("GET", f"/devices/{device_id}"))
+    )
 
 
 @devices_app.command("remove")
-def remove_device(ctx: typer.Context, device_id: str) -> None:
+def remove_device(
+    device_id: str, config: ConfigOpt = None, data_dir: DataDirOpt = None, url: UrlOpt = None
+) -> None:
     """Remove a device: its credentials stop working at once."""
-    _client(ctx).call("DELETE", f"/devices/{device_id}")
+    client(config, data_dir, url).call("DELETE", f"/devices/{device_id}")
     console.print(f"device {device_id} removed")
 
 

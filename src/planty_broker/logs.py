@@ -50,4 +50,5 @@ def setup_logging(level: str = "info", json_lines: bool = False) -> None:
     root.setLevel(level.upper())
     # Third-party chatter: gmqtt logs every reconnect attempt at INFO, uvicorn every request.
     logging.getLogger("gmqtt").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
