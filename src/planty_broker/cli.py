@@ -8,7 +8,6 @@ Errors a user can meet print one line and exit 1, never a stack trace.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
@@ -286,17 +285,31 @@ def simulate(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     url: UrlOpt = None,
+    mqtt_host: Annotated[
+        str | None,
+        typer.Option("--mqtt-host", help="host the devices connect to (default: what the API says)"),
+    ] = None,
 ) -> None:
     """Start a virtual ESP32 fleet that provisions itself through the API and connects over TLS."""
+    from planty_broker.simulator import SimulatorError
     from planty_broker.simulator.fleet import run_simulation
 
     client = ApiClient(settings_from(config, data_dir), url)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(
             run_simulation(
-                client.url, client.token, devices=devices, interval_s=interval, prefix=prefix
+                client.url,
+                client.token,
+                devices=devices,
+                interval_s=interval,
+                prefix=prefix,
+                mqtt_host=mqtt_host,
             )
         )
+    except SimulatorError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
 
 
 def main() -> None:

@@ -56,7 +56,9 @@ class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Plaintext device listener, only on loopback and only when asked (0 = none).
     plaintext_loopback_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     topic_prefix: str = "planty/v1"
-    client_id: str = ""  # empty: "planty-gateway-<broker_id>"
+    # External server only: empty means "planty-gateway". The supervised Mosquitto forces
+    # client id = username, so there the gateway is always "planty-gateway".
+    client_id: str = ""
     keepalive_s: PositiveInt = 60
     max_payload_bytes: PositiveInt = 64 * 1024
     max_inflight: PositiveInt = 1000  # our own cap on unacked QoS 1 publishes

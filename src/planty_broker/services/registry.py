@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 TokenHasher = Callable[[str], str]
 
 # Names the gateway itself uses on the MQTT server: never a device id.
-RESERVED_IDS = frozenset({"planty-gateway", "planty-claim", "planty-observer"})
+RESERVED_IDS = frozenset({"planty-gateway", "planty-probe", "planty-claim", "planty-observer"})
 
 
 class RegistryError(Exception):
