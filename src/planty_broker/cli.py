@@ -287,7 +287,7 @@ def simulate(
     url: UrlOpt = None,
     mqtt_host: Annotated[
         str | None,
-        typer.Option("--mqtt-host", help="host the devices connect to (default: what the API says)"),
+        typer.Option("--mqtt-host", help="host devices connect to (default: from the API)"),
     ] = None,
 ) -> None:
     """Start a virtual ESP32 fleet that provisions itself through the API and connects over TLS."""

@@ -15,11 +15,12 @@ waiting to re-arm) is never an event: the fire before it explains it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+import msgspec
 
 from planty_broker.domain.rules_model import Rule
 
@@ -59,11 +60,15 @@ class RuleState:
     silence_warned_for_ms: int | None = None  # `last_seen_ms` already warned about
     run_reason: Reason | None = None  # suppression run in progress (history de-duplication)
     run_repeats: int = 0
+    idle: bool = True  # armed and no run in progress: a non-matching reading changes nothing
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """A fire (send `action` with `args`), a suppression with its reason, or a warning."""
+class Decision(msgspec.Struct, frozen=True):
+    """A fire (send `action` with `args`), a suppression with its reason, or a warning.
+
+    A msgspec Struct: built in C, since a busy rule set makes one per reading.
+    `detail` (one sentence for the history) is filled when `event` is True.
+    """
 
     outcome: Outcome
     rule_id: str
@@ -73,7 +78,7 @@ class Decision:
     reading_ts_ms: int | None
     at_ms: int
     action: str
-    args: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any] = {}
     reason: Reason | None = None
     detail: str = ""
     event: bool = True  # worth a line in the rule's history
@@ -127,6 +132,7 @@ def record_fire(rule: Rule, state: RuleState, at_ms: int) -> None:
     state.seconds_today += rule.seconds
     state.last_fire_ms = at_ms
     state.armed = False
+    state.idle = False
     state.run_reason = None
     state.run_repeats = 0
 
@@ -136,30 +142,44 @@ def note_manual_command(state: RuleState, now_ms: int, hold_s: float) -> None:
     state.manual_hold_until_ms = max(state.manual_hold_until_ms, now_ms + int(hold_s * 1000))
 
 
+_FIRE = Outcome.FIRE
+_SUPPRESSED = Outcome.SUPPRESSED
+_DISARMED = Reason.DISARMED
+
+
 def evaluate(
     rule: Rule, state: RuleState, value: float, reading_ts_ms: int, now_ms: int
 ) -> Decision | None:
-    """Feed one reading of `rule.reading`; None when there is nothing to act on or report."""
+    """Feed one reading of `rule.reading`; None when the condition is not met (or disabled)."""
     state.last_seen_ms = now_ms
-    if not rule.enabled or math.isnan(value):
+    if not rule.enabled:
         return None
     if not rule.fires(value, rule.threshold):
-        if state.run_reason is None and state.armed:
-            return None  # the common case: nothing to re-arm, no run to end
-        stale = rule.stale_after_s is not None and _is_stale(rule, reading_ts_ms, now_ms)
-        if not stale and not rule.fires(value, rule.rearm_at):
-            state.armed = True
-            state.run_reason = None
-            state.run_repeats = 0
-        return None
+        if not state.idle:
+            _maybe_rearm(rule, state, value, reading_ts_ms, now_ms)
+        return None  # NaN lands here too: it never compares true
     if not state.armed:
-        return _decide(rule, state, value, reading_ts_ms, now_ms, Reason.DISARMED)
+        return Decision(
+            _SUPPRESSED,
+            rule.id,
+            state.device_id,
+            rule.reading,
+            value,
+            reading_ts_ms,
+            now_ms,
+            rule.action,
+            rule.args,
+            _DISARMED,
+            "",
+            False,
+        )
     reason = _guard(rule, state, reading_ts_ms, now_ms)
     if reason is not None:
-        return _decide(rule, state, value, reading_ts_ms, now_ms, reason)
+        return _suppress(rule, state, value, reading_ts_ms, now_ms, reason)
     record_fire(rule, state, now_ms)
+    detail = f"{rule.reading} {value:g} {rule.op.value} {rule.threshold:g}"
     return Decision(
-        Outcome.FIRE,
+        _FIRE,
         rule.id,
         state.device_id,
         rule.reading,
@@ -168,9 +188,23 @@ def evaluate(
         now_ms,
         rule.action,
         rule.args,
-        detail=f"{rule.reading} {value:g} {rule.op.value} {rule.threshold:g}"
-        + _budget_note(rule, state),
+        None,
+        detail + _budget_note(rule, state),
     )
+
+
+def _maybe_rearm(
+    rule: Rule, state: RuleState, value: float, reading_ts_ms: int, now_ms: int
+) -> None:
+    """A fresh reading past the re-arm bound re-arms the rule and ends a suppression run."""
+    if value != value or rule.fires(value, rule.rearm_at):  # noqa: PLR0124 - NaN check
+        return
+    if rule.stale_after_s is not None and _is_stale(rule, reading_ts_ms, now_ms):
+        return
+    state.armed = True
+    state.idle = True
+    state.run_reason = None
+    state.run_repeats = 0
 
 
 def _is_stale(rule: Rule, reading_ts_ms: int, now_ms: int) -> bool:
@@ -198,19 +232,32 @@ def _guard(rule: Rule, state: RuleState, reading_ts_ms: int, now_ms: int) -> Rea
     return None
 
 
-def _decide(
+def _suppress(
     rule: Rule, state: RuleState, value: float, reading_ts_ms: int, now_ms: int, reason: Reason
 ) -> Decision:
-    if reason is Reason.DISARMED:
-        event, repeat = False, 1
-    elif state.run_reason is reason:
+    """A suppression; an event (with its sentence) only when it starts a run."""
+    state.idle = False
+    if state.run_reason is reason:
         state.run_repeats += 1
-        event, repeat = False, state.run_repeats
-    else:
-        state.run_reason, state.run_repeats = reason, 1
-        event, repeat = True, 1
+        return Decision(
+            _SUPPRESSED,
+            rule.id,
+            state.device_id,
+            rule.reading,
+            value,
+            reading_ts_ms,
+            now_ms,
+            rule.action,
+            rule.args,
+            reason,
+            "",
+            False,
+            state.run_repeats,
+        )
+    state.run_reason, state.run_repeats = reason, 1
+    detail = _why(rule, state, value, reading_ts_ms, now_ms, reason)
     return Decision(
-        Outcome.SUPPRESSED,
+        _SUPPRESSED,
         rule.id,
         state.device_id,
         rule.reading,
@@ -219,10 +266,8 @@ def _decide(
         now_ms,
         rule.action,
         rule.args,
-        reason=reason,
-        detail=_why(rule, state, value, reading_ts_ms, now_ms, reason),
-        event=event,
-        repeat=repeat,
+        reason,
+        detail,
     )
 
 
@@ -240,9 +285,6 @@ def _why(
 ) -> str:
     """One sentence a user can read in the history."""
     cond = f"{rule.reading} {value:g} {rule.op.value} {rule.threshold:g}"
-    if reason is Reason.DISARMED:
-        bound = ">=" if rule.op.below else "<="
-        return f"{cond}, already acted; re-arms when {rule.reading} {bound} {rule.rearm_at:g}"
     if reason is Reason.STALE:
         age = now_ms - reading_ts_ms
         when = f"{human_ms(age)} old" if age >= 0 else f"dated {human_ms(age)} in the future"

@@ -290,3 +290,25 @@ def test_decision_to_event_is_plain_json() -> None:
         "args": {"seconds": 20},
         "detail": "soil_moisture 0.1 < 0.3",
     }
+
+
+def test_hold_ends_exactly_hold_s_after_the_manual_command() -> None:
+    rule, state = pump_rule(hold_s=600), RuleState("dev-1")
+    now = at("2025-06-01 10:00")
+    note_manual_command(state, now, rule.hold_s)
+    last_held = now + 600_000 - 1
+    d = evaluate(rule, state, 0.1, last_held, last_held)
+    assert d is not None
+    assert d.reason is Reason.OVERRIDE
+    assert evaluate(rule, state, 0.1, now + 600_000, now + 600_000).fired  # type: ignore[union-attr]
+
+
+def test_cooldown_ends_exactly_cooldown_s_after_the_fire() -> None:
+    rule, state = pump_rule(rearm=None, cooldown_s=600), RuleState("dev-1")
+    now = at("2025-06-01 10:00")
+    assert evaluate(rule, state, 0.1, now, now).fired  # type: ignore[union-attr]
+    evaluate(rule, state, 0.5, now + 1, now + 1)
+    d = evaluate(rule, state, 0.1, now + 600_000 - 1, now + 600_000 - 1)
+    assert d is not None
+    assert d.reason is Reason.COOLDOWN
+    assert evaluate(rule, state, 0.1, now + 600_000, now + 600_000).fired  # type: ignore[union-attr]

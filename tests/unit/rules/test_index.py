@@ -32,8 +32,8 @@ def fired(index: RuleIndex, device_id: str, values: dict[str, float], now: int) 
 def test_only_the_rules_device_and_reading_match() -> None:
     index = RuleIndex()
     index.put(rule())
-    assert index.lookup("dev-2", "soil_moisture") == ()
-    assert index.lookup("dev-1", "light") == ()
+    assert index.lookup("dev-2", "soil_moisture") == []
+    assert index.lookup("dev-1", "light") == []
     assert [r.id for r, _ in index.lookup("dev-1", "soil_moisture")] == ["water"]
     assert fired(index, "dev-2", {"soil_moisture": 0.1}, NOON) == []
     assert fired(index, "dev-1", {"soil_moisture": 0.1, "light": 5}, NOON) == ["pump.on"]
@@ -41,7 +41,7 @@ def test_only_the_rules_device_and_reading_match() -> None:
 
 def test_empty_index_returns_nothing() -> None:
     index = RuleIndex()
-    assert index.evaluate("dev-1", {"soil_moisture": 0.1}, NOON, NOON) == ()
+    assert list(index.evaluate("dev-1", {"soil_moisture": 0.1}, NOON, NOON)) == []
     assert len(index) == 0
 
 
@@ -64,7 +64,7 @@ def test_disable_and_remove() -> None:
     index = RuleIndex()
     index.put(rule())
     index.put(replace(rule(), enabled=False))
-    assert index.lookup("dev-1", "soil_moisture") == ()
+    assert index.lookup("dev-1", "soil_moisture") == []
     index.put(rule())
     assert index.remove("water") is not None
     assert index.remove("water") is None
@@ -131,8 +131,10 @@ def test_restore_fire_replays_budget_after_restart() -> None:
     index = RuleIndex()
     index.put(rule(max_fires_per_day=1, rearm=None))
     index.restore_fire("water", "dev-1", NOON - 3_600_000)
-    out = index.evaluate("dev-1", {"soil_moisture": 0.1}, NOON, NOON)
-    assert [d.reason for d in out] == [Reason.DISARMED]
+    assert list(index.evaluate("dev-1", {"soil_moisture": 0.1}, NOON, NOON)) == []  # disarmed
+    state = index.state("water", "dev-1")
+    assert state is not None
+    assert not state.armed
     index.evaluate("dev-1", {"soil_moisture": 0.5}, NOON + 1, NOON + 1)
     out = index.evaluate("dev-1", {"soil_moisture": 0.1}, NOON + 2, NOON + 2)
     assert [d.reason for d in out] == [Reason.BUDGET]

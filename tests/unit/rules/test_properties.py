@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -16,6 +16,7 @@ from planty_broker.domain.rules import (
     Outcome,
     Reason,
     Rule,
+    RuleIndex,
     RuleState,
     TimeWindow,
     evaluate,
@@ -221,3 +222,32 @@ def test_only_fires_and_first_suppressions_are_events(rule: Rule, seq: list[Step
             assert not decision.event
         else:
             assert decision.event
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(rules(), min_size=1, max_size=3), steps)
+def test_index_returns_exactly_the_events_of_the_plain_evaluator(
+    rule_list: list[Rule], seq: list[Step]
+) -> None:
+    """The index's inline fast path must not change any outcome."""
+    rule_list = [replace(r, id=f"r{i}") for i, r in enumerate(rule_list)]
+    index = RuleIndex()
+    index.replace_all(rule_list)
+    states = {r.id: RuleState("dev-1") for r in rule_list}
+    now = T0
+    for step in seq:
+        now += step.dt_ms
+        if step.manual:
+            index.note_manual_command("dev-1", "pump.off", now)
+            for r in rule_list:
+                note_manual_command(states[r.id], now, r.hold_s)
+            continue
+        got = index.evaluate("dev-1", {"soil_moisture": step.value}, now - step.age_ms, now)
+        want = [
+            d
+            for r in rule_list
+            if (d := evaluate(r, states[r.id], step.value, now - step.age_ms, now)) and d.event
+        ]
+        assert list(got) == want
+    for r in rule_list:
+        assert index.state(r.id, "dev-1") == states[r.id]
