@@ -90,3 +90,15 @@ def test_secrets_file_problems_are_one_clear_line(tmp_path: Path) -> None:
     path.write_text(json.dumps({**SECRETS, "mqtt": {"host": "gw.local", "port": 8883}}))
     with pytest.raises(ValueError, match=r"lacks mqtt\.ca_pem"):
         planty_device.load_secrets(str(path))
+
+
+def test_the_secrets_example_in_the_firmware_doc_is_what_the_board_reads(tmp_path: Path) -> None:
+    """docs/firmware.md is the contract the CLI's --export-device-config writes to."""
+    doc = (Path(__file__).parent.parent.parent / "docs" / "firmware.md").read_text()
+    block = doc.split("```json\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "secrets.json"
+    path.write_text(block)
+    secrets = planty_device.load_secrets(str(path))
+    assert set(secrets) == {"wifi", "device_id", "token", "mqtt"}
+    assert set(secrets["mqtt"]) == {"host", "port", "ca_pem"}
+    assert secrets["mqtt"]["port"] == 8883
