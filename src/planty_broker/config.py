@@ -78,6 +78,31 @@ class PresenceSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     check_every_s: PositiveFloat = 1.0
 
 
+class CommandSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The command outbox (issue 3); docs/commands.md explains each knob."""
+
+    ack_timeout_s: PositiveFloat = 10.0  # no ack this long after a send: re-send (same id)
+    max_attempts: PositiveInt = 3  # sends before a command without an ack is `failed`
+    max_queue_per_device: PositiveInt = 100  # waiting + unacked per device; more get 429
+    max_on_seconds: PositiveFloat = 300.0  # `{actuator}.on` without `seconds` runs this long
+    ping_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0  # RTT probe; 0 = never
+    dispatch_rate_per_s: PositiveFloat = 1000.0  # token bucket over every publish
+    dispatch_burst: PositiveInt = 100
+    default_ttl_s: PositiveFloat = 3600.0  # deadline (`exp`) when a command gives no ttl_s
+    max_ttl_s: PositiveFloat = 7 * 86400.0
+    read_wait_s: PositiveFloat = 10.0  # how long `POST /devices/{id}/read` waits by default
+    keep_final_s: PositiveFloat = 30 * 86400.0  # final commands are deleted after this
+
+
+class EventSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The event log (issue 3): retention by age and size; drops are counted, never silent."""
+
+    retention_max_age_s: PositiveFloat = 7 * 86400.0
+    retention_max_rows: PositiveInt = 1_000_000
+    prune_every_s: PositiveFloat = 60.0
+    sse_keepalive_s: PositiveFloat = 15.0
+
+
 class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json: bool = False
@@ -90,6 +115,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: StoreSettings = StoreSettings()
     presence: PresenceSettings = PresenceSettings()
     log: LogSettings = LogSettings()
+    commands: CommandSettings = CommandSettings()
+    events: EventSettings = EventSettings()
 
     @property
     def data_dir(self) -> Path:
@@ -188,3 +215,5 @@ def _check(s: Settings) -> None:
         raise ConfigError("config: api.port: must differ from mqtt.port and mqtt.internal_port")
     if s.supervised_mqtt and s.mqtt.port == s.mqtt.internal_port:
         raise ConfigError("config: mqtt.internal_port: must differ from mqtt.port")
+    if s.commands.default_ttl_s > s.commands.max_ttl_s:
+        raise ConfigError("config: commands.default_ttl_s: must be <= commands.max_ttl_s")
