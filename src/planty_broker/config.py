@@ -103,6 +103,28 @@ class EventSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sse_keepalive_s: PositiveFloat = 15.0
 
 
+class StatsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Fleet statistics (issue 7); docs/dashboard.md explains each knob."""
+
+    enabled: bool = True  # false: no per-device counters, latency or availability (benchmarks)
+    snapshot_every_s: PositiveFloat = 300.0  # counters saved to the store this often and at stop
+    summary_cache_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0  # device-list summary reuse
+
+
+class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`/metrics` for Prometheus (issue 7); docs/metrics.md."""
+
+    enabled: bool = True
+    # Secure by default: scrapers send `Authorization: Bearer <token>` (a read token will do).
+    require_token: bool = True
+    # Per-device series (label `device`) for at most this many devices; 0 = none (the default).
+    per_device_max: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
+
+
+class DashboardSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = True  # the web dashboard at /dashboard
+
+
 class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json: bool = False
@@ -117,6 +139,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log: LogSettings = LogSettings()
     commands: CommandSettings = CommandSettings()
     events: EventSettings = EventSettings()
+    stats: StatsSettings = StatsSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @property
     def data_dir(self) -> Path:
