@@ -1,15 +1,18 @@
 """Device-to-gateway path: every MQTT message from a device enters here.
 
 decode at the edge (protocol.py) -> unknown devices and bad payloads counted,
-never a crash -> presence updated -> readings stored in batches (awaited, so
-the PUBACK follows durability) -> events published on the bus.
+never a crash -> presence updated -> readings stored in batches (the PUBACK is
+sent from the batch's commit, so it follows durability) -> events published on
+the bus. Telemetry, the hot path, is handled without a task or a future per
+message; status and acks (rare) run as a task each and are acknowledged when done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from planty_broker.domain.models import Reading
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 LOG_EVERY_S = 60.0  # a given (device, error kind) is logged at most once a minute
 
 AckHandler = Callable[[AckReceived], Awaitable[None]]
+Ack = Callable[[], None]  # sends the MQTT PUBACK of the message being handled
 
 
 @dataclass(slots=True)
@@ -83,7 +87,11 @@ class IngestService:
         self._topics = topics
         self._max_payload = max_payload_bytes
         self.writer: BatchWriter[Reading] = BatchWriter(
-            store.append_readings, max_batch=batch_max, max_wait_ms=batch_wait_ms, name="readings"
+            store.append_readings,
+            max_batch=batch_max,
+            max_wait_ms=batch_wait_ms,
+            name="readings",
+            after_commit=self._committed,
         )
         self.counters: dict[str, DeviceCounters] = {}
         self.latest: dict[str, Reading] = {}
@@ -91,6 +99,7 @@ class IngestService:
         self.bad_topic_messages = 0
         self.ack_handler: AckHandler | None = None
         self._last_logged: dict[tuple[str | None, str], float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         bus.subscribe(DevicesChanged, self._on_devices_changed)
 
     async def start(self) -> None:
@@ -98,6 +107,8 @@ class IngestService:
         await self.writer.start()
 
     async def stop(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
         await self.writer.stop()
 
     def counters_for(self, device_id: str) -> DeviceCounters:
@@ -113,13 +124,14 @@ class IngestService:
 
     # ------------------------------------------------------------ the handler
 
-    async def handle(self, topic: str, payload: bytes, retain: bool) -> None:
-        """MQTT message handler: never raises for bad input; returns once it is safe to ack."""
+    def handle(self, topic: str, payload: bytes, retain: bool, ack: Ack) -> None:
+        """MQTT message handler: never raises for bad input; calls `ack` once it is safe."""
         try:
             parsed = self._topics.parse(topic)
         except ProtocolError as exc:
             self.bad_topic_messages += 1
             self._report(None, exc.kind, str(exc))
+            ack()
             return
         device_id = parsed.device_id
         if device_id not in self._registry:
@@ -130,42 +142,71 @@ class IngestService:
                     ErrorKind.UNKNOWN_DEVICE,
                     f"message on {topic} from an unknown device",
                 )
+            ack()
             return
         at = now_ms()
-        c = self.counters_for(device_id)
+        c = self.counters.get(device_id) or self.counters_for(device_id)
         c.messages_in += 1
         c.bytes_in += len(payload)
         c.last_message_ms = at
-        try:
-            if parsed.channel is Channel.TELEMETRY:
-                await self._telemetry(device_id, payload, at, c)
-            elif parsed.channel is Channel.STATUS:
-                await self._status(device_id, payload, at)
-            elif parsed.channel is Channel.ACK:
-                await self._ack(device_id, payload, at)
-            # `cmd` is our own outbound channel; a device cannot publish there (ACL).
-        except ProtocolError as exc:
-            c.error(exc.kind.value)
-            self._report(device_id, exc.kind, str(exc))
-
-    async def _telemetry(self, device_id: str, payload: bytes, at: int, c: DeviceCounters) -> None:
-        tel, dropped = decode_telemetry(payload, self._max_payload)
-        if dropped:
-            c.error(ErrorKind.BAD_READING.value)
-            self._report(
-                device_id,
-                ErrorKind.BAD_READING,
-                f"non-numeric value for {', '.join(dropped)}; kept the rest",
+        channel = parsed.channel
+        if channel is Channel.TELEMETRY:
+            try:
+                tel, dropped = decode_telemetry(payload, self._max_payload)
+            except ProtocolError as exc:
+                self._device_error(device_id, c, exc)
+                ack()
+                return
+            if dropped:
+                c.error(ErrorKind.BAD_READING.value)
+                self._report(
+                    device_id,
+                    ErrorKind.BAD_READING,
+                    f"non-numeric value for {', '.join(dropped)}; kept the rest",
+                )
+            self._presence.on_activity(device_id, at)
+            self.writer.submit(Reading(device_id, tel.seq, tel.ts or at, at, tel.readings), ack)
+        elif channel is Channel.STATUS or channel is Channel.ACK:
+            task = asyncio.get_running_loop().create_task(
+                self._slow(channel, device_id, payload, at, c, ack)
             )
-        self._presence.on_activity(device_id, at)
-        reading = Reading(device_id, tel.seq, tel.ts if tel.ts else at, at, tel.readings)
-        await self.writer.write(reading)
-        c.readings += 1
-        c.last_seq = tel.seq
-        prev = self.latest.get(device_id)
-        if prev is None or reading.ts_ms >= prev.ts_ms:
-            self.latest[device_id] = reading
-        self._bus.publish(ReadingStored(reading))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:  # `cmd` is our own outbound channel; a device cannot publish there (ACL)
+            ack()
+
+    def _committed(self, readings: Sequence[Reading]) -> None:
+        """After a batch commit: counters, latest values, ReadingStored events."""
+        latest, counters, publish = self.latest, self.counters, self._bus.publish
+        for r in readings:
+            c = counters.get(r.device_id)
+            if c is not None:
+                c.readings += 1
+                c.last_seq = r.seq
+            prev = latest.get(r.device_id)
+            if prev is None or r.ts_ms >= prev.ts_ms:
+                latest[r.device_id] = r
+            publish(ReadingStored(r))
+
+    async def _slow(
+        self, channel: Channel, device_id: str, payload: bytes, at: int, c: DeviceCounters, ack: Ack
+    ) -> None:
+        try:
+            if channel is Channel.STATUS:
+                await self._status(device_id, payload, at)
+            else:
+                await self._ack(device_id, payload, at)
+        except ProtocolError as exc:
+            self._device_error(device_id, c, exc)
+        except Exception:
+            # e.g. the store is down: no PUBACK, so the MQTT server redelivers it later
+            log.exception("could not handle %s from %s; it will be redelivered", channel, device_id)
+            return
+        ack()
+
+    def _device_error(self, device_id: str, c: DeviceCounters, exc: ProtocolError) -> None:
+        c.error(exc.kind.value)
+        self._report(device_id, exc.kind, str(exc))
 
     async def _status(self, device_id: str, payload: bytes, at: int) -> None:
         status = decode_status(payload, self._max_payload)
@@ -186,6 +227,8 @@ class IngestService:
         key = (device_id, kind.value)
         t = time.monotonic()
         if t - self._last_logged.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
+            if len(self._last_logged) > 10_000:  # bounded, whatever a misbehaving fleet sends
+                self._last_logged.clear()
             self._last_logged[key] = t
             log.warning(
                 "device %s: %s: %s (further ones counted, logged at most once a minute)",

@@ -1,7 +1,9 @@
 """Group commit: many concurrent writers, one transaction per batch, each awaits durability.
 
-`await writer.write(item)` returns only once the batch holding `item` is
-committed, so the MQTT PUBACK that follows it is honest. If the store is down
+`writer.submit(item, done)` calls `done()` only once the batch holding `item`
+is committed, so the MQTT PUBACK sent from it is honest; `await writer.write(item)`
+is the same for async callers. `after_commit(items)` runs once per committed
+batch (before the callbacks) for the bookkeeping that must follow durability. If the store is down
 (disk full, database gone) the batch is kept and retried with backoff: callers
 wait (which back-pressures the MQTT server through unacked messages) and
 nothing is dropped.
@@ -31,13 +33,15 @@ class BatchWriter(Generic[T]):
         max_batch: int = 500,
         max_wait_ms: float = 5.0,
         name: str = "writer",
+        after_commit: Callable[[Sequence[T]], None] | None = None,
     ) -> None:
         self._sink = sink
+        self._after_commit = after_commit
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000
         self._name = name
         self._items: list[T] = []
-        self._futures: list[asyncio.Future[None]] = []
+        self._callbacks: list[Callable[[], None]] = []
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -63,13 +67,24 @@ class BatchWriter(Generic[T]):
     def pending(self) -> int:
         return len(self._items)
 
-    async def write(self, item: T) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def submit(self, item: T, done: Callable[[], None]) -> None:
+        """Queue `item`; `done()` is called once it is committed (the hot path: no future)."""
         self._items.append(item)
-        self._futures.append(fut)
-        self._wakeup.set()
+        self._callbacks.append(done)
+        if len(self._items) == 1:
+            self._wakeup.set()
         if len(self._items) >= self._max_batch:
             self._full.set()
+
+    async def write(self, item: T) -> None:
+        """Queue `item` and return once it is committed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self.submit(item, done)
         await fut
 
     async def _run(self) -> None:
@@ -81,8 +96,8 @@ class BatchWriter(Generic[T]):
             await self._flush_once()
 
     async def _flush_once(self) -> None:
-        items, futures = self._items[: self._max_batch], self._futures[: self._max_batch]
-        del self._items[: len(items)], self._futures[: len(futures)]
+        items, callbacks = self._items[: self._max_batch], self._callbacks[: self._max_batch]
+        del self._items[: len(items)], self._callbacks[: len(callbacks)]
         if not self._items:
             self._wakeup.clear()
         if len(self._items) < self._max_batch:
@@ -95,7 +110,7 @@ class BatchWriter(Generic[T]):
             try:
                 await self._sink(items)
             except asyncio.CancelledError:
-                self._items[:0], self._futures[:0] = items, futures
+                self._items[:0], self._callbacks[:0] = items, callbacks
                 self._wakeup.set()
                 raise
             except Exception as exc:
@@ -122,6 +137,13 @@ class BatchWriter(Generic[T]):
             break
         self.batches += 1
         self.items_written += len(items)
-        for f in futures:
-            if not f.done():
-                f.set_result(None)
+        if self._after_commit is not None:
+            try:
+                self._after_commit(items)
+            except Exception:
+                log.exception("%s: after-commit bookkeeping failed", self._name)
+        for done in callbacks:
+            try:
+                done()
+            except Exception:
+                log.exception("%s: commit callback failed", self._name)

@@ -1,10 +1,13 @@
 """The gateway's own MQTT connection (gmqtt), as an async context manager.
 
-Why gmqtt: measured fastest on this machine (see docs/benchmarks.md), and with
-`optimistic_acknowledgement=False` it sends the PUBACK of a QoS 1 message only
-after our async handler returns, so a message is acknowledged only once it is
-durably stored: a kill -9 between receipt and storage loses nothing, the MQTT
-server redelivers it to our persistent session.
+Why gmqtt: measured fastest on this machine (see docs/benchmarks.md). Its own
+non-optimistic mode runs one asyncio task per message; we take over QoS 1
+delivery instead: the handler gets `ack`, a callable that sends the PUBACK,
+and calls it only once the message is durably stored (for telemetry: when its
+batch commits). A kill -9 between receipt and storage loses nothing: the MQTT
+server redelivers unacknowledged messages to our persistent session. An `ack`
+from a connection that has since been replaced is dropped, never sent on the
+new one (packet ids are per connection).
 
 gmqtt has no flow control of its own, so `publish` caps the number of unacked
 QoS 1 publishes (`max_inflight`). Reconnects use jittered exponential backoff;
@@ -18,7 +21,7 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -29,7 +32,10 @@ from gmqtt.storage import PersistentStorage
 
 log = logging.getLogger(__name__)
 
-MessageHandler = Callable[[str, bytes, bool], Awaitable[None]]
+Ack = Callable[[], None]
+# handler(topic, payload, retain, ack): must call ack() once the message is safe (or never,
+# to have it redelivered after a reconnect). Called synchronously on the event loop.
+MessageHandler = Callable[[str, bytes, bool, Ack], None]
 
 
 class MqttError(Exception):
@@ -97,6 +103,8 @@ class MqttLink:
         if config.username:
             self._client.set_auth_credentials(config.username, config.password or None)
         self._client.on_message = self._on_message
+        # Take over QoS 1 delivery (see the module docstring).
+        self._client._package_handler._handle_qos_1_publish_packet = self._on_qos1
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
@@ -197,10 +205,32 @@ class MqttLink:
                 self._config.port,
             )
 
-    async def _on_message(
+    def _on_message(
         self, client: Client, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
     ) -> int:
+        """QoS 0 (and anything not QoS 1): nothing to acknowledge."""
         self.messages_in += 1
-        retain = bool(properties.get("retain", 0))
-        await self._handler(topic, payload, retain)
-        return 0  # PUBACK success, sent only now
+        self._dispatch(topic, payload, bool(properties.get("retain", 0)), _no_ack)
+        return 0
+
+    def _on_qos1(self, mid: int, payload: bytes, topic: str, properties: dict[str, Any]) -> None:
+        self.messages_in += 1
+        client = self._client
+        connection = client._connection
+        handler = client._package_handler
+
+        def ack() -> None:
+            if client._connection is connection and not connection.is_closing():
+                handler._send_puback(mid)
+
+        self._dispatch(topic, payload, bool(properties.get("retain", 0)), ack)
+
+    def _dispatch(self, topic: str, payload: bytes, retain: bool, ack: Ack) -> None:
+        try:
+            self._handler(topic, payload, retain, ack)
+        except Exception:
+            log.exception("message handler failed on %s; it will be redelivered", topic)
+
+
+def _no_ack() -> None:
+    return None

@@ -1,0 +1,303 @@
+"""Ingest benchmark: N devices publish QoS 1 telemetry as fast as they can through a real Mosquitto.
+
+Two phases in one run, same load generator, same Mosquitto configuration:
+  1. baseline: a bare gmqtt subscriber (no processing, optimistic PUBACK) receives the stream;
+  2. gateway: `planty run` (separate process, its own supervised Mosquitto) stores it in SQLite.
+Prints sustained stored readings/s, publish -> stored latency percentiles (stored = visible in
+the SQLite file, polled every 5 ms by a reader in this process), gateway RSS, the bare
+subscriber's rate, and the ratio gateway / bare (the issue's figure; aim >= 0.5 at 1,000 devices).
+
+    .venv/bin/python bench/ingest.py --devices 1000 --messages 40 [--tls]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import sqlite3
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from gmqtt import Client
+
+from planty_broker.config import load_settings
+from planty_broker.mqttserver import MosquittoLayout, MosquittoSupervisor, MqttAccount, hash_token
+from planty_broker.mqttserver.layout import AclGrant
+from planty_broker.protocol import Channel, Telemetry, Topics, encode
+from planty_broker.transport.mqtt import LinkConfig, MqttLink
+
+REPO = Path(__file__).resolve().parents[1]
+TOPICS = Topics()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def _noop(_t: str, _p: bytes, _r: bool) -> None:
+    return None
+
+
+class Load:
+    """N device connections publishing M QoS 1 messages each, with a per-device in-flight cap."""
+
+    def __init__(self, creds: list[tuple[str, str]], host: str, port: int, tls: ssl.SSLContext | None,
+                 messages: int, inflight: int) -> None:
+        self.creds, self.host, self.port, self.tls = creds, host, port, tls
+        self.messages, self.inflight = messages, inflight
+        self.links: list[MqttLink] = []
+
+    async def connect(self) -> None:
+        sem = asyncio.Semaphore(50)
+
+        async def one(device_id: str, token: str) -> MqttLink:
+            async with sem:
+                link = MqttLink(LinkConfig(host=self.host, port=self.port, client_id=device_id,
+                                           username=device_id, password=token, tls=self.tls,
+                                           keepalive_s=60, max_inflight=self.inflight,
+                                           persistent_session=False, mqtt5=False), [], _noop)
+                await link.connect()
+                return link
+
+        self.links = list(await asyncio.gather(*(one(d, t) for d, t in self.creds)))
+
+    async def run(self) -> float:
+        """Publish everything; returns the seconds it took until every PUBACK came back."""
+        started = time.perf_counter()
+
+        async def device(link: MqttLink, device_id: str) -> None:
+            topic = TOPICS.device(device_id, Channel.TELEMETRY)
+            for seq in range(self.messages):
+                payload = encode(Telemetry(seq=seq, ts=time.time_ns() // 1_000_000,
+                                           readings={"temperature": 21.5, "soil_moisture": 0.43, "light": 812}))
+                await link.publish(topic, payload, qos=1)
+            while link.inflight:
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(device(link, d) for link, (d, _t) in zip(self.links, self.creds, strict=True)))
+        return time.perf_counter() - started
+
+    async def close(self) -> None:
+        await asyncio.gather(*(link.close() for link in self.links), return_exceptions=True)
+
+
+async def baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Phase 1: the same stream to a bare subscriber on a Mosquitto with our configuration."""
+    settings = load_settings(env={}, overrides={
+        "gateway": {"data_dir": str(workdir / "baseline")},
+        "mqtt": {"port": free_port(), "internal_port": free_port(), "public_host": "localhost",
+                 "plaintext_loopback_port": 0 if args.tls else free_port()},
+    })
+    creds = [(f"bench-{i:05d}", f"token-{i:05d}-{os.urandom(8).hex()}") for i in range(args.devices)]
+    users = {d: hash_token(t) for d, t in creds}
+    observer_pw = os.urandom(16).hex()
+
+    async def provider() -> dict[str, str]:
+        return users
+
+    layout = MosquittoLayout.from_settings(settings)
+    observer = MqttAccount("bench-observer", hash_token(observer_pw), (AclGrant("read", "#"),))
+    async with MosquittoSupervisor(layout, provider, extra_accounts=[observer]) as sup:
+        received = 0
+        first = last = 0.0
+        done = asyncio.Event()
+        total = args.devices * args.messages
+
+        def on_message(_c: Client, _topic: str, _payload: bytes, _qos: int, _p: Any) -> int:
+            nonlocal received, first, last
+            now = time.perf_counter()
+            if received == 0:
+                first = now
+            received += 1
+            last = now
+            if received >= total:
+                done.set()
+            return 0
+
+        sub = Client("bench-observer", clean_session=True)
+        sub.set_auth_credentials("bench-observer", observer_pw)
+        sub.on_message = on_message
+        host, port = sup.internal_url
+        await sub.connect(host, port)
+        sub.subscribe(TOPICS.subscription(Channel.TELEMETRY), qos=1)
+        await asyncio.sleep(0.5)
+        tls, dport = _device_endpoint(args, sup.ca_pem, settings.mqtt.plaintext_loopback_port, layout.port)
+        load = Load(creds, "localhost", dport, tls, args.messages, args.inflight)
+        await load.connect()
+        publish_s = await load.run()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 120)
+        await load.close()
+        await sub.disconnect()
+    elapsed = max(last - first, 1e-9)
+    return {"received": received, "rate": received / elapsed, "publish_s": publish_s}
+
+
+def _device_endpoint(args: argparse.Namespace, ca_pem: str, plain_port: int, tls_port: int
+                     ) -> tuple[ssl.SSLContext | None, int]:
+    if args.tls:
+        return ssl.create_default_context(cadata=ca_pem), tls_port
+    return None, plain_port
+
+
+class StoredWatcher(threading.Thread):
+    """Polls the gateway's SQLite file every 5 ms: when each reading became visible."""
+
+    def __init__(self, db: Path) -> None:
+        super().__init__(daemon=True)
+        self.db, self.stop = db, threading.Event()
+        self.latencies_ms: list[float] = []
+        self.first = self.last = 0.0
+        self.count = 0
+
+    def run(self) -> None:
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        last_rowid = 0
+        while not self.stop.is_set():
+            now_ms = time.time_ns() / 1e6
+            rows = conn.execute("SELECT rowid, ts_ms FROM readings WHERE rowid > ? ORDER BY rowid",
+                                (last_rowid,)).fetchall()
+            if rows:
+                t = time.perf_counter()
+                if not self.count:
+                    self.first = t
+                self.last = t
+                self.count += len(rows)
+                last_rowid = rows[-1][0]
+                self.latencies_ms.extend(now_ms - ts for _r, ts in rows)
+            time.sleep(0.005)
+        conn.close()
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS", "VmHWM")):
+            k, v = line.split(":")
+            out[k] = int(v.split()[0])
+    return out
+
+
+async def gateway(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Phase 2: the same stream into `planty run`, stored in SQLite."""
+    data = workdir / "gateway"
+    api_port, mqtt_port, plain_port = free_port(), free_port(), free_port()
+    token = "bench-admin-" + os.urandom(8).hex()
+    env = {**os.environ, "PLANTY_ADMIN_TOKEN": token, "PLANTY_MQTT_INTERNAL_PORT": str(free_port()),
+           "PLANTY_MQTT_PUBLIC_HOST": "localhost", "PLANTY_LOG_LEVEL": "warning"}
+    if not args.tls:
+        env["PLANTY_MQTT_PLAINTEXT_LOOPBACK_PORT"] = str(plain_port)
+    planty = Path(sys.executable).parent / "planty"
+    log = (workdir / "gateway.log").open("wb")
+    proc = subprocess.Popen([str(planty), "run", "--data-dir", str(data), "--api-port", str(api_port),
+                             "--mqtt-port", str(mqtt_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60,
+                                     headers={"Authorization": f"Bearer {token}"}) as api:
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await api.get("/healthz")).json().get("mqtt_connected"):
+                        break
+                await asyncio.sleep(0.1)
+            sem = asyncio.Semaphore(20)
+
+            async def add(i: int) -> tuple[str, str, str]:
+                async with sem:
+                    r = await api.post("/api/v1/devices", json={"id": f"bench-{i:05d}"})
+                    r.raise_for_status()
+                    body = r.json()
+                    return body["id"], body["token"], body["mqtt"]["ca_pem"]
+
+            made = await asyncio.gather(*(add(i) for i in range(args.devices)))
+        creds = [(d, t) for d, t, _ in made]
+        tls, dport = _device_endpoint(args, made[0][2], plain_port, mqtt_port)
+        rss_before = rss_kib(proc.pid)
+        watcher = StoredWatcher(data / "planty.sqlite3")
+        watcher.start()
+        load = Load(creds, "localhost", dport, tls, args.messages, args.inflight)
+        await load.connect()
+        publish_s = await load.run()
+        total = args.devices * args.messages
+        deadline = time.monotonic() + 120
+        while watcher.count < total and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        rss_after = rss_kib(proc.pid)
+        watcher.stop.set()
+        watcher.join()
+        await load.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    elapsed = max(watcher.last - watcher.first, 1e-9)
+    lat = watcher.latencies_ms
+    return {"stored": watcher.count, "rate": watcher.count / elapsed, "publish_s": publish_s,
+            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "max": max(lat) if lat else float("nan"),
+            "rss_before": rss_before, "rss_after": rss_after}
+
+
+def machine() -> str:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--messages", type=int, default=40, help="messages per device")
+    ap.add_argument("--inflight", type=int, default=10, help="unacked QoS 1 publishes per device")
+    ap.add_argument("--tls", action="store_true", help="devices connect over TLS (default: loopback plaintext)")
+    args = ap.parse_args()
+    print(f"machine: {machine()}")
+    print(f"load: {args.devices} devices x {args.messages} QoS 1 messages, {args.inflight} in flight each, "
+          f"{'TLS' if args.tls else 'plaintext loopback'} device connections")
+    with tempfile.TemporaryDirectory(prefix="planty-bench-") as tmp:
+        workdir = Path(tmp)
+        base = await baseline(args, workdir)
+        print(f"bare subscriber: received {base['received']} at {base['rate']:,.0f} msg/s "
+              f"(publishers done in {base['publish_s']:.1f} s)")
+        gw = await gateway(args, workdir)
+        print(f"gateway: stored {gw['stored']} at {gw['rate']:,.0f} readings/s "
+              f"(publishers done in {gw['publish_s']:.1f} s)")
+        print(f"publish -> stored latency: p50 {gw['p50']:.1f} ms, p99 {gw['p99']:.1f} ms, "
+              f"max {gw['max']:.1f} ms (5 ms polling resolution)")
+        print(f"gateway RSS: {gw['rss_before'].get('VmRSS', 0) / 1024:.0f} MiB before load, "
+              f"{gw['rss_after'].get('VmRSS', 0) / 1024:.0f} MiB after, peak "
+              f"{gw['rss_after'].get('VmHWM', 0) / 1024:.0f} MiB")
+        ratio = gw["rate"] / base["rate"] if base["rate"] else float("nan")
+        print(f"ratio gateway / bare: {ratio:.2f} (aim >= 0.5)")
+        lost = args.devices * args.messages - gw["stored"]
+        print(f"lost: {lost}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
