@@ -33,6 +33,7 @@ from planty_broker.services.context import DeviceEndpoint, Services
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, now_ms
+from planty_broker.services.stats import StatsService
 from planty_broker.storage.port import StoreError
 from planty_broker.transport.mqtt import LinkConfig, MqttConnectError, MqttLink
 
@@ -161,6 +162,7 @@ class Gateway:
             default_interval_s=s.presence.default_interval_s,
             check_every_s=s.presence.check_every_s,
         )
+        stats = StatsService(store, bus, registry, presence, s.stats) if s.stats.enabled else None
         ingest = IngestService(
             store,
             bus,
@@ -170,6 +172,7 @@ class Gateway:
             max_payload_bytes=s.mqtt.max_payload_bytes,
             batch_max=s.store.batch_max,
             batch_wait_ms=s.store.batch_wait_ms,
+            stats=stats,
         )
         svc = Services(
             settings=s,
@@ -183,10 +186,16 @@ class Gateway:
         )
         svc.extra["broker_id"] = broker_id
         svc.extra["topics"] = topics
+        if stats is not None:
+            svc.extra["stats"] = stats
+            svc.extra["device_summary"] = stats.device_summary
         self.services = svc
 
         await presence.start()
         self._stack.push_async_callback(presence.stop)
+        if stats is not None:
+            await stats.start()
+            self._stack.push_async_callback(stats.stop)
         await ingest.start()
         self._stack.push_async_callback(ingest.stop)
 
@@ -208,7 +217,10 @@ class Gateway:
     async def _open_store(self) -> Any:
         from planty_broker.storage.sql import SqlStore
 
-        store = SqlStore(self.settings.store_url())
+        store = SqlStore(
+            self.settings.store_url(),
+            sqlite_synchronous=self.settings.store.sqlite_synchronous.upper(),
+        )
         try:
             await store.open()
         except StoreError as exc:

@@ -71,6 +71,9 @@ class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: str = ""  # empty: sqlite file in the data folder; else a SQLAlchemy URL
     batch_max: PositiveInt = 500
     batch_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    # SQLite only. "full": a committed batch survives a power cut (fsync per commit).
+    # "normal": survives a gateway crash (kill -9) but maybe not a power cut; ~30% faster.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
 
 class PresenceSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
