@@ -56,7 +56,9 @@ def reading_json(r: Reading | None) -> dict[str, Any] | None:
 
 def device_json(svc: Services, d: DeviceRecord) -> dict[str, Any]:
     p = svc.presence.get(d.id)
-    c = svc.ingest.counters.get(d.id)
+    stats = svc.extra.get("stats")
+    c = stats.fleet.get(d.id) if stats is not None else None  # DeviceStats
+    errors = {k: n for k, n in c.errors().items() if n} if c else {}
     state = p.state if p else PresenceState.UNKNOWN
     out: dict[str, Any] = {
         "id": d.id,
@@ -73,11 +75,11 @@ def device_json(svc: Services, d: DeviceRecord) -> dict[str, Any]:
         ),
         "latest": reading_json(svc.ingest.latest.get(d.id)),
         "counts": {
-            "messages": c.messages_in if c else 0,
+            "messages": c.msgs_in if c else 0,
             "bytes": c.bytes_in if c else 0,
             "readings": c.readings if c else 0,
-            "errors": c.error_count if c else 0,
-            "errors_by_kind": dict(c.errors) if c else {},
+            "errors": sum(errors.values()),
+            "errors_by_kind": errors,
         },
         "sensors": list(d.sensors),
         "actuators": list(d.actuators),

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from planty_broker.domain.models import Reading
 from planty_broker.protocol import (
@@ -38,31 +38,15 @@ from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.services.writer import BatchWriter
 from planty_broker.storage.port import Store
 
+if TYPE_CHECKING:
+    from planty_broker.services.stats import StatsService
+
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 60.0  # a given (device, error kind) is logged at most once a minute
 
 AckHandler = Callable[[AckReceived], Awaitable[None]]
 Ack = Callable[[], None]  # sends the MQTT PUBACK of the message being handled
-
-
-@dataclass(slots=True)
-class DeviceCounters:
-    """Message and error counts of one device (issue 7 extends these into full stats)."""
-
-    messages_in: int = 0
-    bytes_in: int = 0
-    readings: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    last_message_ms: int | None = None
-    last_seq: int | None = None
-
-    def error(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
-
-    @property
-    def error_count(self) -> int:
-        return sum(self.errors.values())
 
 
 class IngestService:
@@ -79,8 +63,11 @@ class IngestService:
         max_payload_bytes: int,
         batch_max: int = 500,
         batch_wait_ms: float = 5.0,
+        stats: StatsService | None = None,
     ) -> None:
+        """`stats` None: no per-device statistics (errors still go out as `DeviceError`)."""
         self._store = store
+        self._stats = stats
         self._bus = bus
         self._registry = registry
         self._presence = presence
@@ -93,7 +80,6 @@ class IngestService:
             name="readings",
             after_commit=self._committed,
         )
-        self.counters: dict[str, DeviceCounters] = {}
         self.latest: dict[str, Reading] = {}
         self.unknown_device_messages = 0
         self.bad_topic_messages = 0
@@ -111,15 +97,8 @@ class IngestService:
             await asyncio.wait(set(self._tasks), timeout=5)
         await self.writer.stop()
 
-    def counters_for(self, device_id: str) -> DeviceCounters:
-        c = self.counters.get(device_id)
-        if c is None:
-            c = self.counters[device_id] = DeviceCounters()
-        return c
-
     def _on_devices_changed(self, event: DevicesChanged) -> None:
         if event.change == "removed":
-            self.counters.pop(event.device_id, None)
             self.latest.pop(event.device_id, None)
 
     # ------------------------------------------------------------ the handler
@@ -145,20 +124,17 @@ class IngestService:
             ack()
             return
         at = now_ms()
-        c = self.counters.get(device_id) or self.counters_for(device_id)
-        c.messages_in += 1
-        c.bytes_in += len(payload)
-        c.last_message_ms = at
+        if self._stats is not None:  # counting allocates nothing (slotted ints)
+            self._stats.fleet.device(device_id, at).message_in(len(payload), at)
         channel = parsed.channel
         if channel is Channel.TELEMETRY:
             try:
                 tel, dropped = decode_telemetry(payload, self._max_payload)
             except ProtocolError as exc:
-                self._device_error(device_id, c, exc)
+                self._report(device_id, exc.kind, str(exc))
                 ack()
                 return
             if dropped:
-                c.error(ErrorKind.BAD_READING.value)
                 self._report(
                     device_id,
                     ErrorKind.BAD_READING,
@@ -168,7 +144,7 @@ class IngestService:
             self.writer.submit(Reading(device_id, tel.seq, tel.ts or at, at, tel.readings), ack)
         elif channel is Channel.STATUS or channel is Channel.ACK:
             task = asyncio.get_running_loop().create_task(
-                self._slow(channel, device_id, payload, at, c, ack)
+                self._slow(channel, device_id, payload, at, retain, ack)
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -177,39 +153,38 @@ class IngestService:
 
     def _committed(self, readings: Sequence[Reading]) -> None:
         """After a batch commit: counters, latest values, ReadingStored events."""
-        latest, counters, publish = self.latest, self.counters, self._bus.publish
+        latest, publish = self.latest, self._bus.publish
+        get_stats = self._stats.fleet.get if self._stats is not None else None
         for r in readings:
-            c = counters.get(r.device_id)
-            if c is not None:
-                c.readings += 1
-                c.last_seq = r.seq
+            if get_stats is not None:
+                s = get_stats(r.device_id)
+                if s is not None:
+                    s.reading(len(r.values))
             prev = latest.get(r.device_id)
             if prev is None or r.ts_ms >= prev.ts_ms:
                 latest[r.device_id] = r
             publish(ReadingStored(r))
 
     async def _slow(
-        self, channel: Channel, device_id: str, payload: bytes, at: int, c: DeviceCounters, ack: Ack
+        self, channel: Channel, device_id: str, payload: bytes, at: int, retain: bool, ack: Ack
     ) -> None:
         try:
             if channel is Channel.STATUS:
-                await self._status(device_id, payload, at)
+                await self._status(device_id, payload, at, retain)
             else:
                 await self._ack(device_id, payload, at)
         except ProtocolError as exc:
-            self._device_error(device_id, c, exc)
+            self._report(device_id, exc.kind, str(exc))
         except Exception:
             # e.g. the store is down: no PUBACK, so the MQTT server redelivers it later
             log.exception("could not handle %s from %s; it will be redelivered", channel, device_id)
             return
         ack()
 
-    def _device_error(self, device_id: str, c: DeviceCounters, exc: ProtocolError) -> None:
-        c.error(exc.kind.value)
-        self._report(device_id, exc.kind, str(exc))
-
-    async def _status(self, device_id: str, payload: bytes, at: int) -> None:
+    async def _status(self, device_id: str, payload: bytes, at: int, retain: bool) -> None:
         status = decode_status(payload, self._max_payload)
+        if self._stats is not None:  # before presence: it reads the state the device comes from
+            self._stats.on_status(device_id, status, retain, at)
         self._presence.on_status(device_id, status.online, status.interval_s, at)
         await self._registry.note_status(device_id, status)
         self._bus.publish(DeviceStatusReceived(device_id, status.online, at, status))
