@@ -47,6 +47,6 @@ def current_revision(connection: Connection) -> str | None:
 
 def upgrade(connection: Connection) -> None:
     """Migrate to the newest revision inside the caller's transaction (no-op if current)."""
-    if connection.dialect.name == "postgresqlX":
+    if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
     command.upgrade(alembic_config(connection), "head")
