@@ -186,6 +186,7 @@ class Gateway:
         )
         svc.extra["broker_id"] = broker_id
         svc.extra["topics"] = topics
+        svc.extra["supervisor"] = self.supervisor  # None with an external MQTT server
         if stats is not None:
             svc.extra["stats"] = stats
             svc.extra["device_summary"] = stats.device_summary

@@ -93,6 +93,13 @@ def create_api(
         }
 
     app.include_router(devices_router, prefix="/api/v1", dependencies=[Depends(principal)])
+    from planty_broker.northbound.routes_stats import router as stats_router
+
+    app.include_router(stats_router, prefix="/api/v1", dependencies=[Depends(principal)])
+    if svc.settings.metrics.enabled:
+        from planty_broker.northbound.metrics import install_metrics
+
+        install_metrics(app, svc, [principal] if svc.settings.metrics.require_token else [])
     for r in routers or []:
         app.include_router(r, prefix="/api/v1", dependencies=[Depends(principal)])
     return app

@@ -35,6 +35,7 @@ from planty_broker.services.bus import (
 )
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, now_ms
+from planty_broker.services.stats_timing import DurationHistogram
 from planty_broker.services.writer import BatchWriter
 from planty_broker.storage.port import Store
 
@@ -73,8 +74,9 @@ class IngestService:
         self._presence = presence
         self._topics = topics
         self._max_payload = max_payload_bytes
+        self.store_write_seconds = DurationHistogram()  # per batch commit, for /metrics
         self.writer: BatchWriter[Reading] = BatchWriter(
-            store.append_readings,
+            self._append_timed,
             max_batch=batch_max,
             max_wait_ms=batch_wait_ms,
             name="readings",
@@ -150,6 +152,11 @@ class IngestService:
             task.add_done_callback(self._tasks.discard)
         else:  # `cmd` is our own outbound channel; a device cannot publish there (ACL)
             ack()
+
+    async def _append_timed(self, readings: Sequence[Reading]) -> None:
+        started = time.perf_counter()
+        await self._store.append_readings(readings)
+        self.store_write_seconds.observe(time.perf_counter() - started)
 
     def _committed(self, readings: Sequence[Reading]) -> None:
         """After a batch commit: counters, latest values, ReadingStored events."""

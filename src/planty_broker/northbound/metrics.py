@@ -1,0 +1,284 @@
+"""`/metrics` in the Prometheus text format, read from live state at scrape time.
+
+Nothing is counted twice: one collector reads the counters the services keep
+anyway (FleetStats totals, the MQTT link, the batch writer, the command outbox
+and event log when present), so the ingest hot path pays nothing for metrics.
+Labels are bounded: state, kind, cause, consumer; a `device` label only for
+`metrics.per_device_max` devices when asked (0 by default). The route needs
+the bearer token unless `metrics.require_token = false` (see docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from planty_broker import __version__
+from planty_broker.domain.models import PresenceState
+from planty_broker.domain.stats import COMMAND_FINAL_STATES, ReconnectCause
+from planty_broker.domain.windowed import MINUTE_MS
+from planty_broker.protocol import ErrorKind
+from planty_broker.services.context import Services
+from planty_broker.services.registry import now_ms
+
+RTT_WINDOW_MS = 5 * MINUTE_MS
+TOTALS_CACHE_S = 1.0  # summing 10,000 devices' counters takes ~50 ms: at most once a second
+
+
+def _counter(name: str, doc: str, value: float, **labels: str) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=list(labels))
+    family.add_metric(list(labels.values()), value)
+    return family
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+class GatewayCollector(Collector):
+    """Every Planty metric, computed from the composed services when Prometheus scrapes."""
+
+    def __init__(self, svc: Services) -> None:
+        self._svc = svc
+        self._totals: tuple[float, dict[str, int]] = (-TOTALS_CACHE_S, {})
+
+    def collect(self) -> Iterator[Metric]:
+        svc = self._svc
+        info = GaugeMetricFamily("planty_build_info", "Version of the gateway", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        yield _gauge(
+            "planty_uptime_seconds",
+            "Seconds since the gateway started",
+            max(now_ms() - svc.started_ms, 0) / 1000,
+        )
+        yield from self._devices()
+        yield from self._ingest()
+        yield from self._stats()
+        yield from self._mqtt()
+        yield from self._queue()
+
+    # ------------------------------------------------------------ parts
+
+    def _devices(self) -> Iterator[Metric]:
+        svc = self._svc
+        yield _gauge("planty_devices_registered", "Registered devices", len(svc.registry))
+        by_state = GaugeMetricFamily(
+            "planty_devices", "Registered devices by presence state", labels=["state"]
+        )
+        counts = dict.fromkeys(PresenceState, 0)
+        for device in svc.registry.all():
+            p = svc.presence.get(device.id)
+            counts[p.state if p else PresenceState.UNKNOWN] += 1
+        for state, n in counts.items():
+            by_state.add_metric([state.value], n)
+        yield by_state
+        yield _gauge(
+            "planty_devices_connected",
+            "Devices online or late (connected, possibly one interval behind)",
+            counts[PresenceState.ONLINE] + counts[PresenceState.LATE],
+        )
+
+    def _ingest(self) -> Iterator[Metric]:
+        ingest = self._svc.ingest
+        writer = ingest.writer
+        yield _counter(
+            "planty_readings_stored",
+            "Telemetry messages stored (rate() = ingest rate)",
+            writer.items_written,
+        )
+        yield _counter("planty_store_batches", "Reading batches committed", writer.batches)
+        yield _gauge(
+            "planty_store_pending", "Readings waiting for their batch commit", writer.pending()
+        )
+        yield _gauge(
+            "planty_store_failing",
+            "1 while the store refuses writes (readings are held, devices not acknowledged)",
+            1 if writer.failing_since is not None else 0,
+        )
+        h = ingest.store_write_seconds
+        hist = HistogramMetricFamily(
+            "planty_store_write_seconds", "Duration of one reading batch commit"
+        )
+        hist.add_metric([], h.cumulative(), h.sum)
+        yield hist
+        dropped = CounterMetricFamily(
+            "planty_messages_dropped",
+            "Messages refused before any device could be charged",
+            labels=["reason"],
+        )
+        dropped.add_metric(["unknown_device"], ingest.unknown_device_messages)
+        dropped.add_metric(["bad_topic"], ingest.bad_topic_messages)
+        yield dropped
+
+    def _totals_cached(self, stats: Any) -> dict[str, int]:
+        t = time.monotonic()
+        if t - self._totals[0] >= TOTALS_CACHE_S:
+            self._totals = (t, stats.fleet.totals())
+        return self._totals[1]
+
+    def _stats(self) -> Iterator[Metric]:
+        stats = self._svc.extra.get("stats")
+        if stats is None:
+            return
+        totals = self._totals_cached(stats)
+        for name, key, doc in (
+            ("planty_device_messages_in", "msgs_in", "Messages received from devices"),
+            ("planty_device_bytes_in", "bytes_in", "Payload bytes received from devices"),
+            ("planty_device_messages_out", "msgs_out", "Messages published to devices"),
+            ("planty_device_bytes_out", "bytes_out", "Payload bytes published to devices"),
+            ("planty_device_readings", "readings", "Telemetry messages accepted"),
+        ):
+            yield _counter(name, doc, totals[key])
+        commands = CounterMetricFamily(
+            "planty_commands", "Commands by outcome (sent counts every attempt)", labels=["state"]
+        )
+        commands.add_metric(["sent"], totals["cmd_sent"])
+        for state in COMMAND_FINAL_STATES:
+            commands.add_metric([state], totals[f"cmd_{state}"])
+        yield commands
+        errors = CounterMetricFamily(
+            "planty_device_errors",
+            "Refused device messages and failed exchanges by kind",
+            labels=["kind"],
+        )
+        unattributed = stats.unattributed
+        for kind in ErrorKind:
+            errors.add_metric(
+                [kind.value], totals[f"err_{kind.value}"] + unattributed.get(kind.value, 0)
+            )
+        yield errors
+        reconnects = CounterMetricFamily(
+            "planty_device_reconnects", "Devices back after being away, by cause", labels=["cause"]
+        )
+        for cause in ReconnectCause:
+            reconnects.add_metric([cause.value], totals[f"rc_{cause.value}"])
+        yield reconnects
+        rtt = GaugeMetricFamily(
+            "planty_command_rtt_ms",
+            "Round trip of pings and command acks over the last 5 minutes, fleet-wide",
+            labels=["quantile"],
+        )
+        now = now_ms()
+        qs = (0.5, 0.95, 0.99)
+        for q, v in zip(qs, stats.fleet.latency.quantiles(qs, RTT_WINDOW_MS, now), strict=True):
+            if v is not None:
+                rtt.add_metric([f"{q:g}"], v)
+        yield rtt
+        yield from self._per_device(stats, now)
+
+    def _per_device(self, stats: Any, now: int) -> Iterator[Metric]:
+        limit = self._svc.settings.metrics.per_device_max
+        if not limit:
+            return
+        up = GaugeMetricFamily(
+            "planty_device_up", "1 if the device is online or late", labels=["device"]
+        )
+        msgs = CounterMetricFamily(
+            "planty_device_messages", "Messages received, per device", labels=["device"]
+        )
+        p99 = GaugeMetricFamily(
+            "planty_device_rtt_p99_ms", "p99 round trip over 5 minutes", labels=["device"]
+        )
+        for device in self._svc.registry.all()[:limit]:
+            p = self._svc.presence.get(device.id)
+            online = p is not None and p.state in (PresenceState.ONLINE, PresenceState.LATE)
+            up.add_metric([device.id], 1 if online else 0)
+            s = stats.fleet.get(device.id)
+            if s is None:
+                continue
+            msgs.add_metric([device.id], s.msgs_in)
+            if not s.latency.is_empty():
+                v = s.latency.quantiles((0.99,), RTT_WINDOW_MS, now)[0]
+                if v is not None:
+                    p99.add_metric([device.id], v)
+        yield from (up, msgs, p99)
+
+    def _mqtt(self) -> Iterator[Metric]:
+        link = self._svc.extra.get("link")
+        if link is not None:
+            yield _gauge(
+                "planty_mqtt_connected",
+                "1 while the gateway's MQTT link is up",
+                1 if link.connected else 0,
+            )
+            yield _counter(
+                "planty_mqtt_reconnects", "Reconnects of the gateway's MQTT link", link.reconnects
+            )
+            yield _counter(
+                "planty_mqtt_messages_received", "MQTT messages received", link.messages_in
+            )
+            yield _counter(
+                "planty_mqtt_messages_published", "MQTT messages published", link.messages_out
+            )
+            yield _gauge(
+                "planty_mqtt_inflight", "QoS 1 publishes waiting for their PUBACK", link.inflight
+            )
+        sup = self._svc.extra.get("supervisor")
+        restarts = getattr(sup, "restarts", None)
+        if isinstance(restarts, int):
+            yield _counter(
+                "planty_mosquitto_restarts", "Restarts of the supervised Mosquitto", restarts
+            )
+
+    def _queue(self) -> Iterator[Metric]:
+        """Command outbox depth and event-log lag, from the services that own them (issue 3)."""
+        extra = self._svc.extra
+        depths = _call(extra.get("commands"), "queue_depths")
+        if isinstance(depths, dict):
+            g = GaugeMetricFamily(
+                "planty_command_queue", "Commands not yet final, by state", labels=["state"]
+            )
+            for state, n in sorted(depths.items()):
+                g.add_metric([str(state)], n)
+            yield g
+        lags = _call(extra.get("events"), "consumer_lags")
+        if isinstance(lags, dict):
+            g = GaugeMetricFamily(
+                "planty_event_consumer_lag",
+                "Events appended but not yet confirmed, per named consumer",
+                labels=["consumer"],
+            )
+            for name, n in sorted(lags.items()):
+                g.add_metric([str(name)], n)
+            yield g
+
+
+def _call(obj: object, method: str) -> object:
+    fn = getattr(obj, method, None)
+    return fn() if callable(fn) else None
+
+
+def metrics_registry(svc: Services) -> CollectorRegistry:
+    """A registry of its own per app (tests run several gateways in one process)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(svc))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def install_metrics(app: FastAPI, svc: Services, dependencies: Iterable[Any] = ()) -> None:
+    """Add `GET /metrics`; `dependencies` holds the auth check unless the token is waived."""
+    registry = metrics_registry(svc)
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        dependencies=[Depends(d) for d in dependencies],
+        response_class=Response,
+    )
+    async def metrics() -> Response:
+        """Prometheus metrics (text format 0.0.4)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

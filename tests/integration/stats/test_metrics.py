@@ -1,0 +1,92 @@
+"""/metrics over the real gateway: the token rule, and figures a Prometheus user would graph."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from planty_broker.app import Gateway
+from tests.integration.core.conftest import gateway_settings, running_gateway
+from tests.integration.stats.conftest import ADMIN, connect, eventually, register
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def scrape(api: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = await api.get("/metrics")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    return samples(r.text)
+
+
+async def test_metrics_need_the_token_by_default(gateway: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.api_url) as anonymous:
+        r = await anonymous.get("/metrics")
+        assert r.status_code == 401
+        assert "planty_" not in r.text
+
+
+async def test_metrics_follow_the_fleet(api: httpx.AsyncClient, gateway: Gateway) -> None:
+    before = await scrape(api)
+    creds = await register(api, "met")
+    dev = await connect(creds)
+    try:
+        for seq in range(5):
+            dev.publish("telemetry", json.dumps({"seq": seq, "readings": {"light": 1}}).encode())
+        dev.publish("telemetry", b"{broken")
+
+        async def grown() -> dict | None:
+            m = await scrape(api)
+            stored = m[("planty_readings_stored_total", ())]
+            err = m[("planty_device_errors_total", (("kind", "malformed_payload"),))]
+            base = before[("planty_device_errors_total", (("kind", "malformed_payload"),))]
+            ok = stored >= before[("planty_readings_stored_total", ())] + 5 and err == base + 1
+            return m if ok else None
+
+        m = await eventually(grown)
+        assert m[("planty_devices_connected", ())] >= 1
+        assert m[("planty_devices", (("state", "online"),))] >= 1
+        assert m[("planty_devices_registered", ())] == len(gateway.services.registry)
+        assert m[("planty_mqtt_connected", ())] == 1
+        assert m[("planty_store_write_seconds_count", ())] >= 1
+        assert (
+            m[("planty_store_write_seconds_bucket", (("le", "+Inf"),))]
+            == m[("planty_store_write_seconds_count", ())]
+        )
+        assert ("planty_commands_total", (("state", "acked"),)) in m
+        assert ("planty_device_reconnects_total", (("cause", "reboot"),)) in m
+        # bounded labels: no device id anywhere by default
+        assert not any(dict(labels).get("device") for _, labels in m)
+    finally:
+        await dev.close()
+
+
+async def test_token_can_be_waived_and_device_series_capped(tmp_path) -> None:
+    settings = gateway_settings(
+        tmp_path / "gw", metrics={"require_token": False, "per_device_max": 2}
+    )
+    async with running_gateway(settings) as gw:
+        async with httpx.AsyncClient(
+            base_url=gw.api_url, headers={"Authorization": f"Bearer {ADMIN}"}
+        ) as api:
+            for _ in range(3):
+                await register(api, "cap")
+        async with httpx.AsyncClient(base_url=gw.api_url) as anonymous:
+            r = await anonymous.get("/metrics")
+            assert r.status_code == 200
+            m = samples(r.text)
+            devices = {dict(labels)["device"] for name, labels in m if name == "planty_device_up"}
+            assert len(devices) == 2
+            # the rest of the API still needs the token
+            assert (await anonymous.get("/api/v1/stats")).status_code == 401
