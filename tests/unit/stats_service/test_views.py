@@ -1,0 +1,53 @@
+"""Per-slot latency series (chart data) and the store-write histogram."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from planty_broker.domain.windowed import DAY_MS, HOUR_MS, MINUTE_MS, WindowedSketch
+from planty_broker.services.stats_timing import DurationHistogram
+from planty_broker.services.stats_views import latency_series
+
+T0 = 1_764_028_800_000  # aligned on a day
+
+
+def exact(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[int(q * (len(s) - 1))]
+
+
+def test_series_has_one_point_per_non_empty_slot_within_the_error_bound() -> None:
+    rng = random.Random(7)
+    ws = WindowedSketch()
+    per_slot: dict[int, list[float]] = {}
+    for slot in (0, 1, 4, 11):  # 5-minute slots of the last hour; 2, 3, 5..10 stay empty
+        start = T0 + slot * 5 * MINUTE_MS
+        values = [rng.lognormvariate(3.5, 0.6) for _ in range(200)]
+        per_slot[start] = values
+        for i, v in enumerate(values):
+            ws.add(v, start + i * 1000)
+    now = T0 + 12 * 5 * MINUTE_MS - 1
+    series = latency_series(ws, HOUR_MS, now)
+    assert [p["t_ms"] for p in series] == sorted(per_slot)
+    for point in series:
+        values = per_slot[point["t_ms"]]
+        assert point["count"] == 200 and point["slot_ms"] == 5 * MINUTE_MS
+        for q, key in ((0.5, "p50_ms"), (0.99, "p99_ms")):
+            assert point[key] == pytest.approx(exact(values, q), rel=0.01)
+    # a day window uses hour slots: the four 5-minute slots fold into one point
+    day = latency_series(ws, DAY_MS, now)
+    assert len(day) == 1 and day[0]["count"] == 800 and day[0]["slot_ms"] == HOUR_MS
+
+
+def test_empty_sketch_has_no_series() -> None:
+    assert latency_series(WindowedSketch(), HOUR_MS, T0) == []
+
+
+def test_duration_histogram_is_cumulative() -> None:
+    h = DurationHistogram((0.01, 0.1))
+    for s in (0.005, 0.01, 0.05, 3.0):
+        h.observe(s)
+    assert h.cumulative() == [("0.01", 2), ("0.1", 3), ("+Inf", 4)]
+    assert h.count == 4 and h.sum == pytest.approx(3.065)
