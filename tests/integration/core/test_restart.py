@@ -85,6 +85,6 @@ async def test_graceful_restart_rebuilds_presence_without_faking_it(tmp_path: Pa
         gw.cleanup()
 
 
-async def _state(api, device_id: str, state: str):  # noqa: ANN001, ANN202
+async def _state(api, device_id: str, state: str):
     d = (await api.get(f"/api/v1/devices/{device_id}")).json()
     return d if d["presence"]["state"] == state else None
