@@ -2,6 +2,7 @@
 
 PostgreSQL: a uniquely named database is created on the local server for the test
 session and dropped at the end (override the server with PLANTY_TEST_POSTGRES_URL).
+Where no server answers, a private cluster is started for the session (tests/pgcluster.py).
 Each test starts from empty tables.
 """
 
@@ -25,6 +26,7 @@ from planty_broker.storage.sql import SqlStore
 ADMIN_URL = os.environ.get(
     "PLANTY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+_cluster = None  # a PrivateCluster when no server was reachable
 
 StoreFactory = Callable[[], Store]
 
@@ -59,17 +61,29 @@ class PgServer:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
+    global ADMIN_URL, _cluster  # noqa: PLW0603 - one server for the whole session
     try:
         _admin_connect().close()
     except Exception as exc:  # ImportError (no psycopg) or OperationalError (no server)
         where = make_url(ADMIN_URL).render_as_string(hide_password=True)
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        pytest.skip(
-            f"PostgreSQL not reachable at {where} (set PLANTY_TEST_POSTGRES_URL): {first_line}"
-        )
+        if "PLANTY_TEST_POSTGRES_URL" in os.environ:
+            pytest.fail(f"PostgreSQL not reachable at {where}: {first_line}")
+        from tests.pgcluster import PrivateCluster
+
+        try:
+            _cluster = PrivateCluster()
+        except Exception as start_exc:
+            pytest.skip(
+                f"PostgreSQL not reachable at {where} ({first_line}) and no private "
+                f"cluster could start: {start_exc}"
+            )
+        ADMIN_URL = _cluster.url
     server = PgServer()
     yield server
     server.drop_all()
+    if _cluster is not None:
+        _cluster.stop()
 
 
 @pytest.fixture(scope="session")
