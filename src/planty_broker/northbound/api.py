@@ -100,6 +100,10 @@ def create_api(
         from planty_broker.northbound.metrics import install_metrics
 
         install_metrics(app, svc, [principal] if svc.settings.metrics.require_token else [])
+    if svc.settings.dashboard.enabled:
+        from planty_broker.northbound.dashboard import install_dashboard
+
+        install_dashboard(app)
     for r in routers or []:
         app.include_router(r, prefix="/api/v1", dependencies=[Depends(principal)])
     return app

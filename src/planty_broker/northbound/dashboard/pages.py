@@ -1,0 +1,136 @@
+"""Dashboard routes: open page shells, and fragments behind the API's bearer token."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import jinja2
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from planty_broker import __version__
+from planty_broker.northbound.api import SvcDep, principal
+from planty_broker.northbound.dashboard import HERE, views
+from planty_broker.northbound.errors import ApiError
+from planty_broker.protocol import valid_device_id
+
+router = APIRouter(include_in_schema=False)
+fragments = APIRouter(prefix="/dashboard/fragments", dependencies=[Depends(principal)])
+
+# Pages run only our own scripts; no framing, no referrer leaving the gateway.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'self'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def _clock(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{share * 100:.1f}%"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+env.filters.update(clock=_clock, pct=_pct, ms=_ms, num=_num)
+env.globals["version"] = __version__
+
+
+def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = env.get_template(name).render(**context)
+    return HTMLResponse(html, status, headers=SECURITY_HEADERS)
+
+
+# ---------------------------------------------------------------- pages (no data in them)
+
+
+@router.get("/dashboard")
+async def dashboard_root() -> RedirectResponse:
+    return RedirectResponse("/dashboard/", status_code=307)
+
+
+@router.get("/dashboard/")
+async def fleet_page() -> HTMLResponse:
+    return render("fleet.html", page="fleet")
+
+
+@router.get("/dashboard/devices/{device_id}")
+async def device_page(
+    device_id: str, window: Annotated[str | None, Query()] = None
+) -> HTMLResponse:
+    if not valid_device_id(device_id):
+        return render("missing.html", 404, page="missing", device_id=device_id)
+    return render(
+        "device.html",
+        page="device",
+        device_id=device_id,
+        window=views.window_or_default(window),
+        windows=views.WINDOWS,
+    )
+
+
+# ---------------------------------------------------------------- fragments (token needed)
+
+
+@fragments.get("/fleet")
+async def fleet_fragment(svc: SvcDep) -> HTMLResponse:
+    return render("_fleet.html", **views.fleet(svc))
+
+
+@fragments.get("/row/{device_id}")
+async def row_fragment(device_id: str, svc: SvcDep) -> HTMLResponse:
+    d = svc.registry.get(device_id)
+    if d is None:  # removed meanwhile: the row goes away
+        return HTMLResponse("", headers=SECURITY_HEADERS)
+    return render("_row.html", r=views.row(svc, d))
+
+
+@fragments.get("/device/{device_id}")
+async def device_fragment(
+    device_id: str, svc: SvcDep, window: Annotated[str | None, Query()] = None
+) -> HTMLResponse:
+    d = svc.registry.get(device_id)
+    if d is None:
+        raise ApiError(404, "unknown_device", f"no device with id {device_id!r}")
+    stats = svc.extra.get("stats")
+    if stats is not None:
+        await stats.ensure_loaded(device_id)
+    return render("_device.html", **views.device_panel(svc, d, views.window_or_default(window)))
+
+
+@fragments.get("/commands/{device_id}")
+async def commands_fragment(device_id: str, svc: SvcDep) -> HTMLResponse:
+    if device_id not in svc.registry:
+        raise ApiError(404, "unknown_device", f"no device with id {device_id!r}")
+    commands = await views.command_history(svc, device_id)
+    return render("_commands.html", commands=commands)
+
+
+router.include_router(fragments)

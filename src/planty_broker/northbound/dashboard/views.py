@@ -1,0 +1,111 @@
+"""What the dashboard templates show, computed from the services (no HTTP here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from planty_broker.domain.models import DeviceRecord, PresenceState
+from planty_broker.domain.stats import parse_window
+from planty_broker.domain.windowed import HOUR_MS
+from planty_broker.services.context import Services
+from planty_broker.services.registry import now_ms
+
+WINDOWS = ("1h", "1d", "7d")
+TIMELINE_WIDTH = 1000  # SVG user units of the presence timeline
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of the fleet table."""
+
+    id: str
+    name: str | None
+    state: str
+    since_ms: int | None
+    cause: str | None
+    last_seen_ms: int | None
+    readings: list[tuple[str, float]]
+    availability: float | None
+    p99_ms: float | None
+    errors: int
+    messages: int
+
+
+def row(svc: Services, d: DeviceRecord) -> Row:
+    p = svc.presence.get(d.id)
+    stats = svc.extra.get("stats")
+    s = stats.fleet.get(d.id) if stats is not None else None
+    summary = stats.device_summary(d.id)["stats"] if stats is not None else None
+    latest = svc.ingest.latest.get(d.id)
+    last_seen = s.last_message_ms if s is not None and s.last_message_ms else None
+    if last_seen is None and p is not None:
+        last_seen = p.last_seen_ms
+    return Row(
+        id=d.id,
+        name=d.name,
+        state=(p.state if p else PresenceState.UNKNOWN).value,
+        since_ms=p.since_ms if p else None,
+        cause=p.cause.value if p else None,
+        last_seen_ms=last_seen,
+        readings=sorted(latest.values.items()) if latest else [],
+        availability=summary["availability_1h"] if summary else None,
+        p99_ms=summary["latency_p99_ms_1h"] if summary else None,
+        errors=summary["errors_total"] if summary else 0,
+        messages=s.msgs_in if s is not None else 0,
+    )
+
+
+def fleet(svc: Services) -> dict[str, Any]:
+    """The fleet table and its headline figures."""
+    rows = [row(svc, d) for d in svc.registry.all()]
+    counts = dict.fromkeys((s.value for s in PresenceState), 0)
+    for r in rows:
+        counts[r.state] += 1
+    stats = svc.extra.get("stats")
+    headline: dict[str, Any] = {"devices": len(rows), **counts}
+    if stats is not None:
+        f = stats.fleet_stats(HOUR_MS)
+        headline["availability"] = f["availability"]["share"]
+        headline["p99_ms"] = f["latency"]["p99_ms"]
+        headline["errors"] = f["errors_total"]
+    return {"rows": rows, "headline": headline}
+
+
+def window_or_default(window: str | None) -> str:
+    return window if window in WINDOWS else "1h"
+
+
+def device_panel(svc: Services, d: DeviceRecord, window: str) -> dict[str, Any]:
+    """Presence, vitals, counters, availability and the timeline of one device."""
+    now = now_ms()
+    wms = parse_window(window)
+    stats = svc.extra.get("stats")
+    figures = stats.device_stats(d.id, wms, now) if stats is not None else None
+    bars: list[dict[str, Any]] = []
+    if figures is not None:
+        start = now - wms
+        for span in figures["timeline"]:
+            x = (span["start_ms"] - start) * TIMELINE_WIDTH / wms
+            w = (span["end_ms"] - span["start_ms"]) * TIMELINE_WIDTH / wms
+            bars.append({**span, "x": round(x, 2), "w": round(max(w, 0.5), 2)})
+    return {
+        "device": d,
+        "row": row(svc, d),
+        "window": window,
+        "windows": WINDOWS,
+        "figures": figures,
+        "bars": bars,
+        "timeline_width": TIMELINE_WIDTH,
+        "now_ms": now,
+        "window_ms": wms,
+    }
+
+
+async def command_history(svc: Services, device_id: str, limit: int = 20) -> list[Any] | None:
+    """The newest commands of a device from the outbox (None when this store has none)."""
+    list_commands = getattr(svc.store, "list_commands", None)
+    if list_commands is None:
+        return None
+    records: list[Any] = await list_commands(device_id, None, limit)
+    return records

@@ -1,0 +1,108 @@
+"""The dashboard in a real browser: log in, watch the fleet live, command a device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from planty_broker.app import Gateway
+from planty_broker.simulator import Fleet
+from tests.browser.conftest import FLEET_SIZE, log_in, shot
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def test_login_then_the_fleet_is_listed(
+    page: Any, dash_gateway: Gateway, fleet: Fleet
+) -> None:
+    base = dash_gateway.api_url
+    await page.goto(base + "/dashboard/")
+    await page.wait_for_selector("#login:not([hidden])")
+    assert await page.is_hidden("#app")
+    await page.fill("#token", "not-the-token")
+    await page.click("#login-form button[type=submit]")
+    await page.wait_for_selector("#login-error:has-text('not valid')")
+    await shot(page, "login-refused")
+
+    await log_in(page, base)
+    for dev in fleet.devices:
+        row = page.locator(f"#row-{dev.device_id}")
+        await row.wait_for()
+        await page.wait_for_selector(f"#row-{dev.device_id}[data-state=online]", timeout=15_000)
+    # readings show up in the table as the devices publish
+    first = fleet.devices[0].device_id
+    await page.wait_for_selector(f"#row-{first} .reading", timeout=15_000)
+    assert int(await page.text_content("#count-devices")) >= FLEET_SIZE
+    await shot(page, "fleet")
+
+    # the token lives in this tab only; logging out forgets it
+    await page.click("#logout")
+    await page.wait_for_selector("#login:not([hidden])")
+    assert await page.evaluate("sessionStorage.getItem('planty.token')") is None
+
+
+async def test_a_device_goes_offline_live(page: Any, dash_gateway: Gateway, fleet: Fleet) -> None:
+    base = dash_gateway.api_url
+    await log_in(page, base)
+    victim = fleet.devices[-1]
+    await page.wait_for_selector(f"#row-{victim.device_id}[data-state=online]", timeout=15_000)
+    await page.evaluate("window.__sameDocument = true")
+    await victim.kill()  # power cut: the MQTT server fires its last will
+    await page.wait_for_selector(f"#row-{victim.device_id}[data-state=offline]", timeout=15_000)
+    assert await page.evaluate("window.__sameDocument === true")  # no reload: live update
+    assert "offline" in await page.text_content(f"#row-{victim.device_id} .badge")
+    await shot(page, "device-offline-live")
+    await victim.start()  # back for the other tests
+    await page.wait_for_selector(f"#row-{victim.device_id}[data-state=online]", timeout=20_000)
+
+
+async def test_device_page_charts_timeline_and_windows(
+    page: Any, dash_gateway: Gateway, fleet: Fleet
+) -> None:
+    base = dash_gateway.api_url
+    dev = fleet.devices[1]
+    await log_in(page, base, path=f"/dashboard/devices/{dev.device_id}")
+    await page.wait_for_selector("#device-head[data-state=online]", timeout=15_000)
+    await page.wait_for_selector("#readings-charts .chart[data-series=temperature]", timeout=15_000)
+    assert await page.locator("#readings-charts .chart canvas").count() >= 3
+    assert await page.locator("svg.timeline rect.online").count() >= 1
+    assert await page.text_content("#device h2") == "Presence over 1h: 100.0% online"
+    # buttons for what the device declared
+    for action in ("read", "ping", "pump.on", "pump.off", "lamp.on", "lamp.off"):
+        assert await page.locator(f"#actions button[data-action='{action}']").count() == 1
+    await page.click("button.window[data-window='7d']")
+    await page.wait_for_selector("#device h2:has-text('over 7d')")
+    assert page.url.endswith("?window=7d")
+    await shot(page, "device-7d")
+
+
+async def _has_command_api(base: str) -> bool:
+    async with httpx.AsyncClient(base_url=base) as client:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+    return "post" in paths.get("/api/v1/devices/{device_id}/commands", {})
+
+
+async def test_send_a_command_from_the_device_page(
+    page: Any, dash_gateway: Gateway, fleet: Fleet
+) -> None:
+    base = dash_gateway.api_url
+    if not await _has_command_api(base):
+        pytest.skip("this gateway has no command API yet (issue 3)")
+    dev = fleet.devices[0]
+    await log_in(page, base, path=f"/dashboard/devices/{dev.device_id}")
+    await page.wait_for_selector("#device-head[data-state=online]", timeout=15_000)
+
+    await page.click("#actions button[data-action=read]")
+    await page.wait_for_selector("#command-result[data-state=acked]", timeout=20_000)
+    assert "readings" in await page.text_content("#command-result")
+    await page.wait_for_selector("#commands tr[data-state=acked]", timeout=10_000)
+
+    await page.fill("#seconds-pump", "5")
+    await page.click("#actions button[data-action='pump.on']")
+    await page.wait_for_selector(
+        "#command-result[data-state=acked]:has-text('pump.on')", timeout=20_000
+    )
+    assert dev.actuator("pump").on
+    await shot(page, "device-command-acked")
