@@ -322,6 +322,9 @@ def simulate(
         pass
 
 
+import planty_broker.cli_status  # noqa: E402, F401  (registers `planty status`)
+
+
 def main() -> None:
     try:
         app()
