@@ -4,7 +4,7 @@
   `rule_to_dict`, `problems_for_device` / `problems_for_record` (the API's 422 reasons).
 - `rules_time`: `TimeWindow` ("06:00-20:00", may cross midnight) and `LocalClock`.
 - `rules_eval`: `RuleState`, `Decision`, `evaluate`, `note_manual_command`,
-  `record_fire`, `check_silence` / `silent_sensors`.
+  `record_fire`, `check_silence` / `silent_sensors`, `quiet_band`.
 - `rules_index`: `RuleIndex`, device -> reading -> [(rule, state)] for the hot path.
 - `rules_thresholds`: `thresholds_to_rules`, the expansion behind `set_thresholds`.
 
@@ -22,6 +22,7 @@ from planty_broker.domain.rules_eval import (
     evaluate,
     human_ms,
     note_manual_command,
+    quiet_band,
     record_fire,
     silent_sensors,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "parse_rule",
     "problems_for_device",
     "problems_for_record",
+    "quiet_band",
     "record_fire",
     "rule_to_dict",
     "rules_to_thresholds",

@@ -15,6 +15,7 @@ waiting to re-arm) is never an event: the fire before it explains it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -191,6 +192,16 @@ def evaluate(
         None,
         detail + _budget_note(rule, state),
     )
+
+
+def quiet_band(rule: Rule, state: RuleState) -> tuple[float, float]:
+    """Closed [lo, hi]: a reading in it makes `evaluate` return None or a non-event and
+    change nothing but `last_seen_ms`. The index skips such readings without a call."""
+    if not rule.enabled:
+        return (-math.inf, math.inf)
+    if not state.armed:
+        return rule.quiet_disarmed
+    return rule.quiet_idle if state.idle else rule.quiet_run
 
 
 def _maybe_rearm(

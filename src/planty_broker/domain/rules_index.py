@@ -1,6 +1,8 @@
 """`RuleIndex`: the live rule set, keyed for the hot path device_id -> reading -> [(rule, state)].
 
-A reading that no rule watches costs two dict lookups. Per-device maps are built
+A reading that no rule watches costs two dict lookups. A watched reading inside
+its bucket's quiet band (no rule would fire, suppress, or re-arm; see
+`rules_eval.quiet_band`) costs one more comparison. Per-device maps are built
 lazily on a device's first reading and dropped when a rule touching that device
 changes; the `RuleState`s live apart from those maps, so replacing a rule (same
 id) keeps its hysteresis, cooldown, today's budget and any manual hold. Pure and
@@ -9,6 +11,7 @@ single-threaded: the rules service owns one index and calls it from one task.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from planty_broker.domain.rules_eval import (
@@ -17,6 +20,7 @@ from planty_broker.domain.rules_eval import (
     check_silence,
     evaluate,
     note_manual_command,
+    quiet_band,
     record_fire,
 )
 from planty_broker.domain.rules_model import ALL_DEVICES, Rule
@@ -24,10 +28,36 @@ from planty_broker.protocol import split_action
 
 Entry = tuple[Rule, RuleState]
 ActuatorsOf = Callable[[str], Sequence[str] | None]
-# Hot-path slot: the rule's comparison and threshold unpacked next to it.
-_Slot = tuple[Callable[[float, float], bool], float, Rule, RuleState]
 _NOTHING: tuple[Decision, ...] = ()
-_NO_SLOTS: tuple[_Slot, ...] = ()
+
+
+class _Bucket:
+    """The rules on one reading of one device, and the band of values where none has work."""
+
+    __slots__ = ("entries", "hi", "last_seen_ms", "lo")
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.lo = -math.inf
+        self.hi = math.inf
+        self.last_seen_ms: int | None = None
+
+    def retune(self) -> None:
+        """Intersect the rules' quiet bands; call after any of their states changed."""
+        lo, hi = -math.inf, math.inf
+        for rule, state in self.entries:
+            band_lo, band_hi = quiet_band(rule, state)
+            lo = max(lo, band_lo)
+            hi = min(hi, band_hi)
+        self.lo, self.hi = lo, hi
+
+    def sync_seen(self) -> None:
+        """Hand the bucket's last-seen time to its states (the fast path only stamps the bucket)."""
+        seen = self.last_seen_ms
+        if seen is not None:
+            for _, state in self.entries:
+                if state.last_seen_ms is None or state.last_seen_ms < seen:
+                    state.last_seen_ms = seen
 
 
 class RuleIndex:
@@ -46,7 +76,7 @@ class RuleIndex:
         self._by_device: dict[str, list[str]] = {}  # device id -> ids of rules naming it
         self._wildcard: list[str] = []  # ids of "*" rules
         self._states: dict[str, dict[str, RuleState]] = {}  # rule id -> device id -> state
-        self._devices: dict[str, dict[str, list[_Slot]]] = {}  # the lazily built hot-path map
+        self._devices: dict[str, dict[str, _Bucket]] = {}  # the lazily built hot-path map
 
     # ------------------------------------------------------------ rule set
 
@@ -110,16 +140,17 @@ class RuleIndex:
 
     def _invalidate(self, rule: Rule, old: Rule | None) -> None:
         if rule.devices == (ALL_DEVICES,) or (old is not None and old.devices == (ALL_DEVICES,)):
+            self._sync_seen()
             self._devices.clear()
             return
         for device_id in (*rule.devices, *(old.devices if old is not None else ())):
-            self._devices.pop(device_id, None)
+            self._drop(device_id)
 
     # ------------------------------------------------------------ devices
 
     def invalidate_device(self, device_id: str) -> None:
         """The device declared new sensors/actuators: rebuild its map on its next reading."""
-        self._devices.pop(device_id, None)
+        self._drop(device_id)
 
     def forget_device(self, device_id: str) -> None:
         """The device was removed: drop its map and every rule state kept for it."""
@@ -136,14 +167,15 @@ class RuleIndex:
     def _rule_ids_for(self, device_id: str) -> list[str]:
         return [*self._by_device.get(device_id, ()), *self._wildcard]
 
-    def _build(self, device_id: str) -> dict[str, list[_Slot]]:
-        by_reading: dict[str, list[_Slot]] = {}
+    def _build(self, device_id: str) -> dict[str, _Bucket]:
+        by_reading: dict[str, _Bucket] = {}
         for rule_id in self._rule_ids_for(device_id):
             rule = self._rules[rule_id]
             if rule.enabled and self._compatible(rule, device_id):
                 state = self._states[rule_id].setdefault(device_id, RuleState(device_id))
-                slot = (rule.fires, rule.threshold, rule, state)
-                by_reading.setdefault(rule.reading, []).append(slot)
+                by_reading.setdefault(rule.reading, _Bucket()).entries.append((rule, state))
+        for bucket in by_reading.values():
+            bucket.retune()
         self._devices[device_id] = by_reading
         return by_reading
 
@@ -156,16 +188,17 @@ class RuleIndex:
             if not self._rules:
                 return []
             by_reading = self._build(device_id)
-        return [(rule, state) for _, _, rule, state in by_reading.get(reading, _NO_SLOTS)]
+        bucket = by_reading.get(reading)
+        return [] if bucket is None else list(bucket.entries)
 
     def evaluate(
         self, device_id: str, values: Mapping[str, float], reading_ts_ms: int, now_ms: int
     ) -> Sequence[Decision]:
         """Run every matching rule on one telemetry message; returns fires and history events.
 
-        Same result as keeping `d.event` from `rules_eval.evaluate` per rule, with the
-        two do-nothing cases (condition not met on an idle rule; condition met on a
-        disarmed rule) decided inline, since they are most readings.
+        The same decisions as `rules_eval.evaluate` per rule, keeping those with
+        `event` set. A value inside its bucket's quiet band (where no rule has work,
+        the common case) costs one comparison and no call.
         """
         by_reading = self._devices.get(device_id)
         if by_reading is None:
@@ -176,23 +209,20 @@ class RuleIndex:
             return _NOTHING
         out: list[Decision] | None = None
         for name, value in values.items():
-            slots = by_reading.get(name)
-            if slots is None:
+            bucket = by_reading.get(name)
+            if bucket is None:
                 continue
-            for fires, threshold, rule, state in slots:
-                if fires(value, threshold):
-                    if not state.armed:
-                        state.last_seen_ms = now_ms
-                        continue
-                elif state.idle:
-                    state.last_seen_ms = now_ms
-                    continue
+            bucket.last_seen_ms = now_ms
+            if bucket.lo <= value <= bucket.hi:
+                continue
+            for rule, state in bucket.entries:
                 decision = evaluate(rule, state, value, reading_ts_ms, now_ms)
                 if decision is not None and decision.event:
                     if out is None:
                         out = [decision]
                     else:
                         out.append(decision)
+            bucket.retune()
         return _NOTHING if out is None else out
 
     # ------------------------------------------------------------ side doors
@@ -218,12 +248,13 @@ class RuleIndex:
         """Replay a fire from the history at start-up, so budgets and cooldowns survive restarts."""
         rule = self._rules.get(rule_id)
         if rule is not None and rule.applies_to(device_id):
-            record_fire(
-                rule, self._states[rule_id].setdefault(device_id, RuleState(device_id)), at_ms
-            )
+            state = self._states[rule_id].setdefault(device_id, RuleState(device_id))
+            record_fire(rule, state, at_ms)
+            self._drop(device_id)  # its quiet bands changed
 
     def silent_sensors(self, now_ms: int) -> list[Decision]:
         """A warning per (rule, device) whose sensor went silent for the rule's `stale_after_s`."""
+        self._sync_seen()
         out = []
         for rule, state in self.entries():
             decision = check_silence(rule, state, now_ms)
@@ -239,9 +270,24 @@ class RuleIndex:
                 yield rule, state
 
     def state(self, rule_id: str, device_id: str) -> RuleState | None:
-        """The live state of one rule on one device (for the API's rule status)."""
+        """The live state of one rule on one device (for the API's rule status; do not mutate)."""
+        for bucket in self._devices.get(device_id, {}).values():
+            bucket.sync_seen()
         return self._states.get(rule_id, {}).get(device_id)
 
     def states(self, rule_id: str) -> dict[str, RuleState]:
         """device id -> state for one rule (a copy of the mapping; the states are live)."""
+        self._sync_seen()
         return dict(self._states.get(rule_id, {}))
+
+    def _drop(self, device_id: str) -> None:
+        """Forget a device's hot-path map (rebuilt on its next reading), keeping last-seen times."""
+        by_reading = self._devices.pop(device_id, None)
+        if by_reading is not None:
+            for bucket in by_reading.values():
+                bucket.sync_seen()
+
+    def _sync_seen(self) -> None:
+        for by_reading in self._devices.values():
+            for bucket in by_reading.values():
+                bucket.sync_seen()

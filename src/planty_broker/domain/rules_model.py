@@ -94,6 +94,10 @@ class Rule:
     actuator: str | None = field(init=False, repr=False, compare=False)
     clock: LocalClock = field(init=False, repr=False, compare=False)
     has_calendar: bool = field(init=False, repr=False, compare=False)  # window or daily budget
+    # Closed value bands where a reading changes nothing (see rules_eval.quiet_band).
+    quiet_idle: tuple[float, float] = field(init=False, repr=False, compare=False)
+    quiet_run: tuple[float, float] = field(init=False, repr=False, compare=False)
+    quiet_disarmed: tuple[float, float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -120,6 +124,7 @@ class Rule:
         set_(self, "seconds", float(seconds) if _is_number(seconds) else 0.0)
         set_(self, "actuator", split_action(self.action)[0])
         set_(self, "clock", clock)
+        _set_quiet_bands(self)
         set_(
             self,
             "has_calendar",
@@ -141,6 +146,28 @@ class Rule:
         """`soil_moisture < 0.3 -> pump.on {"seconds": 20}` for logs and history."""
         args = " " + ", ".join(f"{k}={v}" for k, v in self.args.items()) if self.args else ""
         return f"{self.reading} {self.op.value} {self.threshold:g} -> {self.action}{args}"
+
+
+def _set_quiet_bands(rule: Rule) -> None:
+    """Precompute the value bands in which `evaluate` has nothing to do, per rule state.
+
+    idle (armed, no suppression run): the condition is not met.
+    run (armed, suppression run going on): not met, and not past the re-arm bound.
+    disarmed: not past the re-arm bound (a met condition is a non-event `disarmed`).
+    Strict bounds become closed ones with `math.nextafter`, so the test is `lo <= v <= hi`.
+    """
+    t, r, inf = float(rule.threshold), rule.rearm_at, math.inf
+    strict = rule.op is Op.LT or rule.op is Op.GT
+    if rule.op.below:  # fires when v < t (or <=); re-arms when v >= r (or >)
+        not_met = t if strict else math.nextafter(t, inf)
+        not_rearmed = math.nextafter(r, -inf) if strict else r
+        bands = ((not_met, inf), (not_met, not_rearmed), (-inf, not_rearmed))
+    else:  # fires when v > t (or >=); re-arms when v <= r (or <)
+        not_met = t if strict else math.nextafter(t, -inf)
+        not_rearmed = math.nextafter(r, inf) if strict else r
+        bands = ((-inf, not_met), (not_rearmed, not_met), (not_rearmed, inf))
+    for name, band in zip(("quiet_idle", "quiet_run", "quiet_disarmed"), bands, strict=True):
+        object.__setattr__(rule, name, band)
 
 
 def _structural_problems(rule: Rule) -> list[str]:

@@ -151,6 +151,16 @@ def test_replace_all_keeps_states_of_kept_rules_and_drops_the_rest() -> None:
     assert state.fires_today == 1
 
 
+def test_restore_fire_on_a_running_index_rearms_from_the_next_reading() -> None:
+    index = RuleIndex()
+    index.put(rule(max_fires_per_day=1, rearm=None))
+    index.evaluate("dev-1", {"soil_moisture": 0.5}, NOON, NOON)  # the device's map is built
+    index.restore_fire("water", "dev-1", NOON)
+    index.evaluate("dev-1", {"soil_moisture": 0.5}, NOON + 1, NOON + 1)  # re-arms
+    out = index.evaluate("dev-1", {"soil_moisture": 0.1}, NOON + 2, NOON + 2)
+    assert [d.reason for d in out] == [Reason.BUDGET]
+
+
 def test_forget_device_drops_its_state() -> None:
     index = RuleIndex()
     index.put(rule(devices=(ALL_DEVICES,)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -21,6 +22,7 @@ from planty_broker.domain.rules import (
     TimeWindow,
     evaluate,
     note_manual_command,
+    quiet_band,
 )
 
 T0 = 1_764_240_000_000  # 2025-11-27
@@ -224,13 +226,23 @@ def test_only_fires_and_first_suppressions_are_events(rule: Rule, seq: list[Step
             assert decision.event
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(rules(), min_size=1, max_size=3), steps)
+def boundaries(rule_list: list[Rule]) -> list[float]:
+    """Threshold and re-arm bounds and their float neighbours: where off-by-one bugs live."""
+    out = []
+    for r in rule_list:
+        for b in (r.threshold, r.rearm_at):
+            out += [b, math.nextafter(b, -math.inf), math.nextafter(b, math.inf)]
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(rules(), min_size=1, max_size=3), steps, st.data())
 def test_index_returns_exactly_the_events_of_the_plain_evaluator(
-    rule_list: list[Rule], seq: list[Step]
+    rule_list: list[Rule], seq: list[Step], data: st.DataObject
 ) -> None:
-    """The index's inline fast path must not change any outcome."""
+    """The index's quiet-band shortcut must not change any outcome or state."""
     rule_list = [replace(r, id=f"r{i}") for i, r in enumerate(rule_list)]
+    edge = st.sampled_from(boundaries(rule_list))
     index = RuleIndex()
     index.replace_all(rule_list)
     states = {r.id: RuleState("dev-1") for r in rule_list}
@@ -242,12 +254,36 @@ def test_index_returns_exactly_the_events_of_the_plain_evaluator(
             for r in rule_list:
                 note_manual_command(states[r.id], now, r.hold_s)
             continue
-        got = index.evaluate("dev-1", {"soil_moisture": step.value}, now - step.age_ms, now)
+        value = data.draw(edge) if data.draw(st.booleans()) else step.value
+        got = index.evaluate("dev-1", {"soil_moisture": value}, now - step.age_ms, now)
         want = [
             d
             for r in rule_list
-            if (d := evaluate(r, states[r.id], step.value, now - step.age_ms, now)) and d.event
+            if (d := evaluate(r, states[r.id], value, now - step.age_ms, now)) and d.event
         ]
         assert list(got) == want
-    for r in rule_list:
-        assert index.state(r.id, "dev-1") == states[r.id]
+        for r in rule_list:
+            assert index.state(r.id, "dev-1") == states[r.id]
+
+
+@settings(max_examples=500, deadline=None)
+@given(rules(), steps, st.data())
+def test_quiet_band_readings_change_nothing(
+    rule: Rule, seq: list[Step], data: st.DataObject
+) -> None:
+    """The contract the index relies on, checked at the band edges and anywhere inside."""
+    state = RuleState("dev-1")
+    now = T0
+    for step in seq:  # drive the state somewhere interesting first
+        now += step.dt_ms
+        evaluate(rule, state, step.value, now - step.age_ms, now)
+    lo, hi = quiet_band(rule, state)
+    inside = [v for v in (lo, hi, *boundaries([rule]), 0.0, 0.5, 1.0) if lo <= v <= hi]
+    value = data.draw(st.sampled_from(inside)) if inside else None
+    if value is None:
+        return
+    age = data.draw(st.sampled_from([0, 10**7, -(10**7)]))
+    before = replace(state)
+    decision = evaluate(rule, state, value, now + 1 - age, now + 1)
+    assert decision is None or not decision.event
+    assert replace(state, last_seen_ms=before.last_seen_ms) == before
