@@ -199,6 +199,9 @@ class Gateway:
             self._stack.push_async_callback(stats.stop)
         await ingest.start()
         self._stack.push_async_callback(ingest.stop)
+        from planty_broker.services.queue import start_message_queue
+
+        commands, _events = await start_message_queue(svc, self._stack, topics)
 
         subs = [
             (topics.subscription(ch), 1) for ch in (Channel.STATUS, Channel.TELEMETRY, Channel.ACK)
@@ -210,6 +213,7 @@ class Gateway:
             raise StartupError(str(exc)) from None
         self.link = link
         svc.extra["link"] = link
+        commands.attach(link)
         self._stack.push_async_callback(link.close)
 
         await self._start_api(svc)

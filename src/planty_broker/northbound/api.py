@@ -96,6 +96,11 @@ def create_api(
     from planty_broker.northbound.routes_stats import router as stats_router
 
     app.include_router(stats_router, prefix="/api/v1", dependencies=[Depends(principal)])
+    from planty_broker.northbound.routes_commands import router as commands_router
+    from planty_broker.northbound.routes_events import router as events_router
+
+    for queue_router in (commands_router, events_router):
+        app.include_router(queue_router, prefix="/api/v1", dependencies=[Depends(principal)])
     if svc.settings.metrics.enabled:
         from planty_broker.northbound.metrics import install_metrics
 

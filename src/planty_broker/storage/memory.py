@@ -17,8 +17,16 @@ from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
+from planty_broker.domain.events import NewEvent
 from planty_broker.domain.models import DeviceRecord, PresenceTransition, Reading
-from planty_broker.storage.port import DeviceExistsError, Store, StoreUnavailableError
+from planty_broker.storage.memory_queue import MemoryQueueMixin
+from planty_broker.storage.port import (
+    CommandStore,
+    DeviceExistsError,
+    EventStore,
+    Store,
+    StoreUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +49,11 @@ def _in_range(t: int, since_ms: int | None, until_ms: int | None) -> bool:
     return (since_ms is None or t >= since_ms) and (until_ms is None or t <= until_ms)
 
 
-class MemoryStore:
-    """The `Store` port in dictionaries; an async context manager (open/close)."""
+class MemoryStore(MemoryQueueMixin):
+    """The `Store` port in dictionaries; an async context manager (open/close).
+
+    The command outbox and the event log come from `MemoryQueueMixin`.
+    """
 
     def __init__(self) -> None:
         self._open = False
@@ -99,6 +110,7 @@ class MemoryStore:
         self._check()
         self._readings.pop(device_id, None)
         self._presence.pop(device_id, None)
+        self._forget_device_commands(device_id)
         return self._devices.pop(device_id, None) is not None
 
     # telemetry ----------------------------------------------------------------
@@ -123,6 +135,8 @@ class MemoryStore:
                 stored = replace(r, values=_json_copy(r.values))
                 rows = self._readings.setdefault(r.device_id, [])
                 bisect.insort(rows, (r.ts_ms, self._next_id, stored), key=lambda x: x[:2])
+                data = {"seq": r.seq, "ts_ms": r.ts_ms, "readings": r.values}
+                self._log_events([NewEvent(r.received_ms, "reading", r.device_id, data)])
 
     async def query_readings(
         self, device_id: str, since_ms: int | None, until_ms: int | None, limit: int
@@ -154,6 +168,8 @@ class MemoryStore:
                 self._next_id += 1
                 rows = self._presence.setdefault(t.device_id, [])
                 bisect.insort(rows, (t.at_ms, self._next_id, t), key=lambda x: x[:2])
+                data = {"state": t.state.value, "cause": t.cause.value}
+                self._log_events([NewEvent(t.at_ms, "presence", t.device_id, data)])
 
     async def last_presence(self) -> dict[str, PresenceTransition]:
         self._check()
@@ -180,3 +196,5 @@ class MemoryStore:
 
 if TYPE_CHECKING:
     _port_check: Store = MemoryStore()
+    _commands_check: CommandStore = MemoryStore()
+    _events_check: EventStore = MemoryStore()

@@ -8,9 +8,13 @@ once the data is durable (committed), so callers may acknowledge upstream.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from planty_broker.domain.models import DeviceRecord, PresenceTransition, Reading
+
+if TYPE_CHECKING:
+    from planty_broker.domain.commands import CommandChange, CommandRecord, CommandTransition
+    from planty_broker.domain.events import Consumer, Event, LogBounds, NewEvent, PruneResult
 
 
 class StoreError(Exception):
@@ -73,3 +77,59 @@ class Store(Protocol):
     async def get_meta(self, key: str) -> Any | None: ...
 
     async def set_meta(self, key: str, value: Any) -> None: ...
+
+
+class CommandStore(Protocol):
+    """The durable command outbox (issue 3); adapters: SqlStore, MemoryStore."""
+
+    async def apply_command_changes(self, changes: Sequence[CommandChange]) -> None:
+        """Store the rows, their history rows and their `command` events in one transaction.
+
+        Changes of commands whose device was removed meanwhile are dropped.
+        """
+
+    async def get_command(self, command_id: str) -> CommandRecord | None: ...
+
+    async def list_commands(
+        self, device_id: str | None, states: Sequence[str] | None, limit: int
+    ) -> list[CommandRecord]:
+        """Newest first; `device_id` None = every device."""
+
+    async def active_commands(self) -> list[CommandRecord]:
+        """Every queued or sent command, oldest first (to resume after a restart)."""
+
+    async def command_history(self, command_id: str) -> list[CommandTransition]:
+        """Its transitions, oldest first."""
+
+    async def prune_commands(self, final_before_ms: int, limit: int) -> int:
+        """Delete up to `limit` final commands that ended before the time; returns how many."""
+
+
+class EventStore(Protocol):
+    """The ordered event log and its named consumers (issue 3)."""
+
+    async def append_events(self, events: Sequence[NewEvent]) -> None:
+        """Append in one transaction, ids in order; durable on return."""
+
+    async def read_events(
+        self, after: int, limit: int, types: Sequence[str] | None = None
+    ) -> list[Event]:
+        """Events with id > after, oldest first, at most `limit`, optionally only `types`."""
+
+    async def event_bounds(self) -> LogBounds: ...
+
+    async def set_consumer_cursor(self, name: str, acked: int, now_ms: int) -> Consumer:
+        """Create the consumer if new; move its cursor (callers check it only moves forward)."""
+
+    async def get_consumer(self, name: str) -> Consumer | None: ...
+
+    async def list_consumers(self) -> list[Consumer]: ...
+
+    async def delete_consumer(self, name: str) -> bool: ...
+
+    async def prune_events(self, through_id: int) -> PruneResult:
+        """Delete every event with id <= through_id; count, per consumer, those it had
+        not confirmed (added to its `dropped`)."""
+
+    async def event_id_before(self, at_ms: int) -> int:
+        """The highest id of an event older than `at_ms` (0 if none)."""

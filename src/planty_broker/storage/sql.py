@@ -31,22 +31,34 @@ from planty_broker.domain.models import DeviceRecord, PresenceTransition, Readin
 from planty_broker.storage import migrate
 from planty_broker.storage import sql_rows as rows
 from planty_broker.storage.port import (
+    CommandStore,
     DeviceExistsError,
+    EventStore,
     Store,
     StoreError,
     StoreUnavailableError,
 )
 from planty_broker.storage.schema import devices, meta, presence
 from planty_broker.storage.schema import readings as readings_table
+from planty_broker.storage.sql_commands import SqlCommandsMixin
 from planty_broker.storage.sql_engine import check_synchronous, create_store_engine, normalize_url
 from planty_broker.storage.sql_errors import Target, driver_error
+from planty_broker.storage.sql_events import (
+    SqlEventsMixin,
+    insert_events,
+    presence_event_params,
+    reading_event_params,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class SqlStore:
-    """The `Store` port on SQLite or PostgreSQL; an async context manager (open/close)."""
+class SqlStore(SqlCommandsMixin, SqlEventsMixin):
+    """The `Store` port on SQLite or PostgreSQL; an async context manager (open/close).
+
+    The command outbox and the event log (`CommandStore`, `EventStore`) come from the mixins.
+    """
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
         self._target = Target(normalize_url(url))
@@ -141,10 +153,14 @@ class SqlStore:
     # telemetry ----------------------------------------------------------------
 
     async def append_readings(self, readings: Sequence[Reading]) -> None:
-        """One transaction, one executemany; readings of devices removed meanwhile are dropped."""
+        """One transaction, one executemany; readings of devices removed meanwhile are dropped.
+
+        Each reading's `reading` event is appended in the same transaction.
+        """
         if readings:
             params = [rows.reading_params(r) for r in readings]
-            await self._call(self._append, self._insert_readings, params)
+            events = [reading_event_params(r) for r in readings]
+            await self._call(self._append, self._insert_readings, params, events)
 
     async def query_readings(
         self, device_id: str, since_ms: int | None, until_ms: int | None, limit: int
@@ -183,10 +199,11 @@ class SqlStore:
     # presence -----------------------------------------------------------------
 
     async def append_presence(self, transitions: Sequence[PresenceTransition]) -> None:
-        """One transaction; transitions of devices removed meanwhile are dropped."""
+        """One transaction (with their `presence` events); removed devices' rows are dropped."""
         if transitions:
             params = [rows.presence_params(t) for t in transitions]
-            await self._call(self._append, self._insert_presence, params)
+            events = [presence_event_params(t) for t in transitions]
+            await self._call(self._append, self._insert_presence, params, events)
 
     async def last_presence(self) -> dict[str, PresenceTransition]:
         c, n = presence.c, presence.alias("newest").c
@@ -284,20 +301,33 @@ class SqlStore:
             raise DeviceExistsError(f"device {device.id!r} is already registered") from None
 
     @staticmethod
-    def _append(engine: Engine, sql: str, params: list[tuple[Any, ...]]) -> None:
-        """executemany in one transaction; params start with the device id."""
+    def _append(
+        engine: Engine,
+        sql: str,
+        params: list[tuple[Any, ...]],
+        events: list[tuple[Any, ...]] | None = None,
+    ) -> None:
+        """executemany in one transaction; params start with the device id.
+
+        `events[i]` (if given) is the event of `params[i]`, appended in the same transaction.
+        """
         try:
             with engine.begin() as conn:
                 conn.exec_driver_sql(sql, params)
+                if events:
+                    insert_events(conn, events)
             return
         except sa_exc.IntegrityError:
             pass  # a device was removed while its rows were queued: keep the others
         with engine.begin() as conn:
             ids = {p[0] for p in params}
             known = set(conn.scalars(select(devices.c.id).where(devices.c.id.in_(ids))))
-            keep = [p for p in params if p[0] in known]
+            kept = [i for i, p in enumerate(params) if p[0] in known]
+            keep = [params[i] for i in kept]
             if keep:
                 conn.exec_driver_sql(sql, keep)
+                if events:
+                    insert_events(conn, [events[i] for i in kept])
         log.warning(
             "dropped %d rows of unknown (removed) devices: %s",
             len(params) - len(keep),
@@ -331,3 +361,5 @@ def open_store(url: str) -> SqlStore:
 
 if TYPE_CHECKING:
     _port_check: Store = SqlStore("sqlite://")
+    _commands_check: CommandStore = SqlStore("sqlite://")
+    _events_check: EventStore = SqlStore("sqlite://")

@@ -1,0 +1,77 @@
+"""The event log's values: one ordered log of everything that happened, read by cursor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class EventType(StrEnum):
+    """What an event is about; `data` holds the details of each type (docs/events.md)."""
+
+    READING = "reading"  # a telemetry reading stored (same transaction as the reading)
+    PRESENCE = "presence"  # a presence transition stored (same transaction)
+    COMMAND = "command"  # a command transition stored (same transaction)
+    DEVICE_ERROR = "device_error"  # a device sent something unusable
+
+
+EVENT_TYPES = tuple(t.value for t in EventType)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append; the store gives it its id."""
+
+    at_ms: int
+    type: str
+    device_id: str | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event: `id` rises by one per event, in commit order."""
+
+    id: int
+    at_ms: int
+    type: str
+    device_id: str | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """A named reader of the log: `cursor` = the last id it confirmed; `dropped` = events
+    retention deleted before it confirmed them (never silent)."""
+
+    name: str
+    cursor: int
+    created_ms: int
+    updated_ms: int
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LogBounds:
+    """Where the log stands: the ids kept, the newest id, how far retention has deleted."""
+
+    first_id: int | None  # the oldest event kept (None: the log is empty)
+    last_id: int  # the newest id ever given (0: nothing appended yet)
+    pruned_through: int  # every event with id <= this is gone (0: none deleted yet)
+    deleted_unconfirmed: int = 0  # events deleted before every consumer had confirmed them
+
+    @property
+    def kept(self) -> int:
+        """Events kept (ids are consecutive on SQLite; on PostgreSQL an upper bound)."""
+        return 0 if self.first_id is None else self.last_id - self.first_id + 1
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """One retention pass: events deleted through an id; unconfirmed ones, per consumer."""
+
+    deleted: int
+    through_id: int
+    dropped_by_consumer: dict[str, int]
+    unconfirmed: int = 0  # deleted events that at least one consumer had not confirmed

@@ -1,0 +1,106 @@
+"""Sending commands out: one FIFO of command ids, paced by a token bucket, over the MQTT link.
+
+Everything the broker publishes to devices goes through here, so a whole fleet
+coming back at once (each device with its backlog, oldest first) reaches the
+MQTT server at `dispatch_rate_per_s` at most, and nothing is published while the
+link is down (it waits, then continues in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from planty_broker.domain.commands import TokenBucket
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """What the dispatcher needs from the MQTT link (`transport.mqtt.MqttLink`)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def wait_connected(self) -> None: ...
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> None: ...
+
+
+class Dispatcher:
+    """Calls `send(command_id)` for each enqueued id, in order, paced, with the link up."""
+
+    def __init__(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        *,
+        rate_per_s: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._send = send
+        self._clock = clock
+        self.bucket = TokenBucket(rate_per_s, burst, clock())
+        self._ready: collections.deque[str] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.link: Publisher | None = None
+        self.sent = 0
+        self.paced_s = 0.0  # total time spent waiting for tokens (visible pacing)
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="commands-dispatch")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def enqueue(self, command_id: str) -> None:
+        self._ready.append(command_id)
+        self._wake.set()
+
+    @property
+    def link_up(self) -> bool:
+        return self.link is not None and self.link.connected
+
+    def try_token(self) -> bool:
+        """Take a token for a publish outside the queue (pings); False = skip it this time."""
+        return not self._ready and self.bucket.take(self._clock())
+
+    async def _run(self) -> None:
+        while True:
+            if not self._ready:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            link = self.link
+            if link is None or not link.connected:
+                await asyncio.sleep(0.05) if link is None else await link.wait_connected()
+                continue
+            wait_s = self.bucket.wait_s(self._clock())
+            if wait_s > 0:
+                self.paced_s += wait_s
+                await asyncio.sleep(wait_s)
+                continue
+            self.bucket.take(self._clock())
+            cid = self._ready.popleft()
+            try:
+                await self._send(cid)
+                self.sent += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("commands: sending %s failed; its ack timeout will retry", cid)

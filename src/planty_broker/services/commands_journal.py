@@ -1,0 +1,159 @@
+"""Group commit for command changes, in order, with "lazy" items that ride the next commit.
+
+`submit(changes, done)` queues changes and calls `done()` once they are committed;
+items are committed strictly in submission order (a command's `queued` row always
+lands before its `sent` or `acked` row). A lazy submit (the `sent` row after a
+publish) does not start a commit by itself: it is written with the next eager one
+(usually the ack a few ms later) or after `lazy_wait_s`, so the common round trip
+costs two commits (queued, acked) and not three. Losing a lazy row in a crash is
+harmless: the command is then `queued` in the store and is sent again with the
+same id, which the device deduplicates. A failing store is retried with backoff,
+holding everything (nothing acknowledged meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from planty_broker.domain.commands import CommandChange
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Sequence[CommandChange]], Awaitable[None]]
+
+
+def _nothing() -> None:
+    return None
+
+
+class Journal:
+    """Ordered group commit of `CommandChange`s to one sink (the store)."""
+
+    def __init__(self, sink: Sink, *, max_batch: int = 1000, lazy_wait_s: float = 0.2) -> None:
+        self._sink = sink
+        self._max_batch = max_batch
+        self._lazy_wait_s = lazy_wait_s
+        self._items: list[CommandChange] = []
+        self._callbacks: list[tuple[int, Callable[[], None]]] = []  # (items up to, done)
+        self._eager = asyncio.Event()
+        self._lazy = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.items_written = 0
+        self.failing_since: float | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="commands-journal")
+
+    async def stop(self) -> None:
+        """Write what is pending, then stop."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while self._items:
+            await self._flush()
+
+    def pending(self) -> int:
+        return len(self._items)
+
+    def submit(
+        self,
+        changes: Sequence[CommandChange],
+        done: Callable[[], None] | None = None,
+        *,
+        lazy: bool = False,
+    ) -> None:
+        """Queue `changes`; `done()` runs once they are committed."""
+        self._items.extend(changes)
+        self._callbacks.append((len(self._items), done or _nothing))
+        if lazy:
+            self._lazy.set()
+        else:
+            self._eager.set()
+
+    async def write(self, changes: Sequence[CommandChange]) -> None:
+        """Queue `changes` and return once they are committed (cancelling does not unqueue)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self.submit(changes, done)
+        await asyncio.shield(fut)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._eager.is_set():
+                if self._lazy.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._eager.wait(), self._lazy_wait_s)
+                else:
+                    await self._eager.wait()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        n = min(len(self._items), self._max_batch)
+        # Never split one submit's changes across commits: extend to its end.
+        ends = [end for end, _ in self._callbacks]
+        cut = next((end for end in ends if end >= n), n)
+        items = self._items[:cut]
+        done = [cb for end, cb in self._callbacks if end <= cut]
+        del self._items[:cut]
+        self._callbacks = [(end - cut, cb) for end, cb in self._callbacks if end > cut]
+        if not self._items:
+            self._eager.clear()
+            self._lazy.clear()
+        if not items:  # only barriers (`write([])`): nothing to commit
+            for cb in done:
+                cb()
+            return
+        delay = 0.1
+        while True:
+            try:
+                await self._sink(items)
+                break
+            except asyncio.CancelledError:
+                self._items[:0] = items  # put them back in front, in order
+                rest = [(end + cut, cb) for end, cb in self._callbacks]
+                self._callbacks = [(cut, _chain(done)), *rest]
+                self._eager.set()
+                raise
+            except Exception as exc:
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                    log.error(
+                        "commands: cannot store %d change(s): %s; holding them and retrying "
+                        "(acks from devices wait for this)",
+                        len(items),
+                        exc,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if self.failing_since is not None:
+            log.warning(
+                "commands: store is writable again after %.1f s",
+                time.monotonic() - self.failing_since,
+            )
+            self.failing_since = None
+        self.commits += 1
+        self.items_written += len(items)
+        for cb in done:
+            try:
+                cb()
+            except Exception:
+                log.exception("commands: a commit callback failed")
+
+
+def _chain(callbacks: list[Callable[[], None]]) -> Callable[[], None]:
+    def run() -> None:
+        for cb in callbacks:
+            cb()
+
+    return run

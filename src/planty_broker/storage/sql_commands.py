@@ -1,0 +1,210 @@
+"""The command outbox on SQL: a batch of changes = rows + history + events, one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+from sqlalchemy import Engine, bindparam, delete, insert, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
+
+from planty_broker.domain.commands import (
+    FINAL_STATES,
+    CommandChange,
+    CommandRecord,
+    CommandState,
+    CommandTransition,
+    event_data,
+)
+from planty_broker.storage.schema import devices
+from planty_broker.storage.schema_queue import command_transitions, commands
+from planty_broker.storage.sql_events import insert_events
+
+T = TypeVar("T")
+
+_encode = msgspec.json.Encoder().encode
+_FINAL = [s.value for s in FINAL_STATES]
+_ACTIVE = [CommandState.QUEUED.value, CommandState.SENT.value]
+_UPDATABLE = [c.name for c in commands.c if c.name not in ("id", "device_id", "created_ms")]
+_update_sql = (
+    update(commands)
+    .where(commands.c.id == bindparam("b_id"))
+    .values({name: bindparam(f"b_{name}") for name in _UPDATABLE})
+)
+
+
+def command_values(r: CommandRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "device_id": r.device_id,
+        "action": r.action,
+        "args": r.args,
+        "origin": r.origin,
+        "state": r.state.value,
+        "created_ms": r.created_ms,
+        "exp_ms": r.exp_ms,
+        "updated_ms": r.updated_ms,
+        "attempts": r.attempts,
+        "sent_ms": r.sent_ms,
+        "last_sent_ms": r.last_sent_ms,
+        "final_ms": r.final_ms,
+        "result": r.result,
+        "error": r.error,
+        "superseded_by": r.superseded_by,
+        "rtt_ms": r.rtt_ms,
+        "late_ack": r.late_ack,
+    }
+
+
+def command(r: Any) -> CommandRecord:
+    """A row of `select(*commands.c)`."""
+    m = r._mapping
+    return CommandRecord(
+        id=m["id"],
+        device_id=m["device_id"],
+        action=m["action"],
+        args=m["args"] if m["args"] is not None else {},
+        created_ms=m["created_ms"],
+        exp_ms=m["exp_ms"],
+        state=CommandState(m["state"]),
+        updated_ms=m["updated_ms"],
+        origin=m["origin"],
+        attempts=m["attempts"],
+        sent_ms=m["sent_ms"],
+        last_sent_ms=m["last_sent_ms"],
+        final_ms=m["final_ms"],
+        result=m["result"],
+        error=m["error"],
+        superseded_by=m["superseded_by"],
+        rtt_ms=m["rtt_ms"],
+        late_ack=m["late_ack"],
+    )
+
+
+def _write(conn: Connection, changes: Sequence[CommandChange]) -> None:
+    latest: dict[str, CommandRecord] = {}
+    new_ids: set[str] = set()
+    for ch in changes:
+        latest[ch.record.id] = ch.record
+        if ch.new:
+            new_ids.add(ch.record.id)
+    inserts = [command_values(latest[cid]) for cid in latest if cid in new_ids]
+    updates = [
+        {f"b_{k}": v for k, v in command_values(r).items() if k not in ("device_id", "created_ms")}
+        for cid, r in latest.items()
+        if cid not in new_ids
+    ]
+    if inserts:
+        conn.execute(insert(commands), inserts)
+    if updates:
+        conn.execute(_update_sql, updates)
+    conn.execute(
+        insert(command_transitions),
+        [
+            {
+                "command_id": t.command_id,
+                "state": t.state,
+                "at_ms": t.at_ms,
+                "attempt": t.attempt,
+                "detail": t.detail,
+            }
+            for t in (ch.transition for ch in changes)
+        ],
+    )
+    insert_events(
+        conn,
+        [
+            (
+                ch.transition.at_ms,
+                "command",
+                ch.record.device_id,
+                _encode(event_data(ch)).decode(),
+            )
+            for ch in changes
+        ],
+    )
+
+
+def _apply(engine: Engine, changes: Sequence[CommandChange]) -> None:
+    try:
+        with engine.begin() as conn:
+            _write(conn, changes)
+        return
+    except sa_exc.IntegrityError:
+        pass  # a device (and so its commands) was removed while changes were queued
+    with engine.begin() as conn:
+        device_ids = {ch.record.device_id for ch in changes}
+        known = set(conn.scalars(select(devices.c.id).where(devices.c.id.in_(device_ids))))
+        old = {ch.record.id for ch in changes if not ch.new}
+        existing = set(conn.scalars(select(commands.c.id).where(commands.c.id.in_(old))))
+        keep = [
+            ch
+            for ch in changes
+            if ch.record.device_id in known and (ch.new or ch.record.id in existing)
+        ]
+        if keep:
+            _write(conn, keep)
+
+
+class SqlCommandsMixin:
+    """`CommandStore` methods of `SqlStore` (which provides `_call` and `_in_tx`)."""
+
+    _call: Callable[..., Awaitable[Any]]
+
+    @staticmethod
+    def _in_tx(engine: Engine, fn: Callable[[Connection], T]) -> T:
+        raise NotImplementedError  # provided by SqlStore
+
+    async def apply_command_changes(self, changes: Sequence[CommandChange]) -> None:
+        if changes:
+            await self._call(_apply, list(changes))
+
+    async def get_command(self, command_id: str) -> CommandRecord | None:
+        q = select(*commands.c).where(commands.c.id == command_id)
+        row = await self._call(self._in_tx, lambda c: c.execute(q).first())
+        return None if row is None else command(row)
+
+    async def list_commands(
+        self, device_id: str | None, states: Sequence[str] | None, limit: int
+    ) -> list[CommandRecord]:
+        if limit <= 0:
+            return []
+        c = commands.c
+        q = select(*commands.c)
+        if device_id is not None:
+            q = q.where(c.device_id == device_id)
+        if states:
+            q = q.where(c.state.in_(list(states)))
+        q = q.order_by(c.created_ms.desc(), c.id.desc()).limit(limit)
+        rows = await self._call(self._in_tx, lambda conn: conn.execute(q).all())
+        return [command(r) for r in rows]
+
+    async def active_commands(self) -> list[CommandRecord]:
+        c = commands.c
+        q = select(*commands.c).where(c.state.in_(_ACTIVE)).order_by(c.created_ms, c.id)
+        rows = await self._call(self._in_tx, lambda conn: conn.execute(q).all())
+        return [command(r) for r in rows]
+
+    async def command_history(self, command_id: str) -> list[CommandTransition]:
+        t = command_transitions.c
+        q = (
+            select(t.command_id, t.state, t.at_ms, t.attempt, t.detail)
+            .where(t.command_id == command_id)
+            .order_by(t.id)
+        )
+        rows = await self._call(self._in_tx, lambda conn: conn.execute(q).all())
+        return [CommandTransition(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def prune_commands(self, final_before_ms: int, limit: int) -> int:
+        c = commands.c
+        ids = (
+            select(c.id)
+            .where(c.state.in_(_FINAL), c.updated_ms < final_before_ms)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        q = delete(commands).where(c.id.in_(ids))
+        count = await self._call(self._in_tx, lambda conn: conn.execute(q).rowcount)
+        return int(count)
