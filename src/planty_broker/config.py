@@ -128,6 +128,24 @@ class DashboardSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     enabled: bool = True  # the web dashboard at /dashboard
 
 
+class FirestoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The Firestore connector (issue 6), off by default; docs/firestore.md explains each knob."""
+
+    enabled: bool = False
+    project_id: str = ""  # empty: the project of the credentials
+    credentials_file: str = ""  # service-account JSON; empty: application default credentials
+    # host:port of the Firestore emulator (no credentials then); FIRESTORE_EMULATOR_HOST sets it.
+    emulator_host: str = ""
+    database: str = "(default)"
+    broker_id: str = ""  # document id under brokers/; empty: gateway.broker_id
+    debounce_s: PositiveFloat = 1.0  # at most one write per document this often (Firestore: ~1/s)
+    history_bucket: Literal["hour", "day"] = "hour"  # readings rolled up per device and bucket
+    history_keep_days: PositiveFloat = 90.0  # written as `expire_at` for a TTL policy
+    heartbeat_s: PositiveFloat = 30.0  # the broker document's heartbeat
+    stats_every_s: PositiveFloat = 60.0  # device documents' summary statistics
+    timeout_s: PositiveFloat = 10.0  # one Firestore call; then it counts as unreachable
+
+
 class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json: bool = False
@@ -145,6 +163,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stats: StatsSettings = StatsSettings()
     metrics: MetricsSettings = MetricsSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    firestore: FirestoreSettings = FirestoreSettings()
 
     @property
     def data_dir(self) -> Path:
@@ -212,6 +231,8 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config: {p} is not valid TOML: {exc}") from None
     data = _merge(data, _env_overrides(env))
+    if env.get("FIRESTORE_EMULATOR_HOST"):  # the Google client libraries' own variable
+        data.setdefault("firestore", {}).setdefault("emulator_host", env["FIRESTORE_EMULATOR_HOST"])
     if overrides:
         data = _merge(data, overrides)
     try:

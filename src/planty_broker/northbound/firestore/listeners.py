@@ -1,0 +1,131 @@
+"""Snapshot listeners that survive network losses, delivering changes in order on the loop.
+
+The library's listener calls back on its own thread; `SupervisedListener` hands
+each batch of changes to the event loop and runs one async handler at a time,
+in arrival order, so handlers need no locks. A supervisor task re-attaches
+the listener (with backoff) once its stream has died, e.g. after a network
+loss; the fresh listener delivers every document again (as `added`), so
+handlers compare with what they last applied and are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from planty_broker.northbound.firestore.port import (
+    FirestoreError,
+    FirestorePort,
+    Listener,
+    Snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Snapshot], Awaitable[None]]
+
+CHECK_EVERY_S = 1.0
+MAX_BACKOFF_S = 30.0
+
+
+class SupervisedListener:
+    """One collection or document listener; `async with` or start()/stop()."""
+
+    def __init__(
+        self,
+        port: FirestorePort,
+        path: str,
+        handler: Handler,
+        *,
+        collection: bool,
+        name: str,
+        check_every_s: float = CHECK_EVERY_S,
+    ) -> None:
+        self._port = port
+        self.path = path
+        self._handler = handler
+        self._collection = collection
+        self.name = name
+        self._check_every = check_every_s
+        self._queue: asyncio.Queue[Snapshot] = asyncio.Queue()
+        self._listener: Listener | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.attaches = 0
+        self.delivered = 0
+
+    async def __aenter__(self) -> SupervisedListener:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._tasks = [
+            loop.create_task(self._supervise(), name=f"firestore-listen-{self.name}"),
+            loop.create_task(self._consume(), name=f"firestore-apply-{self.name}"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        self._detach()
+
+    @property
+    def active(self) -> bool:
+        return self._listener is not None and self._listener.active
+
+    def _on_changes(self, snapshot: Snapshot) -> None:
+        """Called on the library's thread (or inline by the memory fake)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, snapshot)
+
+    def _attach(self) -> None:
+        if self._collection:
+            self._listener = self._port.listen_collection(self.path, self._on_changes)
+        else:
+            self._listener = self._port.listen_document(self.path, self._on_changes)
+        self.attaches += 1
+
+    def _detach(self) -> None:
+        if self._listener is not None:
+            old, self._listener = self._listener, None
+            # Closing a library watch joins its threads: keep that off the loop.
+            with contextlib.suppress(RuntimeError):
+                self._loop.run_in_executor(None, old.close)
+
+    async def _supervise(self) -> None:
+        backoff = 1.0
+        while True:
+            if not self.active:
+                if self._listener is not None:
+                    log.warning("firestore: listener %s lost its stream; re-attaching", self.name)
+                    self._detach()
+                try:
+                    self._attach()
+                    backoff = 1.0
+                except FirestoreError as exc:
+                    log.warning("firestore: cannot listen to %s (%s); retrying", self.name, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+            await asyncio.sleep(self._check_every)
+
+    async def _consume(self) -> None:
+        while True:
+            snapshot = await self._queue.get()
+            try:
+                await self._handler(snapshot)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("firestore: handling a change of %s failed", self.name)
+            self.delivered += len(snapshot.changes)
