@@ -1,0 +1,160 @@
+"""The outbox and event log stores: same behaviour on memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from planty_broker.domain import commands as cmds
+from planty_broker.domain.commands import CommandRecord, CommandState
+from planty_broker.domain.events import NewEvent
+from planty_broker.domain.models import (
+    DeviceRecord,
+    PresenceCause,
+    PresenceState,
+    PresenceTransition,
+    Reading,
+)
+from planty_broker.protocol import Ack
+from tests.integration.storage.conftest import StoreFactory
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def rec(
+    cid: str, device: str = "dev-1", created: int = 1_000, action: str = "pump.on"
+) -> CommandRecord:
+    return CommandRecord(cid, device, action, {"seconds": 5}, created, created + 60_000)
+
+
+async def devices(store: Any, *ids: str) -> None:
+    for i in ids:
+        await store.add_device(DeviceRecord(i, 0, "h"))
+
+
+async def test_a_command_life_is_rows_history_and_events(store: Any) -> None:
+    await devices(store, "dev-1")
+    q = cmds.queued(rec("c-1"))
+    s = cmds.sent(q.record, 2_000)
+    a = cmds.acked(s.record, Ack("c-1", True, {"on": True, "n": [1, 2]}), 2_050)
+    await store.apply_command_changes([q, s])  # new + update in one batch
+    await store.apply_command_changes([a])
+    got = await store.get_command("c-1")
+    assert got == a.record
+    assert [(t.state, t.at_ms, t.attempt) for t in await store.command_history("c-1")] == [
+        ("queued", 1_000, 0),
+        ("sent", 2_000, 1),
+        ("acked", 2_050, 1),
+    ]
+    events = await store.read_events(0, 10, ["command"])
+    assert [(e.data["state"], e.device_id, e.at_ms) for e in events] == [
+        ("queued", "dev-1", 1_000),
+        ("sent", "dev-1", 2_000),
+        ("acked", "dev-1", 2_050),
+    ]
+    assert events[0].data["args"] == {"seconds": 5} and events[2].data["result"]["n"] == [1, 2]
+
+
+async def test_listing_and_resuming(store: Any) -> None:
+    await devices(store, "dev-1", "dev-2")
+    changes = [
+        cmds.queued(rec(f"c-{i}", "dev-1" if i % 2 else "dev-2", 1_000 + i)) for i in range(6)
+    ]
+    await store.apply_command_changes(changes)
+    done = cmds.ended(changes[0].record, CommandState.CANCELLED, 9_000, "by server")
+    sent = cmds.sent(changes[1].record, 9_000)
+    await store.apply_command_changes([done, sent])
+    assert [c.id for c in await store.list_commands("dev-1", None, 10)] == ["c-5", "c-3", "c-1"]
+    assert [c.id for c in await store.list_commands(None, ["cancelled"], 10)] == ["c-0"]
+    assert [c.id for c in await store.list_commands(None, None, 2)] == ["c-5", "c-4"]
+    active = await store.active_commands()
+    assert [c.id for c in active] == ["c-1", "c-2", "c-3", "c-4", "c-5"]  # oldest first
+    assert active[0].state is CommandState.SENT and active[0].last_sent_ms == 9_000
+
+
+async def test_changes_of_a_removed_device_are_dropped_and_the_rest_kept(store: Any) -> None:
+    await devices(store, "dev-1", "dev-2")
+    await store.apply_command_changes([cmds.queued(rec("c-1", "dev-1"))])
+    await store.remove_device("dev-1")
+    assert await store.get_command("c-1") is None  # cascade
+    await store.apply_command_changes(
+        [cmds.sent(rec("c-1", "dev-1"), 2_000), cmds.queued(rec("c-2", "dev-2"))]
+    )
+    assert await store.get_command("c-1") is None
+    assert (await store.get_command("c-2")) is not None
+
+
+async def test_pruning_old_final_commands(store: Any) -> None:
+    await devices(store, "dev-1")
+    q1, q2 = cmds.queued(rec("c-1")), cmds.queued(rec("c-2"))
+    await store.apply_command_changes(
+        [q1, q2, cmds.ended(q1.record, CommandState.CANCELLED, 5_000, "x")]
+    )
+    assert await store.prune_commands(6_000, 100) == 1
+    assert await store.get_command("c-1") is None and await store.command_history("c-1") == []
+    assert await store.get_command("c-2") is not None  # active: never pruned
+
+
+async def test_event_log_reads_bounds_consumers_and_prunes(store: Any) -> None:
+    await devices(store, "dev-1")
+    await store.append_readings(
+        [Reading("dev-1", i, 100 + i, 200 + i, {"t": float(i)}) for i in range(3)]
+    )
+    await store.append_presence(
+        [PresenceTransition("dev-1", PresenceState.ONLINE, 300, PresenceCause.STATUS_ONLINE)]
+    )
+    await store.append_events([NewEvent(400, "device_error", None, {"kind": "bad_topic"})])
+    events = await store.read_events(0, 10)
+    assert [(e.id, e.type) for e in events] == [
+        (1, "reading"),
+        (2, "reading"),
+        (3, "reading"),
+        (4, "presence"),
+        (5, "device_error"),
+    ]
+    assert (
+        events[1].data == {"seq": 1, "ts_ms": 101, "readings": {"t": 1.0}}
+        and events[1].at_ms == 201
+    )
+    assert [e.id for e in await store.read_events(2, 2)] == [3, 4]
+    assert await store.event_id_before(300) == 3
+    b = await store.event_bounds()
+    assert (b.first_id, b.last_id, b.pruned_through, b.kept) == (1, 5, 0, 5)
+    c = await store.set_consumer_cursor("srv", 1, 1_000)
+    assert (c.cursor, c.dropped, c.created_ms) == (1, 0, 1_000)
+    assert (await store.set_consumer_cursor("srv", 2, 2_000)).updated_ms == 2_000
+    await store.set_consumer_cursor("other", 4, 2_000)
+    r = await store.prune_events(3)
+    assert (r.deleted, r.through_id, r.dropped_by_consumer, r.unconfirmed) == (3, 3, {"srv": 1}, 1)
+    srv = await store.get_consumer("srv")
+    assert srv is not None and srv.dropped == 1
+    b = await store.event_bounds()
+    assert (b.first_id, b.last_id, b.pruned_through, b.deleted_unconfirmed) == (4, 5, 3, 1)
+    assert [c.name for c in await store.list_consumers()] == ["other", "srv"]
+    assert await store.delete_consumer("srv") and not await store.delete_consumer("srv")
+    await store.prune_events(5)
+    await store.append_events([NewEvent(500, "device_error", None, {})])
+    assert [e.id for e in await store.read_events(0, 10)] == [6]  # never an id reused
+
+
+async def test_ids_are_not_reused_after_a_full_prune_and_a_reopen(
+    store_factory: StoreFactory,
+) -> None:
+    s = store_factory()
+    await s.open()
+    try:
+        bounds = await s.event_bounds()
+        base = bounds.last_id
+        await s.append_events([NewEvent(1, "device_error", None, {}) for _ in range(3)])
+        await s.prune_events(base + 3)
+    finally:
+        await s.close()
+    s = store_factory()
+    await s.open()
+    try:
+        await s.append_events([NewEvent(2, "device_error", None, {})])
+        [e] = await s.read_events(base, 10)
+        assert e.id == base + 4
+    finally:
+        await s.close()
