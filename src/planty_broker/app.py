@@ -217,7 +217,18 @@ class Gateway:
         self._stack.push_async_callback(link.close)
 
         await self._start_api(svc)
+        if self.settings.firestore.enabled:
+            await self._start_firestore(svc)
         self._announce_ready(svc)
+
+    async def _start_firestore(self, svc: Services) -> None:
+        """The Firestore connector, last: a misconfiguration is one log line, never a stop."""
+        from planty_broker.northbound.firestore import FirestoreConnector
+
+        connector = FirestoreConnector(svc)
+        if await connector.start():
+            svc.extra["firestore"] = connector
+            self._stack.push_async_callback(connector.stop)
 
     async def _open_store(self) -> Any:
         from planty_broker.storage.sql import SqlStore

@@ -121,11 +121,18 @@ class FirestoreConnector:
             rules=self.svc.extra.get(RULES),
             wake=self._kick.set,
         )
-        pairing = self.svc.extra.get(PAIRING)
+        pairing = self.svc.extra.get(PAIRING) or getattr(
+            self.svc.extra.get("identity"), PAIRING, None
+        )
         if pairing is not None:
             self.pairing_docs = PairingDocs(pairing, port, paths, self.buffer, self._kick.set)
-        for missing in (COMMANDS, RULES, PAIRING):
-            if self.svc.extra.get(missing) is None:
+        found = {
+            COMMANDS: self.svc.extra.get(COMMANDS),
+            RULES: self.svc.extra.get(RULES),
+            PAIRING: pairing,
+        }
+        for missing, service in found.items():
+            if service is None:
                 log.warning(
                     "firestore: this gateway has no %s service; %s documents are not applied",
                     missing,
