@@ -105,4 +105,6 @@ async def test_send_a_command_from_the_device_page(
         "#command-result[data-state=acked]:has-text('pump.on')", timeout=20_000
     )
     assert dev.actuator("pump").on
+    # the round trips of both commands reach the latency chart
+    await page.wait_for_selector("#latency-chart .chart canvas", timeout=10_000)
     await shot(page, "device-command-acked")

@@ -2,7 +2,8 @@
 
 Nothing is counted twice: one collector reads the counters the services keep
 anyway (FleetStats totals, the MQTT link, the batch writer, the command outbox
-and event log when present), so the ingest hot path pays nothing for metrics.
+and event log when present; what only the store knows is read once per scrape),
+so the ingest hot path pays nothing for metrics.
 Labels are bounded: state, kind, cause, consumer; a `device` label only for
 `metrics.per_device_max` devices when asked (0 by default). The route needs
 the bearer token unless `metrics.require_token = false` (see docs/metrics.md).
@@ -34,6 +35,7 @@ from planty_broker.services.context import Services
 from planty_broker.services.registry import now_ms
 
 RTT_WINDOW_MS = 5 * MINUTE_MS
+MAX_CONSUMERS = 100  # consumers are named by operators: few, but bounded all the same
 TOTALS_CACHE_S = 1.0  # summing 10,000 devices' counters takes ~50 ms: at most once a second
 
 
@@ -53,6 +55,8 @@ class GatewayCollector(Collector):
     def __init__(self, svc: Services) -> None:
         self._svc = svc
         self._totals: tuple[float, dict[str, int]] = (-TOTALS_CACHE_S, {})
+        self.log_bounds: Any = None  # LogBounds, read by `refresh` before each scrape
+        self.consumers: list[Any] = []
 
     def collect(self) -> Iterator[Metric]:
         svc = self._svc
@@ -234,44 +238,71 @@ class GatewayCollector(Collector):
             )
 
     def _queue(self) -> Iterator[Metric]:
-        """Command outbox depth and event-log lag, from the services that own them (issue 3)."""
-        extra = self._svc.extra
-        depths = _call(extra.get("commands"), "queue_depths")
-        if isinstance(depths, dict):
-            g = GaugeMetricFamily(
+        """Command outbox depth and event-log lag (issue 3's services, when running)."""
+        commands = self._svc.extra.get("commands")
+        outbox = getattr(commands, "outbox", None)
+        if outbox is not None:
+            depth = GaugeMetricFamily(
                 "planty_command_queue", "Commands not yet final, by state", labels=["state"]
             )
-            for state, n in sorted(depths.items()):
-                g.add_metric([str(state)], n)
-            yield g
-        lags = _call(extra.get("events"), "consumer_lags")
-        if isinstance(lags, dict):
-            g = GaugeMetricFamily(
+            by_state = {"queued": 0, "sent": 0}
+            for live in list(outbox.live.values()):
+                state = live.rec.state.value
+                by_state[state] = by_state.get(state, 0) + 1
+            for state, n in sorted(by_state.items()):
+                depth.add_metric([state], n)
+            yield depth
+            yield _gauge(
+                "planty_command_journal_pending",
+                "Command transitions waiting for their commit",
+                outbox.journal.pending(),
+            )
+        if self.log_bounds is not None:
+            b = self.log_bounds
+            yield _gauge("planty_event_log_last_id", "Id of the newest event", b.last_id)
+            yield _gauge("planty_event_log_kept", "Events kept in the log", b.kept)
+            yield _counter(
+                "planty_event_log_deleted_unconfirmed",
+                "Events retention deleted before every consumer had confirmed them",
+                b.deleted_unconfirmed,
+            )
+            lag = GaugeMetricFamily(
                 "planty_event_consumer_lag",
                 "Events appended but not yet confirmed, per named consumer",
                 labels=["consumer"],
             )
-            for name, n in sorted(lags.items()):
-                g.add_metric([str(name)], n)
-            yield g
+            dropped = CounterMetricFamily(
+                "planty_event_consumer_dropped",
+                "Events retention deleted before this consumer confirmed them",
+                labels=["consumer"],
+            )
+            for c in self.consumers[:MAX_CONSUMERS]:
+                lag.add_metric([c.name], max(0, b.last_id - c.cursor))
+                dropped.add_metric([c.name], c.dropped)
+            yield lag
+            yield dropped
+
+    async def refresh(self) -> None:
+        """Read what only the store knows (event log bounds, consumer cursors) before a scrape."""
+        events = self._svc.extra.get("events")
+        if events is None:
+            return
+        self.log_bounds = await events.bounds()
+        self.consumers = sorted(await events.consumers(), key=lambda c: c.name)
 
 
-def _call(obj: object, method: str) -> object:
-    fn = getattr(obj, method, None)
-    return fn() if callable(fn) else None
-
-
-def metrics_registry(svc: Services) -> CollectorRegistry:
+def metrics_registry(svc: Services) -> tuple[CollectorRegistry, GatewayCollector]:
     """A registry of its own per app (tests run several gateways in one process)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(svc))
+    collector = GatewayCollector(svc)
+    registry.register(collector)
     ProcessCollector(registry=registry)
-    return registry
+    return registry, collector
 
 
 def install_metrics(app: FastAPI, svc: Services, dependencies: Iterable[Any] = ()) -> None:
     """Add `GET /metrics`; `dependencies` holds the auth check unless the token is waived."""
-    registry = metrics_registry(svc)
+    registry, collector = metrics_registry(svc)
 
     @app.get(
         "/metrics",
@@ -281,4 +312,5 @@ def install_metrics(app: FastAPI, svc: Services, dependencies: Iterable[Any] = (
     )
     async def metrics() -> Response:
         """Prometheus metrics (text format 0.0.4)."""
+        await collector.refresh()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -90,3 +90,31 @@ async def test_token_can_be_waived_and_device_series_capped(tmp_path) -> None:
             assert len(devices) == 2
             # the rest of the API still needs the token
             assert (await anonymous.get("/api/v1/stats")).status_code == 401
+
+
+async def test_queue_depth_and_consumer_lag(api: httpx.AsyncClient) -> None:
+    r = await api.put("/api/v1/consumers/metrics-test/cursor", json={"acked": 0})
+    assert r.status_code == 200, r.text
+    creds = await register(api, "lag")
+    dev = await connect(creds)  # a presence event and readings land in the log
+    try:
+        dev.publish("telemetry", json.dumps({"seq": 0, "readings": {"light": 1}}).encode())
+
+        async def lagging() -> dict | None:
+            m = await scrape(api)
+            lag = m.get(("planty_event_consumer_lag", (("consumer", "metrics-test"),)), 0)
+            return m if lag >= 2 else None
+
+        m = await eventually(lagging)
+        assert m[("planty_event_log_last_id", ())] >= 2
+        assert ("planty_command_queue", (("state", "queued"),)) in m
+        last = m[("planty_event_log_last_id", ())]
+        r = await api.put("/api/v1/consumers/metrics-test/cursor", json={"acked": int(last)})
+        assert r.status_code == 200
+        m = await scrape(api)
+        last_now = m[("planty_event_log_last_id", ())]
+        lag = m[("planty_event_consumer_lag", (("consumer", "metrics-test"),))]
+        assert lag == last_now - last  # only what came after the confirmed cursor
+    finally:
+        await dev.close()
+        await api.delete("/api/v1/consumers/metrics-test")

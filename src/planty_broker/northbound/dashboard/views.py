@@ -103,9 +103,9 @@ def device_panel(svc: Services, d: DeviceRecord, window: str) -> dict[str, Any]:
 
 
 async def command_history(svc: Services, device_id: str, limit: int = 20) -> list[Any] | None:
-    """The newest commands of a device from the outbox (None when this store has none)."""
-    list_commands = getattr(svc.store, "list_commands", None)
-    if list_commands is None:
+    """The newest commands of a device, live states included (None: no command outbox)."""
+    commands = svc.extra.get("commands")
+    if commands is None:
         return None
-    records: list[Any] = await list_commands(device_id, None, limit)
+    records: list[Any] = await commands.find(device_id, None, limit)
     return records

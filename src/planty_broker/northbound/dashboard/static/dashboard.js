@@ -155,7 +155,7 @@
 
   // EventSource cannot send the Authorization header: read the SSE stream with fetch.
   async function stream(signal) {
-    const r = await fetch("/api/v1/events/stream?from=now", {
+    const r = await fetch("/api/v1/events/stream", {
       headers: { ...auth(), Accept: "text/event-stream" },
       signal,
     });
@@ -243,6 +243,9 @@
       if (e.detail.target === box) buttons();
     });
     charts();
+    setInterval(() => {
+      if (token() && !document.hidden) charts();
+    }, 30_000);
   }
 
   function buttons() {
@@ -302,6 +305,8 @@
     document.body.dispatchEvent(new CustomEvent("planty:commands"));
     if (!["acked", "failed", "expired", "cancelled", "superseded"].includes(body.state)) {
       follow(action, body.id);
+    } else {
+      charts(); // a new round trip (and, for `read`, new readings)
     }
   }
 
@@ -324,6 +329,7 @@
       show(action, c);
       if (["acked", "failed", "expired", "cancelled", "superseded"].includes(c.state)) {
         document.body.dispatchEvent(new CustomEvent("planty:commands"));
+        charts();
         return;
       }
     }
