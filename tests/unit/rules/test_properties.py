@@ -266,7 +266,7 @@ def test_index_returns_exactly_the_events_of_the_plain_evaluator(
             assert index.state(r.id, "dev-1") == states[r.id]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(rules(), steps, st.data())
 def test_quiet_band_readings_change_nothing(
     rule: Rule, seq: list[Step], data: st.DataObject
