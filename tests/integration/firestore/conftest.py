@@ -100,6 +100,7 @@ class Emulator:
     def export(self) -> Path:
         """Java emulator: write its data to a folder (its export endpoint); returns the seed."""
         target = self.folder / f"export-{uuid.uuid4().hex[:8]}"
+        target.mkdir()
         body = (
             f'{{"database": "projects/{PROJECT}/databases/(default)", '
             f'"export_directory": "{target}"}}'
@@ -232,3 +233,46 @@ async def wait_doc(
             return last
         await asyncio.sleep(0.2)
     raise AssertionError(f"{path} not as expected within {timeout} s; last: {last!r}")
+
+
+async def sim_device(gw: Gateway, device_id: str, **profile: Any) -> Any:
+    """Register `device_id` through the API and boot a simulated ESP32 with its credentials."""
+    import httpx
+
+    from planty_broker.simulator import DeviceCredentials, DeviceProfile, SimDevice
+    from tests.integration.core.conftest import ADMIN
+
+    async with httpx.AsyncClient(
+        base_url=gw.api_url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10
+    ) as api:
+        r = await api.post("/api/v1/devices", json={"id": device_id})
+        assert r.status_code == 201, r.text
+        body = r.json()
+    creds = DeviceCredentials(
+        device_id=device_id,
+        token=body["token"],
+        host=body["mqtt"]["host"],
+        port=body["mqtt"]["port"],
+        tls=True,
+        ca_pem=body["mqtt"]["ca_pem"],
+    )
+    dev = SimDevice(creds, DeviceProfile(**profile), seed=7)
+    await dev.start()
+    await dev.wait_online(15)
+    return dev
+
+
+async def caught_up(gw: Gateway, timeout: float = 60.0) -> dict[str, Any]:
+    """Wait until the connector has confirmed every event and written every document."""
+    assert gw.services is not None
+    conn = gw.services.extra["firestore"]
+    events = gw.services.extra["events"]
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        last = (await events.bounds()).last_id
+        status = conn.status()
+        if status["reachable"] and status["cursor"] == last and not status["pending_documents"]:
+            return status
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"connector did not catch up in {timeout} s: {status}")

@@ -73,6 +73,7 @@ class FirestoreConnector:
         self.disabled_reason: str | None = None
         self.reachable: bool | None = None
         self.last_error: str | None = None
+        self.outages = 0  # times Firestore became unreachable
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[SupervisedListener] = []
@@ -204,6 +205,7 @@ class FirestoreConnector:
 
     def _unreachable(self, exc: BaseException) -> None:
         if self.reachable is not False:
+            self.outages += 1
             assert self.sink is not None
             log.warning(
                 "firestore: unreachable (%s); documents wait, event-log cursor kept at %d; "
@@ -300,11 +302,13 @@ class FirestoreConnector:
             "disabled_reason": self.disabled_reason,
             "reachable": self.reachable,
             "last_error": self.last_error,
-            "cursor": sink.confirmed if sink else None,
-            "folded": sink.folded if sink else None,
-            "pending_documents": len(buf) if buf else 0,
-            "documents_written": buf.writes if buf else 0,
+            "outages": self.outages,
+            "cursor": sink.confirmed if sink is not None else None,
+            "folded": sink.folded if sink is not None else None,
+            "pending_documents": len(buf) if buf is not None else 0,
+            "documents_written": buf.writes if buf is not None else 0,
             "listeners": {lst.name: lst.active for lst in self._listeners},
+            "listener_attaches": {lst.name: lst.attaches for lst in self._listeners},
         }
 
     def _subscribe(self) -> None:
