@@ -1,0 +1,65 @@
+"""`planty commands` and `planty events` against a running gateway: what a user types and sees."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from planty_broker.app import Gateway
+from tests.integration.commands.conftest import register, sim_device
+from tests.integration.core.test_cli import planty
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def test_send_wait_list_show_cancel_read(qapi: httpx.AsyncClient, qgw: Gateway) -> None:
+    url = qgw.api_url
+    async with sim_device(qapi, prefix="cli") as dev:
+        r = await planty(
+            "commands",
+            "send",
+            dev.device_id,
+            "pump.on",
+            "--arg",
+            "seconds=3",
+            "--wait",
+            "10",
+            "--url",
+            url,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "pump.on on " + dev.device_id in r.stdout and "acked" in r.stdout
+        assert '"seconds": 3' in r.stdout
+        cid = r.stdout.split()[0]
+        r = await planty("commands", "show", cid, "--url", url)
+        assert [h["state"] for h in json.loads(r.stdout)["history"]] == ["queued", "sent", "acked"]
+        r = await planty("commands", "list", dev.device_id, "--url", url)
+        assert r.returncode == 0 and cid in r.stdout
+        r = await planty("commands", "read", dev.device_id, "--url", url)
+        assert r.returncode == 0, r.stderr
+        assert set(json.loads(r.stdout)) == {"temperature", "soil_moisture", "light"}
+        r = await planty("commands", "send", dev.device_id, "fan.on", "--url", url)
+        assert r.returncode == 1 and "valid: ping, read, config, pump.on" in r.stderr
+        r = await planty("commands", "send", dev.device_id, "read", "--arg", "nokey", "--url", url)
+        assert r.returncode == 1 and "use key=value" in r.stderr
+    offline = await register(qapi, "cli")
+    r = await planty("commands", "send", offline.device_id, "read", "--url", url)
+    cid = r.stdout.split()[0]
+    assert "queued" in r.stdout
+    r = await planty("commands", "cancel", cid, "--url", url)
+    assert r.returncode == 0 and "cancelled" in r.stdout
+
+
+async def test_events_tail_and_consumers(qgw: Gateway) -> None:
+    url = qgw.api_url
+    r = await planty("events", "tail", "--types", "command", "--after", "0", "--url", url)
+    assert r.returncode == 0, r.stderr
+    assert " command " in r.stdout
+    r = await planty("events", "confirm", "cli-consumer", "1", "--url", url)
+    assert r.returncode == 0 and "acked 1" in r.stdout
+    r = await planty("events", "consumers", "--url", url)
+    assert r.returncode == 0 and "cli-consumer" in r.stdout
+    r = await planty("events", "confirm", "cli-consumer", "0", "--url", url)
+    assert r.returncode == 1 and "only moves forward" in r.stderr
