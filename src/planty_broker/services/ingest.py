@@ -69,6 +69,7 @@ class IngestService:
         """`stats` None: no per-device statistics (errors still go out as `DeviceError`)."""
         self._store = store
         self._stats = stats
+        self._stats_of = stats.fleet.device if stats is not None else None  # bound once
         self._bus = bus
         self._registry = registry
         self._presence = presence
@@ -126,8 +127,9 @@ class IngestService:
             ack()
             return
         at = now_ms()
-        if self._stats is not None:  # counting allocates nothing (slotted ints)
-            self._stats.fleet.device(device_id, at).message_in(len(payload), at)
+        stats_of = self._stats_of
+        if stats_of is not None:  # counting allocates nothing (slotted ints)
+            stats_of(device_id, at).message_in(len(payload), at)
         channel = parsed.channel
         if channel is Channel.TELEMETRY:
             try:
