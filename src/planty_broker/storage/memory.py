@@ -20,10 +20,12 @@ import msgspec
 from planty_broker.domain.events import NewEvent
 from planty_broker.domain.models import DeviceRecord, PresenceTransition, Reading
 from planty_broker.storage.memory_queue import MemoryQueueMixin
+from planty_broker.storage.memory_rules import MemoryRulesMixin
 from planty_broker.storage.port import (
     CommandStore,
     DeviceExistsError,
     EventStore,
+    RuleStore,
     Store,
     StoreUnavailableError,
 )
@@ -49,10 +51,11 @@ def _in_range(t: int, since_ms: int | None, until_ms: int | None) -> bool:
     return (since_ms is None or t >= since_ms) and (until_ms is None or t <= until_ms)
 
 
-class MemoryStore(MemoryQueueMixin):
+class MemoryStore(MemoryQueueMixin, MemoryRulesMixin):
     """The `Store` port in dictionaries; an async context manager (open/close).
 
-    The command outbox and the event log come from `MemoryQueueMixin`.
+    The command outbox and the event log come from `MemoryQueueMixin`, the threshold
+    rules and their history from `MemoryRulesMixin`.
     """
 
     def __init__(self) -> None:
@@ -198,3 +201,4 @@ if TYPE_CHECKING:
     _port_check: Store = MemoryStore()
     _commands_check: CommandStore = MemoryStore()
     _events_check: EventStore = MemoryStore()
+    _rules_check: RuleStore = MemoryStore()

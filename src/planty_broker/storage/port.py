@@ -15,6 +15,7 @@ from planty_broker.domain.models import DeviceRecord, PresenceTransition, Readin
 if TYPE_CHECKING:
     from planty_broker.domain.commands import CommandChange, CommandRecord, CommandTransition
     from planty_broker.domain.events import Consumer, Event, LogBounds, NewEvent, PruneResult
+    from planty_broker.domain.rules_records import RuleEvent, StoredRule
 
 
 class StoreError(Exception):
@@ -133,3 +134,35 @@ class EventStore(Protocol):
 
     async def event_id_before(self, at_ms: int) -> int:
         """The highest id of an event older than `at_ms` (0 if none)."""
+
+
+class RuleStore(Protocol):
+    """The threshold rules and their history (issue 5); adapters: SqlStore, MemoryStore."""
+
+    async def list_rules(self) -> list[StoredRule]:
+        """Every rule, by id."""
+
+    async def save_rules(self, put: Sequence[StoredRule], delete: Sequence[str] = ()) -> None:
+        """Insert or replace `put` (a replaced rule keeps its `created_ms`) and delete the
+        ids in `delete`, in one transaction."""
+
+    async def append_rule_history(self, events: Sequence[RuleEvent]) -> None:
+        """Append history lines and their `rule` events in the event log, one transaction."""
+
+    async def rule_history(
+        self,
+        rule_id: str,
+        *,
+        device_id: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[RuleEvent]:
+        """One rule's history, newest first; `before_id` pages back."""
+
+    async def rule_fires_since(self, since_ms: int) -> list[RuleEvent]:
+        """Every `fire` line at or after the time, oldest first (to restore budgets)."""
+
+    async def prune_rule_history(self, before_ms: int, limit: int) -> int:
+        """Delete up to `limit` history lines older than the time; returns how many."""

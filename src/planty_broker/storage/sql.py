@@ -34,6 +34,7 @@ from planty_broker.storage.port import (
     CommandStore,
     DeviceExistsError,
     EventStore,
+    RuleStore,
     Store,
     StoreError,
     StoreUnavailableError,
@@ -49,15 +50,17 @@ from planty_broker.storage.sql_events import (
     presence_event_params,
     reading_event_params,
 )
+from planty_broker.storage.sql_rules import SqlRulesMixin
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class SqlStore(SqlCommandsMixin, SqlEventsMixin):
+class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin):
     """The `Store` port on SQLite or PostgreSQL; an async context manager (open/close).
 
-    The command outbox and the event log (`CommandStore`, `EventStore`) come from the mixins.
+    The command outbox and the event log (`CommandStore`, `EventStore`) come from the mixins,
+    and so do the threshold rules and their history (`RuleStore`).
     """
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
@@ -363,3 +366,4 @@ if TYPE_CHECKING:
     _port_check: Store = SqlStore("sqlite://")
     _commands_check: CommandStore = SqlStore("sqlite://")
     _events_check: EventStore = SqlStore("sqlite://")
+    _rules_check: RuleStore = SqlStore("sqlite://")
