@@ -148,8 +148,32 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
         )
     emu = Emulator(kind, tmp_path_factory.mktemp("firestore-emulator"))
     emu.start()
+    _warm_up(emu)
     yield emu
     emu.stop()
+
+
+def _warm_up(emu: Emulator) -> None:
+    """A cold Java emulator may drop a change that lands while its first listeners attach
+    (seen here on the first test of a session); one listen-and-write round trip warms it."""
+    import threading
+
+    from planty_broker.northbound.firestore.google_port import make_client
+
+    client = make_client(FirestoreSettings(emulator_host=emu.host, project_id=PROJECT))
+    try:
+        for attempt in range(5):
+            seen = threading.Event()
+            col = client.collection(f"warm-up/{attempt}/docs")
+            watch = col.on_snapshot(lambda _docs, changes, _t: seen.set() if changes else None)
+            time.sleep(0.5)
+            col.document("x").set({"n": attempt})
+            ok = seen.wait(5)
+            watch.close()
+            if ok:
+                return
+    finally:
+        client.close()
 
 
 def unique_broker() -> str:

@@ -13,6 +13,7 @@ mirrored too (owner set or cleared, code document published or deleted).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +48,8 @@ class PairingDocs:
         self._published: str | None = None  # the code whose document is out there
         self._listener: SupervisedListener | None = None
         self._owner: tuple[str | None, int | None] | None = None  # last written
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
         self.claims = 0
         self.refusals = 0
 
@@ -59,6 +62,10 @@ class PairingDocs:
 
     async def sync(self) -> None:
         """Publish / withdraw the code document and mirror the owner; cheap, call often."""
+        async with self._lock:
+            await self._sync()
+
+    async def _sync(self) -> None:
         status = self._pairing.status()
         p = status.pairing
         owner = (p.account_id, p.paired_ms) if p is not None else (None, None)
@@ -103,6 +110,8 @@ class PairingDocs:
             self._wake()
 
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
@@ -129,4 +138,8 @@ class PairingDocs:
             return
         self.claims += 1
         log.info("firestore: broker paired through Firestore with account %s", account)
-        await self.sync()  # owner written, code document deleted
+        # Owner written, code document withdrawn: from another task, since withdrawing
+        # stops the very listener whose handler this is.
+        task = asyncio.get_running_loop().create_task(self.sync(), name="firestore-pairing-sync")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
