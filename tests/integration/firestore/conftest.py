@@ -78,10 +78,10 @@ class Emulator:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"emulator exited: {self.log.read_text()[-2000:]}")
             if self.kind == "java":
-                with contextlib.suppress(OSError):
-                    with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as r:
-                        if r.read().strip() == b"Ok":
-                            return
+                url = f"http://{self.host}/"
+                with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
+                    if r.read().strip() == b"Ok":
+                        return
             elif b"ready on" in self.log.read_bytes():
                 return
             time.sleep(0.2)
