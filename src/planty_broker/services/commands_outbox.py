@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 _ONLINE = (PresenceState.ONLINE, PresenceState.LATE)
 RECENT = 10_000  # final commands kept in memory for fast GET / wait
 SWEEP_EVERY_S = 1.0
+COMPACT_AT = 10_000  # timer entries beyond 4 per live command before dropping stale ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +193,8 @@ class Outbox:
                 fut.set_result(rec)
         self.stats.command_final(rec.device_id, rec.state.value)
         self.publish_change(change)
+        if len(self.timers) > COMPACT_AT + 4 * len(self.live):
+            self.timers.compact(self.live.__contains__)
 
     def remember(self, rec: CommandRecord) -> None:
         self.recent[rec.id] = rec

@@ -1,8 +1,10 @@
 """One task and one heap for every command deadline and ack timeout (not a timer each).
 
-Entries are never removed: when one fires, the callback checks whether it still
-applies (the command may have ended, or been re-sent since), which keeps adding
-and cancelling O(log n) and O(1).
+Entries are not removed when a command ends: when one fires, the callback checks
+whether it still applies (the command may have ended, or been re-sent since). That
+keeps adding O(log n) and ending O(1); `compact` drops the entries of ended commands
+once they outnumber the live ones (an hour-long deadline per command would otherwise
+pile up at a high command rate).
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ class Timers:
         heapq.heappush(self._heap, entry)
         if self._heap[0] is entry:
             self._changed.set()  # a new earliest: wake the loop to sleep less
+
+    def compact(self, alive: Callable[[str], bool]) -> int:
+        """Keep only the entries of commands for which `alive(id)`; returns how many went."""
+        before = len(self._heap)
+        self._heap = [e for e in self._heap if alive(e[3])]
+        heapq.heapify(self._heap)
+        self._changed.set()
+        return before - len(self._heap)
 
     def fire_due(self, now_ms: int) -> int:
         """Fire every entry due at `now_ms`; returns how many fired (also for tests)."""

@@ -264,3 +264,18 @@ async def test_pings_measure_round_trips_and_lost_pings_count() -> None:
         assert any("ping" in e.message for e in errors)
         await h.ack("dev-1", lost.id)  # a ping ack too late: ignored, not an unknown command
         assert await h.store.read_events(0, 100, ["command"]) == []  # pings are not logged
+
+
+async def test_timers_of_finished_commands_do_not_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from planty_broker.services import commands_outbox
+
+    monkeypatch.setattr(commands_outbox, "COMPACT_AT", 10)
+    async with harness() as h:
+        await h.device("dev-1")
+        for _ in range(40):
+            rec = await h.service.submit("dev-1", "read")
+            while not any(c.id == rec.id for c in h.link.commands()):
+                await asyncio.sleep(0.001)
+            await h.ack("dev-1", rec.id)
+        assert h.service.active_count() == 0
+        assert len(h.service.outbox.timers) <= 10 + 2  # each had a deadline and an ack timer
