@@ -66,11 +66,14 @@ class EventsApi(Protocol):
 
 
 class RulesApi(Protocol):
-    """The rules service (issue 5): one rule store for the API and Firestore."""
+    """services.rules.RulesService: one rule store for the API and Firestore."""
 
-    async def put_rule(self, rule: Rule, *, origin: str = "api") -> Any: ...
+    def rules(self, device_id: str | None = None) -> Sequence[Any]:
+        """RuleInfo values: `.rule` and `.origin`."""
 
-    async def delete_rule(self, rule_id: str) -> bool: ...
+    async def put_rule(self, rule: Rule | Mapping[str, Any], *, origin: str = "api") -> Any: ...
+
+    async def delete_rule(self, rule_id: str, *, origin: str = "api") -> bool: ...
 
     async def set_thresholds(
         self, device_id: str, thresholds: Mapping[str, Any], *, origin: str = "api"

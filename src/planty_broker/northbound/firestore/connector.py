@@ -116,7 +116,6 @@ class FirestoreConnector:
             paths,
             self.buffer,
             self.svc.registry,
-            self.svc.store,
             self.config,
             commands=self.svc.extra.get(COMMANDS),
             rules=self.svc.extra.get(RULES),

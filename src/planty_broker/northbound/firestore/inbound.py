@@ -13,7 +13,6 @@ so each compares the server's fields with what it applied last.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -21,19 +20,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from planty_broker.domain.rules import RuleError, parse_rule
+from planty_broker.domain.rules import RuleError
 from planty_broker.northbound.firestore import model
 from planty_broker.northbound.firestore.bridges import CommandsApi, RulesApi
 from planty_broker.northbound.firestore.buffer import DocBuffer
 from planty_broker.northbound.firestore.port import SERVER_TIME, ChangeKind, Snapshot
 from planty_broker.services.registry import DeviceRegistry
-from planty_broker.storage.port import Store
 
 log = logging.getLogger(__name__)
 
 ORIGIN = "firestore"  # command docs mirrored back by the sink
 ORIGIN_INTERNAL = "firestore-config"  # commands the connector sends itself (not mirrored)
-RULE_IDS_KEY = "firestore.rule_ids"
 MAX_ERROR = 500
 
 
@@ -75,7 +72,6 @@ class Inbound:
         paths: model.Paths,
         buffer: DocBuffer,
         registry: DeviceRegistry,
-        store: Store,
         config: BrokerConfig,
         *,
         commands: CommandsApi | None,
@@ -85,13 +81,12 @@ class Inbound:
         self._paths = paths
         self._buffer = buffer
         self._registry = registry
-        self._store = store
         self.config = config
         self._commands = commands
         self._rules = rules
         self._wake = wake
         self._rule_seen: dict[str, str] = {}
-        self._rule_ids: set[str] | None = None  # rules that came from Firestore (persisted)
+        self._rule_ids: set[str] | None = None  # rules that came from Firestore
         self._thresholds: dict[str, str] = {}
         self._intervals: dict[str, float] = {}
         self._commands_seen: set[str] = set()
@@ -107,18 +102,20 @@ class Inbound:
 
     async def on_rules(self, snap: Snapshot) -> None:
         if self._rule_ids is None:
-            stored = await self._store.get_meta(RULE_IDS_KEY)
-            self._rule_ids = {str(x) for x in stored} if isinstance(stored, list) else set()
-        before = set(self._rule_ids)
+            self._rule_ids = await self._known_rule_ids()
         for ch in snap.changes:
             if ch.kind is ChangeKind.REMOVED or ch.data is None:
                 await self._drop_rule(ch.doc_id)
             else:
                 await self._put_rule(ch.doc_id, ch.data)
-        for gone in self._rule_ids - snap.ids:  # deleted while we were not listening
+        for gone in sorted(self._rule_ids - snap.ids):  # deleted while we were not listening
             await self._drop_rule(gone)
-        if self._rule_ids != before:
-            await self._store.set_meta(RULE_IDS_KEY, sorted(self._rule_ids))
+
+    async def _known_rule_ids(self) -> set[str]:
+        """Rules that came from Firestore before (the rules service keeps their origin)."""
+        if self._rules is None:
+            return set()
+        return {i.rule.id for i in self._rules.rules() if getattr(i, "origin", None) == ORIGIN}
 
     async def _put_rule(self, rule_id: str, data: Mapping[str, Any]) -> None:
         fields = model.strip(data, {model.RULE_STATUS})
@@ -131,8 +128,7 @@ class Inbound:
             self._refuse(self._paths.rule(rule_id), "this broker has no rules service")
             return
         try:
-            rule = parse_rule(fields)
-            await self._rules.put_rule(rule, origin=ORIGIN)
+            await self._rules.put_rule(fields, origin=ORIGIN)
         except (RuleError, ValueError, LookupError) as exc:
             reasons = list(exc.reasons) if isinstance(exc, RuleError) else [_error(exc)]
             self._refuse(self._paths.rule(rule_id), "; ".join(reasons), reasons=reasons)
@@ -167,9 +163,7 @@ class Inbound:
         if rule_id not in self._rule_ids:
             return
         self._rule_ids.discard(rule_id)
-        if self._rules is not None:
-            with contextlib.suppress(LookupError):
-                await self._rules.delete_rule(rule_id)
+        if self._rules is not None and await self._rules.delete_rule(rule_id, origin=ORIGIN):
             log.info("firestore: rule %s deleted", rule_id)
 
     # ------------------------------------------------------------ devices
