@@ -202,6 +202,9 @@ class Gateway:
         from planty_broker.services.queue import start_message_queue
 
         commands, _events = await start_message_queue(svc, self._stack, topics)
+        from planty_broker.services.rules import start_rules
+
+        await start_rules(svc, self._stack)  # needs only the store and the devices, no cloud
 
         subs = [
             (topics.subscription(ch), 1) for ch in (Channel.STATUS, Channel.TELEMETRY, Channel.ACK)

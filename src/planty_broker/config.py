@@ -146,6 +146,20 @@ class FirestoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     timeout_s: PositiveFloat = 10.0  # one Firestore call; then it counts as unreachable
 
 
+class RuleSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Threshold rules that run in the broker (issue 5); docs/rules.md explains each knob."""
+
+    enabled: bool = True  # false: rules are neither loaded nor evaluated (the API answers 503)
+    # The broker's zone for rule windows and daily budgets when a rule gives no `tz`:
+    # "UTC", "+02:00" or an IANA name ("Europe/Paris"); empty: this machine's zone.
+    timezone: str = ""
+    hold_s: Annotated[float, msgspec.Meta(ge=0)] = 1800.0  # default: manual commands win this long
+    stale_after_s: PositiveFloat = 900.0  # default: older readings never act; silence warning
+    silence_check_s: PositiveFloat = 5.0  # how often silent sensors are looked for
+    command_ttl_s: PositiveFloat = 60.0  # a rule's command is dropped if not sent by then
+    history_keep_days: PositiveFloat = 90.0  # rule history lines older than this are deleted
+
+
 class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json: bool = False
@@ -164,6 +178,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics: MetricsSettings = MetricsSettings()
     dashboard: DashboardSettings = DashboardSettings()
     firestore: FirestoreSettings = FirestoreSettings()
+    rules: RuleSettings = RuleSettings()
 
     @property
     def data_dir(self) -> Path:
@@ -264,5 +279,12 @@ def _check(s: Settings) -> None:
         raise ConfigError("config: api.port: must differ from mqtt.port and mqtt.internal_port")
     if s.supervised_mqtt and s.mqtt.port == s.mqtt.internal_port:
         raise ConfigError("config: mqtt.internal_port: must differ from mqtt.port")
+    if s.rules.timezone:
+        from planty_broker.domain.rules_time import LocalClock
+
+        try:
+            LocalClock(s.rules.timezone)
+        except ValueError as exc:
+            raise ConfigError(f"config: rules.timezone: {exc}") from None
     if s.commands.default_ttl_s > s.commands.max_ttl_s:
         raise ConfigError("config: commands.default_ttl_s: must be <= commands.max_ttl_s")

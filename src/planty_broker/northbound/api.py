@@ -101,6 +101,9 @@ def create_api(
 
     for queue_router in (commands_router, events_router):
         app.include_router(queue_router, prefix="/api/v1", dependencies=[Depends(principal)])
+    from planty_broker.northbound.routes_rules import router as rules_router
+
+    app.include_router(rules_router, prefix="/api/v1", dependencies=[Depends(principal)])
     if svc.settings.metrics.enabled:
         from planty_broker.northbound.metrics import install_metrics
 
