@@ -179,8 +179,8 @@ def prepare(
 ) -> dict[str, Any]:
     """Check `action` against the device and its args; returns the args to send.
 
-    `{actuator}.on` without `seconds` gets `max_on_seconds`, so a lost `off` can
-    never leave a pump running.
+    `{actuator}.on` without `seconds` gets `max_on_seconds`, and more than that is
+    refused, so a lost `off` can never leave a pump running longer.
     """
     valid = valid_actions(actuators)
     if action not in valid:
@@ -211,6 +211,11 @@ def prepare(
             given = _number(args["seconds"])
             if given is None or given <= 0:
                 raise InvalidArgsError(f"{action}: seconds must be a positive number")
+            if given > max_on_seconds:
+                raise InvalidArgsError(
+                    f"{action}: seconds must be at most {max_on_seconds:g} "
+                    "(commands.max_on_seconds, the actuator safety limit)"
+                )
     elif verb == "set":
         value = _number(args.get("value"))
         if value is None:

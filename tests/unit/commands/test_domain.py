@@ -75,6 +75,7 @@ def test_on_without_seconds_gets_the_safety_maximum() -> None:
         ("pump.on", {"seconds": 0}),
         ("pump.on", {"seconds": "ten"}),
         ("pump.on", {"seconds": True}),
+        ("pump.on", {"seconds": 301}),
         ("lamp.set", {}),
         ("lamp.set", {"value": "high"}),
         ("config", {}),
