@@ -324,6 +324,7 @@ def simulate(
 
 import planty_broker.cli_commands  # noqa: E402, F401  (`planty commands`, `planty events`)
 import planty_broker.cli_status  # noqa: E402, F401  (registers `planty status`)
+import planty_broker.cli_rules  # noqa: E402  (`planty rules`)
 
 
 def main() -> None:
