@@ -98,5 +98,6 @@ meta = Table(
 )
 
 # Feature tables defined on `metadata` in their own modules (imported for their side effect).
+from planty_broker.storage import schema_identity as _schema_identity  # noqa: E402, F401
 from planty_broker.storage import schema_queue as _schema_queue  # noqa: E402, F401
 from planty_broker.storage import schema_rules as _schema_rules  # noqa: E402, F401
