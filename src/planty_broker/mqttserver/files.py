@@ -76,6 +76,23 @@ def render_conf(layout: MosquittoLayout, pki: Pki, run_as: str | None = None) ->
         "tls_version tlsv1.2",
         "use_username_as_clientid true",
     ]
+    if layout.x509_port:
+        lines += [
+            "",
+            "# Devices with a client certificate from our CA: the certificate's CN is the",
+            "# username (so the same %u ACL applies) and the client id. Revoked certificates",
+            "# are in the CRL, re-read on every reload; the password file is not consulted.",
+            f"listener {layout.x509_port} {layout.bind}".rstrip(),
+            "protocol mqtt",
+            f"certfile {pki.cert_path}",
+            f"keyfile {pki.key_path}",
+            f"cafile {pki.ca_cert_path}",
+            f"crlfile {layout.crl_path}",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "use_username_as_clientid true",
+            "tls_version tlsv1.2",
+        ]
     if layout.plaintext_loopback_port:
         lines += [
             "",
@@ -115,9 +132,13 @@ def render_passwords(devices: Mapping[str, str], accounts: Sequence[MqttAccount]
     lines: list[str] = []
     seen: set[str] = set()
     for account in accounts:
-        _check_entry(account.username, account.password_hash, "account")
         if account.username in seen:
             raise ValueError(f"MQTT account {account.username!r} is listed twice")
+        if not account.password_hash:  # ACL grants only: logs in with a password given below
+            if not valid_username(account.username):
+                raise ValueError(f"account username {account.username!r} is not allowed")
+            continue
+        _check_entry(account.username, account.password_hash, "account")
         seen.add(account.username)
         lines.append(f"{account.username}:{account.password_hash}")
     for username in sorted(devices):
@@ -134,12 +155,15 @@ def write_mosquitto_files(
     devices: Mapping[str, str],
     accounts: Sequence[MqttAccount],
     owner: FileOwner,
+    crl_pem: str | None = None,
 ) -> bool:
-    """Write conf, password and ACL files (0600, atomic); True if the conf itself changed."""
+    """Write conf, password, ACL (and CRL) files (0600, atomic); True if the conf changed."""
     passwords = render_passwords(devices, accounts)  # validates before anything is written
     acl = render_acl(layout, accounts)
     conf = render_conf(layout, pki, owner.user)
     uid_gid = owner.uid_gid
+    if layout.x509_port and crl_pem is not None:
+        write_if_changed(layout.crl_path, crl_pem, mode=0o600, owner=uid_gid)
     write_if_changed(layout.password_path, passwords, mode=0o600, owner=uid_gid)
     write_if_changed(layout.acl_path, acl, mode=0o600, owner=uid_gid)
     return write_if_changed(layout.conf_path, conf, mode=0o600, owner=uid_gid)

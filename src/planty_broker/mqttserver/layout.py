@@ -43,7 +43,12 @@ FULL_ACCESS = (AclGrant("readwrite", "#"), AclGrant("read", "$SYS/#"))
 
 @dataclass(frozen=True, slots=True)
 class MqttAccount:
-    """A non-device MQTT account (gateway, bench observer, later a claim credential)."""
+    """A non-device MQTT account (gateway, bench observer, claim slots).
+
+    An empty `password_hash` writes the account's ACL grants but no password line: nobody
+    can log in as it until a password for it is passed with the device accounts
+    (how the claim slots are opened and closed without touching the ACL file).
+    """
 
     username: str
     password_hash: str
@@ -64,6 +69,7 @@ class MosquittoLayout:
     internal_port: int  # loopback plaintext listener for the gateway's own connection
     bind: str = "0.0.0.0"  # noqa: S104 - device listener; TLS + auth
     plaintext_loopback_port: int = 0  # 0: no plaintext device listener
+    x509_port: int = 0  # 0: no X.509 client-certificate listener for devices
     public_host: str = "localhost"  # the host name devices use (first SAN of the cert)
     extra_hostnames: tuple[str, ...] = ()
     topic_prefix: str = "planty/v1"
@@ -86,6 +92,7 @@ class MosquittoLayout:
             internal_port=m.internal_port,
             bind=m.bind,
             plaintext_loopback_port=m.plaintext_loopback_port,
+            x509_port=m.x509_effective_port,
             public_host=public,
             extra_hostnames=extra,
             topic_prefix=m.topic_prefix,
@@ -127,6 +134,11 @@ class MosquittoLayout:
     @property
     def acl_path(self) -> Path:
         return self.directory / "acl"
+
+    @property
+    def crl_path(self) -> Path:
+        """Revoked device certificates (PEM CRL), read by the X.509 listener on every reload."""
+        return self.directory / "revoked.crl.pem"
 
     @property
     def pid_path(self) -> Path:

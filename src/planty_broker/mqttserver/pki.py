@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,6 +90,53 @@ def issue_client_cert(
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key).decode()
+
+
+def build_crl(pki: Pki, serials: Iterable[int]) -> str:
+    """A CRL (PEM) signed by our CA listing `serials` (revoked device certificates).
+
+    Valid for as long as the CA: OpenSSL refuses every certificate once a CRL's
+    next-update time has passed, so the list must never expire on its own.
+    """
+    ca_cert, ca_key = _load_ca(pki)
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - BACKDATE)
+        .next_update(now + timedelta(days=CA_DAYS))
+    )
+    for serial in sorted(set(serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - BACKDATE)
+            .build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    """What the broker keeps of an issued certificate (never the key)."""
+
+    serial: int
+    fingerprint: str  # SHA-256 of the DER encoding, hex
+    common_name: str
+    not_after_ms: int
+
+
+def cert_info(cert_pem: str) -> CertInfo:
+    """Serial, fingerprint, CN and expiry of a PEM certificate."""
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return CertInfo(
+        serial=cert.serial_number,
+        fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
+        common_name=str(cns[0].value) if cns else "",
+        not_after_ms=int(cert.not_valid_after_utc.timestamp() * 1000),
+    )
 
 
 # ---------------------------------------------------------------- CA

@@ -113,6 +113,7 @@ def prepare_directory(directory: Path, owner: FileOwner) -> None:
 _PORT_HINTS = {
     "mqtt.port": "--mqtt-port or PLANTY_MQTT_PORT",
     "mqtt.internal_port": "PLANTY_MQTT_INTERNAL_PORT or mqtt.internal_port in the config file",
+    "mqtt.x509_port": "PLANTY_MQTT_X509_PORT or mqtt.x509_port in the config file",
     "mqtt.plaintext_loopback_port": (
         "PLANTY_MQTT_PLAINTEXT_LOOPBACK_PORT or mqtt.plaintext_loopback_port in the config file"
     ),
@@ -122,6 +123,8 @@ _PORT_HINTS = {
 def listeners(layout: MosquittoLayout) -> Iterator[tuple[str, str, int]]:
     """(setting name, bind address, port) of every listener the config opens."""
     yield "mqtt.port", layout.bind, layout.port
+    if layout.x509_port:
+        yield "mqtt.x509_port", layout.bind, layout.x509_port
     if layout.plaintext_loopback_port:
         yield "mqtt.plaintext_loopback_port", "127.0.0.1", layout.plaintext_loopback_port
     yield "mqtt.internal_port", layout.internal_host, layout.internal_port

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -36,7 +36,7 @@ from planty_broker.mqttserver.layout import (
     MqttAccount,
 )
 from planty_broker.mqttserver.passwords import hash_token, new_token
-from planty_broker.mqttserver.pki import Pki, ensure_pki
+from planty_broker.mqttserver.pki import Pki, build_crl, ensure_pki
 from planty_broker.mqttserver.probe import CONNACK_ACCEPTED, mqtt_connect
 from planty_broker.mqttserver.process import MosquittoProcess
 
@@ -44,6 +44,8 @@ log = logging.getLogger("planty_broker.mqttserver")
 
 UsersProvider = Callable[[], Awaitable[Mapping[str, str]]]
 """Returns every device's MQTT username (= device id) -> `$7$` password hash."""
+CrlProvider = Callable[[], Awaitable[Iterable[int]]]
+"""Returns the serial numbers of revoked device certificates (for the X.509 listener)."""
 
 
 class MosquittoSupervisor:
@@ -55,6 +57,7 @@ class MosquittoSupervisor:
         users_provider: UsersProvider,
         *,
         extra_accounts: Sequence[MqttAccount] = (),
+        crl_provider: CrlProvider | None = None,
         start_timeout_s: float = 15.0,
         stop_timeout_s: float = 15.0,
         poll_interval_s: float = 0.5,
@@ -65,6 +68,9 @@ class MosquittoSupervisor:
         self._layout = layout
         self._users_provider = users_provider
         self._extra_accounts = tuple(extra_accounts)
+        self._crl_provider = crl_provider
+        self._revoked: frozenset[int] = frozenset()
+        self._crl: tuple[frozenset[int], str] | None = None  # the last CRL built, by serials
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
         self._poll_s = poll_interval_s
@@ -155,6 +161,8 @@ class MosquittoSupervisor:
         self._binary = process.find_mosquitto(self._layout.mosquitto_bin)
         await asyncio.to_thread(self._prepare)
         self._devices = dict(await self._users_provider())
+        if self._crl_provider is not None:
+            self._revoked = frozenset(await self._crl_provider())
         self._stopping = False
         try:
             async with self._lock:
@@ -209,6 +217,15 @@ class MosquittoSupervisor:
             except MosquittoStartError as exc:
                 log.warning("Mosquitto did not confirm new credentials: %s", exc)
 
+    def set_revoked_serials(self, serials: Iterable[int]) -> None:
+        """Revoked device certificates; written (as a CRL) and enforced by the next
+        `update_users` call, which also re-reads the CRL for new connections.
+
+        Mosquitto never re-checks a connected client's certificate: a live session of a
+        revoked certificate must be cut separately (docs/security.md, "kick").
+        """
+        self._revoked = frozenset(serials)
+
     # ------------------------------------------------------------ internals
 
     def _prepare(self) -> None:
@@ -235,7 +252,15 @@ class MosquittoSupervisor:
         self._accounts = (others[0], probe, *others[1:])
 
     def _write_files(self, devices: Mapping[str, str]) -> bool:
-        return write_mosquitto_files(self._layout, self.pki, devices, self._accounts, self._owner)
+        crl_pem = None
+        if self._layout.x509_port:
+            revoked = self._revoked
+            if self._crl is None or self._crl[0] != revoked:
+                self._crl = (revoked, build_crl(self.pki, revoked))
+            crl_pem = self._crl[1]
+        return write_mosquitto_files(
+            self._layout, self.pki, devices, self._accounts, self._owner, crl_pem
+        )
 
     async def _try_adopt(self) -> bool:
         pid = process.find_adoptable(self._layout)
