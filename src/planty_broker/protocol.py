@@ -246,3 +246,151 @@ def split_action(action: str) -> tuple[str | None, str]:
     """`pump.on` -> ("pump", "on"); `ping` -> (None, "ping")."""
     actuator, dot, verb = action.rpartition(".")
     return (actuator, verb) if dot else (None, action)
+
+
+# ---------------------------------------------------------------- provisioning (v1 addition)
+#
+# Additive to protocol v1 (docs/protocol.md, "Provisioning by claim" and "Credential
+# rotation"): devices that do not use them see no change.
+
+CLAIM_SLOT_PREFIX = "planty-claim-"
+CLAIM_SLOT_RE = re.compile(r"^planty-claim-(0|[1-9][0-9]{0,3})$")
+CREDENTIAL_TYPES = ("token", "x509")
+_REQ_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MIN_DEVICE_TOKEN_CHARS = 22  # a device-chosen token: at least 128 bits in URL-safe base64
+
+
+def claim_slot_name(slot: int) -> str:
+    """The MQTT username of one claim slot: `planty-claim-<n>`."""
+    return f"{CLAIM_SLOT_PREFIX}{slot}"
+
+
+class ClaimRequest(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A factory-fresh device asks for its own credential (on `provision/<slot>/request`).
+
+    `req` is the device's request id, echoed in the reply; a repeat of the same
+    `serial` + `req` (lost reply) gets the same answer. `token`, when given, is the
+    device's own secret (>= 128 random bits): the reply then carries no secret at all.
+    """
+
+    req: str
+    serial: str
+    type: str = "token"
+    id: str | None = None
+    name: str | None = None
+    token: str | None = None
+
+
+class ClaimReply(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The broker's answer on `provision/<slot>/reply`; `ok: false` carries an `error` code."""
+
+    req: str
+    ok: bool
+    id: str | None = None
+    token: str | None = None
+    cert_pem: str | None = None
+    key_pem: str | None = None
+    host: str | None = None
+    port: int | None = None
+    error: str | None = None
+    message: str | None = None
+
+
+class CredentialDelivery(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A new credential sent to a device inside a `config` command (`args.credential`)."""
+
+    id: str
+    type: str
+    token: str | None = None
+    cert_pem: str | None = None
+    key_pem: str | None = None
+    port: int | None = None
+
+
+_claim_request_decoder = msgspec.json.Decoder(ClaimRequest)
+_claim_reply_decoder = msgspec.json.Decoder(ClaimReply)
+
+
+def provision_topic(prefix: str, slot_name: str, which: str) -> str:
+    """`<prefix>/provision/<slot>/request` or `.../reply`."""
+    if which not in ("request", "reply"):
+        raise ValueError(f"which must be 'request' or 'reply', not {which!r}")
+    return f"{prefix}/provision/{slot_name}/{which}"
+
+
+def provision_subscription(prefix: str) -> str:
+    """What the gateway subscribes to: every slot's requests."""
+    return f"{prefix}/provision/+/request"
+
+
+def parse_provision_topic(prefix: str, topic: str) -> str | None:
+    """The claim slot of a request topic, None if the topic is not a provisioning request."""
+    base = f"{prefix}/provision/"
+    if not topic.startswith(base) or not topic.endswith("/request"):
+        return None
+    slot = topic[len(base) : -len("/request")]
+    return slot if CLAIM_SLOT_RE.fullmatch(slot) else None
+
+
+def decode_claim_request(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> ClaimRequest:
+    """Decode and check a claim request; `ProtocolError` if it cannot be used."""
+    _check_size(payload, max_bytes)
+    req: ClaimRequest = _decode(_claim_request_decoder, payload, "claim request")
+    if not _REQ_RE.fullmatch(req.req):
+        raise ProtocolError(ErrorKind.SCHEMA, "claim request: req must be 1-64 of A-Za-z0-9._-")
+    if not 1 <= len(req.serial) <= 64 or not req.serial.isprintable():
+        raise ProtocolError(ErrorKind.SCHEMA, "claim request: serial must be 1-64 printable chars")
+    if req.type not in CREDENTIAL_TYPES:
+        raise ProtocolError(ErrorKind.SCHEMA, "claim request: type must be 'token' or 'x509'")
+    if req.id is not None and not valid_device_id(req.id):
+        raise ProtocolError(ErrorKind.SCHEMA, f"claim request: {req.id!r} is not a valid device id")
+    if req.token is not None and (
+        req.type != "token"
+        or len(req.token) < MIN_DEVICE_TOKEN_CHARS
+        or len(req.token) > 256
+        or not req.token.isascii()
+        or not req.token.isprintable()
+    ):
+        raise ProtocolError(
+            ErrorKind.SCHEMA,
+            f"claim request: token must be {MIN_DEVICE_TOKEN_CHARS}-256 printable ASCII "
+            "characters, with type 'token'",
+        )
+    return req
+
+
+def decode_claim_reply(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> ClaimReply:
+    """Used by the simulator (the device side)."""
+    _check_size(payload, max_bytes)
+    reply: ClaimReply = _decode(_claim_reply_decoder, payload, "claim reply")
+    return reply
+
+
+def encode_provisioning(msg: ClaimRequest | ClaimReply) -> bytes:
+    return _encoder.encode(msg)
+
+
+def credential_config_args(delivery: CredentialDelivery) -> dict[str, Any]:
+    """`args` of the `config` command that hands a device its rotated credential."""
+    return {"credential": msgspec.to_builtins(delivery)}
+
+
+def credential_from_args(args: dict[str, Any]) -> CredentialDelivery | None:
+    """The credential inside `config` args (device side); None if there is none.
+
+    Raises `ProtocolError` when a credential is there but unusable.
+    """
+    raw = args.get("credential")
+    if raw is None:
+        return None
+    try:
+        delivery = msgspec.convert(raw, CredentialDelivery)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(ErrorKind.SCHEMA, f"config credential: {exc}") from None
+    if delivery.type == "token" and not delivery.token:
+        raise ProtocolError(ErrorKind.SCHEMA, "config credential: a token credential needs token")
+    if delivery.type == "x509" and not (delivery.cert_pem and delivery.key_pem):
+        raise ProtocolError(ErrorKind.SCHEMA, "config credential: x509 needs cert_pem and key_pem")
+    if delivery.type not in CREDENTIAL_TYPES:
+        raise ProtocolError(ErrorKind.SCHEMA, f"config credential: unknown type {delivery.type!r}")
+    return delivery
