@@ -24,6 +24,8 @@ TokenHasher = Callable[[str], str]
 
 # Names the gateway itself uses on the MQTT server: never a device id.
 RESERVED_IDS = frozenset({"planty-gateway", "planty-probe", "planty-claim", "planty-observer"})
+# Claim slots (planty-claim-<n>) and any later internal account: never a device id.
+RESERVED_PREFIX = "planty-"
 
 
 class RegistryError(Exception):
@@ -86,21 +88,44 @@ class DeviceRegistry:
         return sorted(self._devices.values(), key=lambda d: d.id)
 
     def credentials(self) -> dict[str, str]:
-        """username -> password hash, for the MQTT server's password file."""
-        return {d.id: d.token_hash for d in self._devices.values()}
+        """username -> password hash, for the MQTT server's password file.
 
-    async def add(self, device_id: str, name: str | None = None) -> tuple[DeviceRecord, str]:
-        """Register a device; returns its record and its token (shown once, stored hashed)."""
-        if not valid_device_id(device_id) or device_id in RESERVED_IDS:
+        Devices without a token (certificate only, or revoked) have no password line.
+        """
+        return {d.id: d.token_hash for d in self._devices.values() if d.token_hash}
+
+    async def add(
+        self,
+        device_id: str,
+        name: str | None = None,
+        *,
+        token: str | None = None,
+        attrs: dict[str, object] | None = None,
+    ) -> tuple[DeviceRecord, str]:
+        """Register a device; returns its record and its token (shown once, stored hashed).
+
+        `token`: the token to use (a device-chosen one); "" registers it without a token
+        (a certificate-only device). None (the default) makes a new one.
+        """
+        if (
+            not valid_device_id(device_id)
+            or device_id in RESERVED_IDS
+            or device_id.startswith(RESERVED_PREFIX)
+        ):
             raise InvalidDeviceIdError(
                 f"device id {device_id!r} is invalid: use 3-64 characters a-z, 0-9 and '-', "
-                "starting with a letter or digit"
+                "starting with a letter or digit (ids starting with 'planty-' are reserved)"
             )
         if device_id in self._devices:
             raise DeviceAlreadyExistsError(f"device {device_id!r} is already registered")
-        token = new_token()
+        if token is None:
+            token = new_token()
         record = DeviceRecord(
-            id=device_id, created_at_ms=now_ms(), token_hash=self._hash(token), name=name
+            id=device_id,
+            created_at_ms=now_ms(),
+            token_hash=self._hash(token) if token else "",
+            name=name,
+            attrs=dict(attrs or {}),
         )
         try:
             await self._store.add_device(record)
@@ -111,6 +136,17 @@ class DeviceRegistry:
         log.info("device registered", extra={"device_id": device_id})
         self._bus.publish(DevicesChanged(device_id, "added"))
         return record, token
+
+    async def update(self, device_id: str, **changes: object) -> DeviceRecord:
+        """Replace fields of a device's record (e.g. `token_hash` at a credential switch).
+
+        Callers that change `token_hash` apply it to the MQTT server themselves (one reload
+        for several changes), so no hook runs here.
+        """
+        device = dataclasses.replace(self.require(device_id), **changes)  # type: ignore[arg-type]
+        await self._store.update_device(device)
+        self._devices[device_id] = device
+        return device
 
     async def remove(self, device_id: str) -> None:
         self.require(device_id)
