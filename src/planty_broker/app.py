@@ -25,11 +25,13 @@ import uvicorn
 
 from planty_broker import __version__
 from planty_broker.config import Settings
+from planty_broker.mqttserver.passwords import hash_token
 from planty_broker.northbound.api import create_api
 from planty_broker.northbound.auth import Authenticator, ensure_admin_token
 from planty_broker.protocol import Channel, Topics
 from planty_broker.services.bus import Bus
 from planty_broker.services.context import DeviceEndpoint, Services
+from planty_broker.services.identity import Identity
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, now_ms
@@ -103,6 +105,8 @@ class Gateway:
         self.api_url = ""
         self.supervisor: Any = None
         self.link: MqttLink | None = None
+        self.identity: Any = None  # services.identity.Identity
+        self._show_secrets = announce is not None  # the pairing code goes to a terminal, not a log
         self._api_server: uvicorn.Server | None = None
 
     async def __aenter__(self) -> Gateway:
@@ -129,7 +133,7 @@ class Gateway:
 
     # ------------------------------------------------------------ start-up
 
-    async def _start(self) -> None:
+    async def _start(self) -> None:  # noqa: PLR0915 - the composition root: one step a line
         s = self.settings
         data_dir = s.data_dir
         try:
@@ -146,12 +150,11 @@ class Gateway:
 
         store = await self._open_store()
         bus = Bus()
-        from planty_broker.mqttserver.passwords import hash_token
-
         registry = DeviceRegistry(store, bus, hash_token)
         await registry.load()
         topics = Topics(s.mqtt.topic_prefix)
         broker_id = await self._broker_id(store)
+        self.identity = identity = Identity(store, registry, bus, s, topics)
 
         endpoint, link_config = await self._mqtt_server(registry, broker_id)
         presence = PresenceService(
@@ -205,11 +208,12 @@ class Gateway:
         from planty_broker.services.rules import start_rules
 
         await start_rules(svc, self._stack)  # needs only the store and the devices, no cloud
+        await identity.start(svc, self._stack)
 
         subs = [
             (topics.subscription(ch), 1) for ch in (Channel.STATUS, Channel.TELEMETRY, Channel.ACK)
-        ]
-        link = MqttLink(link_config, subs, ingest.handle)
+        ] + identity.subscriptions
+        link = MqttLink(link_config, subs, identity.route(ingest.handle))
         try:
             await link.connect()
         except MqttConnectError as exc:
@@ -288,16 +292,29 @@ class Gateway:
         from planty_broker.mqttserver.layout import MosquittoLayout
         from planty_broker.mqttserver.supervisor import MosquittoSupervisor
 
+        creds = self.identity.credentials
+
         async def users() -> dict[str, str]:
-            return registry.credentials()
+            found: dict[str, str] = creds.mqtt_users()
+            return found
+
+        async def revoked() -> list[int]:
+            serials: list[int] = creds.revoked_serials()
+            return serials
 
         try:
-            sup = MosquittoSupervisor(MosquittoLayout.from_settings(s), users)
+            sup = MosquittoSupervisor(
+                MosquittoLayout.from_settings(s),
+                users,
+                extra_accounts=self.identity.provisioning.claim_accounts(),
+                crl_provider=revoked,
+            )
             await self._stack.enter_async_context(sup)
         except MosquittoError as exc:
             raise StartupError(str(exc)) from None
         self.supervisor = sup
-        registry.credentials_hook = Coalescer(lambda: sup.update_users(registry.credentials()))
+        registry.credentials_hook = apply = Coalescer(self.identity.mqtt_job(sup))
+        self.identity.attach_supervisor(sup, apply)
         endpoint = DeviceEndpoint(sup.device_host, sup.device_port, True, sup.ca_pem)
         host, port = sup.internal_url
         cfg = LinkConfig(
@@ -314,6 +331,9 @@ class Gateway:
     async def _start_api(self, svc: Services) -> None:
         s = self.settings
         authenticator = Authenticator(self.admin_token)
+        from planty_broker.northbound.routes_tokens import token_lookup
+
+        authenticator.lookups.append(token_lookup(self.identity.tokens))
         svc.extra["authenticator"] = authenticator
         api = create_api(svc, authenticator)
         config = uvicorn.Config(
@@ -357,6 +377,8 @@ class Gateway:
             f"  devices MQTT:  {'mqtts' if e.tls else 'mqtt'}://{e.host}:{e.port}"
             f"  ({len(svc.registry)} registered)"
         )
+        for line in self.identity.announcement(show_code=self._show_secrets):
+            say(line)
         say("  stop with Ctrl+C")
 
 

@@ -322,6 +322,7 @@ def simulate(
         pass
 
 
+import planty_broker.cli_identity  # noqa: E402  (pair, unpair, tokens, device credentials)
 import planty_broker.cli_commands  # noqa: E402, F401  (`planty commands`, `planty events`)
 import planty_broker.cli_status  # noqa: E402, F401  (registers `planty status`)
 import planty_broker.cli_rules  # noqa: E402  (`planty rules`)

@@ -65,6 +65,17 @@ class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Mosquitto's per-client queue; its default (1000) silently drops a persistent
     # session's backlog, so a gateway restart under load would lose readings.
     max_queued_messages: PositiveInt = 1_000_000
+    # Devices with an X.509 client certificate (CN = device id) log in on this TLS listener
+    # (docs/security.md); 0 = mqtt.port + 1. `x509 = false` opens no such listener.
+    x509: bool = True
+    x509_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+
+    @property
+    def x509_effective_port(self) -> int:
+        """The X.509 listener's port, 0 when there is none."""
+        if not self.x509:
+            return 0
+        return self.x509_port or self.port + 1
 
 
 class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -128,6 +139,27 @@ class DashboardSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     enabled: bool = True  # the web dashboard at /dashboard
 
 
+class PairingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Pairing with a user's account and API tokens (issue 4); docs/security.md."""
+
+    code_ttl_s: PositiveFloat = 600.0  # a pairing code is valid this long, and used once
+    max_failures: PositiveInt = 5  # refused claims per client in the window before 429
+    failure_window_s: PositiveFloat = 60.0
+    token_last_used_flush_s: PositiveFloat = 30.0  # API token use is written this often
+
+
+class ProvisioningSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Device credentials: claim window, rotation, certificates (issue 4); docs/security.md."""
+
+    claim_slots: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64  # planty-claim-0..N-1
+    default_window_s: PositiveFloat = 300.0  # `planty devices accept` without --for
+    max_window_s: PositiveFloat = 86400.0
+    claim_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0  # then the claim session is cut
+    rotation_overlap_s: PositiveFloat = 86400.0  # the old credential works at most this long
+    delivery_retry_s: PositiveFloat = 10.0  # re-send a rotated credential without an ack
+    cert_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 825  # device certificate lifetime
+
+
 class FirestoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The Firestore connector (issue 6), off by default; docs/firestore.md explains each knob."""
 
@@ -174,6 +206,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log: LogSettings = LogSettings()
     commands: CommandSettings = CommandSettings()
     events: EventSettings = EventSettings()
+    pairing: PairingSettings = PairingSettings()
+    provisioning: ProvisioningSettings = ProvisioningSettings()
     stats: StatsSettings = StatsSettings()
     metrics: MetricsSettings = MetricsSettings()
     dashboard: DashboardSettings = DashboardSettings()
@@ -279,6 +313,19 @@ def _check(s: Settings) -> None:
         raise ConfigError("config: api.port: must differ from mqtt.port and mqtt.internal_port")
     if s.supervised_mqtt and s.mqtt.port == s.mqtt.internal_port:
         raise ConfigError("config: mqtt.internal_port: must differ from mqtt.port")
+    x509_port = s.mqtt.x509_effective_port
+    if s.supervised_mqtt and x509_port and (
+        x509_port in (s.mqtt.port, s.mqtt.internal_port, s.api.port)
+        or x509_port == s.mqtt.plaintext_loopback_port
+        or x509_port > 65535
+    ):
+        raise ConfigError(
+            f"config: mqtt.x509_port: {x509_port} clashes with another port; set mqtt.x509_port"
+        )
+    if s.provisioning.default_window_s > s.provisioning.max_window_s:
+        raise ConfigError(
+            "config: provisioning.default_window_s: must be <= provisioning.max_window_s"
+        )
     if s.rules.timezone:
         from planty_broker.domain.rules_time import LocalClock
 

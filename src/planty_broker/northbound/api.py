@@ -104,6 +104,15 @@ def create_api(
     from planty_broker.northbound.routes_rules import router as rules_router
 
     app.include_router(rules_router, prefix="/api/v1", dependencies=[Depends(principal)])
+    from planty_broker.northbound.routes_credentials import router as credentials_router
+    from planty_broker.northbound.routes_pairing import public_router as pairing_claim_router
+    from planty_broker.northbound.routes_pairing import router as pairing_router
+    from planty_broker.northbound.routes_tokens import router as tokens_router
+
+    for identity_router in (tokens_router, pairing_router, credentials_router):
+        app.include_router(identity_router, prefix="/api/v1", dependencies=[Depends(principal)])
+    # POST /pairing/claim: no bearer token, the pairing code is its secret (rate-limited).
+    app.include_router(pairing_claim_router, prefix="/api/v1")
     if svc.settings.metrics.enabled:
         from planty_broker.northbound.metrics import install_metrics
 
