@@ -22,10 +22,12 @@ from typing import Any, Self
 from planty_broker.protocol import (
     Ack,
     Channel,
+    Command,
     ProtocolError,
     Status,
     Telemetry,
     Topics,
+    credential_from_args,
     decode_command,
     encode,
     offline_will,
@@ -95,6 +97,14 @@ class SimDevice:
         self._ticks = 0
         self._silent = False
         self.last_error: str | None = None
+        # Credential rotation: the previous credential stays as a fallback until the new one
+        # has logged in; telemetry pauses while the link is switched.
+        self._fallback: DeviceCredentials | None = None
+        self._use_fallback = False
+        self._switching = False
+        self._credential_acks: dict[str, Ack] = {}
+        self.credential_id: str | None = None  # the id of the last credential received
+        self._switch_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ read-only views
 
@@ -233,21 +243,22 @@ class SimDevice:
             self._state = DeviceState.OFF
 
     async def _connect_loop(self) -> None:
-        try:
-            tls = self.credentials.ssl_context()
-        except ValueError as exc:  # retrying cannot fix a bad CA
-            self.last_error = str(exc)
-            self._state = DeviceState.OFF
-            return
         attempt = 0
         while True:
             if attempt:
                 self._state = DeviceState.WAITING
                 await asyncio.sleep(self._backoff(attempt))
             self._state = DeviceState.CONNECTING
+            creds = self._fallback if (self._use_fallback and self._fallback) else self.credentials
+            try:
+                tls = creds.ssl_context()
+            except ValueError as exc:  # retrying cannot fix a bad CA
+                self.last_error = str(exc)
+                self._state = DeviceState.OFF
+                return
             link = MqttLink(
                 self.device_id,
-                self.credentials.token,
+                creds.token,
                 will_topic=self._status_topic,
                 will_payload=offline_will(),
                 clean_session=self.profile.clean_session,
@@ -258,8 +269,8 @@ class SimDevice:
             try:
                 async with self._gate if self._gate is not None else contextlib.nullcontext():
                     await link.connect(
-                        self.credentials.host,
-                        self.credentials.port,
+                        creds.host,
+                        creds.port,
                         tls,
                         self.profile.keepalive_s,
                         self.profile.connect_timeout_s,
@@ -270,11 +281,14 @@ class SimDevice:
             except LinkError as exc:
                 self.last_error = str(exc)
                 self._counts["connect_failures"] += 1
+                if self._fallback is not None:  # a rotation: alternate new and previous
+                    self._use_fallback = not self._use_fallback
                 attempt += 1
                 continue
             attempt = 1  # after a lost connection, wait a little before reconnecting
             self.last_error = None
             self._counts["connects"] += 1
+            self._logged_in_with(creds)
             self._link = link
             link.subscribe(self._cmd_topic)  # before status: the broker sends queued commands on it
             self._publish_status(link)
@@ -329,7 +343,7 @@ class SimDevice:
         self._window.set()  # wake a burst waiting for PUBACKs that will not come
 
     def _ready(self, link: MqttLink | None) -> bool:
-        return link is not None and link.connected and not self._silent
+        return link is not None and link.connected and not self._silent and not self._switching
 
     def publish_telemetry(self) -> int | None:
         """Publish one telemetry message now; returns its `seq`, or None if none went out.
@@ -423,6 +437,9 @@ class SimDevice:
         except ProtocolError:
             self._counts["commands_malformed"] += 1
             return
+        if cmd.action == "config" and "credential" in cmd.args:
+            self._send_ack(self._on_credential(cmd))
+            return
         outcome = self._fw.handle(cmd)
         if outcome.duplicate:
             self._counts["commands_duplicate"] += 1
@@ -451,6 +468,59 @@ class SimDevice:
             return
         if not self._publish(link, self._ack_topic, encode(ack), Kind.ACK):
             self._counts["acks_withheld"] += 1
+
+    # ------------------------------------------------------------ credential rotation
+
+    def _on_credential(self, cmd: Command) -> Ack:
+        """A rotated credential: keep it (the current one becomes the fallback), ack, then
+        switch the link over once every publish in flight is acknowledged."""
+        done = self._credential_acks.get(cmd.id)
+        if done is not None:
+            return done  # a re-send: same answer, nothing switched twice
+        try:
+            delivery = credential_from_args(cmd.args)
+        except ProtocolError as exc:
+            return Ack(cmd.id, False, error=str(exc))
+        assert delivery is not None
+        old = self.credentials
+        self._fallback = self._fallback or old
+        self.credentials = DeviceCredentials(
+            device_id=old.device_id,
+            token=delivery.token or "",
+            host=old.host,
+            port=delivery.port or old.port,
+            tls=old.tls,
+            ca_pem=old.ca_pem,
+            cert_pem=delivery.cert_pem,
+            key_pem=delivery.key_pem,
+        )
+        self._use_fallback = False
+        self.credential_id = delivery.id
+        self._counts["credentials_received"] += 1
+        self._switching = True  # no new telemetry until the link runs on the new credential
+        ack = self._credential_acks[cmd.id] = Ack(cmd.id, True, {"credential": delivery.id})
+        self._spawn_switch()
+        return ack
+
+    def _spawn_switch(self) -> None:
+        async def switch() -> None:
+            link = self._link
+            if link is not None:
+                await link.wait_acked(5.0)  # our ack and every telemetry in flight
+                await link.close()  # clean: the connect loop logs in with the new credential
+
+        task = asyncio.get_running_loop().create_task(switch(), name=f"sim-rotate-{self.device_id}")
+        self._switch_task = task
+
+    def _logged_in_with(self, creds: DeviceCredentials) -> None:
+        if self._fallback is not None:
+            if creds is self._fallback:
+                self._counts["fallback_logins"] += 1
+            else:
+                self._counts["credential_switches"] += 1
+                self._fallback = None
+                self._use_fallback = False
+        self._switching = False
 
     def _later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> None:
         def fire() -> None:

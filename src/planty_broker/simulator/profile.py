@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import ssl
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_SENSORS = ("temperature", "soil_moisture", "light")
 DEFAULT_ACTUATORS = ("pump", "lamp")
@@ -24,6 +27,15 @@ class DeviceCredentials:
     port: int
     tls: bool = True
     ca_pem: str | None = field(default=None, repr=False)
+    # An X.509 client certificate (CN = device id) and its key: log in with it instead of
+    # the token (on the broker's X.509 listener, `port`).
+    cert_pem: str | None = field(default=None, repr=False)
+    key_pem: str | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """`x509` when it logs in with a client certificate, else `token`."""
+        return "x509" if self.cert_pem else "token"
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """TLS trusting `ca_pem` (else the system CAs), host name checked; None = plain TCP."""
@@ -32,6 +44,8 @@ class DeviceCredentials:
         if not self.ca_pem:  # an external MQTT server with a publicly trusted certificate
             return _system_tls_context()
         try:
+            if self.cert_pem and self.key_pem:
+                return client_cert_context(self.ca_pem, self.cert_pem, self.key_pem)
             return tls_context(self.ca_pem)
         except ssl.SSLError as exc:
             raise ValueError(
@@ -53,6 +67,21 @@ def tls_context(ca_pem: str) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+@functools.lru_cache(maxsize=64)
+def client_cert_context(ca_pem: str, cert_pem: str, key_pem: str) -> ssl.SSLContext:
+    """A client context that presents a certificate (Python loads keys only from files:
+    they exist for the duration of this call, 0600, in a private temporary folder)."""
+    ctx = tls_context.__wrapped__(ca_pem)
+    with tempfile.TemporaryDirectory(prefix="planty-sim-") as folder:
+        cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+        cert.write_text(cert_pem)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key_pem)
+        ctx.load_cert_chain(cert, key)
     return ctx
 
 

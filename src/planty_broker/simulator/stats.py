@@ -44,3 +44,6 @@ class DeviceStats:
     commands_refused: int = 0  # acked ok=false for another reason than expiry
     commands_dropped: int = 0  # Faults.drop_rate or silent: never seen by the firmware
     commands_malformed: int = 0  # undecodable cmd payloads
+    credentials_received: int = 0  # rotated credentials delivered in a `config` command
+    credential_switches: int = 0  # logins with a newly received credential
+    fallback_logins: int = 0  # logins with the previous credential (the new one was refused)
