@@ -20,7 +20,8 @@ from planty_broker.northbound.errors import ApiError
 from planty_broker.northbound.timefmt import iso, parse_time
 from planty_broker.services.context import Services
 from planty_broker.services.registry import UnknownDeviceError, now_ms
-from planty_broker.services.rules import RuleExistsError, RuleInfo, RulesService
+from planty_broker.services.rules import RuleExistsError, RulesService
+from planty_broker.services.rules_info import RuleInfo
 from planty_broker.storage.port import StoreError
 
 router = APIRouter(tags=["rules"])

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from planty_broker.config import RuleSettings
@@ -40,10 +37,11 @@ from planty_broker.domain.rules import (
     threshold_rule_prefix,
     thresholds_to_rules,
 )
-from planty_broker.domain.rules_records import HistoryOutcome, RuleEvent, StoredRule
+from planty_broker.domain.rules_records import RuleEvent, StoredRule
 from planty_broker.services.bus import Bus, DevicesChanged
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.services.rules_engine import RuleEngine, Submitter
+from planty_broker.services.rules_info import RuleInfo, changed_line, machine_timezone
 from planty_broker.storage.port import RuleStore
 
 log = logging.getLogger(__name__)
@@ -58,40 +56,6 @@ class RuleNotFoundError(LookupError):
 
 class RuleExistsError(ValueError):
     """`create` of a rule whose id is taken (the API's POST answers 409)."""
-
-
-def machine_timezone() -> str:
-    """This machine's zone: the IANA name behind /etc/localtime, else its UTC offset now."""
-    try:
-        target = str(Path("/etc/localtime").resolve())
-    except OSError:
-        target = ""
-    marker = "/zoneinfo/"
-    if marker in target:
-        name = target.split(marker, 1)[1]
-        if name and not name.startswith(("posix/", "right/")):
-            return name
-    offset_s = time.localtime().tm_gmtoff
-    if not offset_s:
-        return "UTC"
-    sign = "-" if offset_s < 0 else "+"
-    minutes = abs(offset_s) // 60
-    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
-
-
-@dataclass(frozen=True, slots=True)
-class RuleInfo:
-    """A live rule and its bookkeeping (who put it there, when)."""
-
-    rule: Rule
-    origin: str
-    created_ms: int
-    updated_ms: int
-
-    def to_dict(self) -> dict[str, Any]:
-        out = rule_to_dict(self.rule)
-        out.update(origin=self.origin, created_ms=self.created_ms, updated_ms=self.updated_ms)
-        return out
 
 
 class RulesService:
@@ -276,7 +240,7 @@ class RulesService:
             change = "updated" if old is not None else "created"
             await self._store.save_rules([self._row(info)])
             self._apply(put=[info])
-            await self.engine.record_now([self._changed(checked, change, origin, now)])
+            await self.engine.record_now([changed_line(checked, change, origin, now)])
         log.info("rule %s %s by %s: %s", checked.id, change, origin, checked.describe())
         return info
 
@@ -302,7 +266,7 @@ class RulesService:
             now = self._clock()
             await self._store.save_rules([], delete=[rule_id])
             self._apply(remove=[rule_id])
-            await self.engine.record_now([self._changed(info.rule, "deleted", origin, now)])
+            await self.engine.record_now([changed_line(info.rule, "deleted", origin, now)])
         log.info("rule %s deleted by %s", rule_id, origin)
         return True
 
@@ -334,8 +298,8 @@ class RulesService:
                     continue
                 put.append(RuleInfo(rule, origin, old.created_ms if old else now, now))
                 change = "updated" if old is not None else "created"
-                history.append(self._changed(rule, change, origin, now))
-            history += [self._changed(r, "deleted", origin, now) for r in gone]
+                history.append(changed_line(rule, change, origin, now))
+            history += [changed_line(r, "deleted", origin, now) for r in gone]
             if put or gone:
                 await self._store.save_rules(
                     [self._row(i) for i in put], delete=[r.id for r in gone]
@@ -362,23 +326,6 @@ class RulesService:
         return StoredRule(
             info.rule.id, rule_to_dict(info.rule), info.origin, info.created_ms, info.updated_ms
         )
-
-    @staticmethod
-    def _changed(rule: Rule, change: str, origin: str, at: int) -> RuleEvent:
-        detail = f"rule {change} by {origin}: {rule.describe()}"
-        if not rule.enabled and change != "deleted":
-            detail += " (disabled)"
-        data = {
-            "rule_id": rule.id,
-            "device_id": None,
-            "outcome": HistoryOutcome.CHANGED.value,
-            "reason": change,
-            "at_ms": at,
-            "origin": origin,
-            "rule": None if change == "deleted" else rule_to_dict(rule),
-            "detail": detail,
-        }
-        return RuleEvent(rule.id, None, at, HistoryOutcome.CHANGED.value, data)
 
     def _on_devices_changed(self, event: DevicesChanged) -> None:
         if event.change != "removed":
@@ -407,8 +354,8 @@ class RulesService:
                 put.append(RuleInfo(rule, info.origin, info.created_ms, now))
             if not put and not gone:
                 return
-            history = [self._changed(r, "deleted", ORIGIN_DEVICE_REMOVED, now) for r in gone]
-            history += [self._changed(i.rule, "updated", ORIGIN_DEVICE_REMOVED, now) for i in put]
+            history = [changed_line(r, "deleted", ORIGIN_DEVICE_REMOVED, now) for r in gone]
+            history += [changed_line(i.rule, "updated", ORIGIN_DEVICE_REMOVED, now) for i in put]
             try:
                 await self._store.save_rules(
                     [self._row(i) for i in put], delete=[r.id for r in gone]
