@@ -118,3 +118,21 @@ async def test_queue_depth_and_consumer_lag(api: httpx.AsyncClient) -> None:
     finally:
         await dev.close()
         await api.delete("/api/v1/consumers/metrics-test")
+
+
+async def test_gateway_without_statistics(tmp_path) -> None:
+    settings = gateway_settings(tmp_path / "gw", stats={"enabled": False})
+    async with (
+        running_gateway(settings) as gw,
+        httpx.AsyncClient(base_url=gw.api_url, headers={"Authorization": f"Bearer {ADMIN}"}) as api,
+    ):
+        creds = await register(api, "nostat")
+        r = await api.get("/api/v1/stats")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "stats_disabled"
+        d = (await api.get(f"/api/v1/devices/{creds['id']}")).json()
+        assert d["counts"]["messages"] == 0 and "stats" not in d
+        m = await scrape(api)
+        assert m[("planty_devices_registered", ())] == 1
+        assert not any(name.startswith("planty_device_errors") for name, _ in m)
+        page = await api.get("/dashboard/fragments/fleet")
+        assert page.status_code == 200 and creds["id"] in page.text
