@@ -131,6 +131,9 @@ class Emulator:
 
 
 def _kind() -> str | None:
+    wanted = os.environ.get("PLANTY_FIRESTORE_EMULATOR", "")  # "java" / "npm": force one
+    if wanted == "npm" and (NPM_DIR / "node_modules" / "@firestore-emulator").is_dir():
+        return "npm"
     if JAR.is_file() and shutil.which("java"):
         return "java"
     if shutil.which("node") and (NPM_DIR / "node_modules" / "@firestore-emulator").is_dir():

@@ -138,7 +138,7 @@ class Inbound:
         self.applied += 1
         self._write(
             self._paths.rule(rule_id),
-            {model.RULE_STATUS: {"ok": True, "error": None, "reasons": [], "at": SERVER_TIME}},
+            {model.RULE_STATUS: {"ok": True, "error": None, "reasons": [], "at": model.now()}},
         )
         log.info("firestore: rule %s applied", rule_id)
 
@@ -152,7 +152,7 @@ class Inbound:
                     "ok": False,
                     "error": error[:MAX_ERROR],
                     "reasons": reasons or [error[:MAX_ERROR]],
-                    "at": SERVER_TIME,
+                    "at": model.now(),
                 }
             },
         )
@@ -190,17 +190,17 @@ class Inbound:
         self._thresholds[device_id] = fp
         path = self._paths.device(device_id)
         if self._rules is None:
-            status = {"ok": False, "error": "this broker has no rules service", "at": SERVER_TIME}
+            status = {"ok": False, "error": "this broker has no rules service", "at": model.now()}
         elif not isinstance(raw, Mapping):
-            status = {"ok": False, "error": "thresholds must be a map", "at": SERVER_TIME}
+            status = {"ok": False, "error": "thresholds must be a map", "at": model.now()}
         else:
             try:
                 await self._rules.set_thresholds(device_id, raw, origin=ORIGIN)
-                status = {"ok": True, "error": None, "at": SERVER_TIME}
+                status = {"ok": True, "error": None, "at": model.now()}
                 self.applied += 1
                 log.info("firestore: thresholds of %s applied", device_id)
             except (RuleError, ValueError, LookupError) as exc:
-                status = {"ok": False, "error": _error(exc), "at": SERVER_TIME}
+                status = {"ok": False, "error": _error(exc), "at": model.now()}
         if not status["ok"]:
             self.refused += 1
             log.warning("firestore: thresholds of %s refused: %s", device_id, status["error"])
@@ -229,7 +229,7 @@ class Inbound:
             status: dict[str, Any] = {"ok": True, "value": value, "command_id": rec.id}
         except (ValueError, LookupError) as exc:
             status = {"ok": False, "value": value, "error": _error(exc)}
-        status["at"] = SERVER_TIME
+        status["at"] = model.now()
         self._write(self._paths.device(device_id), {model.INTERVAL_STATUS: status})
 
     # ------------------------------------------------------------ commands
@@ -331,5 +331,5 @@ class Inbound:
         )
         self._write(
             self._paths.broker,
-            {"config_applied": {"ok": not ignored, "ignored": ignored, "at": SERVER_TIME}},
+            {"config_applied": {"ok": not ignored, "ignored": ignored, "at": model.now()}},
         )

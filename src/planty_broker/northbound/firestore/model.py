@@ -52,6 +52,12 @@ def at(ms: int | float | None) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
 
 
+def now() -> dt.datetime:
+    """The broker's clock, for times inside maps (a server timestamp is allowed only at the
+    top level by some Firestore emulators, so nested times are the broker's)."""
+    return dt.datetime.now(dt.UTC)
+
+
 def valid_doc_id(doc_id: str) -> bool:
     return bool(_DOC_ID.match(doc_id)) and doc_id not in (".", "..") and "__" not in doc_id[:2]
 

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from planty_broker.northbound.firestore.inbound import ORIGIN_INTERNAL
+from planty_broker.northbound.firestore.model import now
 from planty_broker.northbound.firestore.port import (
     SERVER_TIME,
     FirestoreConfigError,
@@ -185,5 +186,5 @@ def device_stats(stats: Any, device_id: str) -> dict[str, Any] | None:
         if s is not None and not s.latency.is_empty():
             p50, p99 = s.latency.quantiles((0.5, 0.99), HOUR_MS, stats._clock())
             out["latency_p50_ms_1h"], out["latency_p99_ms_1h"] = p50, p99
-    out["at"] = SERVER_TIME
+    out["at"] = now()
     return out
