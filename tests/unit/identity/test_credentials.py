@@ -1,0 +1,194 @@
+"""Device credential life on fakes: which hash the MQTT server gets when, kicks, the CRL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from planty_broker.domain.identity import CredentialKind, CredentialState
+from planty_broker.mqttserver.passwords import hash_token, verify_token
+from planty_broker.mqttserver.pki import cert_info, ensure_pki
+from planty_broker.protocol import Topics, credential_from_args, decode_command
+from planty_broker.services.bus import AckReceived, Bus
+from planty_broker.services.credential_events import EventRecorder
+from planty_broker.services.credentials import (
+    CredentialService,
+    MqttControl,
+    NoLiveCredentialError,
+)
+from planty_broker.services.registry import DeviceRegistry, now_ms
+from planty_broker.storage.identity import MemoryIdentityStore
+from planty_broker.storage.memory import MemoryStore
+
+
+class FakeMqtt:
+    """What the MQTT server would enforce after each apply, and every kick."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, str] = {}
+        self.revoked: list[int] = []
+        self.applies = 0
+        self.kicks: list[tuple[str, dict[str, str]]] = []
+        self.service: CredentialService | None = None
+
+    async def apply(self) -> None:
+        assert self.service is not None
+        self.applies += 1
+        self.users = self.service.mqtt_users()
+        self.revoked = self.service.revoked_serials()
+
+    async def kick(self, username: str, password: str) -> int:
+        assert verify_token(password, self.users[username])  # the one-time password is live
+        self.kicks.append((username, dict(self.users)))
+        return 0
+
+    def accepts(self, device_id: str, token: str) -> bool:
+        h = self.users.get(device_id)
+        return h is not None and verify_token(token, h)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = now_ms()  # certificates are issued on real time
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+@pytest.fixture
+async def world(tmp_path: Path):  # type: ignore[no-untyped-def]
+    store = MemoryStore()
+    await store.open()
+    bus = Bus()
+    registry = DeviceRegistry(store, bus, hash_token)
+    clock = Clock()
+    creds = CredentialService(
+        MemoryIdentityStore(),
+        registry,
+        bus,
+        EventRecorder(bus),
+        Topics(),
+        overlap_s=60,
+        delivery_retry_s=5,
+        clock=clock,
+    )
+    mqtt = FakeMqtt()
+    mqtt.service = creds
+    pki = ensure_pki(tmp_path / "pki", ["localhost"])
+    creds.control = MqttControl(
+        apply=mqtt.apply,
+        kick=mqtt.kick,
+        pki=pki,
+        host="localhost",
+        token_port=8883,
+        x509_port=8884,
+        device_ports=frozenset({8883, 8884}),
+    )
+    registry.credentials_hook = mqtt.apply
+    sent: list[tuple[str, bytes]] = []
+
+    async def publish(topic: str, payload: bytes) -> None:
+        sent.append((topic, payload))
+
+    creds.publish = publish
+    await creds.start()
+    yield registry, creds, mqtt, clock, sent
+    await creds.stop()
+
+
+async def add(registry: DeviceRegistry, creds: CredentialService, device_id: str) -> str:
+    _, token = await registry.add(device_id)
+    await creds._locked(creds._adopt_token, device_id)  # as the DevicesChanged task does
+    return token
+
+
+async def test_token_rotation_switches_only_when_the_device_confirms(world) -> None:  # type: ignore[no-untyped-def]
+    registry, creds, mqtt, _clock, sent = world
+    old = await add(registry, creds, "dev-a")
+    issued = await creds.rotate("dev-a")
+    assert issued.credential.state is CredentialState.PENDING and issued.token
+    assert mqtt.accepts("dev-a", old) and not mqtt.accepts("dev-a", issued.token)
+    ((topic, payload),) = sent
+    cmd = decode_command(payload)
+    assert topic == "planty/v1/devices/dev-a/cmd" and cmd.action == "config"
+    delivered = credential_from_args(cmd.args)
+    assert delivered is not None and delivered.token == issued.token
+    ack = AckReceived("dev-a", cmd.id, True, {"credential": delivered.id}, None, 0)
+    assert await creds.handle_ack(ack)
+    assert mqtt.accepts("dev-a", issued.token) and not mqtt.accepts("dev-a", old)
+    states = {c.id: c.state for c in await creds.history("dev-a")}
+    assert states[issued.credential.id] is CredentialState.ACTIVE
+    assert sorted(states.values()) == [CredentialState.ACTIVE, CredentialState.RETIRED]
+    assert await creds.handle_ack(ack)  # a repeated ack changes nothing
+    assert not await creds.handle_ack(AckReceived("dev-a", "c-other", True, None, None, 0))
+
+
+async def test_without_confirmation_the_old_token_ends_with_the_overlap(world) -> None:  # type: ignore[no-untyped-def]
+    registry, creds, mqtt, clock, sent = world
+    old = await add(registry, creds, "dev-b")
+    issued = await creds.rotate("dev-b", overlap_s=30)
+    clock.ms += 29_000
+    await creds._tick()
+    assert mqtt.accepts("dev-b", old)
+    assert len(sent) == 2  # re-sent after delivery_retry_s
+    clock.ms += 1_000
+    await creds._tick()
+    assert not mqtt.accepts("dev-b", old) and mqtt.accepts("dev-b", issued.token or "")
+
+
+async def test_a_new_rotation_supersedes_one_under_way(world) -> None:  # type: ignore[no-untyped-def]
+    registry, creds, mqtt, _clock, _sent = world
+    old = await add(registry, creds, "dev-c")
+    first = await creds.rotate("dev-c")
+    second = await creds.rotate("dev-c")
+    states = {c.id: (c.state, c.end_reason) for c in await creds.history("dev-c")}
+    assert states[first.credential.id] == (CredentialState.REVOKED, "superseded")
+    assert states[second.credential.id][0] is CredentialState.PENDING
+    assert mqtt.accepts("dev-c", old)
+
+
+async def test_revocation_withdraws_token_and_certificate_and_kicks_once(world) -> None:  # type: ignore[no-untyped-def]
+    registry, creds, mqtt, _clock, _sent = world
+    token = await add(registry, creds, "dev-d")
+    cert = await creds.issue_certificate("dev-d")
+    assert cert.cert_pem and cert.key_pem
+    serial = cert_info(cert.cert_pem).serial
+    ended = await creds.revoke("dev-d")
+    assert {c.kind for c in ended} == {CredentialKind.TOKEN, CredentialKind.X509}
+    assert "dev-d" not in mqtt.users and not mqtt.accepts("dev-d", token)
+    assert mqtt.revoked == [serial]
+    ((kicked, users_at_kick),) = mqtt.kicks
+    assert kicked == "dev-d" and not verify_token(token, users_at_kick["dev-d"])
+    assert registry.require("dev-d").token_hash == ""
+    with pytest.raises(NoLiveCredentialError):
+        await creds.rotate("dev-d")
+
+
+async def test_a_removed_devices_certificate_stays_on_the_crl(world) -> None:  # type: ignore[no-untyped-def]
+    registry, creds, mqtt, _clock, _sent = world
+    await add(registry, creds, "dev-e")
+    cert = await creds.issue_certificate("dev-e")
+    await registry.remove("dev-e")
+    await creds._removed("dev-e")  # as the bus task does
+    assert cert_info(cert.cert_pem or "").serial in mqtt.revoked
+
+
+async def test_events_follow_the_credential_life_and_hold_no_secret(world) -> None:  # type: ignore[no-untyped-def]
+    registry, creds, _mqtt, _clock, sent = world
+    token = await add(registry, creds, "dev-f")
+    issued = await creds.rotate("dev-f", CredentialKind.X509)
+    cmd = decode_command(sent[-1][1])
+    await creds.handle_ack(AckReceived("dev-f", cmd.id, True, None, None, 0))
+    events = creds.events.for_device("dev-f")
+    assert [e.kind.value for e in events] == [
+        "issued",
+        "issued",
+        "activated",
+        "delivered",
+        "rotated",
+    ]
+    text = msgspec.json.encode([e.as_data() for e in events]).decode()
+    key_line = (issued.key_pem or "").splitlines()[1]
+    assert token not in text and key_line not in text and "PRIVATE" not in text

@@ -1,0 +1,126 @@
+"""Pairing: the code's alphabet, expiry and single use; counting and rate limiting of wrong codes."""
+
+from __future__ import annotations
+
+import pytest
+
+from planty_broker.services.pairing import (
+    ALPHABET,
+    AlreadyPairedError,
+    ExpiredCodeError,
+    InvalidCodeError,
+    NotPairedError,
+    PairingService,
+    RateLimitedError,
+    normalize_code,
+)
+from planty_broker.services.tokens import TokenService
+from planty_broker.storage.identity import MemoryIdentityStore
+from planty_broker.storage.memory import MemoryStore
+
+
+class Clocks:
+    def __init__(self) -> None:
+        self.ms = 1_000_000_000
+        self.mono = 100.0
+
+    def wall(self) -> int:
+        return self.ms
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.ms += int(seconds * 1000)
+        self.mono += seconds
+
+
+async def make() -> tuple[PairingService, TokenService, MemoryStore, Clocks]:
+    ident, meta = MemoryIdentityStore(), MemoryStore()
+    await meta.open()
+    clocks = Clocks()
+    tokens = TokenService(ident, clock=clocks.wall)
+    pairing = PairingService(
+        ident, meta, tokens, code_ttl_s=600, clock=clocks.wall, monotonic=clocks.monotonic
+    )
+    await pairing.start()
+    return pairing, tokens, meta, clocks
+
+
+async def test_the_code_is_8_unambiguous_characters_valid_10_minutes() -> None:
+    pairing, _, _, clocks = await make()
+    code = pairing.current_code()
+    assert code is not None
+    assert len(code.code) == 8 and set(code.code) <= set(ALPHABET)
+    assert not set(ALPHABET) & set("01IOL")
+    assert code.expires_ms == clocks.ms + 600_000
+    assert code.display == f"{code.code[:4]}-{code.code[4:]}"
+    clocks.advance(599)
+    assert pairing.current_code() == code
+    clocks.advance(1)
+    fresh = pairing.current_code()
+    assert fresh is not None and fresh.code != code.code
+
+
+async def test_claim_pairs_once_and_gives_a_server_token() -> None:
+    pairing, tokens, _, _ = await make()
+    code = pairing.current_code()
+    assert code is not None
+    result = await pairing.claim(code.display.lower(), "acc-7", "10.0.0.1")
+    assert result.pairing.account_id == "acc-7" and result.token.scope.value == "server"
+    assert pairing.paired and pairing.current_code() is None
+    with pytest.raises(AlreadyPairedError):
+        await pairing.claim(code.code, "acc-8")
+    old = await pairing.unpair()
+    assert old.token_id == result.token.id
+    assert await tokens.list() == []  # its token is revoked
+    with pytest.raises(NotPairedError):
+        await pairing.unpair()
+    assert pairing.current_code() is not None  # a new code to pair again
+
+
+async def test_an_expired_code_is_told_apart_from_a_wrong_one() -> None:
+    pairing, _, _, clocks = await make()
+    code = pairing.current_code()
+    assert code is not None
+    clocks.advance(601)
+    with pytest.raises(ExpiredCodeError):
+        await pairing.claim(code.code, "acc")
+    with pytest.raises(InvalidCodeError):
+        await pairing.claim("ZZZZZZZZ" if code.code != "ZZZZZZZZ" else "YYYYYYYY", "acc")
+    assert not pairing.paired and pairing.failed_claims == 2
+
+
+async def test_five_wrong_codes_rate_limit_that_client_until_the_window_frees() -> None:
+    pairing, _, meta, clocks = await make()
+    code = pairing.current_code()
+    assert code is not None
+    for _ in range(5):
+        with pytest.raises(InvalidCodeError):
+            await pairing.claim("22222222", "acc", "10.0.0.9")
+        clocks.advance(1)
+    with pytest.raises(RateLimitedError) as limited:
+        await pairing.claim(code.code, "acc", "10.0.0.9")  # even the right code
+    assert 1 <= limited.value.retry_after_s <= 60
+    result = await pairing.claim(code.code, "acc", "10.0.0.10")  # another client is fine
+    assert result.pairing.account_id == "acc"
+    assert (pairing.failed_claims, pairing.rate_limited) == (5, 1)
+    await pairing.stop()  # refusals are written at once; rate-limited ones (a flood) at stop
+    assert (await meta.get_meta("pairing.counters")) == {"failed_claims": 5, "rate_limited": 1}
+
+
+async def test_many_clients_together_hit_the_global_limit() -> None:
+    pairing, _, _, clocks = await make()
+    for n in range(20):
+        with pytest.raises(InvalidCodeError):
+            await pairing.claim("22222222", "acc", f"10.0.1.{n}")
+    code = pairing.current_code()
+    assert code is not None
+    with pytest.raises(RateLimitedError):
+        await pairing.claim(code.code, "acc", "10.0.2.1")
+    clocks.advance(61)
+    assert (await pairing.claim(code.code, "acc", "10.0.2.1")).pairing.account_id == "acc"
+
+
+def test_people_may_type_the_code_with_spaces_dashes_or_lower_case() -> None:
+    assert normalize_code(" 7kq3-m9xd ") == "7KQ3M9XD"
