@@ -53,6 +53,9 @@ async def test_a_device_goes_offline_live(page: Any, dash_gateway: Gateway, flee
     await page.wait_for_selector(f"#row-{victim.device_id}[data-state=offline]", timeout=15_000)
     assert await page.evaluate("window.__sameDocument === true")  # no reload: live update
     assert "offline" in await page.text_content(f"#row-{victim.device_id} .badge")
+    # the headline follows too, and the row says why and since when
+    await page.wait_for_selector("#count-offline:not(:text-is('0'))", timeout=10_000)
+    assert "last_will" in await page.text_content(f"#row-{victim.device_id}")
     await shot(page, "device-offline-live")
     await victim.start()  # back for the other tests
     await page.wait_for_selector(f"#row-{victim.device_id}[data-state=online]", timeout=20_000)

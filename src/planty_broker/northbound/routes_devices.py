@@ -70,8 +70,10 @@ def device_json(svc: Services, d: DeviceRecord) -> dict[str, Any]:
             "since": iso(p.since_ms) if p else None,
             "cause": p.cause.value if p else None,
         },
+        # The device's own last message (a last will is the MQTT server speaking for it);
+        # after a restart, until it speaks again, the last message counted before.
         "last_seen": iso(
-            c.last_message_ms if c and c.last_message_ms else (p.last_seen_ms if p else None)
+            p.last_seen_ms if p and p.last_seen_ms else (c.last_message_ms if c else None)
         ),
         "latest": reading_json(svc.ingest.latest.get(d.id)),
         "counts": {

@@ -38,9 +38,10 @@ def row(svc: Services, d: DeviceRecord) -> Row:
     s = stats.fleet.get(d.id) if stats is not None else None
     summary = stats.device_summary(d.id)["stats"] if stats is not None else None
     latest = svc.ingest.latest.get(d.id)
-    last_seen = s.last_message_ms if s is not None and s.last_message_ms else None
-    if last_seen is None and p is not None:
-        last_seen = p.last_seen_ms
+    # the device's own last message (not its last will), as in the device list
+    last_seen = p.last_seen_ms if p is not None else None
+    if last_seen is None and s is not None:
+        last_seen = s.last_message_ms
     return Row(
         id=d.id,
         name=d.name,

@@ -138,7 +138,7 @@
     headlineTimer = setTimeout(() => {
       headlineTimer = null;
       document.body.dispatchEvent(new CustomEvent("planty:refresh"));
-    }, 3000);
+    }, 1500);
   }
 
   function onEvent(data) {
