@@ -379,6 +379,9 @@ class Gateway:
         )
         for line in self.identity.announcement(show_code=self._show_secrets):
             say(line)
+        firestore = svc.extra.get("firestore")
+        if firestore is not None:
+            say(f"  firestore:     {firestore.describe()}")
         say("  stop with Ctrl+C")
 
 

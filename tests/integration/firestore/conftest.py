@@ -213,6 +213,7 @@ class Gateways:
         self._folder = folder
         self.emulator = emulator
         self._running: dict[int, Gateway] = {}
+        self.announced: list[str] = []  # what `planty run` would print
 
     async def start(self, broker_id: str, data: str | None = None, **firestore: Any) -> Gateway:
         """Start one; the same `data` name reuses a data folder (a restart)."""
@@ -220,7 +221,7 @@ class Gateways:
             self._folder / (data or f"gw-{uuid.uuid4().hex[:6]}"),
             firestore=fs_settings(self.emulator, broker_id, **firestore),
         )
-        gw = Gateway(settings, announce=lambda _line: None)
+        gw = Gateway(settings, announce=self.announced.append)
         await gw.__aenter__()
         self._running[id(gw)] = gw
         return gw

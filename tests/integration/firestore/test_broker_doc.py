@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from planty_broker import __version__
-from tests.integration.firestore.conftest import Gateways, doc, unique_broker, wait_doc
+from tests.integration.firestore.conftest import PROJECT, Gateways, doc, unique_broker, wait_doc
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -32,6 +32,9 @@ async def test_broker_document_created_on_first_start_and_heartbeat_kept(
     assert later["devices"] == {"total": 0, "online": 0}
     assert gw.services is not None
     assert gw.services.extra["firestore"].status()["reachable"] is True
+    shown = [line for line in gateways.announced if line.lstrip().startswith("firestore:")]
+    assert shown == [f"  firestore:     brokers/{broker_id} in project {PROJECT} emulator "
+                     f"{gateways.emulator.host}"]  # fmt: skip
 
     await gateways.stop(gw)
     stopped = await doc(server_db, path)

@@ -293,6 +293,12 @@ class FirestoreConnector:
             }
         }
 
+    def describe(self) -> str:
+        """One line for `planty run`: where the broker's documents are."""
+        where = f"emulator {self.settings.emulator_host}" if self.settings.emulator_host else ""
+        project = self.port.project if self.port is not None else "?"
+        return f"brokers/{self.broker_id} in project {project} {where}".rstrip()
+
     def status(self) -> dict[str, Any]:
         """For health pages: is it on, reachable, how far behind."""
         sink, buf = self.sink, self.buffer

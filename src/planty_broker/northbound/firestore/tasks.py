@@ -86,6 +86,13 @@ class Loops:
                 await asyncio.sleep(30.0)
                 kick.set()
                 continue
+            except Exception as exc:  # e.g. the store is down: retry, never die silently
+                log.warning("firestore: forwarding paused (%s); retrying", exc)
+                c.last_error = str(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                kick.set()
+                continue
             wait = buf.next_due_in()
             await asyncio.sleep(max(MIN_CYCLE_S, wait if wait is not None else 0.0))
             if wait is not None:
@@ -144,7 +151,7 @@ class Loops:
                     await commands.submit(
                         device_id, "read", {}, ttl_s=period, origin=ORIGIN_INTERNAL
                     )
-                except (ValueError, LookupError) as exc:
+                except Exception as exc:  # refused (ValueError/LookupError) or store trouble
                     log.warning("firestore: scheduled read of %s refused: %s", device_id, exc)
 
     # ------------------------------------------------------------ clean-up
