@@ -31,3 +31,22 @@ def test_the_firestore_settings_are_off_by_default_and_take_the_emulator_variabl
         overrides={"firestore": {"emulator_host": "b:2"}},
     )
     assert s.firestore.emulator_host == "b:2"
+
+
+def test_without_the_extra_the_connector_says_how_to_install_it() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['google.cloud'] = None\n"  # as if google-cloud-firestore were missing
+        "from planty_broker.northbound.firestore.port import FirestoreConfigError\n"
+        "try:\n"
+        "    import planty_broker.northbound.firestore.google_port\n"
+        "except FirestoreConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == (
+        "firestore: the Google client is not installed; install the extra: "
+        "pip install 'planty-broker[firestore]'"
+    )

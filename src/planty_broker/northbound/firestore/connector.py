@@ -92,9 +92,8 @@ class FirestoreConnector:
             return self._disable("firestore: no broker id (set gateway.broker_id)")
         try:
             if self.port is None:
-                from planty_broker.northbound.firestore.google_port import GoogleFirestore
-
-                self.port = GoogleFirestore.from_settings(self.settings)
+                # Importing the Google client takes seconds: off the loop, devices go on.
+                self.port = await asyncio.to_thread(_google_port, self.settings)
         except FirestoreConfigError as exc:
             return self._disable(str(exc))
         except Exception as exc:  # a library surprise must not stop the gateway either
@@ -342,3 +341,9 @@ class FirestoreConnector:
         device = self.svc.registry.get(e.device_id)
         if device is not None and e.online:
             self.add_data(self.paths.device(e.device_id), model.device_identity(device))
+
+
+def _google_port(settings: FirestoreSettings) -> FirestorePort:
+    from planty_broker.northbound.firestore.google_port import GoogleFirestore
+
+    return GoogleFirestore.from_settings(settings)
