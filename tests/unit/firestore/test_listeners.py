@@ -8,7 +8,7 @@ import asyncio
 from planty_broker.northbound.firestore.listeners import SupervisedListener
 from planty_broker.northbound.firestore.memory_port import MemoryFirestore
 from planty_broker.northbound.firestore.port import Snapshot
-from tests.integration.core.conftest import eventually
+from tests.unit.firestore.conftest import eventually
 
 
 async def test_listener_reattaches_after_a_network_loss() -> None:
