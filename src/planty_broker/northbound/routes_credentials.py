@@ -153,7 +153,10 @@ async def rotate(device_id: str, body: Rotation, svc: SvcDep) -> dict[str, Any]:
 async def revoke(device_id: str, svc: SvcDep) -> dict[str, Any]:
     """Withdraw every credential of the device now: it is disconnected and cannot reconnect."""
     _device(svc, device_id)
-    ended = await credentials_of(svc).revoke(device_id)
+    try:
+        ended = await credentials_of(svc).revoke(device_id)
+    except CredentialError as exc:
+        raise ApiError(409, "unavailable", str(exc)) from None
     return {"device_id": device_id, "revoked": [credential_json(c) for c in ended]}
 
 

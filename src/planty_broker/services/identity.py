@@ -22,6 +22,7 @@ from planty_broker.protocol import Topics, provision_subscription
 from planty_broker.services.bus import AckReceived, Bus
 from planty_broker.services.context import Services
 from planty_broker.services.credential_events import EventRecorder, store_appender
+from planty_broker.services.credential_logins import LoginObserver
 from planty_broker.services.credentials import CredentialService, MqttControl
 from planty_broker.services.login_watch import LoginLogParser, LogTail
 from planty_broker.services.pairing import PairingService
@@ -80,6 +81,7 @@ class Identity:
             max_window_s=v.max_window_s,
             grace_s=v.claim_grace_s,
         )
+        self.logins = LoginObserver(self.credentials)
         self._parser = LoginLogParser()
         self._tail: LogTail | None = None
         self._logins: asyncio.Queue[Any] = asyncio.Queue(maxsize=10_000)
@@ -137,7 +139,7 @@ class Identity:
         while True:
             event = await self._logins.get()
             try:
-                await self.credentials.on_login(event)
+                await self.logins.on_login(event)
             except Exception:
                 log.exception("handling a login event failed")
 

@@ -1,5 +1,12 @@
 """A virtual ESP32 fleet speaking PROTOCOL.md, for `planty simulate`, tests and benchmarks."""
 
+from planty_broker.simulator.claim import (
+    ClaimCredentials,
+    ClaimError,
+    FactoryDevice,
+    FactoryIdentity,
+    claim,
+)
 from planty_broker.simulator.device import SimDevice
 from planty_broker.simulator.firmware import ActuatorState, Execution, Source
 from planty_broker.simulator.fleet import Fleet, FleetOfflineError, FleetStats, run_simulation
@@ -14,12 +21,16 @@ from planty_broker.simulator.stats import DeviceOfflineError, DeviceState, Devic
 
 __all__ = [
     "ActuatorState",
+    "ClaimCredentials",
+    "ClaimError",
     "DeviceCredentials",
     "DeviceOfflineError",
     "DeviceProfile",
     "DeviceState",
     "DeviceStats",
     "Execution",
+    "FactoryDevice",
+    "FactoryIdentity",
     "Faults",
     "Fleet",
     "FleetOfflineError",
@@ -28,6 +39,7 @@ __all__ = [
     "SimDevice",
     "SimulatorError",
     "Source",
+    "claim",
     "device_ids",
     "provision_devices",
     "run_simulation",

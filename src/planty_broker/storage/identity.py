@@ -58,6 +58,9 @@ class IdentityStore(Protocol):
     async def save_credential(self, credential: DeviceCredential) -> None:
         """Insert or replace by id."""
 
+    async def save_credentials(self, credentials: Sequence[DeviceCredential]) -> None:
+        """Insert new ones in one transaction."""
+
     async def list_credentials(
         self, device_id: str | None = None, states: Sequence[CredentialState] | None = None
     ) -> list[DeviceCredential]:
@@ -188,6 +191,11 @@ class SqlIdentityStore:
 
         await self._store.run(run)
 
+    async def save_credentials(self, credentials: Sequence[DeviceCredential]) -> None:
+        rows = [_credential_values(c) for c in credentials]
+        if rows:
+            await self._store.run(lambda c: c.execute(device_credentials.insert(), rows))
+
     async def list_credentials(
         self, device_id: str | None = None, states: Sequence[CredentialState] | None = None
     ) -> list[DeviceCredential]:
@@ -251,6 +259,12 @@ class MemoryIdentityStore:
 
     async def save_credential(self, credential: DeviceCredential) -> None:
         self._credentials[credential.id] = credential
+
+    async def save_credentials(self, credentials: Sequence[DeviceCredential]) -> None:
+        for c in credentials:
+            if c.id in self._credentials:
+                raise ValueError(f"credential {c.id} exists")
+        self._credentials.update((c.id, c) for c in credentials)
 
     async def list_credentials(
         self, device_id: str | None = None, states: Sequence[CredentialState] | None = None

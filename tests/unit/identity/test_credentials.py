@@ -192,3 +192,30 @@ async def test_events_follow_the_credential_life_and_hold_no_secret(world) -> No
     text = msgspec.json.encode([e.as_data() for e in events]).decode()
     key_line = (issued.key_pem or "").splitlines()[1]
     assert token not in text and key_line not in text and "PRIVATE" not in text
+
+
+async def test_devices_registered_before_an_upgrade_get_their_token_tracked_at_start(
+    tmp_path: Path,
+) -> None:
+    store = MemoryStore()
+    await store.open()
+    bus = Bus()
+    registry = DeviceRegistry(store, bus, hash_token)
+    tokens = {d: (await registry.add(d))[1] for d in ("old-1", "old-2")}
+    ident = MemoryIdentityStore()
+    recorder = EventRecorder(bus)
+    creds = CredentialService(ident, registry, bus, recorder, Topics())
+    await creds.start()
+    rows = await ident.list_credentials()
+    assert sorted(r.device_id for r in rows) == ["old-1", "old-2"]
+    for r in rows:
+        assert r.state is CredentialState.ACTIVE and verify_token(
+            tokens[r.device_id], r.secret_hash
+        )
+        assert r.created_ms == registry.require(r.device_id).created_at_ms
+    assert recorder.counts == {}  # not "issued" now: they were issued back then
+    await creds.stop()
+    again = CredentialService(ident, registry, bus, recorder, Topics())
+    await again.start()  # nothing new the second time
+    assert len(await ident.list_credentials()) == 2
+    await again.stop()
