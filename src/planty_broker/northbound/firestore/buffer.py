@@ -14,14 +14,12 @@ committed: the cursor the connector may confirm in the event log.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from planty_broker.northbound.firestore.memory_port import deep_merge
 from planty_broker.northbound.firestore.model import loggable
 from planty_broker.northbound.firestore.port import (
     MAX_BATCH,
@@ -43,23 +41,39 @@ class Pending:
     data: dict[str, Any] = field(default_factory=dict)
     first_event: int | None = None  # lowest event id folded into this write
     since_s: float = 0.0  # when it became pending
+    build: Callable[[], dict[str, Any]] | None = None  # the whole document, made at flush
 
     def writes(self, path: str) -> list[Write]:
         out: list[Write] = []
         if self.delete:
             out.append(DeleteDoc(path))
-        if self.data or not self.delete:
-            out.append(SetDoc(path, self.data))
+        data = self.build() if self.build is not None else self.data
+        if data or not self.delete:
+            out.append(SetDoc(path, data))
         return out
 
     def absorb_newer(self, newer: Pending) -> None:
         """Put `newer` (queued while this one was in flight) on top of this one."""
+        if newer.build is not None:
+            self.build = newer.build
         if newer.delete:
-            self.delete, self.data = True, newer.data
+            self.delete, self.data, self.build = True, newer.data, newer.build
         else:
-            deep_merge(self.data, newer.data)
+            _merge(self.data, newer.data)
         if newer.first_event is not None and self.first_event is None:
             self.first_event = newer.first_event
+
+
+def _merge(into: dict[str, Any], data: Mapping[str, Any]) -> None:
+    """Firestore's merge (maps key by key), without copying: values are handed over."""
+    for key, value in data.items():
+        old = into.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            _merge(old, value)
+        elif isinstance(value, dict):
+            into[key] = dict(value)  # ours to merge into later, the caller's stays intact
+        else:
+            into[key] = value
 
 
 class DocBuffer:
@@ -87,20 +101,24 @@ class DocBuffer:
         return path in self._pending
 
     def set(self, path: str, data: Mapping[str, Any], event_id: int | None = None) -> None:
-        """Merge `data` into the document's pending write."""
+        """Merge `data` into the document's pending write (the buffer keeps `data`'s values:
+        hand over fresh dicts)."""
         p = self._pending.get(path)
         if p is None:
             p = self._pending[path] = Pending(since_s=self._clock())
-        deep_merge(p.data, dict(data))
+        _merge(p.data, data)
         if event_id is not None and p.first_event is None:
             p.first_event = event_id
 
-    def replace(self, path: str, data: Mapping[str, Any], event_id: int | None = None) -> None:
-        """The document's pending write becomes exactly `data` (absolute figures)."""
+    def lazy(
+        self, path: str, build: Callable[[], dict[str, Any]], event_id: int | None = None
+    ) -> None:
+        """The document's pending write is `build()`, called when it is written (a document
+        of absolute figures that changes with every event, built once per write)."""
         p = self._pending.get(path)
         if p is None:
             p = self._pending[path] = Pending(since_s=self._clock())
-        p.data = copy.deepcopy(dict(data))
+        p.build = build
         if event_id is not None and p.first_event is None:
             p.first_event = event_id
 

@@ -114,25 +114,32 @@ class Bucket:
             }
 
 
+SIZE_MS = {"hour": 3_600_000, "day": 86_400_000}  # UTC hours and days align with the epoch
+
+
 class Rollups:
-    """The buckets in memory, keyed by (device, bucket id); old ones are evicted once written."""
+    """The buckets in memory by (device, bucket number); old ones are evicted once written."""
 
     def __init__(self, size: str) -> None:
         self.size = size
-        self._buckets: dict[tuple[str, str], Bucket] = {}
+        self._size_ms = SIZE_MS[size]
+        self._buckets: dict[tuple[str, int], Bucket] = {}
 
-    def key(self, device_id: str, ts_ms: int) -> tuple[str, str]:
-        return device_id, bucket_bounds(ts_ms, self.size)[0]
+    def key(self, device_id: str, ts_ms: int) -> tuple[str, int]:
+        return device_id, ts_ms // self._size_ms
 
     def get(self, device_id: str, ts_ms: int) -> Bucket | None:
-        return self._buckets.get(self.key(device_id, ts_ms))
+        return self._buckets.get((device_id, ts_ms // self._size_ms))
 
     def add(self, device_id: str, ts_ms: int, seed: Mapping[str, Any] | None) -> Bucket:
         bucket_id, start, end = bucket_bounds(ts_ms, self.size)
         b = Bucket(device_id, bucket_id, start, end)
         b.seed(seed)
-        self._buckets[(device_id, bucket_id)] = b
+        self._buckets[(device_id, ts_ms // self._size_ms)] = b
         return b
+
+    def bucket_id(self, ts_ms: int) -> str:
+        return bucket_bounds(ts_ms, self.size)[0]
 
     def forget_device(self, device_id: str) -> None:
         for key in [k for k in self._buckets if k[0] == device_id]:

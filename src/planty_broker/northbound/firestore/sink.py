@@ -13,6 +13,7 @@ wait for it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -127,21 +128,25 @@ class EventSink:
 
     async def _seed_buckets(self, events: list[Event]) -> None:
         """Read the stored figures of every bucket this page touches for the first time."""
-        missing: dict[tuple[str, str], int] = {}
+        missing: dict[tuple[str, int], int] = {}
+        rollups = self.rollups
         for e in events:
             if e.type == "reading" and e.device_id and self._known(e.device_id):
                 ts = _ts(e)
-                key = self.rollups.key(e.device_id, ts)
-                if self.rollups.get(e.device_id, ts) is None and key not in missing:
+                key = rollups.key(e.device_id, ts)
+                if key not in missing and rollups.get(e.device_id, ts) is None:
                     missing[key] = ts
         if not missing:
             return
         keys = list(missing)
         docs = await asyncio.gather(
-            *(self._port.get(self._paths.bucket(dev, bucket)) for dev, bucket in keys)
+            *(
+                self._port.get(self._paths.bucket(dev, rollups.bucket_id(missing[(dev, n)])))
+                for dev, n in keys
+            )
         )
-        for (dev, _bucket), doc in zip(keys, docs, strict=True):
-            self.rollups.add(dev, missing[(dev, _bucket)], doc)
+        for (dev, n), doc in zip(keys, docs, strict=True):
+            rollups.add(dev, missing[(dev, n)], doc)
 
     def _fold(self, e: Event) -> None:
         device_id = e.device_id
@@ -181,9 +186,9 @@ class EventSink:
         numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
         if bucket.fold(e.id, ts, numeric):
             self.readings_folded += 1
-            self._buffer.replace(
+            self._buffer.lazy(
                 self._paths.bucket(device_id, bucket.bucket_id),
-                bucket.to_doc(self._keep_days),
+                functools.partial(bucket.to_doc, self._keep_days),  # once per write
                 e.id,
             )
         else:
