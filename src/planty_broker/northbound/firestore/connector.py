@@ -98,7 +98,16 @@ class FirestoreConnector:
             return self._disable(str(exc))
         except Exception as exc:  # a library surprise must not stop the gateway either
             return self._disable(f"firestore: cannot start: {exc}")
-        port, paths = self.port, self.paths
+        try:
+            await self._compose(self.port, self.paths)
+        except Exception as exc:  # e.g. the store cannot register the consumer
+            await self.port.close()
+            return self._disable(f"firestore: cannot start: {exc}")
+        self.running = True
+        self._tasks.append(asyncio.create_task(self._main(), name="firestore-main"))
+        return True
+
+    async def _compose(self, port: FirestorePort, paths: model.Paths) -> None:
         self.buffer = DocBuffer(port, self.settings.debounce_s)
         events = self.svc.extra.get(EVENTS) or StoreEvents(cast(EventStore, self.svc.store))
         self.sink = EventSink(
@@ -139,9 +148,6 @@ class FirestoreConnector:
                 )
         self.loops = Loops(self)
         self._subscribe()
-        self.running = True
-        self._tasks.append(asyncio.create_task(self._main(), name="firestore-main"))
-        return True
 
     def _disable(self, reason: str) -> bool:
         self.disabled_reason = reason
