@@ -25,6 +25,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from planty_broker.config import RuleSettings
+from planty_broker.domain.commands import CommandError, prepare
 from planty_broker.domain.rules import (
     ALL_DEVICES,
     Rule,
@@ -71,8 +72,12 @@ class RulesService:
         commands: Submitter | None = None,
         clock: Callable[[], int] = now_ms,
         notify: Callable[[], None] | None = None,
+        max_on_seconds: float | None = None,
     ) -> None:
+        """`max_on_seconds`: the outbox's actuator limit (`commands.max_on_seconds`); a rule
+        whose command the outbox would refuse is refused when it is put."""
         self._store = store
+        self._max_on_s = max_on_seconds
         self._bus = bus
         self._registry = registry
         self.settings = settings
@@ -192,10 +197,11 @@ class RulesService:
         )
 
     def problems(self, rule: Rule) -> list[str]:
-        """Why `rule` cannot work on the devices it names (unknown device, reading, actuator)."""
+        """Why `rule` cannot work: its command would be refused by the outbox, or a device it
+        names is unknown or lacks the reading or the actuator."""
+        reasons = self._command_problems(rule)
         if rule.devices == (ALL_DEVICES,):
-            return []
-        reasons: list[str] = []
+            return reasons
         for device_id in rule.devices:
             record = self._registry.get(device_id)
             if record is None:
@@ -206,6 +212,17 @@ class RulesService:
             else:
                 reasons += problems_for_record(rule, record)
         return reasons
+
+    def _command_problems(self, rule: Rule) -> list[str]:
+        """The outbox's own argument checks (e.g. `args.seconds` above the safety limit)."""
+        if self._max_on_s is None:
+            return []
+        actuators = (rule.actuator,) if rule.actuator else ()
+        try:
+            prepare(rule.action, dict(rule.args), actuators, self._max_on_s)
+        except CommandError as exc:
+            return [f"{exc}: the command outbox would refuse every fire of rule {rule.id!r}"]
+        return []
 
     def check(self, rule_or_data: Rule | Mapping[str, Any]) -> Rule:
         """The rule, parsed if needed and checked against its devices; RuleError otherwise."""
@@ -286,6 +303,9 @@ class RulesService:
             hold_s=s.hold_s,
             stale_after_s=s.stale_after_s,
         )
+        reasons = [p for r in rules for p in self._command_problems(r)]
+        if reasons:
+            raise RuleError(reasons)
         async with self._lock:
             wanted = {r.id for r in rules}
             gone = [i.rule for i in self._threshold_rules(device_id) if i.rule.id not in wanted]
@@ -388,6 +408,7 @@ async def start_rules(svc: Any, stack: AsyncExitStack) -> RulesService | None:
         s.rules,
         commands=svc.extra.get("commands"),
         notify=events.notify if events is not None else None,
+        max_on_seconds=s.commands.max_on_seconds,
     )
     await rules.start(restore_holds_from=svc.store)
     stack.push_async_callback(rules.stop)

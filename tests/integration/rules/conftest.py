@@ -29,7 +29,11 @@ RULE_SETTINGS: dict[str, Any] = {"timezone": "UTC", "silence_check_s": 0.5}
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def rgw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
     """One gateway for the rules tests of this folder; each test uses its own devices."""
-    settings = queue_settings(tmp_path_factory.mktemp("rgw"), rules=RULE_SETTINGS)
+    settings = queue_settings(
+        tmp_path_factory.mktemp("rgw"),
+        rules=RULE_SETTINGS,
+        commands={"max_on_seconds": 3600},  # the lamp threshold runs the lamp for an hour
+    )
     async with running_gateway(settings) as gw:
         yield gw
 

@@ -172,6 +172,9 @@ async def test_rules_that_cannot_work_are_refused_with_422_saying_why(
         assert r.json()["error"]["reasons"] == [
             "actuator 'fan' not declared by device: has pump, lamp"
         ]
+        r = await rapi.post("/api/v1/rules", json=soil_rule("long-" + d, d, args={"seconds": 4000}))
+        assert r.status_code == 422
+        assert "seconds must be at most 3600 (commands.max_on_seconds" in r.text
         r = await rapi.put(f"/api/v1/devices/{d}/thresholds", json={"soil_moisture": {"min": 30}})
         assert "outside 0..1" in r.json()["error"]["message"]
         r = await rapi.post("/api/v1/rules", json=soil_rule("ghost-" + d, "no-such-device"))

@@ -99,7 +99,13 @@ async def rules_harness(
     clock = clock or Clock()
     async with harness(store, **(commands or {})) as h:
         service = RulesService(
-            h.store, h.bus, h.registry, rule_settings(**kw), commands=h.service, clock=clock
+            h.store,
+            h.bus,
+            h.registry,
+            rule_settings(**kw),
+            commands=h.service,
+            clock=clock,
+            max_on_seconds=h.service.settings.max_on_seconds,
         )
         await service.start(restore_holds_from=h.store)
         try:

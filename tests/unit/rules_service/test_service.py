@@ -107,7 +107,7 @@ async def test_a_new_threshold_acts_on_the_next_reading_and_keeps_todays_budget(
 
 
 async def test_setting_the_same_thresholds_again_writes_nothing() -> None:
-    async with rules_harness() as r:
+    async with rules_harness(commands={"max_on_seconds": 3600}) as r:
         await r.device("dev-1", actuators=("pump", "lamp", "fan"))
         t = {"temperature": {"max": 30}, "soil_moisture": {"min": 0.3}, "light": {"min": 200}}
         made = await r.rules.set_thresholds("dev-1", t)
@@ -266,3 +266,19 @@ async def test_history_lines_older_than_the_retention_are_deleted() -> None:
         await r.settle()
         assert await r.rules.engine.prune_once() == 1
         assert [x.outcome for x in await r.history("water")] == ["fire"]
+
+
+async def test_a_rule_the_outbox_would_refuse_is_refused_when_it_is_put() -> None:
+    async with rules_harness(commands={"max_on_seconds": 300}) as r:
+        await r.device("dev-1")
+        with pytest.raises(RuleError) as bad:
+            await r.rules.upsert_rule({**SOIL_RULE, "args": {"seconds": 400}})
+        assert bad.value.reasons == (
+            "pump.on: seconds must be at most 300 (commands.max_on_seconds, the actuator "
+            "safety limit): the command outbox would refuse every fire of rule 'water'",
+        )
+        with pytest.raises(
+            RuleError, match=r"lamp\.on: seconds .* of rule .thr\.dev-1\.light\.min"
+        ):  # 3600 s
+            await r.rules.set_thresholds("dev-1", {"light": {"min": 200}})
+        assert r.rules.rules() == []
