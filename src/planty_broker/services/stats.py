@@ -109,6 +109,7 @@ class StatsService:
     def on_status(self, device_id: str, status: Status, retained: bool, at_ms: int) -> None:
         """A status arrived (ingest calls this before presence sees it): vitals, reconnects."""
         s = self.fleet.device(device_id, at_ms)
+        self._summaries.pop(device_id, None)  # vitals or reconnects change: no stale summary
         if not status.online:
             return
         p = self._presence.get(device_id)
@@ -144,6 +145,7 @@ class StatsService:
         at = self._clock() if now_ms is None else now_ms
         if device_id in self._registry:
             self.fleet.device(device_id, at).round_trip(ms, at)
+            self._summaries.pop(device_id, None)
 
     def command_sent(self, device_id: str, nbytes: int) -> None:
         """A command (or a re-send) was published to the device."""
@@ -164,6 +166,7 @@ class StatsService:
             kind = None
         if event.device_id is not None and kind is not None and event.device_id in self._registry:
             self.fleet.device(event.device_id, event.at_ms).error(kind, event.at_ms)
+            self._summaries.pop(event.device_id, None)
         else:
             self.unattributed[event.kind] = self.unattributed.get(event.kind, 0) + 1
 
@@ -175,6 +178,7 @@ class StatsService:
                 return
             h = self.history[t.device_id] = PresenceHistory()
         h.add(t.at_ms, t.state, t.cause)
+        self._summaries.pop(t.device_id, None)
         oldest = h.oldest_ms
         if oldest is not None and oldest < t.at_ms - KEEP_HISTORY_MS - _TRIM_SLACK_MS:
             h.trim(t.at_ms - KEEP_HISTORY_MS)
@@ -277,7 +281,8 @@ class StatsService:
         return out
 
     def device_summary(self, device_id: str) -> dict[str, Any]:
-        """A few figures for the device list (cached `summary_cache_s`): the `stats` key."""
+        """A few figures for the device list: the `stats` key. Reused for `summary_cache_s`
+        unless an error, a status, a presence change or a round trip came in meanwhile."""
         t = time.monotonic()
         cached = self._summaries.get(device_id)
         if cached is not None and t - cached[0] < self._settings.summary_cache_s:

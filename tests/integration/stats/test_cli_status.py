@@ -32,7 +32,11 @@ async def test_status_shows_the_fleet(api: httpx.AsyncClient, gateway: Gateway) 
 
         async def counted() -> bool:
             d = (await api.get(f"/api/v1/devices/{dev.device_id}")).json()
-            return d["counts"]["errors"] == 1 and d["latest"] is not None
+            return (
+                d["counts"]["errors"] == 1
+                and d["latest"] is not None
+                and d["stats"]["rssi"] == -58  # the status is handled apart from telemetry
+            )
 
         await eventually(counted)
         # the CLI is synchronous: run it beside the gateway's event loop

@@ -185,9 +185,11 @@ async def test_counters_survive_a_restart_and_removal_forgets() -> None:
 async def test_device_summary_is_cached() -> None:
     r = await build()
     first = r.stats.device_summary("dev-a")
-    r.bus.publish(DeviceError("dev-a", "oversize", "big", T0))
+    r.stats.fleet.device("dev-a", T0).message_in(10, T0)  # the hot path does not invalidate
     assert r.stats.device_summary("dev-a") is first  # within summary_cache_s
-    r.stats._settings = StatsSettings(summary_cache_s=0)
+    r.bus.publish(DeviceError("dev-a", "oversize", "big", T0))  # an error does
     assert r.stats.device_summary("dev-a")["stats"]["errors_total"] == 1
+    r.stats.on_status("dev-a", status(), False, T0)
+    assert r.stats.device_summary("dev-a")["stats"]["rssi"] == -70
     await r.stats.stop()
     await r.presence.stop()
