@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import pytest_asyncio
 
 from tests.conftest import free_port
 from tests.device import umqtt_source
@@ -35,6 +37,7 @@ from tests.device.backend import MqttBackend  # noqa: E402
 from tests.device.broker import DeviceEndpoint, Mosquitto  # noqa: E402
 from tests.device.linkproxy import LinkProxy  # noqa: E402
 from tests.device.pki import Pki, make_pki  # noqa: E402
+from tests.integration.core.conftest import ADMIN, gateway_settings, running_gateway  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -137,3 +140,51 @@ def make_device(tmp_path: Path) -> Callable[..., Any]:
         return dev
 
     return make
+
+
+# ---------------------------------------------------------------- the full gateway (e2e)
+
+# Short ack timeout so a lost ack is re-sent within a second; no pings in the device's way.
+GATEWAY_COMMANDS: dict[str, Any] = {"ack_timeout_s": 1.0, "max_attempts": 6, "ping_interval_s": 0}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def planty_gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
+    """The whole Planty Broker in-process (supervised Mosquitto over TLS, API, outbox)."""
+    settings = gateway_settings(tmp_path_factory.mktemp("gw"), commands=GATEWAY_COMMANDS)
+    async with running_gateway(settings) as gw:
+        yield gw
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gateway_api(planty_gateway: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=planty_gateway.api_url + "/api/v1",
+        timeout=30,
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    ) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gateway_device(gateway_api: httpx.AsyncClient, device_id: str) -> dict[str, Any]:
+    """A device registered through the API: `{"id", "token", "mqtt": {...}}`."""
+    r = await gateway_api.post("/devices", json={"id": device_id})
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def gateway_link(planty_gateway: Any) -> Iterator[LinkProxy]:
+    """The device's cuttable way to the gateway's device listener."""
+    with LinkProxy(planty_gateway.settings.mqtt.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def gateway_endpoint(gateway_device: dict[str, Any], gateway_link: LinkProxy) -> DeviceEndpoint:
+    """What `planty devices add` hands out, with the port pointing through `gateway_link`."""
+    m = gateway_device["mqtt"]
+    return DeviceEndpoint(
+        m["host"], gateway_link.port, m["ca_pem"], gateway_device["id"], gateway_device["token"]
+    )
