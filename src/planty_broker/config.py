@@ -29,15 +29,15 @@ class ConfigError(ValueError):
 
 
 class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    data_dir: str = "./data"
+    data_dir: str = "./data"  # store, certificates, tokens, Mosquitto files (created 0700)
     broker_id: str = ""  # empty: generated once and stored in the data folder
-    name: str = "Planty Broker"
+    name: str = "Planty Broker"  # shown to the server and in Firestore
     admin_token: str = ""  # PLANTY_ADMIN_TOKEN; empty: generated, written to data_dir/admin-token
 
 
 class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    host: str = "127.0.0.1"
-    port: Port = 8080
+    host: str = "127.0.0.1"  # loopback by default; expose through a TLS reverse proxy
+    port: Port = 8080  # HTTP API, dashboard and /metrics
 
 
 class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -45,22 +45,22 @@ class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # connect to an external MQTT server and manage nothing on it.
     url: str = ""
     username: str = ""  # for an external server
-    password: str = ""
+    password: str = ""  # for an external server; never logged
     # The device-facing TLS listener of the supervised Mosquitto.
     bind: str = "0.0.0.0"  # noqa: S104 - devices connect over the network; TLS + auth
-    port: Port = 8883
+    port: Port = 8883  # devices connect here over TLS
     public_host: str = ""  # host name devices use; empty: this machine's host name
     # Loopback-only listener for the gateway's own privileged connection.
     internal_port: Port = 18830
-    mosquitto_bin: str = "mosquitto"
+    mosquitto_bin: str = "mosquitto"  # the Mosquitto binary (name on PATH or a path)
     # Plaintext device listener, only on loopback and only when asked (0 = none).
     plaintext_loopback_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
-    topic_prefix: str = "planty/v1"
+    topic_prefix: str = "planty/v1"  # every device topic starts with this
     # External server only: empty means "planty-gateway". The supervised Mosquitto forces
     # client id = username, so there the gateway is always "planty-gateway".
     client_id: str = ""
-    keepalive_s: PositiveInt = 60
-    max_payload_bytes: PositiveInt = 64 * 1024
+    keepalive_s: PositiveInt = 60  # MQTT keepalive; devices should use the same (presence)
+    max_payload_bytes: PositiveInt = 64 * 1024  # larger device messages count as `oversize`
     max_inflight: PositiveInt = 1000  # our own cap on unacked QoS 1 publishes
     # Mosquitto's per-client queue; its default (1000) silently drops a persistent
     # session's backlog, so a gateway restart under load would lose readings.
@@ -80,8 +80,8 @@ class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: str = ""  # empty: sqlite file in the data folder; else a SQLAlchemy URL
-    batch_max: PositiveInt = 500
-    batch_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    batch_max: PositiveInt = 500  # readings per transaction at most
+    batch_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 5.0  # wait this long to fill a batch
     # SQLite only. "full": a committed batch survives a power cut (fsync per commit).
     # "normal": survives a gateway crash (kill -9) but maybe not a power cut; ~30% faster.
     sqlite_synchronous: Literal["full", "normal"] = "full"
@@ -89,7 +89,7 @@ class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class PresenceSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_interval_s: PositiveFloat = 60.0  # when a device did not declare interval_s
-    check_every_s: PositiveFloat = 1.0
+    check_every_s: PositiveFloat = 1.0  # how often silence and lateness are checked
 
 
 class CommandSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -194,7 +194,7 @@ class RuleSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    json: bool = False
+    json: bool = False  # one JSON object per line, with device_id / command_id fields
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
