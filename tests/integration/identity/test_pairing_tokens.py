@@ -147,3 +147,13 @@ async def test_an_expired_code_is_refused(fresh: Gateway) -> None:
         assert (await admin.get("/pairing")).json()["paired"] is False
         r = await claim(fresh, await code_of(admin))  # a fresh one works
         assert r.status_code == 200
+
+
+async def test_planty_run_shows_the_pairing_code_on_its_terminal(tmp_path: Path) -> None:
+    lines: list[str] = []
+    async with Gateway(identity_settings(tmp_path), announce=lines.append) as gateway:
+        admin = api_client(gateway, ADMIN)
+        code = await code_of(admin)
+        await admin.aclose()
+    shown = [line for line in lines if "pairing code:" in line]
+    assert len(shown) == 1 and code in shown[0] and "expires in 10 min" in shown[0]

@@ -260,3 +260,32 @@ async def test_rotation_from_token_to_certificate_holds_both_then_ends_on_the_ce
     m = created["mqtt"]
     outcome = await try_login(m["host"], m["port"], tls(m["ca_pem"]), device_id, created["token"])
     assert outcome.startswith("refused"), outcome
+
+
+async def test_credential_events_are_in_the_event_log(
+    gw: Gateway, admin: httpx.AsyncClient
+) -> None:
+    created = await add_device(admin)
+    device_id = created["id"]
+    await admin.post(f"/devices/{device_id}/revoke")
+
+    async def logged() -> list[str]:
+        found, after = [], 0
+        while True:
+            page = (await admin.get("/events", params={"after": after, "limit": 10000})).json()
+            found += [
+                e["data"]["event"]
+                for e in page["events"]
+                if e["type"] == "credential" and e["device_id"] == device_id
+            ]
+            if not page["events"]:
+                return found
+            after = page["next_after"]
+
+    kinds = await eventually(lambda: _both(logged), timeout=5)
+    assert kinds[:1] == ["issued"] and kinds[-1] == "revoked"
+
+
+async def _both(logged: Any) -> list[str] | None:
+    kinds: list[str] = await logged()
+    return kinds if {"issued", "revoked"} <= set(kinds) else None
