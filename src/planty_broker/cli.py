@@ -322,10 +322,14 @@ def simulate(
         pass
 
 
-import planty_broker.cli_identity  # noqa: E402  (pair, unpair, tokens, device credentials)
-import planty_broker.cli_commands  # noqa: E402, F401  (`planty commands`, `planty events`)
-import planty_broker.cli_status  # noqa: E402, F401  (registers `planty status`)
-import planty_broker.cli_rules  # noqa: E402  (`planty rules`)
+# Sub-command modules register themselves on `app` / `devices_app` when imported:
+# commands+events, identity (pair, unpair, tokens, device credentials), rules, status.
+from planty_broker import (  # noqa: E402
+    cli_commands,  # noqa: F401
+    cli_identity,  # noqa: F401
+    cli_rules,  # noqa: F401
+    cli_status,  # noqa: F401
+)
 
 
 def main() -> None:
