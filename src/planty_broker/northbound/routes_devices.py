@@ -35,6 +35,7 @@ class MqttEndpoint(BaseModel):
     port: int
     tls: bool
     ca_pem: str | None
+    prefix: str = Field(description="topic prefix: the device uses <prefix>/devices/<id>/...")
 
 
 class DeviceCredentials(BaseModel):
@@ -107,7 +108,13 @@ async def add_device(body: NewDevice, svc: SvcDep) -> dict[str, Any]:
     return {
         "id": record.id,
         "token": token,
-        "mqtt": {"host": e.host, "port": e.port, "tls": e.tls, "ca_pem": e.ca_pem},
+        "mqtt": {
+            "host": e.host,
+            "port": e.port,
+            "tls": e.tls,
+            "ca_pem": e.ca_pem,
+            "prefix": svc.settings.mqtt.topic_prefix,
+        },
     }
 
 

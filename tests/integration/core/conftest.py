@@ -31,6 +31,7 @@ def gateway_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:
             "internal_port": free_port(),
             "public_host": "localhost",
             "keepalive_s": 2,
+            "x509_port": free_port(),
         },
         "presence": {"check_every_s": 0.2},
     }

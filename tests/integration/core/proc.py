@@ -27,10 +27,12 @@ class GatewayProcess:
         self.api_port = free_port()
         self.mqtt_port = free_port()
         self.internal_port = free_port()
+        self.x509_port = free_port()
         self.env = {
             **os.environ,
             "PLANTY_ADMIN_TOKEN": admin_token,
             "PLANTY_MQTT_INTERNAL_PORT": str(self.internal_port),
+            "PLANTY_MQTT_X509_PORT": str(self.x509_port),
             "PLANTY_MQTT_PUBLIC_HOST": "localhost",
             "PLANTY_MQTT_KEEPALIVE_S": "5",
             **env,

@@ -54,6 +54,7 @@ async def test_devices_add_list_show_remove(gateway: Gateway, tmp_path: Path) ->
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
     doc = json.loads(secrets.read_text())
     assert doc["device_id"] == other and doc["wifi"]["ssid"] == "greenhouse"
+    assert doc["mqtt"]["prefix"] == "planty/v1"  # the board needs it when it is not the default
     assert doc["token"] and "BEGIN CERTIFICATE" in doc["mqtt"]["ca_pem"] and doc["mqtt"]["port"]
     assert doc["token"] not in r.stdout + r.stderr  # the token goes to the file only
 

@@ -52,6 +52,7 @@ async def test_register_returns_credentials_once(api: httpx.AsyncClient, gateway
     assert len(creds["token"]) >= 22  # >= 128 bits in URL-safe base64
     assert creds["mqtt"]["tls"] is True and creds["mqtt"]["port"] == gateway.settings.mqtt.port
     assert "BEGIN CERTIFICATE" in creds["mqtt"]["ca_pem"]
+    assert creds["mqtt"]["prefix"] == "planty/v1"
     shown = await device_json(api, device_id)
     assert creds["token"] not in json.dumps(shown)
     listing = (await api.get("/api/v1/devices")).json()
