@@ -191,7 +191,7 @@ def fs_settings(emulator: Emulator, broker_id: str, **extra: Any) -> dict[str, A
         "broker_id": broker_id,
         "heartbeat_s": 1.0,
         "stats_every_s": 2.0,
-        "timeout_s": 3.0,
+        "timeout_s": 10.0,
         **extra,
     }
 

@@ -27,7 +27,7 @@ async def test_broker_document_created_on_first_start_and_heartbeat_kept(
     assert first["config"]["heartbeat_s"] == 1.0  # defaults the server may edit
     assert first["owner"] is None  # not paired yet
     beat = first["heartbeat_at"]
-    later = await wait_doc(server_db, path, lambda d: d["heartbeat_at"] > beat, timeout=10)
+    later = await wait_doc(server_db, path, lambda d: d["heartbeat_at"] > beat, timeout=20)
     assert later["online"] is True
     assert later["devices"] == {"total": 0, "online": 0}
     assert gw.services is not None

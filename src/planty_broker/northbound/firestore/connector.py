@@ -53,6 +53,8 @@ from planty_broker.storage.port import EventStore
 
 log = logging.getLogger(__name__)
 
+GOODBYE_S = 5.0  # a clean stop waits this long at most for the last documents
+
 
 class FirestoreConnector:
     """Mirrors the broker into Firestore and applies what the server writes there."""
@@ -181,7 +183,7 @@ class FirestoreConnector:
         assert self.paths is not None
         self.add_data(self.paths.broker, {"online": False, "stopped_at": SERVER_TIME})
         try:
-            async with asyncio.timeout(min(3.0, self.settings.timeout_s)):
+            async with asyncio.timeout(min(GOODBYE_S, self.settings.timeout_s)):
                 await self.sink.pull()
                 await self.buffer.flush(force=True)
                 await self.sink.confirm()
