@@ -22,7 +22,8 @@ from planty_broker.services.context import Services
 _bearer = HTTPBearer(auto_error=False, description="An API token (admin, server or read scope)")
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    """The composed services (async: a sync dependency would cost a thread hop per request)."""
     svc: Services = request.app.state.services
     return svc
 
