@@ -1,0 +1,83 @@
+"""Generate docs/api.md from the API's own OpenAPI description.
+
+    .venv/bin/python scripts/api_doc.py > docs/api.md
+
+tests/unit/core/test_api_doc.py fails when docs/api.md is out of date.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from planty_broker.config import Settings
+from planty_broker.northbound.api import create_api
+from planty_broker.northbound.auth import Authenticator
+
+HEADER = """# HTTP API
+
+Base URL `http://127.0.0.1:8080` (`api.host`, `api.port`). The live, complete
+description (request and response schemas) is served by the gateway itself at
+`/openapi.json`, with an interactive page at `/docs`.
+
+## Authentication
+
+Every route needs `Authorization: Bearer <token>` except `GET /healthz` and
+`POST /api/v1/pairing/claim` (whose pairing code is its secret; rate-limited).
+Tokens have a scope: `admin` (everything), `server` (devices, commands, events,
+rules) and `read` (GET only). The admin token is `PLANTY_ADMIN_TOKEN` or the
+one generated into `data/admin-token`; more tokens come from `POST
+/api/v1/tokens` or `planty tokens create` ([security.md](security.md)). A
+missing, wrong or revoked token gets 401; a token whose scope does not allow the
+call gets 403.
+
+## Errors
+
+Every error is JSON with the right status:
+
+```json
+{"error": {"code": "unknown_device", "message": "no device with id 'greenhouse-9'"}}
+```
+
+| status | when |
+|---|---|
+| 400 | the body is not valid JSON (`bad_json`) |
+| 401 | no token, wrong token, revoked token |
+| 403 | the token's scope does not allow this |
+| 404 | unknown device, command, rule, consumer |
+| 409 | the thing exists already (e.g. a device id) |
+| 422 | a value is wrong: the message says which and why (unknown action lists the valid ones) |
+| 429 | a limit: per-device command queue full, too many wrong pairing codes |
+
+Times are ISO 8601 UTC in responses (`2026-11-27T12:00:00.123Z`); query
+parameters take ISO 8601 or unix milliseconds.
+
+## Routes
+
+This list is generated from the OpenAPI description by `scripts/api_doc.py`.
+"""
+
+
+def build_app() -> Any:
+    svc = SimpleNamespace(settings=Settings(), extra={})
+    return create_api(svc, Authenticator("doc-only"))  # type: ignore[arg-type]
+
+
+def render() -> str:
+    spec = build_app().openapi()
+    rows: dict[str, list[str]] = {}
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            tag = (op.get("tags") or ["other"])[0]
+            doc = (op.get("description") or op.get("summary") or "").strip()
+            text = " ".join(doc.split("\n\n")[0].split()).replace("|", "\\|")
+            rows.setdefault(tag, []).append(f"| `{method.upper()}` | `{path}` | {text} |")
+    parts = [HEADER]
+    for tag in sorted(rows):
+        parts.append(f"\n### {tag}\n\n| method | path | what |\n|---|---|---|")
+        parts.extend(rows[tag])
+    return "\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
