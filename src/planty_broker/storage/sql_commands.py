@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import Engine, bindparam, delete, insert, select, update
+from sqlalchemy import JSON, Engine, delete, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 from planty_broker.domain.commands import (
     FINAL_STATES,
@@ -21,18 +22,58 @@ from planty_broker.domain.commands import (
 from planty_broker.storage.schema import devices
 from planty_broker.storage.schema_queue import command_transitions, commands
 from planty_broker.storage.sql_events import insert_events
+from planty_broker.storage.sql_rows import insert_sql
 
 T = TypeVar("T")
 
 _encode = msgspec.json.Encoder().encode
 _FINAL = [s.value for s in FINAL_STATES]
 _ACTIVE = [CommandState.QUEUED.value, CommandState.SENT.value]
-_UPDATABLE = [c.name for c in commands.c if c.name not in ("id", "device_id", "created_ms")]
-_update_sql = (
-    update(commands)
-    .where(commands.c.id == bindparam("b_id"))
-    .values({name: bindparam(f"b_{name}") for name in _UPDATABLE})
-)
+# Hot path: plain executemany of tuples, as for readings (SQLAlchemy's per-row parameter
+# processing cost more than the rows themselves). JSON values go in as text.
+COMMAND_COLUMNS = tuple(c.name for c in commands.c)
+_UPDATED = tuple(n for n in COMMAND_COLUMNS if n not in ("id", "device_id", "created_ms"))
+_JSON_COLUMNS = frozenset(n for n in COMMAND_COLUMNS if isinstance(commands.c[n].type, JSON))
+TRANSITION_COLUMNS = ("command_id", "state", "at_ms", "attempt", "detail")
+
+
+@dataclass(frozen=True, slots=True)
+class _Sql:
+    insert: str
+    update: str
+    transition: str
+
+
+_sql_cache: dict[str, _Sql] = {}
+
+
+def _sql_for(dialect: Dialect) -> _Sql:
+    found = _sql_cache.get(dialect.name)
+    if found is None:
+        quote = dialect.identifier_preparer.quote
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        pg = dialect.name == "postgresql"
+        sets = ", ".join(
+            f"{quote(n)} = {mark}::jsonb" if pg and n in _JSON_COLUMNS else f"{quote(n)} = {mark}"
+            for n in _UPDATED
+        )
+        # Only our own schema's names go into the text; values are bound.
+        update_sql = f"UPDATE {quote(commands.name)} SET {sets} WHERE {quote('id')} = {mark}"  # noqa: S608
+        found = _sql_cache[dialect.name] = _Sql(
+            insert_sql(dialect, commands, COMMAND_COLUMNS),
+            update_sql,
+            insert_sql(dialect, command_transitions, TRANSITION_COLUMNS),
+        )
+    return found
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else _encode(value).decode()
+
+
+def command_params(r: CommandRecord, columns: Sequence[str] = COMMAND_COLUMNS) -> tuple[Any, ...]:
+    values = command_values(r)
+    return tuple(_json_text(values[n]) if n in _JSON_COLUMNS else values[n] for n in columns)
 
 
 def command_values(r: CommandRecord) -> dict[str, Any]:
@@ -90,26 +131,19 @@ def _write(conn: Connection, changes: Sequence[CommandChange]) -> None:
         latest[ch.record.id] = ch.record
         if ch.new:
             new_ids.add(ch.record.id)
-    inserts = [command_values(latest[cid]) for cid in latest if cid in new_ids]
+    sql = _sql_for(conn.dialect)
+    inserts = [command_params(latest[cid]) for cid in latest if cid in new_ids]
     updates = [
-        {f"b_{k}": v for k, v in command_values(r).items() if k not in ("device_id", "created_ms")}
-        for cid, r in latest.items()
-        if cid not in new_ids
+        (*command_params(r, _UPDATED), cid) for cid, r in latest.items() if cid not in new_ids
     ]
     if inserts:
-        conn.execute(insert(commands), inserts)
+        conn.exec_driver_sql(sql.insert, inserts)
     if updates:
-        conn.execute(_update_sql, updates)
-    conn.execute(
-        insert(command_transitions),
+        conn.exec_driver_sql(sql.update, updates)
+    conn.exec_driver_sql(
+        sql.transition,
         [
-            {
-                "command_id": t.command_id,
-                "state": t.state,
-                "at_ms": t.at_ms,
-                "attempt": t.attempt,
-                "detail": t.detail,
-            }
+            (t.command_id, t.state, t.at_ms, t.attempt, t.detail)
             for t in (ch.transition for ch in changes)
         ],
     )

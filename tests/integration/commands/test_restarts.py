@@ -51,7 +51,7 @@ async def test_kill_9_between_sent_and_ack_ends_acked_exactly_once(tmp_path: Pat
     try:
         await gw.start()
         async with gw.client() as api:
-            dev = SimDevice(await register(api), profile(Faults(ack_delay_s=2.0)))
+            dev = SimDevice(await register(api), profile(Faults(ack_delay_s=3.0)))
             await dev.start()
             await dev.wait_online(15)
             await online_in_api(api, dev.device_id)
@@ -61,7 +61,7 @@ async def test_kill_9_between_sent_and_ack_ends_acked_exactly_once(tmp_path: Pat
             cid = r.json()["id"]
             await wait_state(api, cid, "sent")
         mosquitto = gw.mosquitto_pid()
-        gw.kill9()  # the device runs it now and acks 2 s later, to a dead gateway
+        gw.kill9()  # the device runs it now and acks 3 s later, to a dead gateway
         await eventually(lambda: dev is not None and dev.stats.acks_acked >= 1, timeout=10)
         await gw.start()
         assert gw.mosquitto_pid() == mosquitto  # adopted: its queue for us is intact

@@ -52,7 +52,7 @@ async def test_wait_s_answers_with_the_current_state_when_time_runs_out() -> Non
     async with harness() as h:
         await h.device("dev-1")
         rec = await h.service.submit("dev-1", "read", wait_s=0.05)
-        assert rec.state is CommandState.SENT and not rec.final
+        assert rec.state in (CommandState.QUEUED, CommandState.SENT) and not rec.final
         assert not h.service.outbox.live[rec.id].waiters  # the waiter was removed
 
 
@@ -97,12 +97,12 @@ async def test_deadline_first_means_expired_and_never_sent() -> None:
 
 
 async def test_a_device_away_at_ack_timeout_gets_the_re_send_when_back() -> None:
-    async with harness(ack_timeout_s=0.05, max_attempts=2) as h:
+    async with harness(ack_timeout_s=0.2, max_attempts=2) as h:
         await h.device("dev-1")
         rec = await h.service.submit("dev-1", "lamp.off")
         await h.link.wait_sent(1)
         h.offline("dev-1")
-        await asyncio.sleep(0.2)  # several ack timeouts while away: parked, not failed
+        await asyncio.sleep(0.7)  # several ack timeouts while away: parked, not failed
         assert (await h.service.require(rec.id)).state is CommandState.SENT
         h.online("dev-1")
         await h.link.wait_sent(2)
@@ -205,14 +205,14 @@ async def test_server_chosen_id_is_idempotent() -> None:
 
 async def test_restart_resumes_queued_and_unacked_commands() -> None:
     store = MemoryStore()
-    async with harness(store, ack_timeout_s=0.1) as h:
+    async with harness(store, ack_timeout_s=5) as h:
         await h.device("dev-1")
         await h.device("dev-2", online=False)
         sent = await h.service.submit("dev-1", "pump.on", {"seconds": 3})
         queued = await h.service.submit("dev-2", "read")
         await h.link.wait_sent(1)
         await asyncio.sleep(0.3)  # the lazy `sent` row is committed (or is not: both work)
-    async with harness(store, ack_timeout_s=0.1) as h2:
+    async with harness(store, ack_timeout_s=5) as h2:
         assert h2.service.active_count() == 2
         await h2.ack("dev-1", sent.id, result={"on": True})  # the ack queued in MQTT arrives
         assert (await h2.service.require(sent.id)).state is CommandState.ACKED
