@@ -14,6 +14,8 @@ class EventType(StrEnum):
     PRESENCE = "presence"  # a presence transition stored (same transaction)
     COMMAND = "command"  # a command transition stored (same transaction)
     DEVICE_ERROR = "device_error"  # a device sent something unusable
+    CREDENTIAL = "credential"  # issued, first use, rotated, revoked, refused login (security.md)
+    RULE = "rule"  # a rule fired, was suppressed, warned, or changed (docs/rules.md)
 
 
 EVENT_TYPES = tuple(t.value for t in EventType)
