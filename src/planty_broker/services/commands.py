@@ -264,6 +264,8 @@ class CommandService:
         if live.closing:  # ended meanwhile (e.g. failed): once committed, a late ack
             if live.closed is not None:
                 await asyncio.shield(live.closed)
+            else:  # superseded in a submit's batch: wait for everything queued so far
+                await box.journal.write([])
             await self.handle_ack(event)
             return
         change = cmds.acked(live.rec, ack, at)
@@ -271,11 +273,8 @@ class CommandService:
             box.stats.record_rtt(device_id, change.record.rtt_ms, at)
             box.pinger.measured(device_id, at)
         reading = _read_reading(change.record, at)
-        closed = asyncio.shield(box.close(live, change))
-        if reading is not None and self._readings is not None:
-            await asyncio.gather(self._readings(reading), closed)
-        else:
-            await closed
+        stored = self._readings(reading) if reading is not None and self._readings else None
+        await asyncio.shield(box.close(live, change, before=stored))
 
     async def _ack_not_live(self, device_id: str, ack: Ack, at: int, look: bool) -> None:
         rec = await self.get(ack.id) if look else None

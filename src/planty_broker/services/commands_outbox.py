@@ -15,7 +15,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from planty_broker.config import CommandSettings
@@ -109,6 +109,7 @@ class Outbox:
             ack_timeout_s=settings.ack_timeout_s,
         )
         self._sweeper: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         bus.subscribe(PresenceChanged, self._on_presence)
         bus.subscribe(DevicesChanged, self._on_devices_changed)
 
@@ -162,8 +163,14 @@ class Outbox:
         if self.online(live.rec.device_id) and live.rec.id in self.live:
             self._enqueue(live)
 
-    def close(self, live: Live, change: CommandChange) -> asyncio.Future[None]:
-        """Commit a final change; memory follows once it is committed (the future says when)."""
+    def close(
+        self, live: Live, change: CommandChange, before: Awaitable[None] | None = None
+    ) -> asyncio.Future[None]:
+        """Commit a final change; memory follows once it is committed (the future says when).
+
+        `before` (e.g. storing a `read`'s readings) completes first, so whoever sees the
+        final state also finds what came with it.
+        """
         live.closing = True
         closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         live.closed = closed
@@ -173,7 +180,19 @@ class Outbox:
             if not closed.done():
                 closed.set_result(None)
 
-        self.journal.submit([change], done)
+        if before is None:
+            self.journal.submit([change], done)
+        else:
+
+            async def then() -> None:
+                try:
+                    await before
+                finally:
+                    self.journal.submit([change], done)
+
+            task = asyncio.create_task(then(), name=f"close-{change.record.id}")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         return closed
 
     def finish(self, live: Live, change: CommandChange) -> None:
