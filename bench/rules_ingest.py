@@ -13,6 +13,10 @@ is dated 2025-11-27 08:00 UTC, one message per device per minute), so cooldowns,
 budgets and windows act as they would over the stream's 20 minutes.
 
     .venv/bin/python bench/rules_ingest.py [--devices 10000] [--per-round 3] [--rounds 6]
+                                           [--warmup 10] [--fires outbox|stub]
+
+`--fires stub` takes the fires without the outbox, to split the cost between the
+rules themselves (evaluation, history lines) and the commands their fires send.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 import msgspec
 
 from planty_broker.config import CommandSettings, EventSettings, RuleSettings
+from planty_broker.domain.commands import CommandRecord
 from planty_broker.domain.models import DeviceRecord
 from planty_broker.domain.rules import rule_to_dict
 from planty_broker.domain.rules_records import StoredRule
@@ -66,11 +71,27 @@ class DropLink:
         return None
 
 
+class StubCommands:
+    """`--fires stub`: fires are taken without the outbox (the rules' own cost alone)."""
+
+    async def submit(
+        self,
+        device_id: str,
+        action: str,
+        args: dict[str, Any] | None = None,
+        *,
+        ttl_s: float | None = None,
+        origin: str = "api",
+        command_id: str | None = None,
+    ) -> CommandRecord:
+        return CommandRecord(command_id or "c-stub", device_id, action, args or {}, 0, 0)
+
+
 class Stack:
     """One ingest path; `rules` decides whether a rules service listens to it."""
 
-    def __init__(self, devices: list[str], rules_on: bool) -> None:
-        self.devices, self.rules_on = devices, rules_on
+    def __init__(self, devices: list[str], rules_on: bool, fires: str = "outbox") -> None:
+        self.devices, self.rules_on, self.fires = devices, rules_on, fires
         self.now = 0
         self.rules: RulesService | None = None
         self._stops: list[Any] = []
@@ -128,7 +149,7 @@ class Stack:
                 bus,
                 registry,
                 settings,
-                commands=commands,
+                commands=commands if self.fires == "outbox" else StubCommands(),
                 clock=lambda: self.now,
                 notify=events.notify,
             )
@@ -174,7 +195,7 @@ async def run(args: argparse.Namespace) -> None:
         for i, (d, v, ts) in enumerate(stream)
     ]
     n_warm, n_round = args.warmup * len(devices), args.per_round * len(devices)
-    on, off = Stack(devices, True), Stack(devices, False)
+    on, off = Stack(devices, True, args.fires), Stack(devices, False)
     for s in (on, off):
         await s.start()
         await s.round(messages[:n_warm])
@@ -195,7 +216,8 @@ async def run(args: argparse.Namespace) -> None:
     med_on, med_off = statistics.median(rates["on"]), statistics.median(rates["off"])
     print(
         f"ingest path (memory store, presence, stats, event log, outbox), {args.devices} devices,"
-        f" {n_round} msgs per round, {len(rates['on'])} rounds each, alternating:"
+        f" {n_round} msgs per round, {len(rates['on'])} rounds each, alternating, fires to"
+        f" {'the real outbox' if args.fires == 'outbox' else 'a stub (no command work)'}:"
     )
     print(f"  rules on ({live} rules): median {med_on:9,.0f} msg/s  rounds "
           f"{[round(x) for x in rates['on']]}")  # fmt: skip
@@ -212,6 +234,9 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=3, help="messages per device per round")
     parser.add_argument("--warmup", type=int, default=5, help="untimed messages per device first")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument(
+        "--fires", choices=("outbox", "stub"), default="outbox", help="where fires are submitted"
+    )
     args = parser.parse_args()
     print(
         f"machine: {os.cpu_count()} cpus ({bench_rules.cpu_model()}), Python "
