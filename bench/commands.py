@@ -170,12 +170,19 @@ class RawHttp:
             reader, writer = (
                 self._idle.pop() if self._idle else await asyncio.open_connection(*self._addr)
             )
-            writer.write(
+            request = (
                 f"{method} {path} HTTP/1.1\r\n{self._head}Content-Type: application/json\r\n"
                 f"Content-Length: {len(data)}\r\n\r\n".encode()
                 + data
             )
-            status = int((await reader.readline()).split()[1])
+            writer.write(request)
+            line = await reader.readline()
+            if not line:  # the server closed an idle keep-alive connection: use a new one
+                writer.close()
+                reader, writer = await asyncio.open_connection(*self._addr)
+                writer.write(request)
+                line = await reader.readline()
+            status = int(line.split()[1])
             length = 0
             while (line := await reader.readline()) not in (b"\r\n", b""):
                 name, _, value = line.partition(b":")
@@ -188,6 +195,28 @@ class RawHttp:
     async def close(self) -> None:
         for _, w in self._idle:
             w.close()
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU time of a process so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU used by the gateway, Mosquitto and this process over a phase."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = {k: cpu_s(p) for k, p in pids.items()}
+        self.t0 = time.perf_counter()
+
+    def line(self, commands: int) -> str:
+        wall = time.perf_counter() - self.t0
+        used = {k: cpu_s(p) - self.start[k] for k, p in self.pids.items()}
+        parts = [f"{k} {v / wall * 100:.0f}%" for k, v in used.items()]
+        per = used.get("gateway", 0.0) / max(commands, 1) * 1e6
+        return f"  CPU (of one core): {', '.join(parts)}; gateway {per:.0f} us per command"
 
 
 async def open_loop(
@@ -392,18 +421,29 @@ async def main() -> None:
                 await gateway_round_trips(raw, ids, 50, 2)  # warm-up
                 print("\ncommand round trip, API call -> device ack -> final state via the API")
                 results: dict[float, list[float]] = {}
+                assert gw.proc is not None
+                pids = {"gateway": gw.proc.pid, "mosquitto": gw.mosquitto_pid() or 0}
+                pids["bench (fleet + load)"] = os.getpid()
+                await asyncio.sleep(10)  # let the fleet's connect storm (statuses, presence) settle
+                meter = CpuMeter(pids)
+                await asyncio.sleep(5)
+                print("idle, fleet online, no commands:" + meter.line(0).split(";")[0][2:])
                 for rate in rates:
+                    meter = CpuMeter(pids)
                     lat, sent, elapsed, failed = await gateway_round_trips(
                         raw, ids, rate, args.seconds
                     )
                     results[rate] = lat
                     print(summary(f"gateway  @ {rate:g}/s", lat, sent, elapsed, failed))
+                    print(meter.line(sent))
+                meter = CpuMeter(pids)
                 acc, fin = await outbox_throughput(raw, ids, args.outbox)
                 await raw.close()
                 print(
                     f"\noutbox throughput: {args.outbox} commands: accepted {acc:,.0f}/s, "
                     f"all final (acked) at {fin:,.0f}/s; gateway RSS {gw.rss_mb():.0f} MB"
                 )
+                print(meter.line(args.outbox))
             if args.profile:
                 gw.stop()
                 print(f"profile written to {args.profile}")
