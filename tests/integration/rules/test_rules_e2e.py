@@ -217,8 +217,9 @@ async def test_crud_at_run_time_and_the_rule_events_in_the_event_log(
         assert len(await rule_commands(rapi, dev.device_id)) == 1  # deleted: no second fire
         lines = await history(rapi, rule["id"])  # the history outlives the rule
         assert [e["outcome"] for e in lines] == ["changed", "changed", "fire", "changed"]
-        log = (await rapi.get("/api/v1/events", params={"limit": 10_000})).json()["events"]
-        mine = [e for e in log if e["type"] == "rule" and e["data"]["rule_id"] == rule["id"]]
+        r = await rapi.get("/api/v1/events", params={"types": "rule", "limit": 10_000})
+        assert r.status_code == 200, r.text
+        mine = [e for e in r.json()["events"] if e["data"]["rule_id"] == rule["id"]]
         assert [e["data"]["outcome"] for e in mine] == ["changed", "changed", "fire", "changed"]
 
 
