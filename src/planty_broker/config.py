@@ -99,6 +99,11 @@ class CommandSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_attempts: PositiveInt = 3  # sends before a command without an ack is `failed`
     max_queue_per_device: PositiveInt = 100  # waiting + unacked per device; more get 429
     max_on_seconds: PositiveFloat = 300.0  # `{actuator}.on` without `seconds` runs this long
+    # Longer limits for actuators that are safe to run long (a grow lamp, a fan); the pump
+    # keeps the short default, so a lost "off" cannot flood a plant.
+    max_on_seconds_by_actuator: dict[str, float] = msgspec.field(
+        default_factory=lambda: {"lamp": 14400.0, "fan": 3600.0}
+    )
     ping_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0  # RTT probe; 0 = never
     dispatch_rate_per_s: PositiveFloat = 1000.0  # token bucket over every publish
     dispatch_burst: PositiveInt = 100
@@ -314,10 +319,14 @@ def _check(s: Settings) -> None:
     if s.supervised_mqtt and s.mqtt.port == s.mqtt.internal_port:
         raise ConfigError("config: mqtt.internal_port: must differ from mqtt.port")
     x509_port = s.mqtt.x509_effective_port
-    if s.supervised_mqtt and x509_port and (
-        x509_port in (s.mqtt.port, s.mqtt.internal_port, s.api.port)
-        or x509_port == s.mqtt.plaintext_loopback_port
-        or x509_port > 65535
+    if (
+        s.supervised_mqtt
+        and x509_port
+        and (
+            x509_port in (s.mqtt.port, s.mqtt.internal_port, s.api.port)
+            or x509_port == s.mqtt.plaintext_loopback_port
+            or x509_port > 65535
+        )
     ):
         raise ConfigError(
             f"config: mqtt.x509_port: {x509_port} clashes with another port; set mqtt.x509_port"

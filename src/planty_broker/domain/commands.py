@@ -15,6 +15,7 @@ import dataclasses
 import math
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -175,12 +176,17 @@ def _number(value: object) -> float | None:
 
 
 def prepare(
-    action: str, args: dict[str, Any], actuators: tuple[str, ...], max_on_seconds: float
+    action: str,
+    args: dict[str, Any],
+    actuators: tuple[str, ...],
+    max_on_seconds: float,
+    max_on_by_actuator: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Check `action` against the device and its args; returns the args to send.
 
-    `{actuator}.on` without `seconds` gets `max_on_seconds`, and more than that is
-    refused, so a lost `off` can never leave a pump running longer.
+    `{actuator}.on` without `seconds` gets the actuator's limit (`max_on_by_actuator`,
+    else `max_on_seconds`), and more than that is refused, so a lost `off` can never
+    leave a pump running longer.
     """
     valid = valid_actions(actuators)
     if action not in valid:
@@ -204,6 +210,10 @@ def prepare(
                 raise InvalidArgsError('config needs args {"interval_s": <positive number>}')
         return out
     if verb == "on":
+        setting = "commands.max_on_seconds"
+        if max_on_by_actuator and actuator in max_on_by_actuator:
+            max_on_seconds = max_on_by_actuator[actuator]
+            setting = f"commands.max_on_seconds_by_actuator.{actuator}"
         if "seconds" not in args or args["seconds"] is None:
             seconds: float = max_on_seconds
             out["seconds"] = int(seconds) if float(seconds).is_integer() else seconds
@@ -214,7 +224,7 @@ def prepare(
             if given > max_on_seconds:
                 raise InvalidArgsError(
                     f"{action}: seconds must be at most {max_on_seconds:g} "
-                    "(commands.max_on_seconds, the actuator safety limit)"
+                    f"({setting}, the actuator safety limit)"
                 )
     elif verb == "set":
         value = _number(args.get("value"))

@@ -124,7 +124,13 @@ class CommandService:
             raise cmds.InvalidArgsError(
                 f"ttl_s must be > 0 and <= {s.max_ttl_s:g} (commands.max_ttl_s), got {ttl:g}"
             )
-        prepared = cmds.prepare(action, dict(args or {}), device.actuators, s.max_on_seconds)
+        prepared = cmds.prepare(
+            action,
+            dict(args or {}),
+            device.actuators,
+            s.max_on_seconds,
+            s.max_on_seconds_by_actuator,
+        )
         if command_id is not None:
             existing = await self._existing(command_id, device_id, action)
             if existing is not None:

@@ -73,11 +73,13 @@ class RulesService:
         clock: Callable[[], int] = now_ms,
         notify: Callable[[], None] | None = None,
         max_on_seconds: float | None = None,
+        max_on_by_actuator: Mapping[str, float] | None = None,
     ) -> None:
         """`max_on_seconds`: the outbox's actuator limit (`commands.max_on_seconds`); a rule
         whose command the outbox would refuse is refused when it is put."""
         self._store = store
         self._max_on_s = max_on_seconds
+        self._max_on_by_actuator = dict(max_on_by_actuator or {})
         self._bus = bus
         self._registry = registry
         self.settings = settings
@@ -219,7 +221,9 @@ class RulesService:
             return []
         actuators = (rule.actuator,) if rule.actuator else ()
         try:
-            prepare(rule.action, dict(rule.args), actuators, self._max_on_s)
+            prepare(
+                rule.action, dict(rule.args), actuators, self._max_on_s, self._max_on_by_actuator
+            )
         except CommandError as exc:
             return [f"{exc}: the command outbox would refuse every fire of rule {rule.id!r}"]
         return []
@@ -409,6 +413,7 @@ async def start_rules(svc: Any, stack: AsyncExitStack) -> RulesService | None:
         commands=svc.extra.get("commands"),
         notify=events.notify if events is not None else None,
         max_on_seconds=s.commands.max_on_seconds,
+        max_on_by_actuator=s.commands.max_on_seconds_by_actuator,
     )
     await rules.start(restore_holds_from=svc.store)
     stack.push_async_callback(rules.stop)

@@ -65,7 +65,8 @@ async def test_offline_device_gets_its_backlog_oldest_first_when_it_returns() ->
         h.online("dev-1")
         sent = await h.link.wait_sent(3)
         assert [c.id for c in sent] == ids
-        assert sent[1].args == {"seconds": 300}  # actuator safety: max run time
+        # actuator safety: a lamp.on without seconds gets the lamp's maximum run time
+        assert sent[1].args == {"seconds": 14400}
 
 
 async def test_no_ack_is_re_sent_with_the_same_id_then_failed() -> None:
