@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import random
 import signal
 import sqlite3
 import ssl
@@ -63,10 +64,18 @@ async def _noop(_t: str, _p: bytes, _r: bool) -> None:
 class Load:
     """N device connections publishing M QoS 1 messages each, with a per-device in-flight cap."""
 
-    def __init__(self, creds: list[tuple[str, str]], host: str, port: int, tls: ssl.SSLContext | None,
-                 messages: int, inflight: int) -> None:
+    def __init__(
+        self,
+        creds: list[tuple[str, str]],
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        messages: int,
+        inflight: int,
+        rate: float = 0.0,
+    ) -> None:
         self.creds, self.host, self.port, self.tls = creds, host, port, tls
-        self.messages, self.inflight = messages, inflight
+        self.messages, self.inflight, self.rate = messages, inflight, rate
         self.links: list[MqttLink] = []
 
     async def connect(self) -> None:
@@ -74,10 +83,22 @@ class Load:
 
         async def one(device_id: str, token: str) -> MqttLink:
             async with sem:
-                link = MqttLink(LinkConfig(host=self.host, port=self.port, client_id=device_id,
-                                           username=device_id, password=token, tls=self.tls,
-                                           keepalive_s=60, max_inflight=self.inflight,
-                                           persistent_session=False, mqtt5=False), [], _noop)
+                link = MqttLink(
+                    LinkConfig(
+                        host=self.host,
+                        port=self.port,
+                        client_id=device_id,
+                        username=device_id,
+                        password=token,
+                        tls=self.tls,
+                        keepalive_s=60,
+                        max_inflight=self.inflight,
+                        persistent_session=False,
+                        mqtt5=False,
+                    ),
+                    [],
+                    _noop,
+                )
                 await link.connect()
                 return link
 
@@ -89,14 +110,25 @@ class Load:
 
         async def device(link: MqttLink, device_id: str) -> None:
             topic = TOPICS.device(device_id, Channel.TELEMETRY)
+            if self.rate:  # spread the devices' first messages over one period
+                await asyncio.sleep(random.random() / self.rate)
             for seq in range(self.messages):
-                payload = encode(Telemetry(seq=seq, ts=time.time_ns() // 1_000_000,
-                                           readings={"temperature": 21.5, "soil_moisture": 0.43, "light": 812}))
+                if self.rate and seq:
+                    await asyncio.sleep(1 / self.rate)
+                payload = encode(
+                    Telemetry(
+                        seq=seq,
+                        ts=time.time_ns() // 1_000_000,
+                        readings={"temperature": 21.5, "soil_moisture": 0.43, "light": 812},
+                    )
+                )
                 await link.publish(topic, payload, qos=1)
             while link.inflight:
                 await asyncio.sleep(0.01)
 
-        await asyncio.gather(*(device(link, d) for link, (d, _t) in zip(self.links, self.creds, strict=True)))
+        await asyncio.gather(
+            *(device(link, d) for link, (d, _t) in zip(self.links, self.creds, strict=True))
+        )
         return time.perf_counter() - started
 
     async def close(self) -> None:
@@ -105,12 +137,21 @@ class Load:
 
 async def baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Phase 1: the same stream to a bare subscriber on a Mosquitto with our configuration."""
-    settings = load_settings(env={}, overrides={
-        "gateway": {"data_dir": str(workdir / "baseline")},
-        "mqtt": {"port": free_port(), "internal_port": free_port(), "public_host": "localhost",
-                 "plaintext_loopback_port": 0 if args.tls else free_port()},
-    })
-    creds = [(f"bench-{i:05d}", f"token-{i:05d}-{os.urandom(8).hex()}") for i in range(args.devices)]
+    settings = load_settings(
+        env={},
+        overrides={
+            "gateway": {"data_dir": str(workdir / "baseline")},
+            "mqtt": {
+                "port": free_port(),
+                "internal_port": free_port(),
+                "public_host": "localhost",
+                "plaintext_loopback_port": 0 if args.tls else free_port(),
+            },
+        },
+    )
+    creds = [
+        (f"bench-{i:05d}", f"token-{i:05d}-{os.urandom(8).hex()}") for i in range(args.devices)
+    ]
     users = {d: hash_token(t) for d, t in creds}
     observer_pw = os.urandom(16).hex()
 
@@ -143,8 +184,10 @@ async def baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         await sub.connect(host, port)
         sub.subscribe(TOPICS.subscription(Channel.TELEMETRY), qos=1)
         await asyncio.sleep(0.5)
-        tls, dport = _device_endpoint(args, sup.ca_pem, settings.mqtt.plaintext_loopback_port, layout.port)
-        load = Load(creds, "localhost", dport, tls, args.messages, args.inflight)
+        tls, dport = _device_endpoint(
+            args, sup.ca_pem, settings.mqtt.plaintext_loopback_port, layout.port
+        )
+        load = Load(creds, "localhost", dport, tls, args.messages, args.inflight, args.rate)
         await load.connect()
         publish_s = await load.run()
         with contextlib.suppress(TimeoutError):
@@ -155,8 +198,9 @@ async def baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {"received": received, "rate": received / elapsed, "publish_s": publish_s}
 
 
-def _device_endpoint(args: argparse.Namespace, ca_pem: str, plain_port: int, tls_port: int
-                     ) -> tuple[ssl.SSLContext | None, int]:
+def _device_endpoint(
+    args: argparse.Namespace, ca_pem: str, plain_port: int, tls_port: int
+) -> tuple[ssl.SSLContext | None, int]:
     if args.tls:
         return ssl.create_default_context(cadata=ca_pem), tls_port
     return None, plain_port
@@ -177,8 +221,9 @@ class StoredWatcher(threading.Thread):
         last_rowid = 0
         while not self.stop.is_set():
             now_ms = time.time_ns() / 1e6
-            rows = conn.execute("SELECT rowid, ts_ms FROM readings WHERE rowid > ? ORDER BY rowid",
-                                (last_rowid,)).fetchall()
+            rows = conn.execute(
+                "SELECT rowid, ts_ms FROM readings WHERE rowid > ? ORDER BY rowid", (last_rowid,)
+            ).fetchall()
             if rows:
                 t = time.perf_counter()
                 if not self.count:
@@ -205,22 +250,53 @@ async def gateway(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     data = workdir / "gateway"
     api_port, mqtt_port, plain_port = free_port(), free_port(), free_port()
     token = "bench-admin-" + os.urandom(8).hex()
-    env = {**os.environ, "PLANTY_ADMIN_TOKEN": token, "PLANTY_MQTT_INTERNAL_PORT": str(free_port()),
-           "PLANTY_MQTT_PUBLIC_HOST": "localhost", "PLANTY_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "PLANTY_ADMIN_TOKEN": token,
+        "PLANTY_MQTT_INTERNAL_PORT": str(free_port()),
+        "PLANTY_MQTT_X509_PORT": str(free_port()),
+        "PLANTY_MQTT_PUBLIC_HOST": "localhost",
+        "PLANTY_LOG_LEVEL": "warning",
+    }
     if not args.tls:
         env["PLANTY_MQTT_PLAINTEXT_LOOPBACK_PORT"] = str(plain_port)
     planty = Path(sys.executable).parent / "planty"
     log = (workdir / "gateway.log").open("wb")
-    proc = subprocess.Popen([str(planty), "run", "--data-dir", str(data), "--api-port", str(api_port),
-                             "--mqtt-port", str(mqtt_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            str(planty),
+            "run",
+            "--data-dir",
+            str(data),
+            "--api-port",
+            str(api_port),
+            "--mqtt-port",
+            str(mqtt_port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60,
-                                     headers={"Authorization": f"Bearer {token}"}) as api:
-            for _ in range(300):
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{api_port}",
+            timeout=60,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as api:
+            for _ in range(600):
                 with contextlib.suppress(httpx.HTTPError):
                     if (await api.get("/healthz")).json().get("mqtt_connected"):
                         break
+                if proc.poll() is not None:
+                    break
                 await asyncio.sleep(0.1)
+            else:
+                proc.poll()
+            if proc.returncode is not None or not (await api.get("/healthz")).is_success:
+                log.close()
+                raise SystemExit(
+                    "gateway did not start:\n" + (workdir / "gateway.log").read_text()[-3000:]
+                )
             sem = asyncio.Semaphore(20)
 
             async def add(i: int) -> tuple[str, str, str]:
@@ -236,7 +312,7 @@ async def gateway(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         rss_before = rss_kib(proc.pid)
         watcher = StoredWatcher(data / "planty.sqlite3")
         watcher.start()
-        load = Load(creds, "localhost", dport, tls, args.messages, args.inflight)
+        load = Load(creds, "localhost", dport, tls, args.messages, args.inflight, args.rate)
         await load.connect()
         publish_s = await load.run()
         total = args.devices * args.messages
@@ -255,9 +331,16 @@ async def gateway(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             proc.kill()
     elapsed = max(watcher.last - watcher.first, 1e-9)
     lat = watcher.latencies_ms
-    return {"stored": watcher.count, "rate": watcher.count / elapsed, "publish_s": publish_s,
-            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "max": max(lat) if lat else float("nan"),
-            "rss_before": rss_before, "rss_after": rss_after}
+    return {
+        "stored": watcher.count,
+        "rate": watcher.count / elapsed,
+        "publish_s": publish_s,
+        "p50": pct(lat, 0.5),
+        "p99": pct(lat, 0.99),
+        "max": max(lat) if lat else float("nan"),
+        "rss_before": rss_before,
+        "rss_after": rss_after,
+    }
 
 
 def machine() -> str:
@@ -267,32 +350,56 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    )
 
 
 async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--messages", type=int, default=40, help="messages per device")
     ap.add_argument("--inflight", type=int, default=10, help="unacked QoS 1 publishes per device")
-    ap.add_argument("--tls", action="store_true", help="devices connect over TLS (default: loopback plaintext)")
+    ap.add_argument(
+        "--tls", action="store_true", help="devices connect over TLS (default: loopback plaintext)"
+    )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="messages/s per device (default 0: as fast as they can, the saturation figure)",
+    )
     args = ap.parse_args()
     print(f"machine: {machine()}")
-    print(f"load: {args.devices} devices x {args.messages} QoS 1 messages, {args.inflight} in flight each, "
-          f"{'TLS' if args.tls else 'plaintext loopback'} device connections")
+    pace = f"{args.rate:g} msg/s each" if args.rate else "as fast as they can"
+    print(
+        f"load: {args.devices} devices x {args.messages} QoS 1 messages ({pace}), "
+        f"{args.inflight} in flight "
+        f"each, {'TLS' if args.tls else 'plaintext loopback'} device connections"
+    )
     with tempfile.TemporaryDirectory(prefix="planty-bench-") as tmp:
         workdir = Path(tmp)
         base = await baseline(args, workdir)
-        print(f"bare subscriber: received {base['received']} at {base['rate']:,.0f} msg/s "
-              f"(publishers done in {base['publish_s']:.1f} s)")
+        print(
+            f"bare subscriber: received {base['received']} at {base['rate']:,.0f} msg/s "
+            f"(publishers done in {base['publish_s']:.1f} s)"
+        )
         gw = await gateway(args, workdir)
-        print(f"gateway: stored {gw['stored']} at {gw['rate']:,.0f} readings/s "
-              f"(publishers done in {gw['publish_s']:.1f} s)")
-        print(f"publish -> stored latency: p50 {gw['p50']:.1f} ms, p99 {gw['p99']:.1f} ms, "
-              f"max {gw['max']:.1f} ms (5 ms polling resolution)")
-        print(f"gateway RSS: {gw['rss_before'].get('VmRSS', 0) / 1024:.0f} MiB before load, "
-              f"{gw['rss_after'].get('VmRSS', 0) / 1024:.0f} MiB after, peak "
-              f"{gw['rss_after'].get('VmHWM', 0) / 1024:.0f} MiB")
+        print(
+            f"gateway: stored {gw['stored']} at {gw['rate']:,.0f} readings/s "
+            f"(publishers done in {gw['publish_s']:.1f} s)"
+        )
+        print(
+            f"publish -> stored latency: p50 {gw['p50']:.1f} ms, p99 {gw['p99']:.1f} ms, "
+            f"max {gw['max']:.1f} ms (5 ms polling resolution)"
+        )
+        print(
+            f"gateway RSS: {gw['rss_before'].get('VmRSS', 0) / 1024:.0f} MiB before load, "
+            f"{gw['rss_after'].get('VmRSS', 0) / 1024:.0f} MiB after, peak "
+            f"{gw['rss_after'].get('VmHWM', 0) / 1024:.0f} MiB"
+        )
         ratio = gw["rate"] / base["rate"] if base["rate"] else float("nan")
         print(f"ratio gateway / bare: {ratio:.2f} (aim >= 0.5)")
         lost = args.devices * args.messages - gw["stored"]

@@ -137,7 +137,7 @@ class Gateway:
         s = self.settings
         data_dir = s.data_dir
         try:
-            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            data_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         except OSError as exc:
             raise StartupError(
                 f"cannot create the data folder {data_dir}: {exc.strerror}"

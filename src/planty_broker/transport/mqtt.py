@@ -115,6 +115,7 @@ class MqttLink:
         self.messages_out = 0
         self.on_reconnect: Callable[[], None] | None = None
         self._ever_connected = False
+        self._closing = False
 
     @property
     def connected(self) -> bool:
@@ -161,6 +162,7 @@ class MqttLink:
         await asyncio.wait_for(self._connected.wait(), c.connect_timeout_s)
 
     async def close(self) -> None:
+        self._closing = True
         with contextlib.suppress(Exception):
             await self._client.disconnect()
         self._connected.clear()
@@ -198,7 +200,7 @@ class MqttLink:
         self._attempt += 1
         delay = min(30.0, 0.5 * 2 ** min(self._attempt, 6)) * (0.5 + random.random())  # noqa: S311
         client.set_config({"reconnect_retries": -1, "reconnect_delay": delay})
-        if was:
+        if was and not self._closing:
             log.warning(
                 "MQTT link to %s:%d lost; reconnecting with backoff",
                 self._config.host,
