@@ -56,7 +56,7 @@ async def test_kill_9_between_sent_and_ack_ends_acked_exactly_once(tmp_path: Pat
             await dev.wait_online(15)
             await online_in_api(api, dev.device_id)
             r = await api.post(
-                f"/api/v1/devices/{dev.device_id}/commands", json={"action": "lamp.on"}
+                f"/api/v1/devices/{dev.device_id}/commands", json={"action": "pump.on"}
             )
             cid = r.json()["id"]
             await wait_state(api, cid, "sent")
