@@ -23,7 +23,6 @@ connection, then removes that password again. Queued commands are cancelled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -53,6 +52,7 @@ from planty_broker.services.credential_types import (
 )
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.storage.identity import IdentityStore
+from planty_broker.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +122,7 @@ class CredentialService(RotationMixin):
         self._ticker = asyncio.create_task(self._tick_loop(), name="credentials-timer")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._ticker, *self._tasks) if t is not None]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(t for t in (self._ticker, *self._tasks) if t is not None)
         self._ticker = None
 
     # ------------------------------------------------------------ MQTT server view

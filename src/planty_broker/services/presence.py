@@ -11,7 +11,6 @@ statuses (delivered on subscribe) rebuild the truth. Never "everyone online".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from planty_broker.domain.models import (
 from planty_broker.services.bus import Bus, DevicesChanged, PresenceChanged
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.storage.port import Store
+from planty_broker.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +117,7 @@ class PresenceService:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(self._tasks)
         await self.flush()
         await self._store.set_meta(HEARTBEAT_KEY, now_ms())
 

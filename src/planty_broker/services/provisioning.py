@@ -49,6 +49,7 @@ from planty_broker.services.credential_events import CredentialEvent, EventRecor
 from planty_broker.services.credentials import CredentialError, CredentialService
 from planty_broker.services.registry import DeviceRegistry, RegistryError, now_ms
 from planty_broker.storage.port import Store
+from planty_broker.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +155,7 @@ class ProvisioningService:
         self._spawn(self._closer(), "claim-window")
 
     async def stop(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("provisioning task failed at stop")
+        await cancel_and_wait(self._tasks)
 
     async def open_window(self, duration_s: float | None = None) -> int:
         """Accept claims for `duration_s` (default `default_window_s`); returns the end, unix ms."""

@@ -13,7 +13,6 @@ stop, so a gateway restart keeps them; latency windows start empty.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.services.stats_history import PresenceHistory
 from planty_broker.services.stats_views import latency_series, spans_json
 from planty_broker.storage.port import Store
+from planty_broker.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,7 @@ class StatsService:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(self._tasks)
         try:
             await self.save()
         except Exception as exc:

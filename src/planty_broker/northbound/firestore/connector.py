@@ -18,7 +18,6 @@ the connector stays off; an unreachable Firestore only delays the documents
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any, cast
@@ -50,6 +49,7 @@ from planty_broker.services.bus import (
 )
 from planty_broker.services.context import Services
 from planty_broker.storage.port import EventStore
+from planty_broker.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,7 @@ class FirestoreConnector:
         self.running = False
         for unsubscribe in self._unsubscribe:
             unsubscribe()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         for lst in self._listeners:
             await lst.stop()
         if self.pairing_docs is not None:
