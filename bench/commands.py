@@ -24,7 +24,6 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 
 import httpx
 from gmqtt import Client
+from measure import free_port, machine_line, pct
 
 from planty_broker.protocol import Channel, Command, Topics, decode_ack, encode
 from planty_broker.simulator.fleet import Fleet
@@ -45,21 +45,6 @@ REPO = Path(__file__).resolve().parents[1]
 PLANTY = Path(sys.executable).parent / "planty"
 TOPICS = Topics()
 ADMIN = "bench-commands-admin-token-" + os.urandom(8).hex()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def summary(name: str, lat_ms: list[float], sent: int, elapsed: float, failed: int) -> str:
@@ -340,16 +325,6 @@ class BareClient:
 
 
 # ---------------------------------------------------------------- main
-
-
-def machine_line() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"machine: {os.cpu_count()} cpu ({cpu}), Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d %H:%M')}, load average {load}"
-    )
 
 
 async def provision(api: httpx.AsyncClient, n: int) -> list[DeviceCredentials]:

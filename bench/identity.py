@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import socket
 import statistics
 import tempfile
 import time
@@ -21,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from measure import free_port
 
 from planty_broker.app import Gateway
 from planty_broker.config import load_settings
@@ -30,12 +30,6 @@ from planty_broker.simulator.profile import DeviceCredentials
 
 ADMIN = "bench-admin-" + uuid.uuid4().hex
 PROFILE = DeviceProfile(interval_s=1.0, keepalive_s=10, reconnect_min_s=0.05, reconnect_max_s=0.5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def summary(name: str, values_ms: list[float]) -> None:

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import random
 import signal
 import sqlite3
@@ -32,6 +31,7 @@ from typing import Any
 
 import httpx
 from gmqtt import Client
+from measure import free_port, machine_line, pct
 
 from planty_broker.config import load_settings
 from planty_broker.mqttserver import MosquittoLayout, MosquittoSupervisor, MqttAccount, hash_token
@@ -41,21 +41,6 @@ from planty_broker.transport.mqtt import LinkConfig, MqttLink
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = Topics()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 async def _noop(_t: str, _p: bytes, _r: bool) -> None:
@@ -344,18 +329,6 @@ async def gateway(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
-def machine() -> str:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return (
-        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
-    )
-
-
 async def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -376,7 +349,7 @@ async def main() -> None:
         "--rounds", type=int, default=3, help="bare + gateway pairs; the median is the figure"
     )
     args = ap.parse_args()
-    print(f"machine: {machine()}")
+    print(machine_line())
     pace = f"{args.rate:g} msg/s each" if args.rate else "as fast as they can"
     print(
         f"load: {args.devices} devices x {args.messages} QoS 1 messages ({pace}), "

@@ -1,0 +1,44 @@
+"""What every benchmark here needs: a free port, percentiles, and the machine it ran on.
+
+The scripts run as `python bench/<name>.py`, so this folder is on sys.path.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `values` by rank; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def machine_line() -> str:
+    """One line: cores, CPU model, Python, date and load average."""
+    cpu = "?"
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(
+            (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?"
+        )
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"machine: {os.cpu_count()} cpu ({cpu}), Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, load average {load}"
+    )
