@@ -347,7 +347,8 @@
       fetch(`/api/v1/devices/${deviceId}/stats?window=${win}`, { headers: auth() }),
     ]);
     if (tel.ok) readingsCharts((await tel.json()).readings);
-    if (stats.ok) latencyChart((await stats.json()).latency_series);
+    // the whole chosen window on the x axis (uPlot would stretch a lone point over years)
+    if (stats.ok) latencyChart((await stats.json()).latency_series, [since / 1000, Date.now() / 1000]);
   }
 
   function width(el) {
@@ -383,7 +384,7 @@
     }
   }
 
-  function latencyChart(series) {
+  function latencyChart(series, xRange) {
     const holder = $("latency-chart");
     holder.replaceChildren();
     if (!series.length) {
@@ -400,6 +401,7 @@
         title: "round trip (ms) per slot",
         width: width(holder),
         height: 180,
+        scales: { x: { time: true, range: xRange } },
         series: [
           {},
           { label: "p50", stroke: "#2f7d4f", width: 1.5 },
