@@ -71,7 +71,10 @@ async def test_soil_dries_the_rule_waters_the_plant_and_the_history_says_why(
             return dev.readings()["soil_moisture"] > start
 
         await eventually(wetter, timeout=10)
-        [fire] = [e for e in await history(rapi, rule["id"]) if e["outcome"] == "fire"]
+        lines = await history(rapi, rule["id"], limit=1000)
+        fires = [e for e in lines if e["outcome"] == "fire"]
+        assert len(fires) == 1, [(e["outcome"], e.get("reason")) for e in lines]
+        [fire] = fires
         assert fire["value"] < rule["threshold"] and fire["reading"] == "soil_moisture"
         assert fire["reading_at"] is not None and fire["command_id"] == cmd["id"]
         assert fire["command"]["state"] == "acked" and fire["command"]["result"]["on"] is True
