@@ -44,14 +44,15 @@ async def test_command_to_an_online_device_is_acked_with_its_result_and_rtt(
         c = r.json()
         assert c["state"] == "acked" and c["final"] is True
         assert c["result"] == {"on": True, "value": 1.0, "seconds": 2}
-        assert c["rtt_ms"] is not None and c["rtt_ms"] > 0
+        # recorded, at millisecond resolution: a loopback ack may well take under 1 ms
+        assert c["rtt_ms"] is not None and 0 <= c["rtt_ms"] < 10_000
         assert c["attempts"] == 1
         shown = await command(qapi, c["id"])
         assert [h["state"] for h in shown["history"]] == ["queued", "sent", "acked"]
         assert [e.command_id for e in dev.executions(action="pump.on")] == [c["id"]]
         assert dev.actuator("pump").on is True
         lat = (await qapi.get(f"/api/v1/devices/{dev.device_id}/latency")).json()
-        assert lat["count"] >= 1 and lat["p50_ms"] > 0 and lat["p99_ms"] >= lat["p50_ms"]
+        assert lat["count"] >= 1 and lat["p50_ms"] >= 0 and lat["p99_ms"] >= lat["p50_ms"]
         events = (
             await qapi.get("/api/v1/events", params={"types": "command", "limit": 10_000})
         ).json()
