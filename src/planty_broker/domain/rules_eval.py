@@ -248,25 +248,11 @@ def _suppress(
 ) -> Decision:
     """A suppression; an event (with its sentence) only when it starts a run."""
     state.idle = False
-    if state.run_reason is reason:
+    first = state.run_reason is not reason
+    if first:
+        state.run_reason, state.run_repeats = reason, 1
+    else:
         state.run_repeats += 1
-        return Decision(
-            _SUPPRESSED,
-            rule.id,
-            state.device_id,
-            rule.reading,
-            value,
-            reading_ts_ms,
-            now_ms,
-            rule.action,
-            rule.args,
-            reason,
-            "",
-            False,
-            state.run_repeats,
-        )
-    state.run_reason, state.run_repeats = reason, 1
-    detail = _why(rule, state, value, reading_ts_ms, now_ms, reason)
     return Decision(
         _SUPPRESSED,
         rule.id,
@@ -278,7 +264,9 @@ def _suppress(
         rule.action,
         rule.args,
         reason,
-        detail,
+        _why(rule, state, value, reading_ts_ms, now_ms, reason) if first else "",
+        first,
+        state.run_repeats,
     )
 
 
