@@ -15,6 +15,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_REAL_COMPONENT_DIRS = ("integration", "browser")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One rerun for tests against real components (Mosquitto, databases, emulator, browser).
+
+    They share a 2-core machine with those processes; a rerun shows as "R" in the summary
+    and is a bug to look at, never noise. Unit and property tests are never rerun: a
+    failure there is deterministic and must fail the run.
+    """
+    for item in items:
+        parts = item.path.parts
+        is_real = any(d in parts for d in _REAL_COMPONENT_DIRS) or bool(
+            item.get_closest_marker("integration")
+        )
+        if is_real and "unit" not in parts:
+            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
+
+
 @pytest.fixture
 def port_factory() -> Callable[[], int]:
     return free_port

@@ -29,7 +29,14 @@ async def store() -> AsyncIterator[MemoryStore]:
 
 def make_sink(store: MemoryStore, fs: MemoryFirestore) -> tuple[EventSink, DocBuffer]:
     buf = DocBuffer(fs, 1.0)
-    sink = EventSink(StoreEvents(store), fs, Paths("b"), buf, known_device=lambda d: d == "d1")
+    sink = EventSink(
+        StoreEvents(store),
+        fs,
+        Paths("b"),
+        buf,
+        known_device=lambda d: d == "d1",
+        clock_ms=lambda: T0 + 60_000,  # the readings' own hour: their buckets are current
+    )
     return sink, buf
 
 

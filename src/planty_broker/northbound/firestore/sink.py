@@ -53,8 +53,10 @@ class EventSink:
         history_bucket: str = "hour",
         keep_days: float = 90.0,
         consumer: str = CONSUMER,
+        clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self._events = events
+        self._clock_ms = clock_ms  # injected by tests: bucket eviction is relative to "now"
         self._port = port
         self._paths = paths
         self._buffer = buffer
@@ -118,7 +120,7 @@ class EventSink:
             return False
         await self._events.confirm(self.consumer, through)
         self.confirmed = through
-        self.rollups.evict_before(_now_ms() - 2 * 86_400_000, self._bucket_busy)
+        self.rollups.evict_before(self._clock_ms() - 2 * 86_400_000, self._bucket_busy)
         return True
 
     def _bucket_busy(self, b: Bucket) -> bool:
