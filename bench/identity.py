@@ -24,9 +24,9 @@ from measure import free_port
 
 from planty_broker.app import Gateway
 from planty_broker.config import load_settings
-from planty_broker.simulator import DeviceProfile, SimDevice
 from planty_broker.simulator.claim import ClaimCredentials, FactoryIdentity, claim
-from planty_broker.simulator.profile import DeviceCredentials
+from planty_broker.simulator.device import SimDevice
+from planty_broker.simulator.profile import DeviceCredentials, DeviceProfile
 
 ADMIN = "bench-admin-" + uuid.uuid4().hex
 PROFILE = DeviceProfile(interval_s=1.0, keepalive_s=10, reconnect_min_s=0.05, reconnect_max_s=0.5)

@@ -32,7 +32,10 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from planty_broker.domain.models import Reading
-from planty_broker.domain.rules import Op, Outcome, Rule, RuleIndex, thresholds_to_rules
+from planty_broker.domain.rules.eval import Outcome
+from planty_broker.domain.rules.index import RuleIndex
+from planty_broker.domain.rules.model import Op, Rule
+from planty_broker.domain.rules.thresholds import thresholds_to_rules
 from planty_broker.protocol import Channel, Telemetry, Topics, decode_telemetry, encode
 
 T0 = 1_764_230_400_000  # 2025-11-27 08:00 UTC: inside the lamp window

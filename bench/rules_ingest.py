@@ -38,17 +38,17 @@ import msgspec
 from planty_broker.config import CommandSettings, EventSettings, RuleSettings
 from planty_broker.domain.commands import CommandRecord
 from planty_broker.domain.models import DeviceRecord
-from planty_broker.domain.rules import rule_to_dict
-from planty_broker.domain.rules_records import StoredRule
+from planty_broker.domain.rules.model import rule_to_dict
+from planty_broker.domain.rules.records import StoredRule
 from planty_broker.protocol import Channel, Telemetry, Topics, encode
 from planty_broker.services.bus import Bus, ReadingStored
-from planty_broker.services.commands import CommandService
+from planty_broker.services.commands.service import CommandService
 from planty_broker.services.events import EventService
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry
-from planty_broker.services.rules import RulesService
-from planty_broker.services.stats import StatsService
+from planty_broker.services.rules.service import RulesService
+from planty_broker.services.stats.service import StatsService
 from planty_broker.storage.memory import MemoryStore
 
 _spec = importlib.util.spec_from_file_location("bench_rules", Path(__file__).with_name("rules.py"))

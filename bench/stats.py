@@ -36,13 +36,13 @@ from typing import Any
 
 from planty_broker.domain.models import DeviceRecord, PresenceCause, PresenceState
 from planty_broker.domain.models import PresenceTransition as Transition
-from planty_broker.domain.windowed import DAY_MS
+from planty_broker.domain.stats.windowed import DAY_MS
 from planty_broker.protocol import Channel, Status, Telemetry, Topics, encode
 from planty_broker.services.bus import Bus, DeviceError, PresenceChanged
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry
-from planty_broker.services.stats import StatsService
+from planty_broker.services.stats.service import StatsService
 from planty_broker.storage.memory import MemoryStore
 
 KIB = 1024
@@ -165,7 +165,7 @@ def await_micro(ids: list[str]) -> None:
     """The stats work one telemetry message costs, alone (best of 5): counters of two calls."""
     import timeit
 
-    from planty_broker.domain.stats import FleetStats
+    from planty_broker.domain.stats.counters import FleetStats
 
     fleet = FleetStats(T0)
     for d in ids:

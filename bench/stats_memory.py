@@ -29,11 +29,11 @@ import tracemalloc
 from array import array
 from typing import Any
 
-from planty_broker.domain.availability import availability
 from planty_broker.domain.models import PresenceCause, PresenceState, PresenceTransition
-from planty_broker.domain.sketch import LatencySketch
-from planty_broker.domain.stats import DeviceStats, FleetStats, ReconnectCause
-from planty_broker.domain.windowed import DAY_MS, HOUR_MS, WEEK_MS, WindowedSketch
+from planty_broker.domain.stats.availability import availability
+from planty_broker.domain.stats.counters import DeviceStats, FleetStats, ReconnectCause
+from planty_broker.domain.stats.sketch import LatencySketch
+from planty_broker.domain.stats.windowed import DAY_MS, HOUR_MS, WEEK_MS, WindowedSketch
 from planty_broker.protocol import ErrorKind
 
 T0 = 1_764_028_800_000

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from planty_broker.config import Settings
-from planty_broker.northbound.api import create_api
-from planty_broker.northbound.auth import Authenticator
+from planty_broker.northbound.api.app import create_api
+from planty_broker.northbound.api.auth import Authenticator
 
 HEADER = """# HTTP API
 

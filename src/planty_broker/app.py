@@ -26,8 +26,9 @@ import uvicorn
 from planty_broker import __version__
 from planty_broker.config import Settings
 from planty_broker.mqttserver.passwords import hash_token
-from planty_broker.northbound.api import create_api
-from planty_broker.northbound.auth import Authenticator, ensure_admin_token
+from planty_broker.northbound.api.app import create_api
+from planty_broker.northbound.api.auth import Authenticator, ensure_admin_token
+from planty_broker.ports.store import StoreError
 from planty_broker.protocol import Channel, Topics
 from planty_broker.services.bus import Bus
 from planty_broker.services.context import DeviceEndpoint, Services
@@ -35,8 +36,7 @@ from planty_broker.services.identity import Identity
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, now_ms
-from planty_broker.services.stats import StatsService
-from planty_broker.storage.port import StoreError
+from planty_broker.services.stats.service import StatsService
 from planty_broker.transport.mqtt import LinkConfig, MqttConnectError, MqttLink
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class Gateway:
         from planty_broker.services.queue import start_message_queue
 
         commands, _events = await start_message_queue(svc, self._stack, topics)
-        from planty_broker.services.rules import start_rules
+        from planty_broker.services.rules.service import start_rules
 
         await start_rules(svc, self._stack)  # needs only the store and the devices, no cloud
         await identity.start(svc, self._stack)
@@ -230,7 +230,7 @@ class Gateway:
 
     async def _start_firestore(self, svc: Services) -> None:
         """The Firestore connector, last: a misconfiguration is one log line, never a stop."""
-        from planty_broker.northbound.firestore import FirestoreConnector
+        from planty_broker.northbound.firestore.connector import FirestoreConnector
 
         connector = FirestoreConnector(svc)
         if await connector.start():
@@ -331,7 +331,7 @@ class Gateway:
     async def _start_api(self, svc: Services) -> None:
         s = self.settings
         authenticator = Authenticator(self.admin_token)
-        from planty_broker.northbound.routes_tokens import token_lookup
+        from planty_broker.northbound.api.tokens import token_lookup
 
         authenticator.lookups.append(token_lookup(self.identity.tokens))
         svc.extra["authenticator"] = authenticator

@@ -336,7 +336,7 @@ def _check(s: Settings) -> None:
             "config: provisioning.default_window_s: must be <= provisioning.max_window_s"
         )
     if s.rules.timezone:
-        from planty_broker.domain.rules_time import LocalClock
+        from planty_broker.domain.rules.clock import LocalClock
 
         try:
             LocalClock(s.rules.timezone)

@@ -18,7 +18,8 @@ import pytest
 import pytest_asyncio
 
 from planty_broker.app import Gateway
-from planty_broker.simulator import DeviceProfile, Fleet
+from planty_broker.simulator.fleet import Fleet
+from planty_broker.simulator.profile import DeviceProfile
 from tests.integration.core.conftest import ADMIN, gateway_settings, running_gateway
 
 CHROMIUM = os.environ.get("PLANTY_CHROMIUM", "/usr/bin/chromium")

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from planty_broker.app import Gateway
-from planty_broker.simulator import Fleet
+from planty_broker.simulator.fleet import Fleet
 from tests.browser.conftest import FLEET_SIZE, log_in, shot
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

@@ -28,8 +28,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from planty_broker import __version__
 from planty_broker.domain.models import PresenceState
-from planty_broker.domain.stats import COMMAND_FINAL_STATES, ReconnectCause
-from planty_broker.domain.windowed import MINUTE_MS
+from planty_broker.domain.stats.counters import COMMAND_FINAL_STATES, ReconnectCause
+from planty_broker.domain.stats.windowed import MINUTE_MS
 from planty_broker.protocol import ErrorKind
 from planty_broker.services.context import Services
 from planty_broker.services.registry import now_ms

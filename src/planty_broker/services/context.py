@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from planty_broker.config import Settings
+from planty_broker.ports.store import Store
 from planty_broker.services.bus import Bus
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry
-from planty_broker.storage.port import Store
 
 
 @dataclass(frozen=True, slots=True)

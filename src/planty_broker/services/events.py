@@ -16,19 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from planty_broker.config import EventSettings
-from planty_broker.domain.events import (
-    Consumer,
-    Event,
-    EventType,
-    LogBounds,
-    NewEvent,
-    PruneResult,
-)
+from planty_broker.domain.events import Consumer, Event, EventType, LogBounds, NewEvent, PruneResult
+from planty_broker.ports.store import EventStore
 from planty_broker.services.bus import Bus, DeviceError, PresenceChanged, ReadingStored
-from planty_broker.services.commands_outbox import CommandChanged
+from planty_broker.services.commands.outbox import CommandChanged
 from planty_broker.services.registry import now_ms
 from planty_broker.services.writer import BatchWriter
-from planty_broker.storage.port import EventStore
 
 log = logging.getLogger(__name__)
 

@@ -17,20 +17,20 @@ from typing import Any
 
 from planty_broker.config import Settings
 from planty_broker.domain.models import PresenceCause, PresenceState
+from planty_broker.mqttserver.login_watch import LoginLogParser, LogTail
 from planty_broker.mqttserver.probe import mqtt_connect
 from planty_broker.protocol import Topics, provision_subscription
+from planty_broker.services.access.pairing import PairingService
+from planty_broker.services.access.tokens import TokenService
 from planty_broker.services.bus import AckReceived, Bus
 from planty_broker.services.context import Services
-from planty_broker.services.credential_events import EventRecorder, store_appender
-from planty_broker.services.credential_logins import LoginObserver
-from planty_broker.services.credentials import CredentialService, MqttControl
-from planty_broker.services.login_watch import LoginLogParser, LogTail
-from planty_broker.services.pairing import PairingService
-from planty_broker.services.provisioning import ProvisioningService
+from planty_broker.services.credentials.events import EventRecorder, store_appender
+from planty_broker.services.credentials.logins import LoginObserver
+from planty_broker.services.credentials.provisioning import ProvisioningService
+from planty_broker.services.credentials.service import CredentialService, MqttControl
 from planty_broker.services.registry import DeviceRegistry
 from planty_broker.services.registry import now_ms as _now_ms
-from planty_broker.services.tokens import TokenService
-from planty_broker.storage.identity import SqlIdentityStore
+from planty_broker.storage.sql_identity import SqlIdentityStore
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from planty_broker.domain.models import Reading
+from planty_broker.ports.store import Store
 from planty_broker.protocol import (
     Channel,
     ErrorKind,
@@ -37,10 +38,9 @@ from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.services.stats_timing import DurationHistogram
 from planty_broker.services.writer import BatchWriter
-from planty_broker.storage.port import Store
 
 if TYPE_CHECKING:
-    from planty_broker.services.stats import StatsService
+    from planty_broker.services.stats.service import StatsService
 
 log = logging.getLogger(__name__)
 

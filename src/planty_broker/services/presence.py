@@ -20,9 +20,9 @@ from planty_broker.domain.models import (
     PresenceTransition,
     silence_bound_s,
 )
+from planty_broker.ports.store import Store
 from planty_broker.services.bus import Bus, DevicesChanged, PresenceChanged
 from planty_broker.services.registry import DeviceRegistry, now_ms
-from planty_broker.storage.port import Store
 from planty_broker.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import Any
 
-from planty_broker.services.commands import CommandService
+from planty_broker.services.commands.service import CommandService
 from planty_broker.services.context import Services
 from planty_broker.services.events import EventService
 

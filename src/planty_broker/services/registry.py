@@ -14,9 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from planty_broker.domain.models import DeviceRecord
+from planty_broker.ports.store import DeviceExistsError, Store
 from planty_broker.protocol import Status, valid_device_id
 from planty_broker.services.bus import Bus, DevicesChanged
-from planty_broker.storage.port import DeviceExistsError, Store
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,7 @@ import msgspec
 
 from planty_broker.domain.events import NewEvent
 from planty_broker.domain.models import DeviceRecord, PresenceTransition, Reading
-from planty_broker.storage.memory_queue import MemoryQueueMixin
-from planty_broker.storage.memory_rules import MemoryRulesMixin
-from planty_broker.storage.port import (
+from planty_broker.ports.store import (
     CommandStore,
     DeviceExistsError,
     EventStore,
@@ -29,6 +27,8 @@ from planty_broker.storage.port import (
     Store,
     StoreUnavailableError,
 )
+from planty_broker.storage.memory_queue import MemoryQueueMixin
+from planty_broker.storage.memory_rules import MemoryRulesMixin
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from planty_broker.domain.events import NewEvent
-from planty_broker.domain.rules_records import (
+from planty_broker.domain.rules.records import (
     RULE_EVENT_TYPE,
     HistoryOutcome,
     RuleEvent,

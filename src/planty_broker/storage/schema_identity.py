@@ -1,6 +1,6 @@
 """Tables of device identity and pairing (0003): API tokens, the pairing, device credentials.
 
-Defined on the shared `schema.metadata` (imported at the end of `schema.py`), built by
+Defined on the shared `schema_core.metadata` (gathered by `schema.py`), built by
 the migration `0003_credentials`. `device_credentials` has no foreign key to `devices`:
 a removed device's certificates must stay on the revocation list until they expire,
 and its credential history stays readable.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Index, String, Table
 
-from planty_broker.storage.schema import metadata
+from planty_broker.storage.schema_core import metadata
 
 api_tokens = Table(
     "api_tokens",

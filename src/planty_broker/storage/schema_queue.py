@@ -1,6 +1,6 @@
 """Tables of the two-way message queue: the command outbox and the event log (0002).
 
-Defined on the shared `schema.metadata` (imported at the end of `schema.py`), built by
+Defined on the shared `schema_core.metadata` (gathered by `schema.py`), built by
 the migration `0002_commands_events`.
 """
 
@@ -18,7 +18,7 @@ from sqlalchemy import (
     Text,
 )
 
-from planty_broker.storage.schema import device_ref, json_type, metadata, row_id_type
+from planty_broker.storage.schema_core import device_ref, json_type, metadata, row_id_type
 
 commands = Table(
     "commands",

@@ -1,6 +1,6 @@
 """Tables of the threshold rules (0004): the rules and their history.
 
-Defined on the shared `schema.metadata` (imported at the end of `schema.py`), built by
+Defined on the shared `schema_core.metadata` (gathered by `schema.py`), built by
 the migration `0004_rules`. No foreign keys: a rule may name several devices or `"*"`
 (its `devices` live in `data`), and its history outlives the rule and the device, so
 "why did the pump run at 03:12?" still has an answer after either was deleted
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Index, String, Table
 
-from planty_broker.storage.schema import json_type, metadata, row_id_type
+from planty_broker.storage.schema_core import json_type, metadata, row_id_type
 
 rules = Table(
     "rules",

@@ -28,9 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from planty_broker.domain.models import DeviceRecord, PresenceTransition, Reading
-from planty_broker.storage import migrate
-from planty_broker.storage import sql_rows as rows
-from planty_broker.storage.port import (
+from planty_broker.ports.store import (
     CommandStore,
     DeviceExistsError,
     EventStore,
@@ -39,6 +37,8 @@ from planty_broker.storage.port import (
     StoreError,
     StoreUnavailableError,
 )
+from planty_broker.storage import migrate
+from planty_broker.storage import sql_rows as rows
 from planty_broker.storage.schema import devices, meta, presence
 from planty_broker.storage.schema import readings as readings_table
 from planty_broker.storage.sql_commands import SqlCommandsMixin

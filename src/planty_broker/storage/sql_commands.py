@@ -19,7 +19,7 @@ from planty_broker.domain.commands import (
     CommandTransition,
     event_data,
 )
-from planty_broker.storage.schema import devices
+from planty_broker.storage.schema_core import devices
 from planty_broker.storage.schema_queue import command_transitions, commands
 from planty_broker.storage.sql_events import insert_events
 from planty_broker.storage.sql_rows import insert_sql

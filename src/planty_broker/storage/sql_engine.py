@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, make_url
 
-from planty_broker.storage.port import StoreError
+from planty_broker.ports.store import StoreError
 from planty_broker.storage.sql_errors import Target, os_error
 
 SQLITE_SYNCHRONOUS = ("FULL", "EXTRA", "NORMAL")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from planty_broker.storage.port import StoreUnavailableError
+from planty_broker.ports.store import StoreUnavailableError
 
 # SQLite primary result codes (https://sqlite.org/rescode.html).
 _SQLITE_PERM = 3

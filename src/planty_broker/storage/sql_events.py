@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Dialect
 
 from planty_broker.domain.events import Consumer, Event, LogBounds, NewEvent, PruneResult
 from planty_broker.domain.models import PresenceTransition, Reading
-from planty_broker.storage.schema import meta
+from planty_broker.storage.schema_core import meta
 from planty_broker.storage.schema_queue import event_consumers, events
 from planty_broker.storage.sql_rows import insert_sql
 

@@ -13,7 +13,7 @@ import msgspec
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from planty_broker.domain.rules_records import (
+from planty_broker.domain.rules.records import (
     RULE_EVENT_TYPE,
     HistoryOutcome,
     RuleEvent,

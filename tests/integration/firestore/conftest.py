@@ -267,7 +267,8 @@ async def sim_device(gw: Gateway, device_id: str, **profile: Any) -> Any:
     """Register `device_id` through the API and boot a simulated ESP32 with its credentials."""
     import httpx
 
-    from planty_broker.simulator import DeviceCredentials, DeviceProfile, SimDevice
+    from planty_broker.simulator.device import SimDevice
+    from planty_broker.simulator.profile import DeviceCredentials, DeviceProfile
     from tests.integration.core.conftest import ADMIN
 
     async with httpx.AsyncClient(

@@ -16,7 +16,7 @@ from google.auth.credentials import AnonymousCredentials
 
 from planty_broker.app import Gateway
 from planty_broker.config import FirestoreSettings
-from planty_broker.northbound.firestore import FirestoreConnector
+from planty_broker.northbound.firestore.connector import FirestoreConnector
 from planty_broker.northbound.firestore.google_port import GoogleFirestore
 from tests.integration.core.conftest import gateway_settings
 from tests.integration.firestore.conftest import (

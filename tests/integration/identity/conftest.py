@@ -18,8 +18,8 @@ from tests.integration.core.conftest import ADMIN, gateway_settings
 from planty_broker.app import Gateway
 from planty_broker.config import Settings
 from planty_broker.mqttserver.probe import connect_packet
-from planty_broker.simulator import DeviceCredentials, DeviceProfile
 from planty_broker.simulator.claim import ClaimCredentials
+from planty_broker.simulator.profile import DeviceCredentials, DeviceProfile
 
 __all__ = ["ADMIN", "identity_settings", "started"]
 

@@ -13,7 +13,7 @@ from tests.integration.identity.conftest import ADMIN, api_client
 from typer.testing import CliRunner, Result
 
 from planty_broker.app import Gateway
-from planty_broker.cli import app
+from planty_broker.cli.main import app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

@@ -22,8 +22,8 @@ from tests.integration.identity.conftest import (
 
 from planty_broker.app import Gateway
 from planty_broker.logs import TextFormatter, setup_logging
-from planty_broker.simulator import SimDevice
 from planty_broker.simulator.claim import FactoryDevice, FactoryIdentity
+from planty_broker.simulator.device import SimDevice
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

@@ -15,7 +15,7 @@ from tests.integration.identity.conftest import FAST, device_credentials, tls, t
 
 from planty_broker.app import Gateway
 from planty_broker.mqttserver.pki import ensure_pki, issue_client_cert
-from planty_broker.simulator import SimDevice
+from planty_broker.simulator.device import SimDevice
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from planty_broker.mqttserver import (
-    MosquittoLayout,
-    MosquittoSupervisor,
-    MqttAccount,
-    hash_token,
-    new_token,
-)
+from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
+from planty_broker.mqttserver.passwords import hash_token, new_token
+from planty_broker.mqttserver.supervisor import MosquittoSupervisor
 from tests.conftest import free_port
 
 OBSERVER = "planty-observer"  # an extra privileged account, like the bench's

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from planty_broker.mqttserver import MosquittoLayout, MosquittoSupervisor, MqttAccount
+from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
+from planty_broker.mqttserver.supervisor import MosquittoSupervisor
 
 
 async def main(cfg: dict[str, object]) -> None:

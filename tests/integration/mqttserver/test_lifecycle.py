@@ -16,17 +16,12 @@ from pathlib import Path
 import pytest
 from gmqtt.mqtt.handler import MQTTConnectError
 
-from planty_broker.mqttserver import (
-    MosquittoLayout,
-    MosquittoStartError,
-    MosquittoSupervisor,
-    MqttAccount,
-    PortInUseError,
-    hash_token,
-    new_token,
-)
+from planty_broker.mqttserver.errors import MosquittoStartError, PortInUseError
+from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
+from planty_broker.mqttserver.passwords import hash_token, new_token
 from planty_broker.mqttserver.probe import mqtt_connect
 from planty_broker.mqttserver.process import pid_alive
+from planty_broker.mqttserver.supervisor import MosquittoSupervisor
 from planty_broker.protocol import Channel, Topics
 from tests.integration.mqttserver.clients import TestClient, device_tls
 from tests.integration.mqttserver.conftest import (

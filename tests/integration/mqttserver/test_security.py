@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from gmqtt.mqtt.handler import MQTTConnectError
 
-from planty_broker.mqttserver import GATEWAY_USERNAME, hash_token
+from planty_broker.mqttserver.layout import GATEWAY_USERNAME
+from planty_broker.mqttserver.passwords import hash_token
 from planty_broker.mqttserver.pki import ensure_pki
 from planty_broker.mqttserver.probe import mqtt_connect
 from planty_broker.protocol import Channel, Topics

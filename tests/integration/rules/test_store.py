@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from planty_broker.domain.rules_records import RuleEvent, StoredRule
+from planty_broker.domain.rules.records import RuleEvent, StoredRule
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from planty_broker.app import Gateway
-from planty_broker.cli import app
+from planty_broker.cli.main import app
 from tests.integration.stats.conftest import ADMIN, connect, eventually, register
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

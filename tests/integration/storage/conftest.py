@@ -18,8 +18,8 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from planty_broker.ports.store import Store
 from planty_broker.storage.memory import MemoryStore
-from planty_broker.storage.port import Store
 from planty_broker.storage.schema import metadata
 from planty_broker.storage.sql import SqlStore
 

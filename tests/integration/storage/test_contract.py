@@ -14,7 +14,7 @@ from planty_broker.domain.models import (
     PresenceTransition,
     Reading,
 )
-from planty_broker.storage.port import DeviceExistsError, Store, StoreUnavailableError
+from planty_broker.ports.store import DeviceExistsError, Store, StoreUnavailableError
 from tests.integration.storage.conftest import StoreFactory
 
 

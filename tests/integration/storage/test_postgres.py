@@ -11,8 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from planty_broker.domain.models import DeviceRecord, Reading
+from planty_broker.ports.store import StoreUnavailableError
 from planty_broker.storage import migrate
-from planty_broker.storage.port import StoreUnavailableError
 from planty_broker.storage.schema import metadata
 from planty_broker.storage.sql import SqlStore
 from tests.conftest import free_port

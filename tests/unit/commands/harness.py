@@ -13,7 +13,7 @@ from planty_broker.config import CommandSettings
 from planty_broker.domain.models import Reading
 from planty_broker.protocol import Command, Status, Topics, decode_command
 from planty_broker.services.bus import AckReceived, Bus
-from planty_broker.services.commands import CommandService
+from planty_broker.services.commands.service import CommandService
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.storage.memory import MemoryStore

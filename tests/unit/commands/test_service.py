@@ -9,7 +9,7 @@ import pytest
 from planty_broker.domain.commands import CommandState, InvalidActionError, InvalidArgsError
 from planty_broker.protocol import ErrorKind, ProtocolError
 from planty_broker.services.bus import DeviceError
-from planty_broker.services.commands import (
+from planty_broker.services.commands.service import (
     CommandConflictError,
     NotCancellableError,
     QueueFullError,
@@ -268,7 +268,7 @@ async def test_pings_measure_round_trips_and_lost_pings_count() -> None:
 
 
 async def test_timers_of_finished_commands_do_not_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    from planty_broker.services import commands_outbox
+    from planty_broker.services.commands import outbox as commands_outbox
 
     monkeypatch.setattr(commands_outbox, "COMPACT_AT", 10)
     async with harness() as h:

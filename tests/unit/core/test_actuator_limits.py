@@ -6,7 +6,7 @@ import pytest
 
 from planty_broker.config import load_settings
 from planty_broker.domain.commands import InvalidArgsError, prepare
-from planty_broker.domain.rules_thresholds import thresholds_to_rules
+from planty_broker.domain.rules.thresholds import thresholds_to_rules
 
 
 def limits() -> tuple[float, dict[str, float]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from planty_broker.domain.events import EVENT_TYPES
-from planty_broker.domain.rules_records import RULE_EVENT_TYPE
+from planty_broker.domain.rules.records import RULE_EVENT_TYPE
 
 
 def test_every_written_type_is_queryable() -> None:

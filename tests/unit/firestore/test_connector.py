@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 from planty_broker.config import FirestoreSettings, load_settings
-from planty_broker.northbound.firestore import FirestoreConnector
+from planty_broker.northbound.firestore.connector import FirestoreConnector
 from planty_broker.northbound.firestore.memory_port import MemoryFirestore
 from planty_broker.northbound.firestore.port import FirestoreConfigError
 from planty_broker.protocol import Topics

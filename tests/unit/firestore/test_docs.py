@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 from planty_broker.config import FirestoreSettings
-from planty_broker.domain.rules import parse_rule, thresholds_to_rules
+from planty_broker.domain.rules.model import parse_rule
+from planty_broker.domain.rules.thresholds import thresholds_to_rules
 
 DOC = (Path(__file__).resolve().parents[3] / "docs" / "firestore.md").read_text()
 

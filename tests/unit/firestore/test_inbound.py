@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from planty_broker.domain.rules import Rule, RuleError, parse_rule
+from planty_broker.domain.rules.model import Rule, RuleError, parse_rule
 from planty_broker.northbound.firestore.buffer import DocBuffer
 from planty_broker.northbound.firestore.inbound import BrokerConfig, Inbound
 from planty_broker.northbound.firestore.memory_port import MemoryFirestore

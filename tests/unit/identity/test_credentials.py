@@ -12,15 +12,15 @@ from planty_broker.mqttserver.passwords import hash_token, verify_token
 from planty_broker.mqttserver.pki import cert_info, ensure_pki
 from planty_broker.protocol import Topics, credential_from_args, decode_command
 from planty_broker.services.bus import AckReceived, Bus
-from planty_broker.services.credential_events import EventRecorder
-from planty_broker.services.credentials import (
+from planty_broker.services.credentials.events import EventRecorder
+from planty_broker.services.credentials.service import (
     CredentialService,
     MqttControl,
     NoLiveCredentialError,
 )
 from planty_broker.services.registry import DeviceRegistry, now_ms
-from planty_broker.storage.identity import MemoryIdentityStore
 from planty_broker.storage.memory import MemoryStore
+from planty_broker.storage.memory_identity import MemoryIdentityStore
 
 
 class FakeMqtt:

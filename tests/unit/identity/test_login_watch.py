@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from planty_broker.services.login_watch import (
+from planty_broker.mqttserver.login_watch import (
     LoginAccepted,
     LoginLogParser,
     LoginRefused,

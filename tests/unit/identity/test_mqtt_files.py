@@ -12,8 +12,8 @@ from planty_broker.mqttserver.layout import AclGrant, MosquittoLayout, MqttAccou
 from planty_broker.mqttserver.passwords import hash_token
 from planty_broker.mqttserver.pki import build_crl, cert_info, ensure_pki, issue_client_cert
 from planty_broker.services.bus import Bus
-from planty_broker.services.credential_events import EventRecorder
-from planty_broker.services.provisioning import ProvisioningService, _id_from_serial
+from planty_broker.services.credentials.events import EventRecorder
+from planty_broker.services.credentials.provisioning import ProvisioningService, _id_from_serial
 
 
 def layout(tmp_path: Path, **kw: object) -> MosquittoLayout:

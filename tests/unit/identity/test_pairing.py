@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from planty_broker.services.pairing import (
+from planty_broker.services.access.pairing import (
     ALPHABET,
     AlreadyPairedError,
     ExpiredCodeError,
@@ -14,9 +14,9 @@ from planty_broker.services.pairing import (
     RateLimitedError,
     normalize_code,
 )
-from planty_broker.services.tokens import TokenService
-from planty_broker.storage.identity import MemoryIdentityStore
+from planty_broker.services.access.tokens import TokenService
 from planty_broker.storage.memory import MemoryStore
+from planty_broker.storage.memory_identity import MemoryIdentityStore
 
 
 class Clocks:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from planty_broker.domain.identity import TokenScope
-from planty_broker.northbound.auth import digest
-from planty_broker.services.tokens import (
+from planty_broker.northbound.api.auth import digest
+from planty_broker.services.access.tokens import (
     InvalidTokenRequestError,
     TokenService,
     UnknownTokenError,
 )
-from planty_broker.storage.identity import MemoryIdentityStore
+from planty_broker.storage.memory_identity import MemoryIdentityStore
 
 
 class CountingStore(MemoryIdentityStore):

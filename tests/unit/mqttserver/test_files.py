@@ -16,12 +16,7 @@ from planty_broker.mqttserver.files import (
     render_passwords,
     write_mosquitto_files,
 )
-from planty_broker.mqttserver.layout import (
-    GATEWAY_USERNAME,
-    AclGrant,
-    MosquittoLayout,
-    MqttAccount,
-)
+from planty_broker.mqttserver.layout import GATEWAY_USERNAME, AclGrant, MosquittoLayout, MqttAccount
 from planty_broker.mqttserver.passwords import hash_token
 from planty_broker.mqttserver.pki import Pki
 

@@ -6,12 +6,7 @@ import re
 
 import pytest
 
-from planty_broker.mqttserver.passwords import (
-    hash_token,
-    is_password_hash,
-    new_token,
-    verify_token,
-)
+from planty_broker.mqttserver.passwords import hash_token, is_password_hash, new_token, verify_token
 
 # Written by `mosquitto_passwd -b pw dev1 secret` (Mosquitto 2.0.11) on the build machine.
 MOSQUITTO_PASSWD_SECRET = (

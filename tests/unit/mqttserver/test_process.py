@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from planty_broker.mqttserver import (
-    MosquittoLayout,
+from planty_broker.mqttserver.errors import (
+    ListenerUnavailableError,
     MosquittoNotInstalledError,
-    MosquittoSupervisor,
+    PortInUseError,
 )
-from planty_broker.mqttserver.errors import ListenerUnavailableError, PortInUseError
+from planty_broker.mqttserver.layout import MosquittoLayout
 from planty_broker.mqttserver.process import (
     check_ports_free,
     describe_exit,
@@ -22,6 +22,7 @@ from planty_broker.mqttserver.process import (
     find_mosquitto,
     log_tail,
 )
+from planty_broker.mqttserver.supervisor import MosquittoSupervisor
 from tests.conftest import free_port
 
 

@@ -8,18 +8,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from planty_broker.domain.rules import (
-    Op,
+from planty_broker.domain.rules.clock import TimeWindow
+from planty_broker.domain.rules.eval import (
     Outcome,
     Reason,
-    Rule,
     RuleState,
-    TimeWindow,
     check_silence,
     evaluate,
     note_manual_command,
     record_fire,
 )
+from planty_broker.domain.rules.model import Op, Rule
 
 MIN = 60_000
 HOUR = 3_600_000

@@ -6,7 +6,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from planty_broker.domain.rules import ALL_DEVICES, Op, Outcome, Reason, Rule, RuleIndex
+from planty_broker.domain.rules.eval import Outcome, Reason
+from planty_broker.domain.rules.index import RuleIndex
+from planty_broker.domain.rules.model import ALL_DEVICES, Op, Rule
 
 NOON = int(datetime(2025, 6, 1, 12, tzinfo=UTC).timestamp() * 1000)
 MIN = 60_000

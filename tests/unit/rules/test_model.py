@@ -9,11 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from planty_broker.domain.models import DeviceRecord
-from planty_broker.domain.rules import (
-    LocalClock,
+from planty_broker.domain.rules.clock import LocalClock, TimeWindow
+from planty_broker.domain.rules.model import (
     Rule,
     RuleError,
-    TimeWindow,
     parse_rule,
     problems_for_device,
     problems_for_record,

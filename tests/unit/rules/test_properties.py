@@ -11,19 +11,18 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planty_broker.domain.rules import (
+from planty_broker.domain.rules.clock import TimeWindow
+from planty_broker.domain.rules.eval import (
     Decision,
-    Op,
     Outcome,
     Reason,
-    Rule,
-    RuleIndex,
     RuleState,
-    TimeWindow,
     evaluate,
     note_manual_command,
     quiet_band,
 )
+from planty_broker.domain.rules.index import RuleIndex
+from planty_broker.domain.rules.model import Op, Rule
 
 T0 = 1_764_240_000_000  # 2025-11-27
 ZONES = ["UTC", "+05:30", "-08:00", "Europe/Paris", "America/New_York"]

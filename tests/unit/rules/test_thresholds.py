@@ -6,13 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from planty_broker.domain.rules import (
-    Op,
-    Outcome,
-    Rule,
-    RuleError,
-    RuleIndex,
-    TimeWindow,
+from planty_broker.domain.rules.clock import TimeWindow
+from planty_broker.domain.rules.eval import Outcome
+from planty_broker.domain.rules.index import RuleIndex
+from planty_broker.domain.rules.model import Op, Rule, RuleError
+from planty_broker.domain.rules.thresholds import (
     rules_to_thresholds,
     threshold_rule_prefix,
     thresholds_to_rules,

@@ -12,11 +12,11 @@ import msgspec
 
 from planty_broker.config import RuleSettings
 from planty_broker.domain.models import Reading
-from planty_broker.domain.rules_records import RuleEvent
+from planty_broker.domain.rules.records import RuleEvent
 from planty_broker.protocol import Status
 from planty_broker.services.bus import DeviceStatusReceived, ReadingStored
 from planty_broker.services.registry import now_ms
-from planty_broker.services.rules import RulesService
+from planty_broker.services.rules.service import RulesService
 from planty_broker.storage.memory import MemoryStore
 from tests.unit.commands.harness import Harness, harness
 

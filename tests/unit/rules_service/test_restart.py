@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from planty_broker.domain.rules_records import StoredRule
+from planty_broker.domain.rules.records import StoredRule
 from planty_broker.storage.memory import MemoryStore
 from tests.unit.rules_service.harness import SOIL_RULE, Clock, rules_harness
 

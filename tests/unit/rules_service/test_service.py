@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from planty_broker.domain.rules import RuleError
+from planty_broker.domain.rules.model import RuleError
 from planty_broker.services.registry import UnknownDeviceError
-from planty_broker.services.rules import RuleExistsError
+from planty_broker.services.rules.service import RuleExistsError
 from tests.unit.rules_service.harness import SOIL_RULE, rules_harness
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

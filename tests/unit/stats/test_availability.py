@@ -6,13 +6,13 @@ import random
 
 import pytest
 
-from planty_broker.domain.availability import (
+from planty_broker.domain.models import PresenceCause, PresenceState, PresenceTransition
+from planty_broker.domain.stats.availability import (
     Availability,
     PresenceSpan,
     availability,
     presence_spans,
 )
-from planty_broker.domain.models import PresenceCause, PresenceState, PresenceTransition
 
 MIN = 60_000
 T0 = 1_764_000_000_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from planty_broker.domain.stats import (
+from planty_broker.domain.stats.counters import (
     COMMAND_FINAL_STATES,
     DeviceStats,
     FleetStats,
@@ -12,7 +12,7 @@ from planty_broker.domain.stats import (
     parse_window,
     sum_counters,
 )
-from planty_broker.domain.windowed import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS
+from planty_broker.domain.stats.windowed import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS
 from planty_broker.protocol import ErrorKind
 
 T0 = 1_764_028_800_000

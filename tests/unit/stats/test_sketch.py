@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planty_broker.domain.sketch import KeyMapping, LatencySketch, count_of_bytes
+from planty_broker.domain.stats.sketch import KeyMapping, LatencySketch, count_of_bytes
 
 ACCURACY = 0.01
 QS = (0.0, 0.1, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0)

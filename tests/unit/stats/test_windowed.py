@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planty_broker.domain.sketch import LatencySketch
-from planty_broker.domain.windowed import (
+from planty_broker.domain.stats.sketch import LatencySketch
+from planty_broker.domain.stats.windowed import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from planty_broker.domain.availability import availability
 from planty_broker.domain.models import PresenceCause, PresenceState, PresenceTransition
-from planty_broker.services.stats_history import PresenceHistory
+from planty_broker.domain.stats.availability import availability
+from planty_broker.services.stats.history import PresenceHistory
 
 ON, LATE, OFF, UNK = (
     PresenceState.ONLINE,

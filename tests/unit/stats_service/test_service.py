@@ -15,12 +15,12 @@ from planty_broker.domain.models import (
     PresenceState,
     PresenceTransition,
 )
-from planty_broker.domain.windowed import HOUR_MS
+from planty_broker.domain.stats.windowed import HOUR_MS
 from planty_broker.protocol import Status
 from planty_broker.services.bus import Bus, DeviceError, DevicesChanged
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry
-from planty_broker.services.stats import StatsService
+from planty_broker.services.stats.service import StatsService
 from planty_broker.storage.memory import MemoryStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

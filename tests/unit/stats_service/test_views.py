@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from planty_broker.domain.windowed import DAY_MS, HOUR_MS, MINUTE_MS, WindowedSketch
+from planty_broker.domain.stats.windowed import DAY_MS, HOUR_MS, MINUTE_MS, WindowedSketch
+from planty_broker.services.stats.views import latency_series
 from planty_broker.services.stats_timing import DurationHistogram
-from planty_broker.services.stats_views import latency_series
 
 T0 = 1_764_028_800_000  # aligned on a day
 

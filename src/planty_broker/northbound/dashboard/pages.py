@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import jinja2
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, FastAPI, Query
 from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from planty_broker import __version__
-from planty_broker.northbound.api import SvcDep, principal
-from planty_broker.northbound.dashboard import HERE, views
-from planty_broker.northbound.errors import ApiError
+from planty_broker.northbound.api.deps import SvcDep, principal
+from planty_broker.northbound.api.errors import ApiError
+from planty_broker.northbound.dashboard import views
 from planty_broker.protocol import valid_device_id
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
 
 router = APIRouter(include_in_schema=False)
 fragments = APIRouter(prefix="/dashboard/fragments", dependencies=[Depends(principal)])
@@ -134,3 +139,9 @@ async def commands_fragment(device_id: str, svc: SvcDep) -> HTMLResponse:
 
 
 router.include_router(fragments)
+
+
+def install_dashboard(app: FastAPI) -> None:
+    """Mount the static assets and add the page and fragment routes."""
+    app.mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static")
+    app.include_router(router)

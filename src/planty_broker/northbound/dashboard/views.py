@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from planty_broker.domain.models import DeviceRecord, PresenceState
-from planty_broker.domain.stats import parse_window
-from planty_broker.domain.windowed import HOUR_MS
+from planty_broker.domain.stats.counters import parse_window
+from planty_broker.domain.stats.windowed import HOUR_MS
 from planty_broker.services.context import Services
 from planty_broker.services.registry import now_ms
 

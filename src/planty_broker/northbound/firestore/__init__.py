@@ -5,7 +5,3 @@
 when the connector starts, so the core never loads it with Firestore off.
 Document model and deployment: docs/firestore.md.
 """
-
-from planty_broker.northbound.firestore.connector import FirestoreConnector
-
-__all__ = ["FirestoreConnector"]

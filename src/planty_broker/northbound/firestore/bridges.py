@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from planty_broker.domain.commands import CommandRecord
 from planty_broker.domain.events import Consumer, LogBounds
-from planty_broker.domain.rules import Rule
+from planty_broker.domain.rules.model import Rule
 
 COMMANDS = "commands"
 EVENTS = "events"

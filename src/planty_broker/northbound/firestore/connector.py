@@ -40,6 +40,7 @@ from planty_broker.northbound.firestore.port import (
 )
 from planty_broker.northbound.firestore.sink import EventSink, StoreEvents
 from planty_broker.northbound.firestore.tasks import Loops
+from planty_broker.ports.store import EventStore
 from planty_broker.services.bus import (
     DeviceError,
     DevicesChanged,
@@ -48,7 +49,6 @@ from planty_broker.services.bus import (
     ReadingStored,
 )
 from planty_broker.services.context import Services
-from planty_broker.storage.port import EventStore
 from planty_broker.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from planty_broker.domain.rules import RuleError
+from planty_broker.domain.rules.model import RuleError
 from planty_broker.northbound.firestore import model
 from planty_broker.northbound.firestore.bridges import CommandsApi, RulesApi
 from planty_broker.northbound.firestore.buffer import DocBuffer

@@ -125,7 +125,7 @@ class PairingDocs:
                 await self._claim(ch.doc_id, account)
 
     async def _claim(self, code: str, account: str) -> None:
-        from planty_broker.services.pairing import PairingError
+        from planty_broker.services.access.pairing import PairingError
 
         path = model.pairing_path(code)
         try:

@@ -26,7 +26,7 @@ from planty_broker.northbound.firestore.bridges import EventsApi
 from planty_broker.northbound.firestore.buffer import DocBuffer
 from planty_broker.northbound.firestore.port import FirestorePort
 from planty_broker.northbound.firestore.rollup import Bucket, Rollups
-from planty_broker.storage.port import EventStore
+from planty_broker.ports.store import EventStore
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,261 @@
+"""Identity commands: `planty pair|unpair`, `planty tokens ...`, and the credential commands
+under `planty devices` (accept, rotate, revoke, credentials, cert, claim-credential).
+
+Secrets (a new API token, a certificate's key, the claim secret) are printed once on
+stdout, never logged; the gateway keeps only their hashes (the claim secret excepted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from planty_broker.cli.client import ConfigOpt, DataDirOpt, UrlOpt, ago, client, console, err, fail
+from planty_broker.cli.devices import devices_app
+
+tokens_app = typer.Typer(help="Create, list and revoke API tokens (admin, server, read).")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `5m`, `1.5h`, `2d` -> seconds."""
+    m = _DURATION.match(text.lower())
+    if m is None or float(m.group(1)) <= 0:
+        fail(f"{text!r} is not a duration: use e.g. 300, 90s, 5m, 2h or 1d")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def _json(data: Any) -> None:
+    console.print_json(json.dumps(data))
+
+
+# ---------------------------------------------------------------- pairing
+
+
+def pair(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Show the pairing code (while not paired) or who this broker is paired with."""
+    data = client(config, data_dir, url).call("GET", "/pairing")
+    if as_json:
+        _json(data)
+        return
+    if data["paired"]:
+        console.print(
+            f"paired with account [bold]{data['account_id']}[/bold] "
+            f"since {ago(data['paired_at'])} (API token {data['token_id']})"
+        )
+        return
+    console.print(f"pairing code: [bold]{data.get('code', '?')}[/bold]")
+    console.print(
+        f"  single use, valid until {data['expires_at']}; claim it from the Planty app or "
+        'with POST /api/v1/pairing/claim {"code", "account_id"}'
+    )
+
+
+def unpair(config: ConfigOpt = None, data_dir: DataDirOpt = None, url: UrlOpt = None) -> None:
+    """Undo the pairing; the server's API token stops working at once."""
+    data = client(config, data_dir, url).call("DELETE", "/pairing")
+    console.print(
+        f"unpaired from account {data['account_id']}; API token {data['revoked_token_id']} revoked"
+    )
+
+
+# ---------------------------------------------------------------- tokens
+
+
+@tokens_app.command("create")
+def create_token(
+    name: Annotated[str, typer.Argument(help="what the token is for, e.g. planty-server")],
+    scope: Annotated[
+        str, typer.Option("--scope", help="admin, server (devices, commands, ...) or read")
+    ] = "server",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Create an API token; its secret is printed once."""
+    data = client(config, data_dir, url).call(
+        "POST", "/tokens", json={"name": name, "scope": scope}
+    )
+    console.print(data["token"], highlight=False)
+    err.print(
+        f"[yellow]token {data['id']} ({data['scope']}): shown only once, store it now[/yellow]"
+    )
+
+
+@tokens_app.command("list")
+def list_tokens(
+    include_revoked: Annotated[bool, typer.Option("--all", help="revoked ones too")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """API tokens with their scope and last use (never their secret)."""
+    data = client(config, data_dir, url).call(
+        "GET", "/tokens", params={"all": str(include_revoked).lower()}
+    )
+    if as_json:
+        _json(data)
+        return
+    t = Table(title=f"{data['count']} API tokens")
+    for col in ("id", "name", "scope", "origin", "created", "last used", "revoked"):
+        t.add_column(col)
+    for tok in data["tokens"]:
+        t.add_row(
+            tok["id"],
+            tok["name"],
+            tok["scope"],
+            tok["origin"],
+            ago(tok["created_at"]),
+            ago(tok["last_used_at"]),
+            ago(tok["revoked_at"]) if tok["revoked_at"] else "-",
+        )
+    console.print(t)
+
+
+@tokens_app.command("revoke")
+def revoke_token(
+    token_id: str, config: ConfigOpt = None, data_dir: DataDirOpt = None, url: UrlOpt = None
+) -> None:
+    """Revoke an API token: the next request with it gets 401."""
+    client(config, data_dir, url).call("DELETE", f"/tokens/{token_id}")
+    console.print(f"API token {token_id} revoked")
+
+
+# ---------------------------------------------------------------- device credentials
+
+
+@devices_app.command("accept")
+def accept(
+    duration: Annotated[
+        str, typer.Option("--for", help="how long factory-fresh devices may claim (5m, 1h)")
+    ] = "5m",
+    close: Annotated[bool, typer.Option("--close", help="close the window now")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Open a claim window: factory-fresh devices get their own credential while it is open."""
+    api = client(config, data_dir, url)
+    if close:
+        api.call("DELETE", "/provisioning/window")
+        console.print("claim window closed: the claim secret is refused")
+        return
+    data = api.call("POST", "/provisioning/window", json={"duration_s": parse_duration(duration)})
+    console.print(f"claim window open until {data['until']} ({data['claim_usernames']})")
+
+
+@devices_app.command("rotate")
+def rotate(
+    device_id: str,
+    kind: Annotated[
+        str | None, typer.Option("--type", help="token or x509 (default: the current type)")
+    ] = None,
+    overlap: Annotated[
+        str | None, typer.Option("--overlap", help="the old credential works at most this long")
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Issue a new credential and deliver it to the device over its command topic."""
+    body: dict[str, Any] = {}
+    if kind:
+        body["type"] = kind
+    if overlap:
+        body["overlap_s"] = parse_duration(overlap)
+    data = client(config, data_dir, url).call("POST", f"/devices/{device_id}/rotate", json=body)
+    c = data["credential"]
+    console.print(
+        f"device {device_id}: new {c['type']} credential {c['id']} sent; the old one "
+        f"({data['replaces']}) works until the device confirms or {data['overlap_until']}"
+    )
+
+
+@devices_app.command("revoke")
+def revoke(
+    device_id: str, config: ConfigOpt = None, data_dir: DataDirOpt = None, url: UrlOpt = None
+) -> None:
+    """Withdraw every credential of a device now: it is cut off and cannot reconnect."""
+    data = client(config, data_dir, url).call("POST", f"/devices/{device_id}/revoke")
+    ids = ", ".join(c["id"] for c in data["revoked"]) or "none left"
+    console.print(f"device {device_id} revoked ({ids}); queued commands cancelled")
+
+
+@devices_app.command("credentials")
+def credentials(
+    device_id: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Every credential of a device and its recent credential events."""
+    data = client(config, data_dir, url).call("GET", f"/devices/{device_id}/credentials")
+    if as_json:
+        _json(data)
+        return
+    t = Table(title=f"credentials of {device_id}")
+    for col in ("id", "type", "state", "origin", "created", "first used", "ended (why)"):
+        t.add_column(col)
+    for c in data["credentials"]:
+        ended = f"{ago(c['ended_at'])} ({c['end_reason']})" if c["ended_at"] else "-"
+        t.add_row(
+            c["id"],
+            c["type"],
+            c["state"],
+            c["origin"],
+            ago(c["created_at"]),
+            ago(c["first_used_at"]),
+            ended,
+        )
+    console.print(t)
+    for e in data["events"][-10:]:
+        console.print(f"  {e['at']}  {e['event']}  {e.get('reason') or e.get('credential_id')}")
+
+
+@devices_app.command("cert")
+def cert(
+    device_id: str,
+    out: Annotated[Path, typer.Option("--out", help="folder for <id>.cert.pem and .key.pem")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Issue an X.509 client certificate (CN = device id) and write it and its key (0600)."""
+    data = client(config, data_dir, url).call(
+        "POST", f"/devices/{device_id}/credentials", json={"type": "x509"}
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix, key in (("cert.pem", "cert_pem"), ("key.pem", "key_pem"), ("ca.pem", None)):
+        path = out / f"{device_id}.{suffix}"
+        text = data[key] if key else data["mqtt"]["ca_pem"]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    m = data["mqtt"]
+    console.print(
+        f"certificate {data['credential']['id']} for {device_id} written to {out} "
+        f"(connect to mqtts://{m['host']}:{m['port']}; the key is not kept by the broker)"
+    )
+
+
+@devices_app.command("claim-credential")
+def claim_credential(
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, url: UrlOpt = None
+) -> None:
+    """What factory firmware needs to claim (the shared claim secret: keep it in the factory)."""
+    _json(client(config, data_dir, url).call("GET", "/provisioning/claim-credential"))

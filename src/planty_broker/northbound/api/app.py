@@ -1,0 +1,79 @@
+"""The HTTP API (FastAPI): the app factory and health.
+
+Every route under /api/v1 needs `Authorization: Bearer <token>`; only
+`/healthz` and `POST /pairing/claim` are open. OpenAPI at /openapi.json,
+interactive docs at /docs. Feature routers (devices, commands, events, ...) live
+in their own modules and depend on `deps.py`; this file includes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from planty_broker import __version__
+from planty_broker.northbound.api import (
+    commands,
+    credentials,
+    devices,
+    events,
+    pairing,
+    rules,
+    stats,
+    tokens,
+)
+from planty_broker.northbound.api.auth import Authenticator
+from planty_broker.northbound.api.deps import principal
+from planty_broker.northbound.api.errors import install_error_handlers
+from planty_broker.northbound.dashboard.pages import install_dashboard
+from planty_broker.northbound.metrics import install_metrics
+from planty_broker.services.context import Services
+
+
+def create_api(
+    svc: Services, authenticator: Authenticator, routers: list[APIRouter] | None = None
+) -> FastAPI:
+    """Build the FastAPI app over the composed services."""
+    app = FastAPI(
+        title="Planty Broker API",
+        version=__version__,
+        description="Northbound API of the Planty Broker gateway: devices, presence, telemetry.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.services = svc
+    app.state.authenticator = authenticator
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness without authentication: is the gateway up, is the MQTT link connected."""
+        link = svc.extra.get("link")
+        return {
+            "status": "ok",
+            "version": __version__,
+            "mqtt_connected": bool(getattr(link, "connected", False)),
+        }
+
+    protected = (
+        devices.router,
+        stats.router,
+        commands.router,
+        events.router,
+        rules.router,
+        tokens.router,
+        pairing.router,
+        credentials.router,
+    )
+    for router in protected:
+        app.include_router(router, prefix="/api/v1", dependencies=[Depends(principal)])
+    # POST /pairing/claim: no bearer token, the pairing code is its secret (rate-limited).
+    app.include_router(pairing.public_router, prefix="/api/v1")
+    if svc.settings.metrics.enabled:
+        install_metrics(app, svc, [principal] if svc.settings.metrics.require_token else [])
+    if svc.settings.dashboard.enabled:
+        install_dashboard(app)
+    for r in routers or []:
+        app.include_router(r, prefix="/api/v1", dependencies=[Depends(principal)])
+    return app

@@ -1,0 +1,233 @@
+"""Device credential routes: issue a certificate, rotate, revoke, history; the claim window."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from planty_broker.domain.identity import CredentialKind, DeviceCredential
+from planty_broker.northbound.api.auth import Scope
+from planty_broker.northbound.api.deps import SvcDep, require_scope
+from planty_broker.northbound.api.errors import ApiError
+from planty_broker.northbound.api.timefmt import iso
+from planty_broker.protocol import CLAIM_SLOT_PREFIX
+from planty_broker.services.context import Services
+from planty_broker.services.credentials.events import CredentialEvent
+from planty_broker.services.credentials.provisioning import ProvisioningError, ProvisioningService
+from planty_broker.services.credentials.service import (
+    CredentialError,
+    CredentialService,
+    CredentialUnavailableError,
+)
+
+router = APIRouter(tags=["credentials"])
+Writer = Depends(require_scope(Scope.SERVER))
+AdminOnly = Depends(require_scope())
+
+
+def _identity(svc: Services) -> Any:
+    identity = svc.extra.get("identity")
+    if identity is None:
+        raise ApiError(503, "unavailable", "device credentials are not available in this gateway")
+    return identity
+
+
+def credentials_of(svc: Services) -> CredentialService:
+    creds: CredentialService = _identity(svc).credentials
+    return creds
+
+
+def provisioning_of(svc: Services) -> ProvisioningService:
+    prov: ProvisioningService = _identity(svc).provisioning
+    return prov
+
+
+def _device(svc: Services, device_id: str) -> None:
+    if svc.registry.get(device_id) is None:
+        raise ApiError(404, "unknown_device", f"no device with id {device_id!r}")
+
+
+def credential_json(c: DeviceCredential) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "type": c.kind.value,
+        "state": c.state.value,
+        "origin": c.origin.value,
+        "created_at": iso(c.created_ms),
+        "valid_from": iso(c.valid_from_ms),
+        "first_used_at": iso(c.first_used_ms),
+        "ended_at": iso(c.ended_ms),
+        "end_reason": c.end_reason,
+        "replaces": c.replaces,
+        "overlap_until": iso(c.overlap_until_ms),
+        "serial": c.serial,
+        "fingerprint": c.fingerprint,
+        "not_after": iso(c.not_after_ms),
+    }
+
+
+def event_json(e: CredentialEvent) -> dict[str, Any]:
+    return {"at": iso(e.at_ms), "device_id": e.device_id, **e.as_data()}
+
+
+def _mqtt(svc: Services, kind: CredentialKind) -> dict[str, Any]:
+    control = credentials_of(svc).control
+    e = svc.endpoint
+    port = control.x509_port if (control and kind is CredentialKind.X509) else e.port
+    return {"host": e.host, "port": port, "tls": e.tls, "ca_pem": e.ca_pem}
+
+
+class NewCredential(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["x509"] = Field(
+        default="x509", description="x509: a client certificate (CN = device id) from our CA"
+    )
+
+
+class Rotation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["token", "x509"] | None = Field(
+        default=None, description="the new credential's type (default: the current one's)"
+    )
+    overlap_s: float | None = Field(
+        default=None, gt=0, le=30 * 86400, description="the old one works at most this long"
+    )
+
+
+class Window(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    duration_s: float | None = Field(default=None, gt=0, description="default: 300 s")
+
+
+@router.get("/devices/{device_id}/credentials")
+async def device_credentials(device_id: str, svc: SvcDep) -> dict[str, Any]:
+    """Every credential the device had (never a secret) and its recent credential events."""
+    _device(svc, device_id)
+    creds = credentials_of(svc)
+    history = await creds.history(device_id)
+    return {
+        "device_id": device_id,
+        "credentials": [credential_json(c) for c in history],
+        "events": [event_json(e) for e in creds.events.for_device(device_id)],
+    }
+
+
+@router.post("/devices/{device_id}/credentials", status_code=201, dependencies=[Writer])
+async def issue_credential(device_id: str, body: NewCredential, svc: SvcDep) -> dict[str, Any]:
+    """Issue a client certificate: the response holds it and its key, once."""
+    _device(svc, device_id)
+    try:
+        issued = await credentials_of(svc).issue_certificate(device_id)
+    except CredentialUnavailableError as exc:
+        raise ApiError(409, "unavailable", str(exc)) from None
+    return {
+        "credential": credential_json(issued.credential),
+        "cert_pem": issued.cert_pem,
+        "key_pem": issued.key_pem,
+        "mqtt": _mqtt(svc, CredentialKind.X509),
+    }
+
+
+@router.post("/devices/{device_id}/rotate", status_code=202, dependencies=[Writer])
+async def rotate(device_id: str, body: Rotation, svc: SvcDep) -> dict[str, Any]:
+    """Issue a new credential and deliver it on the device's command topic (`config`)."""
+    _device(svc, device_id)
+    kind = CredentialKind(body.type) if body.type else None
+    try:
+        issued = await credentials_of(svc).rotate(device_id, kind, body.overlap_s)
+    except CredentialError as exc:
+        raise ApiError(409, "cannot_rotate", str(exc)) from None
+    c = issued.credential
+    return {
+        "device_id": device_id,
+        "credential": credential_json(c),
+        "replaces": c.replaces,
+        "overlap_until": iso(c.overlap_until_ms),
+        "delivery": "sent to the device; it ends when the device acks it or the overlap ends",
+    }
+
+
+@router.post("/devices/{device_id}/revoke", dependencies=[Writer])
+async def revoke(device_id: str, svc: SvcDep) -> dict[str, Any]:
+    """Withdraw every credential of the device now: it is disconnected and cannot reconnect."""
+    _device(svc, device_id)
+    try:
+        ended = await credentials_of(svc).revoke(device_id)
+    except CredentialError as exc:
+        raise ApiError(409, "unavailable", str(exc)) from None
+    return {"device_id": device_id, "revoked": [credential_json(c) for c in ended]}
+
+
+@router.get("/credentials/refused")
+async def refused_logins(svc: SvcDep) -> dict[str, Any]:
+    """Refused logins no device could be named for (newest last) and counts by event."""
+    creds = credentials_of(svc)
+    return {
+        "events": [event_json(e) for e in creds.events.unattributed()],
+        "counts": dict(creds.events.counts),
+    }
+
+
+# ---------------------------------------------------------------- provisioning by claim
+
+
+def _window_json(prov: ProvisioningService) -> dict[str, Any]:
+    return {
+        "window_open": prov.window_open,
+        "until": iso(prov.window_until_ms),
+        "claim_usernames": f"{CLAIM_SLOT_PREFIX}0 .. {CLAIM_SLOT_PREFIX}{prov.slots - 1}",
+        "claims": prov.claims,
+        "refused": prov.refused,
+    }
+
+
+@router.get("/provisioning")
+async def provisioning_state(svc: SvcDep) -> dict[str, Any]:
+    """Whether factory-fresh devices may claim credentials now, and until when."""
+    return _window_json(provisioning_of(svc))
+
+
+@router.post("/provisioning/window", dependencies=[Writer])
+async def open_window(body: Window, svc: SvcDep) -> dict[str, Any]:
+    """Open (or extend) the claim window."""
+    prov = provisioning_of(svc)
+    try:
+        await prov.open_window(body.duration_s)
+    except ProvisioningError as exc:
+        raise ApiError(409, "unavailable", str(exc)) from None
+    return _window_json(prov)
+
+
+@router.delete("/provisioning/window", dependencies=[Writer])
+async def close_window(svc: SvcDep) -> dict[str, Any]:
+    """Close the claim window: the claim secret is refused from now on."""
+    prov = provisioning_of(svc)
+    await prov.close_window()
+    return _window_json(prov)
+
+
+@router.get("/provisioning/claim-credential", dependencies=[AdminOnly])
+async def claim_credential(svc: SvcDep) -> dict[str, Any]:
+    """What factory firmware needs to claim: usernames, the shared secret, where, which CA."""
+    prov = provisioning_of(svc)
+    if prov.claim_secret is None:
+        raise ApiError(409, "unavailable", "provisioning by claim needs the supervised MQTT server")
+    host, token_port, x509_port = prov.mqtt_endpoint
+    return {
+        "username_prefix": CLAIM_SLOT_PREFIX,
+        "slots": prov.slots,
+        "password": prov.claim_secret,
+        "mqtt": {
+            "host": host,
+            "port": token_port,
+            "x509_port": x509_port or None,
+            "tls": True,
+            "ca_pem": svc.endpoint.ca_pem,
+        },
+        "topics": {
+            "request": f"{svc.extra['topics'].prefix}/provision/<username>/request",
+            "reply": f"{svc.extra['topics'].prefix}/provision/<username>/reply",
+        },
+    }

@@ -1,0 +1,62 @@
+"""What every API route depends on: the composed services and the authenticated caller.
+
+Routers import these; `app.py` (which includes the routers) is never imported by them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from planty_broker.northbound.api.auth import Authenticator, Principal, Scope
+from planty_broker.northbound.api.errors import ApiError
+from planty_broker.services.context import Services
+
+_bearer = HTTPBearer(auto_error=False, description="An API token (admin, server or read scope)")
+
+
+async def services(request: Request) -> Services:
+    """The composed services (async: a sync dependency would cost a thread hop per request)."""
+    svc: Services = request.app.state.services
+    return svc
+
+
+async def principal(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """Authenticate the caller; `read` tokens may only GET."""
+    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+        raise ApiError(
+            401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'"
+        )
+    auth: Authenticator = request.app.state.authenticator
+    who = await auth.authenticate(creds.credentials)
+    if who is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked token")
+    if who.scope is Scope.READ and request.method not in ("GET", "HEAD", "OPTIONS"):
+        raise ApiError(403, "forbidden", "this token has the 'read' scope: it may only GET")
+    return who
+
+
+def require_scope(*allowed: Scope) -> Callable[..., Coroutine[Any, Any, Principal]]:
+    """Dependency: the caller's scope must be one of `allowed` (admin always passes)."""
+
+    async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if who.scope is Scope.ADMIN or who.scope in allowed:
+            return who
+        raise ApiError(
+            403,
+            "forbidden",
+            f"this token has the '{who.scope.value}' scope; "
+            f"needs one of: admin, {', '.join(s.value for s in allowed)}",
+        )
+
+    return check
+
+
+SvcDep = Annotated[Services, Depends(services)]
+AuthDep = Annotated[Principal, Depends(principal)]

@@ -1,0 +1,164 @@
+"""Device routes: register (credentials shown once), list, show, remove, telemetry."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from planty_broker.domain.models import DeviceRecord, PresenceState, Reading
+from planty_broker.northbound.api.auth import Scope
+from planty_broker.northbound.api.deps import SvcDep, require_scope
+from planty_broker.northbound.api.errors import ApiError
+from planty_broker.northbound.api.timefmt import iso, parse_time
+from planty_broker.services.context import Services
+from planty_broker.services.registry import DeviceAlreadyExistsError, InvalidDeviceIdError
+
+router = APIRouter(tags=["devices"])
+Writer = Depends(require_scope(Scope.SERVER))
+
+
+class NewDevice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(
+        description="device id: 3-64 characters a-z, 0-9, '-'", examples=["greenhouse-1"]
+    )
+    name: str | None = Field(default=None, max_length=200)
+
+
+class MqttEndpoint(BaseModel):
+    host: str
+    port: int
+    tls: bool
+    ca_pem: str | None
+    prefix: str = Field(description="topic prefix: the device uses <prefix>/devices/<id>/...")
+
+
+class DeviceCredentials(BaseModel):
+    id: str
+    token: str = Field(description="the device's MQTT password; shown only in this response")
+    mqtt: MqttEndpoint
+
+
+def reading_json(r: Reading | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {
+        "seq": r.seq,
+        "ts": iso(r.ts_ms),
+        "received_at": iso(r.received_ms),
+        "readings": r.values,
+    }
+
+
+def device_json(svc: Services, d: DeviceRecord) -> dict[str, Any]:
+    p = svc.presence.get(d.id)
+    stats = svc.extra.get("stats")
+    c = stats.fleet.get(d.id) if stats is not None else None  # DeviceStats
+    errors = {k: n for k, n in c.errors().items() if n} if c else {}
+    state = p.state if p else PresenceState.UNKNOWN
+    out: dict[str, Any] = {
+        "id": d.id,
+        "name": d.name,
+        "created_at": iso(d.created_at_ms),
+        "online": state in (PresenceState.ONLINE, PresenceState.LATE),
+        "presence": {
+            "state": state.value,
+            "since": iso(p.since_ms) if p else None,
+            "cause": p.cause.value if p else None,
+        },
+        # The device's own last message (a last will is the MQTT server speaking for it);
+        # after a restart, until it speaks again, the last message counted before.
+        "last_seen": iso(
+            p.last_seen_ms if p and p.last_seen_ms else (c.last_message_ms if c else None)
+        ),
+        "latest": reading_json(svc.ingest.latest.get(d.id)),
+        "counts": {
+            "messages": c.msgs_in if c else 0,
+            "bytes": c.bytes_in if c else 0,
+            "readings": c.readings if c else 0,
+            "errors": sum(errors.values()),
+            "errors_by_kind": errors,
+        },
+        "sensors": list(d.sensors),
+        "actuators": list(d.actuators),
+        "fw": d.fw,
+        "interval_s": d.interval_s,
+    }
+    summary = svc.extra.get("device_summary")
+    if summary is not None:
+        out.update(summary(d.id))
+    return out
+
+
+@router.post("/devices", status_code=201, response_model=DeviceCredentials, dependencies=[Writer])
+async def add_device(body: NewDevice, svc: SvcDep) -> dict[str, Any]:
+    """Register a device. The response holds its token, once: store it on the device."""
+    try:
+        record, token = await svc.registry.add(body.id, body.name)
+    except InvalidDeviceIdError as exc:
+        raise ApiError(422, "invalid_device_id", str(exc)) from None
+    except DeviceAlreadyExistsError as exc:
+        raise ApiError(409, "device_exists", f"{exc}; remove it first or pick another id") from None
+    e = svc.endpoint
+    return {
+        "id": record.id,
+        "token": token,
+        "mqtt": {
+            "host": e.host,
+            "port": e.port,
+            "tls": e.tls,
+            "ca_pem": e.ca_pem,
+            "prefix": svc.settings.mqtt.topic_prefix,
+        },
+    }
+
+
+@router.get("/devices")
+async def list_devices(svc: SvcDep) -> dict[str, Any]:
+    """Every registered device with presence, last seen, latest readings and counts."""
+    devices = [device_json(svc, d) for d in svc.registry.all()]
+    return {
+        "devices": devices,
+        "count": len(devices),
+        "online": sum(1 for d in devices if d["online"]),
+    }
+
+
+def _device(svc: Services, device_id: str) -> DeviceRecord:
+    d = svc.registry.get(device_id)
+    if d is None:
+        raise ApiError(404, "unknown_device", f"no device with id {device_id!r}")
+    return d
+
+
+@router.get("/devices/{device_id}")
+async def get_device(device_id: str, svc: SvcDep) -> dict[str, Any]:
+    return device_json(svc, _device(svc, device_id))
+
+
+@router.delete("/devices/{device_id}", status_code=204, dependencies=[Writer])
+async def remove_device(device_id: str, svc: SvcDep) -> Response:
+    """Remove a device: its credentials stop working at once and its data is deleted."""
+    _device(svc, device_id)
+    await svc.registry.remove(device_id)
+    return Response(status_code=204)
+
+
+@router.get("/devices/{device_id}/telemetry")
+async def telemetry(
+    device_id: str,
+    svc: SvcDep,
+    since: Annotated[str | None, Query(description="ISO 8601 or unix ms, inclusive")] = None,
+    until: Annotated[str | None, Query(description="ISO 8601 or unix ms, inclusive")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    """Stored readings of one device, oldest first (the newest `limit` in the range)."""
+    _device(svc, device_id)
+    try:
+        since_ms, until_ms = parse_time(since, "since"), parse_time(until, "until")
+    except ValueError as exc:
+        raise ApiError(422, "invalid", str(exc)) from None
+    rows = await svc.store.query_readings(device_id, since_ms, until_ms, limit)
+    return {"device_id": device_id, "count": len(rows), "readings": [reading_json(r) for r in rows]}

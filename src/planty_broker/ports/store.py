@@ -1,0 +1,205 @@
+"""The storage port: what the services need from a database, nothing more.
+
+Adapters: `storage.sqlite` (embedded default, one file in the data folder),
+`storage.memory` (fast fake for unit tests). Every write method returns only
+once the data is durable (committed), so callers may acknowledge upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from planty_broker.domain.models import DeviceRecord, PresenceTransition, Reading
+
+if TYPE_CHECKING:
+    from planty_broker.domain.commands import CommandChange, CommandRecord, CommandTransition
+    from planty_broker.domain.events import Consumer, Event, LogBounds, NewEvent, PruneResult
+    from planty_broker.domain.identity import ApiToken, CredentialState, DeviceCredential, Pairing
+    from planty_broker.domain.rules.records import RuleEvent, StoredRule
+
+
+class StoreError(Exception):
+    """Root of storage errors; the message says what happened and what to do."""
+
+
+class DeviceExistsError(StoreError):
+    """A device with that id is already registered."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached or written (disk full, locked, server down)."""
+
+
+class Store(Protocol):
+    """Durable state of the gateway."""
+
+    async def open(self) -> None:
+        """Connect and migrate the schema to the latest version."""
+
+    async def close(self) -> None: ...
+
+    # devices
+    async def add_device(self, device: DeviceRecord) -> None:
+        """Insert; raises DeviceExistsError if the id is taken."""
+
+    async def get_device(self, device_id: str) -> DeviceRecord | None: ...
+
+    async def list_devices(self) -> list[DeviceRecord]: ...
+
+    async def update_device(self, device: DeviceRecord) -> None:
+        """Replace the stored record of an existing device."""
+
+    async def remove_device(self, device_id: str) -> bool:
+        """Delete the device and its data; False if it did not exist."""
+
+    # telemetry
+    async def append_readings(self, readings: Sequence[Reading]) -> None:
+        """Store a batch in one transaction; durable on return."""
+
+    async def query_readings(
+        self, device_id: str, since_ms: int | None, until_ms: int | None, limit: int
+    ) -> list[Reading]:
+        """Readings of one device by `ts_ms`, newest last, at most `limit` (the newest ones)."""
+
+    async def latest_readings(self) -> dict[str, Reading]:
+        """The newest reading of every device (to rebuild state after a restart)."""
+
+    # presence
+    async def append_presence(self, transitions: Sequence[PresenceTransition]) -> None: ...
+
+    async def last_presence(self) -> dict[str, PresenceTransition]:
+        """The newest transition of every device."""
+
+    async def presence_history(
+        self, device_id: str, since_ms: int | None, until_ms: int | None
+    ) -> list[PresenceTransition]: ...
+
+    # small key/value state of the gateway (counters snapshot, broker id, ...)
+    async def get_meta(self, key: str) -> Any | None: ...
+
+    async def set_meta(self, key: str, value: Any) -> None: ...
+
+
+class CommandStore(Protocol):
+    """The durable command outbox (issue 3); adapters: SqlStore, MemoryStore."""
+
+    async def apply_command_changes(self, changes: Sequence[CommandChange]) -> None:
+        """Store the rows, their history rows and their `command` events in one transaction.
+
+        Changes of commands whose device was removed meanwhile are dropped.
+        """
+
+    async def get_command(self, command_id: str) -> CommandRecord | None: ...
+
+    async def list_commands(
+        self, device_id: str | None, states: Sequence[str] | None, limit: int
+    ) -> list[CommandRecord]:
+        """Newest first; `device_id` None = every device."""
+
+    async def active_commands(self) -> list[CommandRecord]:
+        """Every queued or sent command, oldest first (to resume after a restart)."""
+
+    async def command_history(self, command_id: str) -> list[CommandTransition]:
+        """Its transitions, oldest first."""
+
+    async def prune_commands(self, final_before_ms: int, limit: int) -> int:
+        """Delete up to `limit` final commands that ended before the time; returns how many."""
+
+
+class EventStore(Protocol):
+    """The ordered event log and its named consumers (issue 3)."""
+
+    async def append_events(self, events: Sequence[NewEvent]) -> None:
+        """Append in one transaction, ids in order; durable on return."""
+
+    async def read_events(
+        self, after: int, limit: int, types: Sequence[str] | None = None
+    ) -> list[Event]:
+        """Events with id > after, oldest first, at most `limit`, optionally only `types`."""
+
+    async def event_bounds(self) -> LogBounds: ...
+
+    async def set_consumer_cursor(self, name: str, acked: int, now_ms: int) -> Consumer:
+        """Create the consumer if new; move its cursor (callers check it only moves forward)."""
+
+    async def get_consumer(self, name: str) -> Consumer | None: ...
+
+    async def list_consumers(self) -> list[Consumer]: ...
+
+    async def delete_consumer(self, name: str) -> bool: ...
+
+    async def prune_events(self, through_id: int) -> PruneResult:
+        """Delete every event with id <= through_id; count, per consumer, those it had
+        not confirmed (added to its `dropped`)."""
+
+    async def event_id_before(self, at_ms: int) -> int:
+        """The highest id of an event older than `at_ms` (0 if none)."""
+
+
+class RuleStore(Protocol):
+    """The threshold rules and their history (issue 5); adapters: SqlStore, MemoryStore."""
+
+    async def list_rules(self) -> list[StoredRule]:
+        """Every rule, by id."""
+
+    async def save_rules(self, put: Sequence[StoredRule], delete: Sequence[str] = ()) -> None:
+        """Insert or replace `put` (a replaced rule keeps its `created_ms`) and delete the
+        ids in `delete`, in one transaction."""
+
+    async def append_rule_history(self, events: Sequence[RuleEvent]) -> None:
+        """Append history lines and their `rule` events in the event log, one transaction."""
+
+    async def rule_history(
+        self,
+        rule_id: str,
+        *,
+        device_id: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[RuleEvent]:
+        """One rule's history, newest first; `before_id` pages back."""
+
+    async def rule_fires_since(self, since_ms: int) -> list[RuleEvent]:
+        """Every `fire` line at or after the time, oldest first (to restore budgets)."""
+
+    async def prune_rule_history(self, before_ms: int, limit: int) -> int:
+        """Delete up to `limit` history lines older than the time; returns how many."""
+
+
+class IdentityStore(Protocol):
+    """Durable identity state; every write is committed on return."""
+
+    async def add_token(self, token: ApiToken) -> None: ...
+
+    async def list_tokens(self) -> list[ApiToken]:
+        """Every token, revoked ones included, oldest first."""
+
+    async def token_by_digest(self, digest: str) -> ApiToken | None: ...
+
+    async def revoke_token(self, token_id: str, at_ms: int) -> ApiToken | None:
+        """Mark revoked (once); returns the stored token, None if unknown."""
+
+    async def touch_tokens(self, last_used: Mapping[str, int]) -> None:
+        """Record last-used times (id -> unix ms); only ever moves them forward."""
+
+    async def get_pairing(self) -> Pairing | None: ...
+
+    async def set_pairing(self, value: Pairing) -> bool:
+        """Store the pairing unless one exists; False if the broker was already paired."""
+
+    async def clear_pairing(self) -> Pairing | None:
+        """Remove the pairing; returns what it was."""
+
+    async def save_credential(self, credential: DeviceCredential) -> None:
+        """Insert or replace by id."""
+
+    async def save_credentials(self, credentials: Sequence[DeviceCredential]) -> None:
+        """Insert new ones in one transaction."""
+
+    async def list_credentials(
+        self, device_id: str | None = None, states: Sequence[CredentialState] | None = None
+    ) -> list[DeviceCredential]:
+        """Oldest first; filtered by device and states when given."""

@@ -1,0 +1,257 @@
+"""Pairing the broker with a user's account: a short code, claimed once, gives the server its token.
+
+One service for every front door (the HTTP API today, the Firestore connector
+later). While the broker is not paired it holds a pairing code: 8 characters
+from an alphabet without look-alikes (no 0/O, 1/I/L), valid `code_ttl_s`
+(10 minutes), single use. `claim(code, account_id)` pairs the broker, creates
+a `server`-scope API token for the account and returns its secret once;
+`unpair()` removes the pairing and revokes that token.
+
+Wrong codes are counted (persisted in the store's meta) and rate-limited per
+client and globally: a client with `max_failures` refused claims in
+`failure_window_s` gets `RateLimitedError` until the window frees, and so does
+everybody after four times as many refusals in the window (against guessing
+from many addresses). The code lives only in this process's memory and is never
+logged; an expired code is told apart from a wrong one so a person knows to
+fetch a fresh one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from planty_broker.domain.identity import ApiToken, Pairing, TokenScope
+from planty_broker.ports.store import IdentityStore, Store
+from planty_broker.services.access.tokens import TokenService, UnknownTokenError
+
+log = logging.getLogger(__name__)
+
+ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # 31 symbols: 31^8 = 8.5e11 codes
+CODE_LENGTH = 8
+MAX_ACCOUNT_ID = 200
+_META_KEY = "pairing.counters"
+_GLOBAL_FACTOR = 4
+_EXPIRED_KEPT = 4
+
+
+class PairingError(Exception):
+    """Root of pairing errors; the message is one line for the user."""
+
+
+class AlreadyPairedError(PairingError):
+    pass
+
+
+class NotPairedError(PairingError):
+    pass
+
+
+class InvalidCodeError(PairingError):
+    pass
+
+
+class ExpiredCodeError(PairingError):
+    pass
+
+
+class RateLimitedError(PairingError):
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class PairingCode:
+    code: str  # 8 characters, shown as XXXX-XXXX
+    expires_ms: int
+
+    @property
+    def display(self) -> str:
+        return f"{self.code[:4]}-{self.code[4:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class PairingStatus:
+    pairing: Pairing | None
+    code: PairingCode | None  # only while not paired
+    failed_claims: int
+    rate_limited: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    pairing: Pairing
+    token: ApiToken
+    secret: str  # the server's API token: returned once, never stored
+
+
+def normalize_code(raw: str) -> str:
+    """What a person typed -> the canonical code (case, spaces and dashes do not matter)."""
+    return "".join(ch for ch in raw.upper() if ch not in " -\t")
+
+
+def new_code(length: int = CODE_LENGTH) -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(length))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class PairingService:
+    """Holds the pairing code, pairs and unpairs; see the module docstring."""
+
+    def __init__(
+        self,
+        store: IdentityStore,
+        meta: Store,
+        tokens: TokenService,
+        *,
+        code_ttl_s: float = 600.0,
+        max_failures: int = 5,
+        failure_window_s: float = 60.0,
+        clock: Callable[[], int] = _now_ms,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._meta = meta
+        self._tokens = tokens
+        self._ttl_ms = int(code_ttl_s * 1000)
+        self._max_failures = max_failures
+        self._window_s = failure_window_s
+        self._clock = clock
+        self._monotonic = monotonic
+        self._pairing: Pairing | None = None
+        self._code: PairingCode | None = None
+        self._expired: deque[str] = deque(maxlen=_EXPIRED_KEPT)
+        self._failures: dict[str, deque[float]] = {}
+        self._all_failures: deque[float] = deque()
+        self.failed_claims = 0
+        self.rate_limited = 0
+
+    async def start(self) -> None:
+        self._pairing = await self._store.get_pairing()
+        counters = await self._meta.get_meta(_META_KEY)
+        if isinstance(counters, dict):
+            self.failed_claims = int(counters.get("failed_claims", 0))
+            self.rate_limited = int(counters.get("rate_limited", 0))
+
+    async def stop(self) -> None:
+        await self._save_counters()
+
+    # ------------------------------------------------------------ reading
+
+    @property
+    def paired(self) -> bool:
+        return self._pairing is not None
+
+    def current_code(self) -> PairingCode | None:
+        """The live code (a fresh one once the last expired); None while paired."""
+        if self._pairing is not None:
+            return None
+        now = self._clock()
+        if self._code is None or now >= self._code.expires_ms:
+            if self._code is not None:
+                self._expired.append(self._code.code)
+            self._code = PairingCode(new_code(), now + self._ttl_ms)
+        return self._code
+
+    def status(self) -> PairingStatus:
+        return PairingStatus(
+            self._pairing, self.current_code(), self.failed_claims, self.rate_limited
+        )
+
+    # ------------------------------------------------------------ pairing
+
+    async def claim(self, code: str, account_id: str, client: str = "?") -> ClaimResult:
+        """Pair with `account_id` if `code` is the live code; raises a `PairingError` if not."""
+        self._check_rate(client)
+        account_id = account_id.strip()
+        if not account_id or len(account_id) > MAX_ACCOUNT_ID:
+            raise PairingError(f"account_id must be 1..{MAX_ACCOUNT_ID} characters")
+        if self._pairing is not None:
+            raise AlreadyPairedError(
+                "this broker is already paired; unpair it first (`planty unpair`)"
+            )
+        given = normalize_code(code)
+        live = self.current_code()
+        assert live is not None
+        if not hmac.compare_digest(given.encode(), live.code.encode()):
+            expired = any(hmac.compare_digest(given.encode(), c.encode()) for c in self._expired)
+            await self._failed(client)
+            if expired:
+                raise ExpiredCodeError(
+                    "this pairing code has expired; get a fresh one with `planty pair` "
+                    "or GET /api/v1/pairing"
+                )
+            raise InvalidCodeError("wrong pairing code")
+        token, secret = await self._tokens.create(
+            f"pairing:{account_id}", TokenScope.SERVER, origin="pairing"
+        )
+        pairing = Pairing(account_id, token.id, self._clock())
+        if not await self._store.set_pairing(pairing):  # another instance won the race
+            await self._tokens.revoke(token.id)
+            self._pairing = await self._store.get_pairing()
+            raise AlreadyPairedError("this broker was paired meanwhile")
+        self._pairing = pairing
+        self._code = None  # single use
+        self._expired.clear()
+        log.info("broker paired with account %s (API token %s)", account_id, token.id)
+        return ClaimResult(pairing, token, secret)
+
+    async def unpair(self) -> Pairing:
+        """Undo the pairing and revoke the server's token; a new code is made."""
+        old = await self._store.clear_pairing()
+        self._pairing = None
+        if old is None:
+            raise NotPairedError("this broker is not paired")
+        try:
+            await self._tokens.revoke(old.token_id)
+        except UnknownTokenError:
+            log.warning("the pairing's API token %s was already gone", old.token_id)
+        log.info("broker unpaired from account %s; its API token is revoked", old.account_id)
+        return old
+
+    # ------------------------------------------------------------ rate limit
+
+    def _prune(self, q: deque[float], now: float) -> None:
+        while q and now - q[0] >= self._window_s:
+            q.popleft()
+
+    def _check_rate(self, client: str) -> None:
+        now = self._monotonic()
+        mine = self._failures.get(client)
+        if mine is not None:
+            self._prune(mine, now)
+            if not mine:
+                del self._failures[client]
+        self._prune(self._all_failures, now)
+        for q, limit in (
+            (mine, self._max_failures),
+            (self._all_failures, self._max_failures * _GLOBAL_FACTOR),
+        ):
+            if q is not None and len(q) >= limit:
+                self.rate_limited += 1
+                retry = max(1.0, self._window_s - (now - q[0]))
+                raise RateLimitedError(
+                    f"too many wrong pairing codes; try again in {retry:.0f} s", retry
+                )
+
+    async def _failed(self, client: str) -> None:
+        now = self._monotonic()
+        self._failures.setdefault(client, deque()).append(now)
+        self._all_failures.append(now)
+        self.failed_claims += 1
+        log.warning("pairing claim refused from %s (%d refused so far)", client, self.failed_claims)
+        await self._save_counters()
+
+    async def _save_counters(self) -> None:
+        await self._meta.set_meta(
+            _META_KEY, {"failed_claims": self.failed_claims, "rate_limited": self.rate_limited}
+        )

@@ -1,0 +1,72 @@
+"""What Mosquitto's log says about logins, turned into credential events.
+
+An accepted login on a device listener marks the device's credential of that type
+as used (`used_first`, once); a refused one becomes a `login_refused` event with
+its reason. Mosquitto logs a refusal before it knows the username, so a refusal
+is named for a device only when that is unambiguous: exactly one device whose
+credential ended within the last hour last logged in from the same address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from planty_broker.domain.identity import CredentialEventKind, CredentialKind, CredentialState
+from planty_broker.mqttserver.login_watch import LoginAccepted, LoginEvent
+from planty_broker.services.credentials.events import CredentialEvent
+from planty_broker.services.credentials.service import CredentialService
+from planty_broker.services.registry import now_ms
+
+ATTRIBUTE_WINDOW_MS = 3_600_000
+
+
+class LoginObserver:
+    """Feeds login events to the credential service (first use) and the event log."""
+
+    def __init__(self, credentials: CredentialService, clock: Callable[[], int] = now_ms) -> None:
+        self._creds = credentials
+        self._clock = clock
+        self._last_login: dict[str, tuple[str, int]] = {}  # device -> (address, at)
+
+    async def on_login(self, event: LoginEvent) -> None:
+        control = self._creds.control
+        port = event.listener_port
+        if control is None or (port is not None and port not in control.device_ports):
+            return  # the gateway's own listener: readiness probes and kicks
+        at = self._clock()
+        x509 = port is not None and port == control.x509_port
+        if isinstance(event, LoginAccepted):
+            device_id = event.username
+            if not self._creds.known_device(device_id):
+                return  # claim slots
+            self._last_login[device_id] = (event.address, at)
+            kind = CredentialKind.X509 if x509 else CredentialKind.TOKEN
+            used = [
+                c
+                for c in self._creds.credentials_of(device_id)
+                if c.kind is kind and c.state is CredentialState.ACTIVE
+            ]
+            if len(used) == 1 and used[0].first_used_ms is None:  # else: cannot tell which
+                await self._creds.mark_first_use(used[0], at, event.address)
+            return
+        listener = "x509" if x509 else "token" if port is not None else None
+        await self._creds.events.record(
+            CredentialEvent(
+                CredentialEventKind.LOGIN_REFUSED,
+                self._attribute(event.address, at),
+                at,
+                data={"reason": event.reason, "address": event.address, "listener": listener},
+            )
+        )
+
+    def _attribute(self, address: str | None, at: int) -> str | None:
+        if address is None:
+            return None
+        matches = [
+            device_id
+            for device_id, ended in self._creds.ended_at.items()
+            if at - ended < ATTRIBUTE_WINDOW_MS
+            and self._last_login.get(device_id, ("", 0))[0] == address
+            and not any(c.live for c in self._creds.credentials_of(device_id))
+        ]
+        return matches[0] if len(matches) == 1 else None

@@ -1,0 +1,346 @@
+"""Provisioning by claim (like AWS IoT fleet provisioning): factory-fresh devices get their
+own credential while the operator keeps a claim window open.
+
+Every factory device carries the same claim secret. Mosquitto forces client id =
+username, so a single shared claim username would make claiming devices take
+over (and cut) each other's sessions. Instead there are `slots` claim usernames,
+`planty-claim-0` .. `planty-claim-<slots-1>`, all with the one claim secret; a
+device picks a slot at random. Each slot may only publish
+`<prefix>/provision/<slot>/request` and read `<prefix>/provision/<slot>/reply`
+(and nothing under `devices/`), so a claimant never reads another slot's reply.
+Two devices that pick the same slot at once cut each other; the loser retries
+on another slot after a short random wait.
+
+The slots' ACL lines are always in Mosquitto's ACL file; their password lines
+are in the password file only while the window is open, so outside it the
+claim secret is refused at CONNECT and closing the window cuts live claim
+sessions. After answering, the gateway cuts the slot's session itself (a
+takeover login on its internal listener) once `grace_s` has passed.
+
+A request may carry the device's own token (`token`): the reply then holds no
+secret, so even a claimant that raced into the same slot learns nothing useful.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from planty_broker.domain.identity import CredentialEventKind, CredentialOrigin
+from planty_broker.mqttserver.layout import AclGrant, MqttAccount
+from planty_broker.mqttserver.passwords import hash_token
+from planty_broker.ports.store import Store
+from planty_broker.protocol import (
+    ClaimReply,
+    ClaimRequest,
+    ProtocolError,
+    claim_slot_name,
+    decode_claim_request,
+    encode_provisioning,
+    parse_provision_topic,
+    provision_topic,
+    valid_device_id,
+)
+from planty_broker.services.credentials.events import CredentialEvent, EventRecorder
+from planty_broker.services.credentials.service import CredentialError, CredentialService
+from planty_broker.services.registry import DeviceRegistry, RegistryError, now_ms
+from planty_broker.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+_META_KEY = "provisioning.window_until_ms"
+REPLY_CACHE_S = 300.0
+_REPLY_CACHE_MAX = 1000
+K = CredentialEventKind
+
+
+class ProvisioningError(Exception):
+    """A claim window cannot be opened or used; the message is one line for the user."""
+
+
+Publisher = Callable[[str, bytes], Awaitable[None]]
+Kicker = Callable[[str, str], Awaitable[int]]
+
+
+class ProvisioningService:
+    """The claim window and the claim requests (see the module docstring)."""
+
+    def __init__(
+        self,
+        credentials: CredentialService,
+        registry: DeviceRegistry,
+        meta: Store,
+        recorder: EventRecorder,
+        *,
+        prefix: str,
+        slots: int = 64,
+        default_window_s: float = 300.0,
+        max_window_s: float = 86400.0,
+        grace_s: float = 2.0,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._credentials = credentials
+        self._registry = registry
+        self._meta = meta
+        self.events = recorder
+        self._prefix = prefix
+        self.slots = slots
+        self.default_window_s = default_window_s
+        self.max_window_s = max_window_s
+        self._grace_s = grace_s
+        self._clock = clock
+        self.claim_secret: str | None = None  # set when a supervised MQTT server is there
+        self._claim_hash = ""
+        self.publish: Publisher | None = None
+        self.kick: Kicker | None = None
+        self.apply: Callable[[], Awaitable[None]] | None = None
+        self.mqtt_endpoint: tuple[str, int, int] = ("", 0, 0)  # host, token port, x509 port
+        self._until_ms: int | None = None
+        self._replies: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._gate = asyncio.Semaphore(4)
+        self.claims = 0
+        self.refused = 0
+        credentials.extra_users.append(self.claim_entries)
+
+    # ------------------------------------------------------------ MQTT server view
+
+    def set_claim_secret(self, secret: str) -> None:
+        self.claim_secret = secret
+        self._claim_hash = hash_token(secret)
+
+    def claim_accounts(self) -> list[MqttAccount]:
+        """The slots' ACL entries (no password: that comes from `claim_entries` when open)."""
+        out = []
+        for n in range(self.slots):
+            slot = claim_slot_name(n)
+            out.append(
+                MqttAccount(
+                    slot,
+                    "",
+                    (
+                        AclGrant("deny", f"{self._prefix}/devices/#"),
+                        AclGrant("write", provision_topic(self._prefix, slot, "request")),
+                        AclGrant("read", provision_topic(self._prefix, slot, "reply")),
+                    ),
+                )
+            )
+        return out
+
+    def claim_entries(self) -> dict[str, str]:
+        """Password lines of the claim slots: only while the window is open."""
+        if not self.window_open or not self._claim_hash:
+            return {}
+        return {claim_slot_name(n): self._claim_hash for n in range(self.slots)}
+
+    # ------------------------------------------------------------ the window
+
+    @property
+    def window_open(self) -> bool:
+        return self._until_ms is not None and self._clock() < self._until_ms
+
+    @property
+    def window_until_ms(self) -> int | None:
+        return self._until_ms if self.window_open else None
+
+    async def start(self) -> None:
+        until = await self._meta.get_meta(_META_KEY)
+        if isinstance(until, int) and until > self._clock():
+            self._until_ms = until
+        self._spawn(self._closer(), "claim-window")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._tasks)
+
+    async def open_window(self, duration_s: float | None = None) -> int:
+        """Accept claims for `duration_s` (default `default_window_s`); returns the end, unix ms."""
+        if self.claim_secret is None or self.apply is None:
+            raise ProvisioningError(
+                "provisioning by claim needs the supervised MQTT server (mqtt.url is set)"
+            )
+        duration = self.default_window_s if duration_s is None else duration_s
+        if not 0 < duration <= self.max_window_s:
+            raise ProvisioningError(
+                f"the claim window must last more than 0 and at most {self.max_window_s:g} s "
+                "(provisioning.max_window_s)"
+            )
+        self._until_ms = self._clock() + int(duration * 1000)
+        await self._meta.set_meta(_META_KEY, self._until_ms)
+        await self.apply()
+        log.info("claim window open for %.0f s", duration)
+        return self._until_ms
+
+    async def close_window(self) -> None:
+        """Refuse the claim secret from now on; live claim sessions are cut."""
+        was_open = self.window_open
+        self._until_ms = None
+        await self._meta.set_meta(_META_KEY, None)
+        if self.apply is not None:
+            await self.apply()
+        if was_open:
+            log.info("claim window closed")
+
+    async def _closer(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if self._until_ms is not None and self._clock() >= self._until_ms:
+                await self.close_window()
+
+    # ------------------------------------------------------------ requests
+
+    def handles(self, topic: str) -> bool:
+        return topic.startswith(f"{self._prefix}/provision/")
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """A message on a provisioning topic (the MQTT link hands them here, not to ingest)."""
+        slot = parse_provision_topic(self._prefix, topic)
+        if slot is None:
+            return
+        self._spawn(self._serve(slot, payload), "claim-request")
+
+    async def _serve(self, slot: str, payload: bytes) -> None:
+        async with self._gate:
+            try:
+                req = decode_claim_request(payload)
+            except ProtocolError as exc:
+                await self._refuse(slot, "?", None, "invalid_request", str(exc))
+                return
+            key = (req.serial, req.req)
+            self._prune_replies()
+            cached = self._replies.get(key)
+            if cached is not None:  # the same request again: the reply was lost
+                await self._send(slot, cached[0])
+                return
+            reply = await self._claim(slot, req)
+            raw = encode_provisioning(reply)
+            if reply.ok:
+                self._replies[key] = (raw, asyncio.get_running_loop().time() + REPLY_CACHE_S)
+            await self._send(slot, raw)
+        if reply.ok:
+            await asyncio.sleep(self._grace_s)
+            await self._cut(slot)
+
+    async def _claim(self, slot: str, req: ClaimRequest) -> ClaimReply:
+        if not self.window_open:
+            return await self._refuse(slot, req.req, req.serial, "window_closed", "no claim window")
+        for d in self._registry.all():
+            if d.attrs.get("serial") == req.serial:
+                return await self._refuse(
+                    slot,
+                    req.req,
+                    req.serial,
+                    "already_claimed",
+                    f"serial already claimed as {d.id}; the operator must remove it first",
+                )
+        device_id = req.id or _id_from_serial(req.serial)
+        if device_id in self._registry:
+            return await self._refuse(
+                slot, req.req, req.serial, "id_taken", f"device id {device_id} is taken"
+            )
+        host, token_port, x509_port = self.mqtt_endpoint
+        x509 = req.type == "x509"
+        if x509 and not x509_port:
+            return await self._refuse(
+                slot, req.req, req.serial, "unavailable", "this broker issues no certificates"
+            )
+        self._credentials.expect_origin(device_id, CredentialOrigin.CLAIM)
+        try:
+            record, token = await self._registry.add(
+                device_id,
+                req.name,
+                token="" if x509 else req.token,
+                attrs={"serial": req.serial, "claimed_ms": self._clock()},
+            )
+        except RegistryError as exc:
+            return await self._refuse(slot, req.req, req.serial, "invalid_request", str(exc))
+        cert_pem = key_pem = None
+        if x509:
+            try:
+                issued = await self._credentials.issue_certificate(
+                    device_id, CredentialOrigin.CLAIM
+                )
+            except CredentialError as exc:
+                await self._registry.remove(device_id)
+                return await self._refuse(slot, req.req, req.serial, "unavailable", str(exc))
+            cert_pem, key_pem = issued.cert_pem, issued.key_pem
+        self.claims += 1
+        await self.events.record(
+            CredentialEvent(
+                K.CLAIMED,
+                device_id,
+                self._clock(),
+                data={"serial": req.serial, "slot": slot, "type": req.type},
+            )
+        )
+        log.info(
+            "device %s claimed (serial %s)", device_id, req.serial, extra={"device_id": device_id}
+        )
+        return ClaimReply(
+            req=req.req,
+            ok=True,
+            id=record.id,
+            token=None if (x509 or req.token) else token,
+            cert_pem=cert_pem,
+            key_pem=key_pem,
+            host=host,
+            port=x509_port if x509 else token_port,
+        )
+
+    async def _refuse(
+        self, slot: str, req: str, serial: str | None, code: str, message: str
+    ) -> ClaimReply:
+        self.refused += 1
+        data: dict[str, Any] = {"reason": code, "slot": slot, "message": message}
+        if serial is not None:
+            data["serial"] = serial
+        await self.events.record(CredentialEvent(K.CLAIM_REFUSED, None, self._clock(), data=data))
+        log.warning("claim refused on %s: %s (%s)", slot, code, message)
+        reply = ClaimReply(req=req, ok=False, error=code, message=message)
+        if req == "?":
+            await self._send(slot, encode_provisioning(reply))
+        return reply
+
+    async def _send(self, slot: str, raw: bytes) -> None:
+        if self.publish is not None:
+            await self.publish(provision_topic(self._prefix, slot, "reply"), raw)
+
+    async def _cut(self, slot: str) -> None:
+        """End the claim session on `slot` (a takeover login with the claim secret)."""
+        if self.kick is None or self.claim_secret is None or not self.window_open:
+            return  # closed: the reload already cut it
+        try:
+            await self.kick(slot, self.claim_secret)
+        except OSError as exc:
+            log.warning("could not end the claim session on %s: %s", slot, exc)
+
+    def _prune_replies(self) -> None:
+        now = asyncio.get_running_loop().time()
+        while self._replies:
+            key, (_raw, until) = next(iter(self._replies.items()))
+            if until > now and len(self._replies) <= _REPLY_CACHE_MAX:
+                break
+            del self._replies[key]
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("provisioning task failed: %r", task.exception())
+
+
+def _id_from_serial(serial: str) -> str:
+    """A device id from a factory serial: lower case, other characters as '-'."""
+    cand = re.sub(r"[^a-z0-9-]+", "-", serial.lower()).strip("-")[:64]
+    if not valid_device_id(cand) or cand.startswith("planty-"):
+        cand = "dev-" + hashlib.sha256(serial.encode()).hexdigest()[:12]
+    return cand
