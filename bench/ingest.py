@@ -34,7 +34,8 @@ from gmqtt import Client
 from measure import free_port, machine_line, pct
 
 from planty_broker.config import load_settings
-from planty_broker.mqttserver.layout import AclGrant, MosquittoLayout, MqttAccount
+from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
+from planty_broker.ports.device_authority import AclGrant
 from planty_broker.mqttserver.passwords import hash_token
 from planty_broker.mqttserver.supervisor import MosquittoSupervisor
 from planty_broker.protocol import Channel, Telemetry, Topics, encode

@@ -15,28 +15,39 @@ import signal
 import socket
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any
 from urllib.parse import urlparse
 
 import uvicorn
 
 from planty_broker import __version__
 from planty_broker.config import Settings
-from planty_broker.mqttserver.passwords import hash_token
+from planty_broker.errors import PlantyError, StoreError
+from planty_broker.mqttserver.authority import MosquittoAuthority
+from planty_broker.mqttserver.errors import MosquittoError
+from planty_broker.mqttserver.layout import MosquittoLayout
+from planty_broker.mqttserver.supervisor import MosquittoSupervisor
+from planty_broker.mqttserver.unmanaged import UnmanagedAuthority
 from planty_broker.northbound.api.app import create_api
 from planty_broker.northbound.api.auth import Authenticator, ensure_admin_token
-from planty_broker.ports.store import StoreError
+from planty_broker.northbound.api.tokens import token_lookup
+from planty_broker.northbound.firestore.connector import FirestoreConnector
+from planty_broker.ports.device_authority import DeviceAuthority, DeviceEndpoint
+from planty_broker.ports.store import Store
 from planty_broker.protocol import Channel, Topics
 from planty_broker.services.bus import Bus
-from planty_broker.services.context import DeviceEndpoint, Services
+from planty_broker.services.context import Services
 from planty_broker.services.identity import Identity
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
+from planty_broker.services.queue import start_message_queue
 from planty_broker.services.registry import DeviceRegistry, now_ms
+from planty_broker.services.rules.service import start_rules
 from planty_broker.services.stats.service import StatsService
+from planty_broker.storage.sql import SqlStore
+from planty_broker.storage.sql_identity import SqlIdentityStore
 from planty_broker.transport.mqtt import LinkConfig, MqttConnectError, MqttLink
 
 log = logging.getLogger(__name__)
@@ -44,27 +55,8 @@ log = logging.getLogger(__name__)
 Announce = Callable[[str], None]
 
 
-class StartupError(Exception):
+class StartupError(PlantyError):
     """The gateway cannot start; the message is one line saying what to do."""
-
-
-class Coalescer:
-    """Run an async job; concurrent requests during a run share the next run."""
-
-    def __init__(self, job: Callable[[], Awaitable[None]]) -> None:
-        self._job = job
-        self._lock = asyncio.Lock()
-        self._started = 0
-        self._completed = 0
-
-    async def __call__(self) -> None:
-        need = self._started + 1
-        async with self._lock:
-            if self._completed >= need:
-                return
-            self._started += 1
-            await self._job()
-            self._completed = self._started
 
 
 def check_port_free(host: str, port: int, what: str, how: str) -> None:
@@ -103,9 +95,10 @@ class Gateway:
         self.services: Services | None = None
         self.admin_token = ""
         self.api_url = ""
-        self.supervisor: Any = None
+        self.authority: DeviceAuthority | None = None
         self.link: MqttLink | None = None
-        self.identity: Any = None  # services.identity.Identity
+        self.identity: Identity | None = None
+        self.firestore: FirestoreConnector | None = None
         self._show_secrets = announce is not None  # the pairing code goes to a terminal, not a log
         self._api_server: uvicorn.Server | None = None
 
@@ -124,6 +117,12 @@ class Gateway:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
+
+    @property
+    def supervisor(self) -> MosquittoSupervisor | None:
+        """The supervised Mosquitto; None with an external MQTT server."""
+        authority = self.authority
+        return authority.supervisor if isinstance(authority, MosquittoAuthority) else None
 
     def stop(self) -> None:
         self._stopped.set()
@@ -150,13 +149,19 @@ class Gateway:
 
         store = await self._open_store()
         bus = Bus()
-        registry = DeviceRegistry(store, bus, hash_token)
-        await registry.load()
         topics = Topics(s.mqtt.topic_prefix)
+        authority = self.authority = self._authority()
+        registry = DeviceRegistry(store, bus, authority.hash_secret)
+        await registry.load()
         broker_id = await self._broker_id(store)
-        self.identity = identity = Identity(store, registry, bus, s, topics)
-
-        endpoint, link_config = await self._mqtt_server(registry, broker_id)
+        self.identity = identity = Identity(
+            store, registry, bus, s, topics, authority, SqlIdentityStore(store)
+        )
+        try:
+            await self._stack.enter_async_context(authority)  # type: ignore[arg-type]
+        except MosquittoError as exc:
+            raise StartupError(str(exc)) from None
+        registry.credentials_hook = authority.apply
         presence = PresenceService(
             store,
             bus,
@@ -184,15 +189,12 @@ class Gateway:
             registry=registry,
             presence=presence,
             ingest=ingest,
-            endpoint=endpoint,
+            authority=authority,
+            topics=topics,
+            broker_id=broker_id,
             started_ms=now_ms(),
+            stats=stats,
         )
-        svc.extra["broker_id"] = broker_id
-        svc.extra["topics"] = topics
-        svc.extra["supervisor"] = self.supervisor  # None with an external MQTT server
-        if stats is not None:
-            svc.extra["stats"] = stats
-            svc.extra["device_summary"] = stats.device_summary
         self.services = svc
 
         await presence.start()
@@ -202,24 +204,20 @@ class Gateway:
             self._stack.push_async_callback(stats.stop)
         await ingest.start()
         self._stack.push_async_callback(ingest.stop)
-        from planty_broker.services.queue import start_message_queue
-
-        commands, _events = await start_message_queue(svc, self._stack, topics)
-        from planty_broker.services.rules.service import start_rules
-
+        commands, _events = await start_message_queue(svc, self._stack)
         await start_rules(svc, self._stack)  # needs only the store and the devices, no cloud
         await identity.start(svc, self._stack)
 
         subs = [
             (topics.subscription(ch), 1) for ch in (Channel.STATUS, Channel.TELEMETRY, Channel.ACK)
         ] + identity.subscriptions
-        link = MqttLink(link_config, subs, identity.route(ingest.handle))
+        link = MqttLink(self._link_config(), subs, identity.route(ingest.handle))
         try:
             await link.connect()
         except MqttConnectError as exc:
             raise StartupError(str(exc)) from None
         self.link = link
-        svc.extra["link"] = link
+        svc.link = link
         commands.attach(link)
         self._stack.push_async_callback(link.close)
 
@@ -230,16 +228,12 @@ class Gateway:
 
     async def _start_firestore(self, svc: Services) -> None:
         """The Firestore connector, last: a misconfiguration is one log line, never a stop."""
-        from planty_broker.northbound.firestore.connector import FirestoreConnector
-
         connector = FirestoreConnector(svc)
         if await connector.start():
-            svc.extra["firestore"] = connector
+            self.firestore = connector
             self._stack.push_async_callback(connector.stop)
 
-    async def _open_store(self) -> Any:
-        from planty_broker.storage.sql import SqlStore
-
+    async def _open_store(self) -> SqlStore:
         store = SqlStore(
             self.settings.store_url(),
             sqlite_synchronous=self.settings.store.sqlite_synchronous.upper(),
@@ -251,7 +245,7 @@ class Gateway:
         self._stack.push_async_callback(store.close)
         return store
 
-    async def _broker_id(self, store: Any) -> str:
+    async def _broker_id(self, store: Store) -> str:
         configured = self.settings.gateway.broker_id
         if configured:
             return configured
@@ -262,79 +256,54 @@ class Gateway:
         await store.set_meta("gateway.broker_id", new_id)
         return new_id
 
-    async def _mqtt_server(
-        self, registry: DeviceRegistry, broker_id: str
-    ) -> tuple[DeviceEndpoint, LinkConfig]:
+    def _authority(self) -> MosquittoAuthority | UnmanagedAuthority:
+        """The device authority: the supervised Mosquitto, or an external server's no-op."""
         s = self.settings
-        client_id = s.mqtt.client_id or "planty-gateway"
-        if not s.supervised_mqtt:
-            u = urlparse(s.mqtt.url)
-            tls = ssl.create_default_context() if u.scheme == "mqtts" else None
-            port = u.port or (8883 if tls else 1883)
-            host = u.hostname or "localhost"
-            log.warning(
-                "mqtt.url is set: provision device credentials and ACLs on that server yourself"
-            )
-            endpoint = DeviceEndpoint(s.mqtt.public_host or host, port, tls is not None, None)
-            cfg = LinkConfig(
+        if s.supervised_mqtt:
+            return MosquittoAuthority(MosquittoLayout.from_settings(s))
+        u = urlparse(s.mqtt.url)
+        tls = u.scheme == "mqtts"
+        port = u.port or (8883 if tls else 1883)
+        host = u.hostname or "localhost"
+        log.warning(
+            "mqtt.url is set: provision device credentials and ACLs on that server yourself"
+        )
+        return UnmanagedAuthority(DeviceEndpoint(s.mqtt.public_host or host, port, tls, None))
+
+    def _link_config(self) -> LinkConfig:
+        """The gateway's own MQTT connection: the internal listener of the supervised
+        Mosquitto, or the external server of `mqtt.url`."""
+        s = self.settings
+        sup = self.supervisor
+        if sup is not None:
+            host, port = sup.internal_url
+            return LinkConfig(
                 host=host,
                 port=port,
-                client_id=client_id,
-                username=s.mqtt.username,
-                password=s.mqtt.password,
-                tls=tls,
+                client_id=sup.gateway_username,
+                username=sup.gateway_username,
+                password=sup.gateway_password,
                 keepalive_s=s.mqtt.keepalive_s,
                 max_inflight=s.mqtt.max_inflight,
             )
-            return endpoint, cfg
-
-        from planty_broker.mqttserver.errors import MosquittoError
-        from planty_broker.mqttserver.layout import MosquittoLayout
-        from planty_broker.mqttserver.supervisor import MosquittoSupervisor
-
-        creds = self.identity.credentials
-
-        async def users() -> dict[str, str]:
-            found: dict[str, str] = creds.mqtt_users()
-            return found
-
-        async def revoked() -> list[int]:
-            serials: list[int] = creds.revoked_serials()
-            return serials
-
-        try:
-            sup = MosquittoSupervisor(
-                MosquittoLayout.from_settings(s),
-                users,
-                extra_accounts=self.identity.provisioning.claim_accounts(),
-                crl_provider=revoked,
-            )
-            await self._stack.enter_async_context(sup)
-        except MosquittoError as exc:
-            raise StartupError(str(exc)) from None
-        self.supervisor = sup
-        registry.credentials_hook = apply = Coalescer(self.identity.mqtt_job(sup))
-        self.identity.attach_supervisor(sup, apply)
-        endpoint = DeviceEndpoint(sup.device_host, sup.device_port, True, sup.ca_pem)
-        host, port = sup.internal_url
-        cfg = LinkConfig(
-            host=host,
-            port=port,
-            client_id=sup.gateway_username,
-            username=sup.gateway_username,
-            password=sup.gateway_password,
+        u = urlparse(s.mqtt.url)
+        tls = ssl.create_default_context() if u.scheme == "mqtts" else None
+        return LinkConfig(
+            host=u.hostname or "localhost",
+            port=u.port or (8883 if tls else 1883),
+            client_id=s.mqtt.client_id or "planty-gateway",
+            username=s.mqtt.username,
+            password=s.mqtt.password,
+            tls=tls,
             keepalive_s=s.mqtt.keepalive_s,
             max_inflight=s.mqtt.max_inflight,
         )
-        return endpoint, cfg
 
     async def _start_api(self, svc: Services) -> None:
         s = self.settings
         authenticator = Authenticator(self.admin_token)
-        from planty_broker.northbound.api.tokens import token_lookup
-
-        authenticator.lookups.append(token_lookup(self.identity.tokens))
-        svc.extra["authenticator"] = authenticator
+        if svc.tokens is not None:
+            authenticator.lookups.append(token_lookup(svc.tokens))
         api = create_api(svc, authenticator)
         config = uvicorn.Config(
             api,
@@ -365,7 +334,7 @@ class Gateway:
     def _announce_ready(self, svc: Services) -> None:
         s = self.settings
         say = self._announce
-        say(f"Planty Broker {__version__} is running (broker id {svc.extra['broker_id']})")
+        say(f"Planty Broker {__version__} is running (broker id {svc.broker_id})")
         say(f"  data folder:   {s.data_dir}")
         say(f"  HTTP API:      {self.api_url}/api/v1   docs: {self.api_url}/docs")
         if self._token_file:
@@ -377,9 +346,10 @@ class Gateway:
             f"  devices MQTT:  {'mqtts' if e.tls else 'mqtt'}://{e.host}:{e.port}"
             f"  ({len(svc.registry)} registered)"
         )
-        for line in self.identity.announcement(show_code=self._show_secrets):
-            say(line)
-        firestore = svc.extra.get("firestore")
+        if self.identity is not None:
+            for line in self.identity.announcement(show_code=self._show_secrets):
+                say(line)
+        firestore = self.firestore
         if firestore is not None:
             say(f"  firestore:     {firestore.describe()}")
         say("  stop with Ctrl+C")

@@ -19,12 +19,14 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from planty_broker.errors import PlantyError
+
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class ConfigError(ValueError):
+class ConfigError(PlantyError, ValueError):
     """A configuration value is wrong; the message names the key and what is expected."""
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from planty_broker.errors import PlantyError
+
 PROTOCOL_VERSION = 1
 DEFAULT_PREFIX = "planty/v1"
 DEFAULT_MAX_PAYLOAD = 64 * 1024
@@ -50,7 +52,7 @@ class ErrorKind(StrEnum):
     AUTH_REFUSED = "auth_refused"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(PlantyError, ValueError):
     """A device message that cannot be used; `kind` says why, for the error counters."""
 
     def __init__(self, kind: ErrorKind, message: str) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from planty_broker.errors import PlantyError
 from planty_broker.protocol import ACTUATOR_VERBS, BUILTIN_ACTIONS, Ack, split_action
 
 
@@ -65,7 +66,7 @@ _ALLOWED: dict[CommandState, frozenset[CommandState]] = {
 LATE_ACK = "late_ack"  # a history row (not a state): an ack that came after the command ended
 
 
-class CommandError(ValueError):
+class CommandError(PlantyError, ValueError):
     """Root of command errors a caller can fix; the message says how."""
 
 
@@ -81,7 +82,7 @@ class InvalidArgsError(CommandError):
     pass
 
 
-class IllegalTransitionError(RuntimeError):
+class IllegalTransitionError(PlantyError, RuntimeError):
     """A bug: a final command cannot change state."""
 
 

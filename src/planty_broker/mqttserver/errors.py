@@ -10,8 +10,10 @@ MosquittoError
 
 from __future__ import annotations
 
+from planty_broker.errors import MqttServerError
 
-class MosquittoError(RuntimeError):
+
+class MosquittoError(MqttServerError, RuntimeError):
     """Root of every error raised by `planty_broker.mqttserver`."""
 
 

@@ -10,9 +10,9 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from planty_broker.config import Settings
+from planty_broker.ports.device_authority import AclGrant
 
 GATEWAY_USERNAME = "planty-gateway"
 PROBE_USERNAME = "planty-probe"  # the supervisor's own readiness check
@@ -22,21 +22,6 @@ RESERVED_USERNAMES = frozenset({GATEWAY_USERNAME, PROBE_USERNAME})
 # Safe in the password file (no ':'), in ACL `user` lines and in `%u` topic
 # substitution (no '/', '+', '#', whitespace).
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-Access = Literal["read", "write", "readwrite", "deny"]
-
-
-@dataclass(frozen=True, slots=True)
-class AclGrant:
-    """One `topic <access> <topic>` line under a privileged user."""
-
-    access: Access
-    topic: str
-
-    def __post_init__(self) -> None:
-        if not self.topic or any(c in self.topic for c in "\r\n\0"):
-            raise ValueError(f"ACL topic {self.topic!r} is empty or has a line break")
-
 
 FULL_ACCESS = (AclGrant("readwrite", "#"), AclGrant("read", "$SYS/#"))
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from planty_broker.errors import MqttServerError
+
 CONNACK_ACCEPTED = 0
 CONNACK_NOT_AUTHORIZED = 5
 
 
-class ProbeError(OSError):
+class ProbeError(MqttServerError, OSError):
     """The peer did not answer like an MQTT server."""
 
 

@@ -134,7 +134,7 @@ class GatewayCollector(Collector):
         return self._totals[1]
 
     def _stats(self) -> Iterator[Metric]:
-        stats = self._svc.extra.get("stats")
+        stats = self._svc.stats
         if stats is None:
             return
         totals = self._totals_cached(stats)
@@ -211,7 +211,7 @@ class GatewayCollector(Collector):
         yield from (up, msgs, p99)
 
     def _mqtt(self) -> Iterator[Metric]:
-        link = self._svc.extra.get("link")
+        link = self._svc.link
         if link is not None:
             yield _gauge(
                 "planty_mqtt_connected",
@@ -230,17 +230,16 @@ class GatewayCollector(Collector):
             yield _gauge(
                 "planty_mqtt_inflight", "QoS 1 publishes waiting for their PUBACK", link.inflight
             )
-        sup = self._svc.extra.get("supervisor")
-        restarts = getattr(sup, "restarts", None)
-        if isinstance(restarts, int):
+        restarts = self._svc.authority.restarts
+        if restarts is not None:
             yield _counter(
                 "planty_mosquitto_restarts", "Restarts of the supervised Mosquitto", restarts
             )
 
     def _queue(self) -> Iterator[Metric]:
         """Command outbox depth and event-log lag (issue 3's services, when running)."""
-        commands = self._svc.extra.get("commands")
-        outbox = getattr(commands, "outbox", None)
+        commands = self._svc.commands
+        outbox = commands.outbox if commands is not None else None
         if outbox is not None:
             depth = GaugeMetricFamily(
                 "planty_command_queue", "Commands not yet final, by state", labels=["state"]
@@ -284,7 +283,7 @@ class GatewayCollector(Collector):
 
     async def refresh(self) -> None:
         """Read what only the store knows (event log bounds, consumer cursors) before a scrape."""
-        events = self._svc.extra.get("events")
+        events = self._svc.events
         if events is None:
             return
         self.log_bounds = await events.bounds()

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from planty_broker.domain.models import DeviceRecord, PresenceTransition, Reading
+from planty_broker.errors import PermanentStoreError, TransientStoreError
 
 if TYPE_CHECKING:
     from planty_broker.domain.commands import CommandChange, CommandRecord, CommandTransition
@@ -19,16 +20,24 @@ if TYPE_CHECKING:
     from planty_broker.domain.rules.records import RuleEvent, StoredRule
 
 
-class StoreError(Exception):
-    """Root of storage errors; the message says what happened and what to do."""
+class StoreUnavailableError(TransientStoreError):
+    """The database cannot be reached or written now (locked, disk full, read-only, corrupt,
+    connection lost, login refused): the same write may succeed once the operator has
+    acted, so callers hold their data and retry. The message says what to do."""
 
 
-class DeviceExistsError(StoreError):
+class StoreConfigError(PermanentStoreError):
+    """The store cannot be used as configured: a bad `store.url`, an unknown setting, a
+    schema newer than this version."""
+
+
+class StoreRejectedError(PermanentStoreError):
+    """The database refused this data itself (a constraint, a value out of range): writing
+    the same data again cannot succeed."""
+
+
+class DeviceExistsError(PermanentStoreError):
     """A device with that id is already registered."""
-
-
-class StoreUnavailableError(StoreError):
-    """The database cannot be reached or written (disk full, locked, server down)."""
 
 
 class Store(Protocol):

@@ -1,26 +1,33 @@
-"""The composed services, handed to the front doors (HTTP API, Firestore connector, CLI)."""
+"""The composed services, handed to the front doors (HTTP API, Firestore connector, CLI).
+
+Built by the composition root (`app.py`): the core services are there from the start;
+the features started after them (`None` until started, or when switched off) are set
+once, in start order. Nothing is looked up by name.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from planty_broker.config import Settings
+from planty_broker.ports.device_authority import DeviceAuthority, DeviceEndpoint
+from planty_broker.ports.link import Link
 from planty_broker.ports.store import Store
+from planty_broker.protocol import Topics
+from planty_broker.services.access.pairing import PairingService
+from planty_broker.services.access.tokens import TokenService
 from planty_broker.services.bus import Bus
+from planty_broker.services.commands.service import CommandService
+from planty_broker.services.credentials.provisioning import ProvisioningService
+from planty_broker.services.credentials.service import CredentialService
+from planty_broker.services.events import EventService
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry
+from planty_broker.services.rules.service import RulesService
+from planty_broker.services.stats.service import StatsService
 
-
-@dataclass(frozen=True, slots=True)
-class DeviceEndpoint:
-    """What a device needs to reach the MQTT server: returned once at provisioning."""
-
-    host: str
-    port: int
-    tls: bool
-    ca_pem: str | None
+__all__ = ["DeviceEndpoint", "Services"]
 
 
 @dataclass(slots=True)
@@ -31,7 +38,21 @@ class Services:
     registry: DeviceRegistry
     presence: PresenceService
     ingest: IngestService
-    endpoint: DeviceEndpoint
+    authority: DeviceAuthority
+    topics: Topics
+    broker_id: str = ""
     started_ms: int = 0
-    # Features added by later issues register themselves here by name.
-    extra: dict[str, Any] = field(default_factory=dict)
+    stats: StatsService | None = None  # None with [stats] enabled = false
+    events: EventService | None = None
+    commands: CommandService | None = None
+    rules: RulesService | None = None  # None with [rules] enabled = false
+    tokens: TokenService | None = None
+    pairing: PairingService | None = None
+    credentials: CredentialService | None = None
+    provisioning: ProvisioningService | None = None
+    link: Link | None = None  # the gateway's MQTT link, once connected
+
+    @property
+    def endpoint(self) -> DeviceEndpoint:
+        """Where devices connect (the device authority's endpoint)."""
+        return self.authority.endpoint

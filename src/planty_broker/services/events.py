@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from planty_broker.config import EventSettings
 from planty_broker.domain.events import Consumer, Event, EventType, LogBounds, NewEvent, PruneResult
+from planty_broker.errors import PlantyError
 from planty_broker.ports.store import EventStore
 from planty_broker.services.bus import Bus, DeviceError, PresenceChanged, ReadingStored
 from planty_broker.services.commands.outbox import CommandChanged
@@ -29,7 +30,7 @@ PRUNE_CHUNK = 10_000  # ids per delete transaction: other writers never wait lon
 POLL_S = 1.0  # readers re-check at least this often
 
 
-class CursorError(ValueError):
+class CursorError(PlantyError, ValueError):
     """A consumer cursor that cannot be set; the message says why."""
 
 

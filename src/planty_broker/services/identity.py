@@ -1,8 +1,8 @@
 """Compose device identity into a running gateway: API tokens, pairing, device credentials,
 provisioning by claim and the login watch (issue 4; docs/security.md).
 
-The composition root calls, in order: `Identity(...)` (before the MQTT server),
-`mqtt_job()` / `attach_supervisor()` (while building it), `start()` (with the
+The composition root calls, in order: `Identity(...)` (before the device authority
+starts: it registers the desired state and the login watch there), `start()` (with the
 other services, after the command outbox), `subscriptions` + `route()` (for the MQTT link).
 """
 
@@ -16,39 +16,47 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from planty_broker.config import Settings
+from planty_broker.domain.events import NewEvent
 from planty_broker.domain.models import PresenceCause, PresenceState
-from planty_broker.mqttserver.login_watch import LoginLogParser, LogTail
-from planty_broker.mqttserver.probe import mqtt_connect
+from planty_broker.errors import PlantyError
+from planty_broker.ports.device_authority import DeviceAuthority, LoginEvent
+from planty_broker.ports.store import IdentityStore, Store
 from planty_broker.protocol import Topics, provision_subscription
 from planty_broker.services.access.pairing import PairingService
 from planty_broker.services.access.tokens import TokenService
 from planty_broker.services.bus import AckReceived, Bus
+from planty_broker.services.commands.service import CommandService
 from planty_broker.services.context import Services
 from planty_broker.services.credentials.events import EventRecorder, store_appender
 from planty_broker.services.credentials.logins import LoginObserver
 from planty_broker.services.credentials.provisioning import ProvisioningService
-from planty_broker.services.credentials.service import CredentialService, MqttControl
+from planty_broker.services.credentials.service import CredentialService
 from planty_broker.services.registry import DeviceRegistry
 from planty_broker.services.registry import now_ms as _now_ms
-from planty_broker.storage.sql_identity import SqlIdentityStore
 
 log = logging.getLogger(__name__)
 
 Ack = Callable[[], None]
 MessageHandler = Callable[[str, bytes, bool, Ack], None]  # the MQTT link's handler
-CLAIM_SECRET_FILE = "mqtt-claim.secret"  # noqa: S105 - a file name
 
 
 class Identity:
     """The identity services of one gateway and their wiring."""
 
     def __init__(
-        self, store: Any, registry: DeviceRegistry, bus: Bus, settings: Settings, topics: Topics
+        self,
+        store: Store,
+        registry: DeviceRegistry,
+        bus: Bus,
+        settings: Settings,
+        topics: Topics,
+        authority: DeviceAuthority,
+        ident_store: IdentityStore,
     ) -> None:
         self._settings = settings
         self._store = store
         self._topics = topics
-        ident_store = SqlIdentityStore(store)
+        self._authority = authority
         p, v = settings.pairing, settings.provisioning
         self.recorder = EventRecorder(bus, store_appender(store))
         self.tokens = TokenService(ident_store, flush_every_s=p.token_last_used_flush_s)
@@ -66,6 +74,7 @@ class Identity:
             bus,
             self.recorder,
             topics,
+            authority=authority,
             overlap_s=v.rotation_overlap_s,
             delivery_retry_s=v.delivery_retry_s,
             cert_days=v.cert_days,
@@ -75,6 +84,7 @@ class Identity:
             registry,
             store,
             self.recorder,
+            authority=authority,
             prefix=topics.prefix,
             slots=v.claim_slots,
             default_window_s=v.default_window_s,
@@ -82,58 +92,13 @@ class Identity:
             grace_s=v.claim_grace_s,
         )
         self.logins = LoginObserver(self.credentials)
-        self._parser = LoginLogParser()
-        self._tail: LogTail | None = None
-        self._logins: asyncio.Queue[Any] = asyncio.Queue(maxsize=10_000)
+        self._logins: asyncio.Queue[LoginEvent] = asyncio.Queue(maxsize=10_000)
         self._login_task: asyncio.Task[None] | None = None
+        authority.watch_logins(self._on_login)
 
-    # ------------------------------------------------------------ the supervised MQTT server
-
-    def mqtt_job(self, supervisor: Any) -> Callable[[], Awaitable[None]]:
-        """The job that writes the current credentials (passwords, CRL) and reloads Mosquitto."""
-        creds = self.credentials
-
-        async def job() -> None:
-            supervisor.set_revoked_serials(creds.revoked_serials())
-            await supervisor.update_users(creds.mqtt_users())
-
-        return job
-
-    def attach_supervisor(self, supervisor: Any, apply: Callable[[], Awaitable[None]]) -> None:
-        """Wire the running `MosquittoSupervisor`: enforcement, kicks, the claim secret."""
-        from planty_broker.mqttserver.atomic import load_or_create_secret
-
-        layout = supervisor.layout
-        host, port = supervisor.internal_url
-
-        async def kick(username: str, password: str) -> int:
-            async with asyncio.timeout(5.0):
-                return await mqtt_connect(host, port, username, password)
-
-        device_ports = frozenset(
-            p for p in (layout.port, layout.x509_port, layout.plaintext_loopback_port) if p
-        )
-        self.credentials.control = MqttControl(
-            apply=apply,
-            kick=kick,
-            pki=supervisor.pki if layout.x509_port else None,
-            host=supervisor.device_host,
-            token_port=layout.port,
-            x509_port=layout.x509_port,
-            device_ports=device_ports,
-        )
-        prov = self.provisioning
-        prov.set_claim_secret(load_or_create_secret(layout.data_dir / CLAIM_SECRET_FILE))
-        prov.apply = apply
-        prov.kick = kick
-        prov.mqtt_endpoint = (supervisor.device_host, layout.port, layout.x509_port)
-        self._tail = LogTail(layout.log_path, self._on_log_line)
-
-    def _on_log_line(self, line: str) -> None:
-        event = self._parser.feed(line)
-        if event is not None:
-            with contextlib.suppress(asyncio.QueueFull):  # a login storm: counts lost, no more
-                self._logins.put_nowait(event)
+    def _on_login(self, event: LoginEvent) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # a login storm: counts lost, no more
+            self._logins.put_nowait(event)
 
     async def _login_loop(self) -> None:
         while True:
@@ -165,29 +130,24 @@ class Identity:
 
     async def start(self, svc: Services, stack: AsyncExitStack) -> None:
         """Start the services (after the store and registry, before the MQTT link)."""
-        events = svc.extra.get("events")
-        writer = getattr(events, "writer", None)
+        writer = svc.events.writer if svc.events is not None else None
         if writer is not None:
-            from planty_broker.domain.events import NewEvent
 
             async def append(rows: Sequence[tuple[int, str, str | None, dict[str, Any]]]) -> None:
                 for at, kind, device, data in rows:
                     await writer.write(NewEvent(at, kind, device, data))
 
             self.recorder.appender = append
-        svc.extra["identity"] = self
+        svc.tokens, svc.pairing = self.tokens, self.pairing
+        svc.credentials, svc.provisioning = self.credentials, self.provisioning
         self._attach(svc)
         for service in (self.tokens, self.pairing, self.credentials, self.provisioning):
             await service.start()
             stack.push_async_callback(service.stop)
-        if self._tail is not None:
-            self._login_task = asyncio.create_task(self._login_loop(), name="login-events")
-            await self._tail.start()
-            stack.push_async_callback(self._stop_watch)
+        self._login_task = asyncio.create_task(self._login_loop(), name="login-events")
+        stack.push_async_callback(self._stop_watch)
 
     async def _stop_watch(self) -> None:
-        if self._tail is not None:
-            await self._tail.stop()
         if self._login_task is not None:
             self._login_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -198,7 +158,7 @@ class Identity:
     @property
     def subscriptions(self) -> list[tuple[str, int]]:
         """What the gateway's link subscribes to for identity (claim requests)."""
-        if self.credentials.control is None:
+        if self._authority.claim_secret is None:
             return []
         return [(provision_subscription(self._topics.prefix), 1)]
 
@@ -216,11 +176,11 @@ class Identity:
         return routed
 
     def _attach(self, svc: Services) -> None:
-        """Publish through the gateway's link (`svc.extra["link"]`, connected later); take
+        """Publish through the gateway's link (`svc.link`, connected later); take
         credential acks before the command outbox does; cancel commands at revocation."""
 
         async def publish(topic: str, payload: bytes) -> None:
-            link = svc.extra.get("link")
+            link = svc.link
             if link is None or not link.connected:
                 raise ConnectionError("the gateway's MQTT link is down")
             await link.publish(topic, payload, qos=1)
@@ -237,7 +197,7 @@ class Identity:
                 await previous(event)
 
         ingest.ack_handler = on_ack
-        commands = svc.extra.get("commands")
+        commands = svc.commands
         if commands is not None:
             self.credentials.cancel_commands = _canceller(commands)
         presence = svc.presence
@@ -246,23 +206,16 @@ class Identity:
         )
 
 
-def _canceller(commands: Any) -> Callable[[str], Awaitable[int]]:
-    """Cancel a device's queued commands (the outbox's own call if it has one)."""
-    own = getattr(commands, "cancel_device", None)
-
-    lister = getattr(commands, "find", None) or getattr(commands, "list", None)
+def _canceller(commands: CommandService) -> Callable[[str], Awaitable[int]]:
+    """Cancel a device's queued commands (one sent meanwhile fails or expires on its own)."""
 
     async def cancel(device_id: str) -> int:
-        if own is not None:
-            return int(await own(device_id, "device credentials revoked"))
-        if lister is None:
-            return 0
         count = 0
-        for rec in await lister(device_id, ["queued"], 1000):
+        for rec in await commands.find(device_id, ["queued"], 1000):
             try:
                 await commands.cancel(rec.id)
                 count += 1
-            except Exception as exc:  # sent meanwhile: it fails or expires on its own
+            except PlantyError as exc:  # sent meanwhile: it fails or expires on its own
                 log.debug("command %s not cancelled: %s", rec.id, exc)
         return count
 

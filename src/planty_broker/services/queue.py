@@ -11,11 +11,11 @@ from planty_broker.services.events import EventService
 
 
 async def start_message_queue(
-    svc: Services, stack: AsyncExitStack, topics: Any
+    svc: Services, stack: AsyncExitStack
 ) -> tuple[CommandService, EventService]:
     """Start the event log and the outbox (before the MQTT link connects, so acks that
-    arrive at once find their commands); register them in `svc.extra` and hook the
-    outbox into ingest. Call `commands.attach(link)` once the link exists."""
+    arrive at once find their commands); set them on `svc` and hook the outbox into
+    ingest. Call `commands.attach(link)` once the link exists."""
     store: Any = svc.store  # SqlStore / MemoryStore: also a CommandStore and an EventStore
     events = EventService(store, svc.bus, svc.settings.events)
     await events.start()
@@ -25,14 +25,14 @@ async def start_message_queue(
         svc.bus,
         svc.registry,
         svc.presence,
-        topics,
+        svc.topics,
         svc.settings.commands,
-        stats=svc.extra.get("stats"),
+        stats=svc.stats,
         readings=svc.ingest.writer.write,
     )
     await commands.start()
     stack.push_async_callback(commands.stop)
     svc.ingest.ack_handler = commands.handle_ack
-    svc.extra["commands"] = commands
-    svc.extra["events"] = events
+    svc.commands = commands
+    svc.events = events
     return commands, events

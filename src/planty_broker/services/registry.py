@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from planty_broker.domain.models import DeviceRecord
+from planty_broker.errors import PlantyError
 from planty_broker.ports.store import DeviceExistsError, Store
 from planty_broker.protocol import Status, valid_device_id
 from planty_broker.services.bus import Bus, DevicesChanged
@@ -28,7 +29,7 @@ RESERVED_IDS = frozenset({"planty-gateway", "planty-probe", "planty-claim", "pla
 RESERVED_PREFIX = "planty-"
 
 
-class RegistryError(Exception):
+class RegistryError(PlantyError):
     """Root of registry errors."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from planty_broker.protocol import Ack, Command, split_action
 from planty_broker.simulator.plant import PlantModel
+from planty_broker.simulator.provision import SimulatorError
 
 AUTO_OFF_SLACK_S = 0.002  # timers fire on the monotonic clock; the firmware reads wall time
 
@@ -62,7 +63,7 @@ class Outcome:
     auto_off_at: float | None = None
 
 
-class CommandRefusedError(ValueError):
+class CommandRefusedError(SimulatorError, ValueError):
     """The device cannot run this command; the message becomes the ack's `error`."""
 
 

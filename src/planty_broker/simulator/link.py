@@ -21,6 +21,8 @@ import gmqtt
 from gmqtt.mqtt.constants import MQTTv311
 from gmqtt.storage import PersistentStorage
 
+from planty_broker.simulator.provision import SimulatorError
+
 log = logging.getLogger(__name__)
 
 # gmqtt logs every lost connection with a stack trace at WARNING; a simulated
@@ -38,7 +40,7 @@ class Kind(StrEnum):
     MALFORMED = "malformed"
 
 
-class LinkError(ConnectionError):
+class LinkError(SimulatorError, ConnectionError):
     """Connecting failed; the message says why in one line (never the token)."""
 
 

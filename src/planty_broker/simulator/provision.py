@@ -18,13 +18,14 @@ from typing import Literal
 import httpx
 import msgspec
 
+from planty_broker.errors import PlantyError
 from planty_broker.protocol import valid_device_id
 from planty_broker.simulator.profile import DeviceCredentials
 
 OnConflict = Literal["replace", "fail"]
 
 
-class SimulatorError(Exception):
+class SimulatorError(PlantyError):
     """A problem a user of `planty simulate` can fix; the message is one line saying how."""
 
 

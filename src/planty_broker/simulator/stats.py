@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from planty_broker.simulator.provision import SimulatorError
+
 
 class DeviceState(StrEnum):
     """Where the device is in its life."""
@@ -15,7 +17,7 @@ class DeviceState(StrEnum):
     WAITING = "waiting"  # backing off before the next connect attempt
 
 
-class DeviceOfflineError(TimeoutError):
+class DeviceOfflineError(SimulatorError, TimeoutError):
     """The device did not come online in time; the message carries the last connect error."""
 
 

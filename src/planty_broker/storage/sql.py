@@ -34,7 +34,8 @@ from planty_broker.ports.store import (
     EventStore,
     RuleStore,
     Store,
-    StoreError,
+    StoreConfigError,
+    StoreRejectedError,
     StoreUnavailableError,
 )
 from planty_broker.storage import migrate
@@ -265,7 +266,9 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin):
         return await self._submit(partial(fn, self._engine, *args))
 
     def _guarded(self, fn: Callable[[], T]) -> T:
-        """Run `fn`, turning driver failures into one clear StoreUnavailableError."""
+        """Run `fn`, turning driver failures into our store errors (one clear line each):
+        refused data or SQL -> StoreRejectedError (permanent), everything else the database
+        says -> StoreUnavailableError (transient: the same call may succeed later)."""
         try:
             return fn()
         except (
@@ -273,15 +276,18 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin):
             sa_exc.ProgrammingError,
             sa_exc.DataError,
             sa_exc.NotSupportedError,
-        ):
-            raise  # a bug or bad input, not an unavailable database
+        ) as exc:  # a bug or bad input, not an unavailable database
+            raise StoreRejectedError(
+                f"the store {self.safe_url} refused the operation: "
+                f"{self._target.scrub(str(exc.orig or exc))}"
+            ) from exc
         except sa_exc.DBAPIError as exc:
             orig = exc.orig if exc.orig is not None else exc
             raise driver_error(self._target, orig, lost=exc.connection_invalidated) from exc
         except sqlite3.Error as exc:
             raise driver_error(self._target, exc) from exc
         except CommandError as exc:
-            raise StoreError(
+            raise StoreConfigError(
                 f"the database {self.safe_url} has a schema this version does not know "
                 f"({exc}): upgrade planty-broker or use another store.url"
             ) from exc

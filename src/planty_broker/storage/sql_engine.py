@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, make_url
 
-from planty_broker.ports.store import StoreError
+from planty_broker.ports.store import StoreConfigError
 from planty_broker.storage.sql_errors import Target, os_error
 
 SQLITE_SYNCHRONOUS = ("FULL", "EXTRA", "NORMAL")
@@ -35,7 +35,7 @@ def normalize_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except sa_exc.ArgumentError:
-        raise StoreError(f"store.url is not a valid URL: {_SUPPORTED}") from None
+        raise StoreConfigError(f"store.url is not a valid URL: {_SUPPORTED}") from None
     backend = parsed.get_backend_name()
     driver = parsed.drivername.partition("+")[2]
     if backend in ("postgres", "postgresql") and driver in ("", "psycopg"):
@@ -43,13 +43,13 @@ def normalize_url(url: str) -> URL:
     if backend == "sqlite" and parsed.get_driver_name() == "pysqlite":
         return parsed
     safe = parsed.render_as_string(hide_password=True)
-    raise StoreError(f"store.url {safe!r} is not supported: {_SUPPORTED}")
+    raise StoreConfigError(f"store.url {safe!r} is not supported: {_SUPPORTED}")
 
 
 def check_synchronous(value: str) -> str:
     """The SQLite `synchronous` level, refusing levels that can lose a commit on kill -9."""
     if value.upper() not in SQLITE_SYNCHRONOUS:
-        raise StoreError(f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNCHRONOUS)}")
+        raise StoreConfigError(f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNCHRONOUS)}")
     return value.upper()
 
 
@@ -68,7 +68,7 @@ def create_store_engine(target: Target, synchronous: str = "FULL") -> Engine:
         try:
             return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **common)
         except ModuleNotFoundError:
-            raise StoreError(
+            raise StoreConfigError(
                 "PostgreSQL support is not installed: pip install 'planty-broker[postgres]'"
             ) from None
     path = target.sqlite_path

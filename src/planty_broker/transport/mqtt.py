@@ -30,6 +30,8 @@ from gmqtt import Client
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.storage import PersistentStorage
 
+from planty_broker.errors import MqttServerError
+
 log = logging.getLogger(__name__)
 
 Ack = Callable[[], None]
@@ -38,7 +40,7 @@ Ack = Callable[[], None]
 MessageHandler = Callable[[str, bytes, bool, Ack], None]
 
 
-class MqttError(Exception):
+class MqttError(MqttServerError):
     """Root of MQTT link errors."""
 
 

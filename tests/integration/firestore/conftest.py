@@ -294,8 +294,8 @@ async def sim_device(gw: Gateway, device_id: str, **profile: Any) -> Any:
 async def caught_up(gw: Gateway, timeout: float = 60.0) -> dict[str, Any]:
     """Wait until the connector has confirmed every event and written every document."""
     assert gw.services is not None
-    conn = gw.services.extra["firestore"]
-    events = gw.services.extra["events"]
+    conn = gw.firestore
+    events = gw.services.events
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:

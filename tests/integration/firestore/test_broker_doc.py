@@ -31,7 +31,7 @@ async def test_broker_document_created_on_first_start_and_heartbeat_kept(
     assert later["online"] is True
     assert later["devices"] == {"total": 0, "online": 0}
     assert gw.services is not None
-    assert gw.services.extra["firestore"].status()["reachable"] is True
+    assert gw.firestore.status()["reachable"] is True
     shown = [line for line in gateways.announced if line.lstrip().startswith("firestore:")]
     assert shown == [f"  firestore:     brokers/{broker_id} in project {PROJECT} emulator "
                      f"{gateways.emulator.host}"]  # fmt: skip
@@ -74,7 +74,7 @@ async def test_misconfiguration_is_one_line_and_the_gateway_keeps_running(
     assert len(errors) == 1, errors
     assert "credentials_file" in errors[0] and str(missing) in errors[0]
     assert "\n" not in errors[0]
-    assert gw.services is not None and "firestore" not in gw.services.extra
+    assert gw.services is not None and gw.firestore is None
     async with httpx.AsyncClient(base_url=gw.api_url) as client:
         r = await client.get("/healthz")
     assert r.status_code == 200 and r.json()["mqtt_connected"] is True

@@ -64,7 +64,7 @@ async def test_deleting_a_queued_command_document_cancels_it(
     server_db.document(f"{base}/later").set({"device_id": "fs-cmd-off", "action": "ping"})
     await wait_doc(server_db, f"{base}/later", lambda d: d.get("state") == "queued")
     server_db.document(f"{base}/later").delete()
-    commands = gw.services.extra["commands"]
+    commands = gw.services.commands
 
     async def cancelled() -> bool:
         rec = await commands.get("later")

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 
 
 def live_code(gw: Any) -> str:
-    return gw.services.extra["identity"].pairing.status().code.code
+    return gw.services.pairing.status().code.code
 
 
 async def test_app_claims_the_code_document_and_the_broker_pairs(

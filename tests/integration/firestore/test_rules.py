@@ -25,7 +25,7 @@ async def test_rule_document_waters_the_plant_and_a_threshold_edit_acts_at_once(
     broker_id = unique_broker()
     gw = await gateways.start(broker_id)
     assert gw.services is not None
-    rules = gw.services.extra["rules"]
+    rules = gw.services.rules
     # The pot dries fast (0.45 -> 0.30 in about 10 s of wall time).
     dev = await sim_device(gw, "fs-plant", interval_s=0.5, time_scale=1800)
     device_doc = f"brokers/{broker_id}/devices/fs-plant"
@@ -87,7 +87,7 @@ async def test_device_thresholds_expand_to_rules(gateways: Gateways, server_db: 
     broker_id = unique_broker()
     gw = await gateways.start(broker_id)
     assert gw.services is not None
-    rules = gw.services.extra["rules"]
+    rules = gw.services.rules
     await sim_device(gw, "fs-thr", interval_s=5)
     path = f"brokers/{broker_id}/devices/fs-thr"
     await wait_doc(server_db, path, lambda d: "pump" in d.get("actuators", []))

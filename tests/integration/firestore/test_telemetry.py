@@ -76,6 +76,6 @@ async def test_outage_of_30_s_catches_up_nothing_lost_nothing_duplicated(
         assert max(b["readings"][name]["max"] for b in buckets) == pytest.approx(max(values))
         total = sum(b["readings"][name]["sum"] for b in buckets)
         assert total == pytest.approx(sum(values))
-    status = gw.services.extra["firestore"].status()
+    status = gw.firestore.status()
     assert status["outages"] == 1, status  # it did notice, and it came back
     assert all(status["listeners"].values()), status  # listening again after the outage

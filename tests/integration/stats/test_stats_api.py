@@ -106,7 +106,7 @@ async def test_availability_and_timeline_follow_presence(
     states = [span["state"] for span in s["timeline"]]
     assert states[-2:] == ["online", "offline"]
     # The same figures from the store-backed path: a fresh read after a backfill agrees.
-    stats = gateway.services.extra["stats"]
+    stats = gateway.services.stats
     stats._loaded.discard(dev.device_id)
     await stats.ensure_loaded(dev.device_id)
     again = await stats_of(api, dev.device_id)
@@ -115,7 +115,7 @@ async def test_availability_and_timeline_follow_presence(
 
 async def test_latency_from_round_trips(api: httpx.AsyncClient, gateway: Gateway) -> None:
     creds = await register(api)
-    stats = gateway.services.extra["stats"]
+    stats = gateway.services.stats
     for ms in range(1, 101):  # what the command outbox reports for acks
         stats.record_rtt(creds["id"], float(ms))
     s = await stats_of(api, creds["id"])

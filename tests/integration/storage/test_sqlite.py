@@ -16,7 +16,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from planty_broker.domain.models import DeviceRecord, Reading
-from planty_broker.ports.store import StoreError, StoreUnavailableError
+from planty_broker.errors import StoreError
+from planty_broker.ports.store import StoreUnavailableError
 from planty_broker.storage import migrate
 from planty_broker.storage.schema import metadata
 from planty_broker.storage.sql import SqlStore, open_store

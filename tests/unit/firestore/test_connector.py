@@ -13,9 +13,11 @@ from planty_broker.config import FirestoreSettings, load_settings
 from planty_broker.northbound.firestore.connector import FirestoreConnector
 from planty_broker.northbound.firestore.memory_port import MemoryFirestore
 from planty_broker.northbound.firestore.port import FirestoreConfigError
+from planty_broker.ports.device_authority import DeviceEndpoint
+from planty_broker.ports.memory_authority import MemoryDeviceAuthority
 from planty_broker.protocol import Topics
 from planty_broker.services.bus import Bus
-from planty_broker.services.context import DeviceEndpoint, Services
+from planty_broker.services.context import Services
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry
@@ -35,7 +37,8 @@ async def svc() -> AsyncIterator[Services]:
         ingest = IngestService(store, bus, registry, presence, Topics(), max_payload_bytes=65536)
         yield Services(
             load_settings(env={}), store, bus, registry, presence, ingest,
-            DeviceEndpoint("localhost", 8883, True, None),
+            MemoryDeviceAuthority(endpoint=DeviceEndpoint("localhost", 8883, True, None)),
+            Topics(),
         )  # fmt: skip
 
 

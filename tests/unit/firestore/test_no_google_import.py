@@ -9,8 +9,8 @@ import sys
 def test_importing_the_gateway_does_not_load_google_cloud() -> None:
     code = (
         "import sys\n"
-        "import planty_broker.app, planty_broker.cli\n"
-        "import planty_broker.northbound.firestore\n"  # the connector package itself, too
+        "import planty_broker.app, planty_broker.cli.main\n"
+        "import planty_broker.northbound.firestore.connector\n"  # the connector package itself, too
         "loaded = sorted(m for m in sys.modules if m.startswith(('google.cloud', 'grpc')))\n"
         "print(','.join(loaded))\n"
     )

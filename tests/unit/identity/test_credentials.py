@@ -8,14 +8,14 @@ import msgspec
 import pytest
 
 from planty_broker.domain.identity import CredentialKind, CredentialState
-from planty_broker.mqttserver.passwords import hash_token, verify_token
-from planty_broker.mqttserver.pki import cert_info, ensure_pki
+from planty_broker.mqttserver.pki import Pki, cert_info, ensure_pki, issue_client_cert
+from planty_broker.ports.device_authority import IssuedCertificate
+from planty_broker.ports.memory_authority import MemoryDeviceAuthority
 from planty_broker.protocol import Topics, credential_from_args, decode_command
 from planty_broker.services.bus import AckReceived, Bus
 from planty_broker.services.credentials.events import EventRecorder
 from planty_broker.services.credentials.service import (
     CredentialService,
-    MqttControl,
     NoLiveCredentialError,
 )
 from planty_broker.services.registry import DeviceRegistry, now_ms
@@ -23,30 +23,10 @@ from planty_broker.storage.memory import MemoryStore
 from planty_broker.storage.memory_identity import MemoryIdentityStore
 
 
-class FakeMqtt:
-    """What the MQTT server would enforce after each apply, and every kick."""
-
-    def __init__(self) -> None:
-        self.users: dict[str, str] = {}
-        self.revoked: list[int] = []
-        self.applies = 0
-        self.kicks: list[tuple[str, dict[str, str]]] = []
-        self.service: CredentialService | None = None
-
-    async def apply(self) -> None:
-        assert self.service is not None
-        self.applies += 1
-        self.users = self.service.mqtt_users()
-        self.revoked = self.service.revoked_serials()
-
-    async def kick(self, username: str, password: str) -> int:
-        assert verify_token(password, self.users[username])  # the one-time password is live
-        self.kicks.append((username, dict(self.users)))
-        return 0
-
-    def accepts(self, device_id: str, token: str) -> bool:
-        h = self.users.get(device_id)
-        return h is not None and verify_token(token, h)
+def _issue(pki: Pki, common_name: str, days: int) -> IssuedCertificate:
+    cert_pem, key_pem = issue_client_cert(pki, common_name, days)
+    info = cert_info(cert_pem)
+    return IssuedCertificate(cert_pem, key_pem, info.serial, info.fingerprint, info.not_after_ms)
 
 
 class Clock:
@@ -62,7 +42,9 @@ async def world(tmp_path: Path):  # type: ignore[no-untyped-def]
     store = MemoryStore()
     await store.open()
     bus = Bus()
-    registry = DeviceRegistry(store, bus, hash_token)
+    pki = ensure_pki(tmp_path / "pki", ["localhost"])
+    mqtt = MemoryDeviceAuthority(issuer=lambda cn, days: _issue(pki, cn, days))
+    registry = DeviceRegistry(store, bus, mqtt.hash_secret)
     clock = Clock()
     creds = CredentialService(
         MemoryIdentityStore(),
@@ -70,21 +52,10 @@ async def world(tmp_path: Path):  # type: ignore[no-untyped-def]
         bus,
         EventRecorder(bus),
         Topics(),
+        authority=mqtt,
         overlap_s=60,
         delivery_retry_s=5,
         clock=clock,
-    )
-    mqtt = FakeMqtt()
-    mqtt.service = creds
-    pki = ensure_pki(tmp_path / "pki", ["localhost"])
-    creds.control = MqttControl(
-        apply=mqtt.apply,
-        kick=mqtt.kick,
-        pki=pki,
-        host="localhost",
-        token_port=8883,
-        x509_port=8884,
-        device_ports=frozenset({8883, 8884}),
     )
     registry.credentials_hook = mqtt.apply
     sent: list[tuple[str, bytes]] = []
@@ -160,7 +131,7 @@ async def test_revocation_withdraws_token_and_certificate_and_kicks_once(world) 
     assert "dev-d" not in mqtt.users and not mqtt.accepts("dev-d", token)
     assert mqtt.revoked == [serial]
     ((kicked, users_at_kick),) = mqtt.kicks
-    assert kicked == "dev-d" and not verify_token(token, users_at_kick["dev-d"])
+    assert kicked == "dev-d" and not mqtt.verify_secret(token, users_at_kick.get("dev-d", ""))
     assert registry.require("dev-d").token_hash == ""
     with pytest.raises(NoLiveCredentialError):
         await creds.rotate("dev-d")
@@ -200,22 +171,23 @@ async def test_devices_registered_before_an_upgrade_get_their_token_tracked_at_s
     store = MemoryStore()
     await store.open()
     bus = Bus()
-    registry = DeviceRegistry(store, bus, hash_token)
+    authority = MemoryDeviceAuthority()
+    registry = DeviceRegistry(store, bus, authority.hash_secret)
     tokens = {d: (await registry.add(d))[1] for d in ("old-1", "old-2")}
     ident = MemoryIdentityStore()
     recorder = EventRecorder(bus)
-    creds = CredentialService(ident, registry, bus, recorder, Topics())
+    creds = CredentialService(ident, registry, bus, recorder, Topics(), authority=authority)
     await creds.start()
     rows = await ident.list_credentials()
     assert sorted(r.device_id for r in rows) == ["old-1", "old-2"]
     for r in rows:
-        assert r.state is CredentialState.ACTIVE and verify_token(
+        assert r.state is CredentialState.ACTIVE and authority.verify_secret(
             tokens[r.device_id], r.secret_hash
         )
         assert r.created_ms == registry.require(r.device_id).created_at_ms
     assert recorder.counts == {}  # not "issued" now: they were issued back then
     await creds.stop()
-    again = CredentialService(ident, registry, bus, recorder, Topics())
+    again = CredentialService(ident, registry, bus, recorder, Topics(), authority=authority)
     await again.start()  # nothing new the second time
     assert len(await ident.list_credentials()) == 2
     await again.stop()

@@ -8,9 +8,11 @@ import pytest
 from cryptography import x509
 
 from planty_broker.mqttserver.files import render_acl, render_conf, render_passwords
-from planty_broker.mqttserver.layout import AclGrant, MosquittoLayout, MqttAccount
+from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
 from planty_broker.mqttserver.passwords import hash_token
 from planty_broker.mqttserver.pki import build_crl, cert_info, ensure_pki, issue_client_cert
+from planty_broker.ports.device_authority import AclGrant
+from planty_broker.ports.memory_authority import MemoryDeviceAuthority
 from planty_broker.services.bus import Bus
 from planty_broker.services.credentials.events import EventRecorder
 from planty_broker.services.credentials.provisioning import ProvisioningService, _id_from_serial
@@ -67,37 +69,39 @@ def test_the_crl_lists_revoked_serials_and_does_not_expire_soon(tmp_path: Path) 
 
 class _Creds:
     def __init__(self) -> None:
-        self.extra_users: list[object] = []
+        self.extra_accounts: list[object] = []
 
 
 def test_claim_slots_may_only_request_and_read_their_own_reply_and_log_in_while_open() -> None:
     now = [1_000_000]
     creds = _Creds()
+    authority = MemoryDeviceAuthority(claim_secret="claim-secret")
     prov = ProvisioningService(
         creds,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         EventRecorder(Bus()),
+        authority=authority,
         prefix="planty/v1",
         slots=3,
         clock=lambda: now[0],
     )
-    prov.set_claim_secret("claim-secret")
-    accounts = prov.claim_accounts()
+    accounts = prov.accounts()
     assert [a.username for a in accounts] == ["planty-claim-0", "planty-claim-1", "planty-claim-2"]
-    assert all(a.password_hash == "" for a in accounts)  # the ACL is there, always
+    assert all(a.verifier == "" for a in accounts)  # the ACL is there, always
     assert set(accounts[1].grants) == {
         AclGrant("deny", "planty/v1/devices/#"),
         AclGrant("write", "planty/v1/provision/planty-claim-1/request"),
         AclGrant("read", "planty/v1/provision/planty-claim-1/reply"),
     }
-    assert creds.extra_users == [prov.claim_entries]
-    assert prov.claim_entries() == {}  # closed: no password line
+    assert creds.extra_accounts == [prov.accounts]
+    assert all(a.verifier == "" for a in prov.accounts())  # closed: no password line
     prov._until_ms = now[0] + 5000
-    entries = prov.claim_entries()
+    entries = {a.username: a.verifier for a in prov.accounts() if a.verifier}
     assert sorted(entries) == ["planty-claim-0", "planty-claim-1", "planty-claim-2"]
+    assert all(authority.verify_secret("claim-secret", v) for v in entries.values())
     now[0] += 5000
-    assert prov.claim_entries() == {}  # the window ended by itself
+    assert all(a.verifier == "" for a in prov.accounts())  # the window ended by itself
 
 
 def test_device_ids_from_serials() -> None:

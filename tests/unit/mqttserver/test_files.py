@@ -16,9 +16,10 @@ from planty_broker.mqttserver.files import (
     render_passwords,
     write_mosquitto_files,
 )
-from planty_broker.mqttserver.layout import GATEWAY_USERNAME, AclGrant, MosquittoLayout, MqttAccount
+from planty_broker.mqttserver.layout import GATEWAY_USERNAME, MosquittoLayout, MqttAccount
 from planty_broker.mqttserver.passwords import hash_token
 from planty_broker.mqttserver.pki import Pki
+from planty_broker.ports.device_authority import AclGrant
 
 H = hash_token("t")
 

@@ -10,7 +10,8 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
-from planty_broker.ports.store import StoreError, StoreUnavailableError
+from planty_broker.errors import StoreError
+from planty_broker.ports.store import StoreUnavailableError
 from planty_broker.storage import migrate
 from planty_broker.storage.sql import SqlStore, open_store
 from planty_broker.storage.sql_engine import normalize_url

@@ -19,6 +19,7 @@ from typing import Any, TypeGuard
 
 from planty_broker.domain.models import DeviceRecord
 from planty_broker.domain.rules.clock import LocalClock, TimeWindow
+from planty_broker.errors import PlantyError
 from planty_broker.protocol import ACTUATOR_VERBS, BUILTIN_ACTIONS, split_action, valid_device_id
 
 ALL_DEVICES = "*"
@@ -28,7 +29,7 @@ RULE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 READING_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-class RuleError(ValueError):
+class RuleError(PlantyError, ValueError):
     """A rule that cannot work; `reasons` holds one clear sentence per problem."""
 
     def __init__(self, reasons: Sequence[str]) -> None:

@@ -49,7 +49,7 @@ def create_api(
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
         """Liveness without authentication: is the gateway up, is the MQTT link connected."""
-        link = svc.extra.get("link")
+        link = svc.link
         return {
             "status": "ok",
             "version": __version__,

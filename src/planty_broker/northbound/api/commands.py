@@ -63,7 +63,7 @@ class ReadRequest(BaseModel):
 
 
 def commands_of(svc: Services) -> CommandService:
-    found = svc.extra.get("commands")
+    found = svc.commands
     if not isinstance(found, CommandService):
         raise ApiError(503, "unavailable", "the command service is not running")
     return found
@@ -258,7 +258,7 @@ async def device_latency(
         raise ApiError(422, "invalid", str(exc)) from None
     summary = commands_of(svc).latency(device_id, window_ms)
     if summary is None:
-        stats = svc.extra.get("stats")
+        stats = svc.stats
         s = stats.device(device_id) if stats is not None else None
         if s is None:
             summary = {"window_ms": window_ms, "count": 0}

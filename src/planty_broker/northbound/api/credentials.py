@@ -27,21 +27,20 @@ Writer = Depends(require_scope(Scope.SERVER))
 AdminOnly = Depends(require_scope())
 
 
-def _identity(svc: Services) -> Any:
-    identity = svc.extra.get("identity")
-    if identity is None:
-        raise ApiError(503, "unavailable", "device credentials are not available in this gateway")
-    return identity
+def _unavailable() -> ApiError:
+    return ApiError(503, "unavailable", "device credentials are not available in this gateway")
 
 
 def credentials_of(svc: Services) -> CredentialService:
-    creds: CredentialService = _identity(svc).credentials
-    return creds
+    if svc.credentials is None:
+        raise _unavailable()
+    return svc.credentials
 
 
 def provisioning_of(svc: Services) -> ProvisioningService:
-    prov: ProvisioningService = _identity(svc).provisioning
-    return prov
+    if svc.provisioning is None:
+        raise _unavailable()
+    return svc.provisioning
 
 
 def _device(svc: Services, device_id: str) -> None:
@@ -73,9 +72,9 @@ def event_json(e: CredentialEvent) -> dict[str, Any]:
 
 
 def _mqtt(svc: Services, kind: CredentialKind) -> dict[str, Any]:
-    control = credentials_of(svc).control
+    credentials_of(svc)
     e = svc.endpoint
-    port = control.x509_port if (control and kind is CredentialKind.X509) else e.port
+    port = e.x509_port if (e.x509_port and kind is CredentialKind.X509) else e.port
     return {"host": e.host, "port": port, "tls": e.tls, "ca_pem": e.ca_pem}
 
 
@@ -214,7 +213,8 @@ async def claim_credential(svc: SvcDep) -> dict[str, Any]:
     prov = provisioning_of(svc)
     if prov.claim_secret is None:
         raise ApiError(409, "unavailable", "provisioning by claim needs the supervised MQTT server")
-    host, token_port, x509_port = prov.mqtt_endpoint
+    e = svc.endpoint
+    host, token_port, x509_port = e.host, e.port, e.x509_port
     return {
         "username_prefix": CLAIM_SLOT_PREFIX,
         "slots": prov.slots,
@@ -227,7 +227,7 @@ async def claim_credential(svc: SvcDep) -> dict[str, Any]:
             "ca_pem": svc.endpoint.ca_pem,
         },
         "topics": {
-            "request": f"{svc.extra['topics'].prefix}/provision/<username>/request",
-            "reply": f"{svc.extra['topics'].prefix}/provision/<username>/reply",
+            "request": f"{svc.topics.prefix}/provision/<username>/request",
+            "reply": f"{svc.topics.prefix}/provision/<username>/reply",
         },
     }

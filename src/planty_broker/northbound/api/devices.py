@@ -54,7 +54,7 @@ def reading_json(r: Reading | None) -> dict[str, Any] | None:
 
 def device_json(svc: Services, d: DeviceRecord) -> dict[str, Any]:
     p = svc.presence.get(d.id)
-    stats = svc.extra.get("stats")
+    stats = svc.stats
     c = stats.fleet.get(d.id) if stats is not None else None  # DeviceStats
     errors = {k: n for k, n in c.errors().items() if n} if c else {}
     state = p.state if p else PresenceState.UNKNOWN
@@ -86,9 +86,8 @@ def device_json(svc: Services, d: DeviceRecord) -> dict[str, Any]:
         "fw": d.fw,
         "interval_s": d.interval_s,
     }
-    summary = svc.extra.get("device_summary")
-    if summary is not None:
-        out.update(summary(d.id))
+    if svc.stats is not None:
+        out.update(svc.stats.device_summary(d.id))
     return out
 
 

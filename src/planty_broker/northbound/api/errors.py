@@ -9,8 +9,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from planty_broker.errors import PlantyError
 
-class ApiError(Exception):
+
+class ApiError(PlantyError):
     """Raise from a route: status, a stable machine code and a human message."""
 
     def __init__(self, status: int, code: str, message: str, **details: Any) -> None:

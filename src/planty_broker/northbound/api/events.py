@@ -36,7 +36,7 @@ class CursorBody(BaseModel):
 
 
 def events_of(svc: Services) -> EventService:
-    found = svc.extra.get("events")
+    found = svc.events
     if not isinstance(found, EventService):
         raise ApiError(503, "unavailable", "the event log is not running")
     return found

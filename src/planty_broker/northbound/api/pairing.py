@@ -29,11 +29,9 @@ Writer = Depends(require_scope(Scope.SERVER))
 
 
 def pairing_of(svc: Services) -> PairingService:
-    identity = svc.extra.get("identity")
-    if identity is None:
+    if svc.pairing is None:
         raise ApiError(503, "unavailable", "pairing is not available in this gateway")
-    pairing: PairingService = identity.pairing
-    return pairing
+    return svc.pairing
 
 
 class Claim(BaseModel):
@@ -48,7 +46,7 @@ async def get_pairing(svc: SvcDep, who: AuthDep) -> dict[str, Any]:
     st = pairing_of(svc).status()
     out: dict[str, Any] = {
         "paired": st.pairing is not None,
-        "broker_id": svc.extra.get("broker_id"),
+        "broker_id": svc.broker_id,
         "failed_claims": st.failed_claims,
         "rate_limited": st.rate_limited,
     }
@@ -86,7 +84,7 @@ async def claim(body: Claim, request: Request, svc: SvcDep) -> dict[str, Any]:
     return {
         "paired": True,
         "account_id": result.pairing.account_id,
-        "broker_id": svc.extra.get("broker_id"),
+        "broker_id": svc.broker_id,
         "paired_at": iso(result.pairing.paired_ms),
         "token_id": result.token.id,
         "scope": result.token.scope.value,

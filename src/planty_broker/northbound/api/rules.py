@@ -14,11 +14,11 @@ from fastapi import APIRouter, Body, Depends, Query, Response
 
 from planty_broker.domain.rules.model import RuleError
 from planty_broker.domain.rules.records import RuleEvent
+from planty_broker.errors import StoreError
 from planty_broker.northbound.api.auth import Scope
 from planty_broker.northbound.api.deps import SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.api.timefmt import iso, parse_time
-from planty_broker.ports.store import StoreError
 from planty_broker.services.context import Services
 from planty_broker.services.registry import UnknownDeviceError, now_ms
 from planty_broker.services.rules.info import RuleInfo
@@ -50,7 +50,7 @@ RuleBody = Annotated[
 
 
 def rules_of(svc: Services) -> RulesService:
-    found = svc.extra.get("rules")
+    found = svc.rules
     if not isinstance(found, RulesService):
         raise ApiError(503, "unavailable", "the rules service is not running ([rules] enabled)")
     return found
@@ -112,7 +112,7 @@ async def event_json(e: RuleEvent, svc: Services) -> dict[str, Any]:
     ts = out.get("reading_ts_ms")
     out["reading_at"] = iso(ts) if isinstance(ts, int) else None
     cid = out.get("command_id")
-    commands = svc.extra.get("commands")
+    commands = svc.commands
     if isinstance(cid, str) and commands is not None:
         rec = await commands.get(cid)
         if rec is not None:

@@ -27,7 +27,7 @@ WindowQuery = Annotated[
 
 
 def stats_service(svc: Services) -> StatsService:
-    stats: StatsService | None = svc.extra.get("stats")
+    stats: StatsService | None = svc.stats
     if stats is None:
         raise ApiError(
             404, "stats_disabled", "statistics are off on this gateway: set [stats] enabled = true"

@@ -30,11 +30,9 @@ def token_lookup(tokens: TokenService) -> TokenLookup:
 
 
 def tokens_of(svc: Services) -> TokenService:
-    identity = svc.extra.get("identity")
-    if identity is None:
+    if svc.tokens is None:
         raise ApiError(503, "unavailable", "API tokens are not available in this gateway")
-    tokens: TokenService = identity.tokens
-    return tokens
+    return svc.tokens
 
 
 def token_json(t: ApiToken) -> dict[str, Any]:

@@ -124,7 +124,7 @@ async def device_fragment(
     d = svc.registry.get(device_id)
     if d is None:
         raise ApiError(404, "unknown_device", f"no device with id {device_id!r}")
-    stats = svc.extra.get("stats")
+    stats = svc.stats
     if stats is not None:
         await stats.ensure_loaded(device_id)
     return render("_device.html", **views.device_panel(svc, d, views.window_or_default(window)))

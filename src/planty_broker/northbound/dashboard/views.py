@@ -34,7 +34,7 @@ class Row:
 
 def row(svc: Services, d: DeviceRecord) -> Row:
     p = svc.presence.get(d.id)
-    stats = svc.extra.get("stats")
+    stats = svc.stats
     s = stats.fleet.get(d.id) if stats is not None else None
     summary = stats.device_summary(d.id)["stats"] if stats is not None else None
     latest = svc.ingest.latest.get(d.id)
@@ -63,7 +63,7 @@ def fleet(svc: Services) -> dict[str, Any]:
     counts = dict.fromkeys((s.value for s in PresenceState), 0)
     for r in rows:
         counts[r.state] += 1
-    stats = svc.extra.get("stats")
+    stats = svc.stats
     headline: dict[str, Any] = {"devices": len(rows), **counts}
     if stats is not None:
         f = stats.fleet_stats(HOUR_MS)
@@ -81,7 +81,7 @@ def device_panel(svc: Services, d: DeviceRecord, window: str) -> dict[str, Any]:
     """Presence, vitals, counters, availability and the timeline of one device."""
     now = now_ms()
     wms = parse_window(window)
-    stats = svc.extra.get("stats")
+    stats = svc.stats
     figures = stats.device_stats(d.id, wms, now) if stats is not None else None
     bars: list[dict[str, Any]] = []
     if figures is not None:
@@ -105,7 +105,7 @@ def device_panel(svc: Services, d: DeviceRecord, window: str) -> dict[str, Any]:
 
 async def command_history(svc: Services, device_id: str, limit: int = 20) -> list[Any] | None:
     """The newest commands of a device, live states included (None: no command outbox)."""
-    commands = svc.extra.get("commands")
+    commands = svc.commands
     if commands is None:
         return None
     records: list[Any] = await commands.find(device_id, None, limit)

@@ -3,7 +3,7 @@
 The HTTP API and this connector drive the same services; these protocols name
 the few calls the connector makes, so a missing service (an older build, a
 feature switched off) disables only the documents that need it, with one log
-line. The services register themselves in `Services.extra` under these keys.
+line. The keys name the `Services` fields they come from.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Any, cast
 from planty_broker import __version__
 from planty_broker.config import FirestoreSettings
 from planty_broker.northbound.firestore import model
-from planty_broker.northbound.firestore.bridges import COMMANDS, EVENTS, PAIRING, RULES
+from planty_broker.northbound.firestore.bridges import COMMANDS, PAIRING, RULES
 from planty_broker.northbound.firestore.buffer import DocBuffer
 from planty_broker.northbound.firestore.inbound import BrokerConfig, Inbound
 from planty_broker.northbound.firestore.listeners import SupervisedListener
@@ -67,7 +67,7 @@ class FirestoreConnector:
     ) -> None:
         self.svc = svc
         self.settings = settings or svc.settings.firestore
-        self.broker_id = self.settings.broker_id or str(svc.extra.get("broker_id", ""))
+        self.broker_id = self.settings.broker_id or svc.broker_id
         self.port = port
         self.paths = model.Paths(self.broker_id) if self.broker_id else None
         self.config = BrokerConfig(self.settings.heartbeat_s, self.settings.stats_every_s)
@@ -111,7 +111,7 @@ class FirestoreConnector:
 
     async def _compose(self, port: FirestorePort, paths: model.Paths) -> None:
         self.buffer = DocBuffer(port, self.settings.debounce_s)
-        events = self.svc.extra.get(EVENTS) or StoreEvents(cast(EventStore, self.svc.store))
+        events = self.svc.events or StoreEvents(cast(EventStore, self.svc.store))
         self.sink = EventSink(
             events,
             port,
@@ -127,18 +127,16 @@ class FirestoreConnector:
             self.buffer,
             self.svc.registry,
             self.config,
-            commands=self.svc.extra.get(COMMANDS),
-            rules=self.svc.extra.get(RULES),
+            commands=self.svc.commands,
+            rules=self.svc.rules,
             wake=self._kick.set,
         )
-        pairing = self.svc.extra.get(PAIRING) or getattr(
-            self.svc.extra.get("identity"), PAIRING, None
-        )
+        pairing = self.svc.pairing
         if pairing is not None:
             self.pairing_docs = PairingDocs(pairing, port, paths, self.buffer, self._kick.set)
         found = {
-            COMMANDS: self.svc.extra.get(COMMANDS),
-            RULES: self.svc.extra.get(RULES),
+            COMMANDS: self.svc.commands,
+            RULES: self.svc.rules,
             PAIRING: pairing,
         }
         for missing, service in found.items():

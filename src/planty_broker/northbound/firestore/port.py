@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from planty_broker.errors import PlantyError
 
-class FirestoreError(Exception):
+
+class FirestoreError(PlantyError):
     """Root of the connector's Firestore errors; the message is one line."""
 
 

@@ -115,7 +115,7 @@ class Loops:
         assert c.paths is not None
         while True:
             await asyncio.sleep(c.config.stats_every_s)
-            stats = c.svc.extra.get("stats")
+            stats = c.svc.stats
             if stats is None:
                 continue
             for device in c.svc.registry.all():
@@ -137,7 +137,7 @@ class Loops:
         c = self._c
         while True:
             await asyncio.sleep(1.0)
-            commands = c.svc.extra.get("commands")
+            commands = c.svc.commands
             if commands is None or not c.config.read_every_s:
                 continue
             now = time.monotonic()

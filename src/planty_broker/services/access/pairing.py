@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from planty_broker.domain.identity import ApiToken, Pairing, TokenScope
+from planty_broker.errors import AccessError
 from planty_broker.ports.store import IdentityStore, Store
 from planty_broker.services.access.tokens import TokenService, UnknownTokenError
 
@@ -40,7 +41,7 @@ _GLOBAL_FACTOR = 4
 _EXPIRED_KEPT = 4
 
 
-class PairingError(Exception):
+class PairingError(AccessError):
     """Root of pairing errors; the message is one line for the user."""
 
 

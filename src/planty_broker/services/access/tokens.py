@@ -27,14 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from planty_broker.domain.identity import ApiToken, TokenScope
-from planty_broker.ports.store import IdentityStore, StoreError
+from planty_broker.errors import AccessError, StoreError
+from planty_broker.ports.store import IdentityStore
 
 log = logging.getLogger(__name__)
 
 MAX_NAME = 200
 
 
-class TokenError(Exception):
+class TokenError(AccessError):
     """Root of token errors; the message is one line for the user."""
 
 

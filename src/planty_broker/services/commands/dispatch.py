@@ -14,24 +14,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 from planty_broker.domain.commands import TokenBucket
+from planty_broker.ports.link import Publisher
 
 log = logging.getLogger(__name__)
-
-
-class Publisher(Protocol):
-    """What the dispatcher needs from the MQTT link (`transport.mqtt.MqttLink`)."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    async def wait_connected(self) -> None: ...
-
-    async def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
-    ) -> None: ...
 
 
 class Dispatcher:

@@ -20,10 +20,10 @@ from planty_broker.config import CommandSettings
 from planty_broker.domain import commands as cmds
 from planty_broker.domain.commands import CommandRecord, CommandState, CommandTransition
 from planty_broker.domain.models import Reading
+from planty_broker.ports.link import Publisher
 from planty_broker.ports.store import CommandStore
 from planty_broker.protocol import Ack, ErrorKind, ProtocolError, Topics
 from planty_broker.services.bus import AckReceived, Bus
-from planty_broker.services.commands.dispatch import Publisher
 from planty_broker.services.commands.outbox import CommandChanged, Live, Outbox
 from planty_broker.services.commands.ping import PING_PREFIX, RttBook, RttSink
 from planty_broker.services.presence import PresenceService

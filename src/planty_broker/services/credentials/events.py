@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from planty_broker.domain.identity import CredentialEventKind
-from planty_broker.ports.store import StoreError
+from planty_broker.errors import StoreError
 from planty_broker.services.bus import Bus
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,11 @@
-"""What Mosquitto's log says about logins, turned into credential events.
+"""Logins the MQTT server saw (the device authority's login events), as credential events.
 
 An accepted login on a device listener marks the device's credential of that type
 as used (`used_first`, once); a refused one becomes a `login_refused` event with
-its reason. Mosquitto logs a refusal before it knows the username, so a refusal
-is named for a device only when that is unambiguous: exactly one device whose
+its reason. A refusal often comes without a username, so it is named for a device
+only when that is unambiguous: exactly one device whose
 credential ended within the last hour last logged in from the same address.
+(Mosquitto, for one, logs a refusal before it knows the username.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from planty_broker.domain.identity import CredentialEventKind, CredentialKind, CredentialState
-from planty_broker.mqttserver.login_watch import LoginAccepted, LoginEvent
+from planty_broker.ports.device_authority import AcceptedLogin, LoginEvent
 from planty_broker.services.credentials.events import CredentialEvent
 from planty_broker.services.credentials.service import CredentialService
 from planty_broker.services.registry import now_ms
@@ -29,13 +30,9 @@ class LoginObserver:
         self._last_login: dict[str, tuple[str, int]] = {}  # device -> (address, at)
 
     async def on_login(self, event: LoginEvent) -> None:
-        control = self._creds.control
-        port = event.listener_port
-        if control is None or (port is not None and port not in control.device_ports):
-            return  # the gateway's own listener: readiness probes and kicks
         at = self._clock()
-        x509 = port is not None and port == control.x509_port
-        if isinstance(event, LoginAccepted):
+        x509 = event.listener == "x509"
+        if isinstance(event, AcceptedLogin):
             device_id = event.username
             if not self._creds.known_device(device_id):
                 return  # claim slots
@@ -49,7 +46,7 @@ class LoginObserver:
             if len(used) == 1 and used[0].first_used_ms is None:  # else: cannot tell which
                 await self._creds.mark_first_use(used[0], at, event.address)
             return
-        listener = "x509" if x509 else "token" if port is not None else None
+        listener = event.listener
         await self._creds.events.record(
             CredentialEvent(
                 CredentialEventKind.LOGIN_REFUSED,

@@ -1,21 +1,22 @@
 """Provisioning by claim (like AWS IoT fleet provisioning): factory-fresh devices get their
 own credential while the operator keeps a claim window open.
 
-Every factory device carries the same claim secret. Mosquitto forces client id =
-username, so a single shared claim username would make claiming devices take
-over (and cut) each other's sessions. Instead there are `slots` claim usernames,
-`planty-claim-0` .. `planty-claim-<slots-1>`, all with the one claim secret; a
-device picks a slot at random. Each slot may only publish
+Every factory device carries the same claim secret (the device authority's
+`claim_secret`). The MQTT server forces client id = username, so a single shared
+claim username would make claiming devices take over (and cut) each other's
+sessions. Instead there are `slots` claim usernames, `planty-claim-0` ..
+`planty-claim-<slots-1>`, all with the one claim secret; a device picks a slot at
+random. Each slot may only publish
 `<prefix>/provision/<slot>/request` and read `<prefix>/provision/<slot>/reply`
 (and nothing under `devices/`), so a claimant never reads another slot's reply.
 Two devices that pick the same slot at once cut each other; the loser retries
 on another slot after a short random wait.
 
-The slots' ACL lines are always in Mosquitto's ACL file; their password lines
-are in the password file only while the window is open, so outside it the
-claim secret is refused at CONNECT and closing the window cuts live claim
-sessions. After answering, the gateway cuts the slot's session itself (a
-takeover login on its internal listener) once `grace_s` has passed.
+The slots are accounts of the desired state (`accounts()`): their grants always
+hold; they accept the claim secret only while the window is open, so outside it
+the claim secret is refused at CONNECT and closing the window cuts live claim
+sessions. After answering, the gateway cuts the slot's session itself
+(`authority.kick`) once `grace_s` has passed.
 
 A request may carry the device's own token (`token`): the reply then holds no
 secret, so even a claimant that raced into the same slot learns nothing useful.
@@ -32,8 +33,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from planty_broker.domain.identity import CredentialEventKind, CredentialOrigin
-from planty_broker.mqttserver.layout import AclGrant, MqttAccount
-from planty_broker.mqttserver.passwords import hash_token
+from planty_broker.errors import CredentialError, MqttServerError
+from planty_broker.ports.device_authority import Account, AclGrant, DeviceAuthority
 from planty_broker.ports.store import Store
 from planty_broker.protocol import (
     ClaimReply,
@@ -47,7 +48,7 @@ from planty_broker.protocol import (
     valid_device_id,
 )
 from planty_broker.services.credentials.events import CredentialEvent, EventRecorder
-from planty_broker.services.credentials.service import CredentialError, CredentialService
+from planty_broker.services.credentials.service import CredentialService
 from planty_broker.services.registry import DeviceRegistry, RegistryError, now_ms
 from planty_broker.tasks import cancel_and_wait
 
@@ -59,12 +60,11 @@ _REPLY_CACHE_MAX = 1000
 K = CredentialEventKind
 
 
-class ProvisioningError(Exception):
+class ProvisioningError(CredentialError):
     """A claim window cannot be opened or used; the message is one line for the user."""
 
 
 Publisher = Callable[[str, bytes], Awaitable[None]]
-Kicker = Callable[[str, str], Awaitable[int]]
 
 
 class ProvisioningService:
@@ -77,6 +77,7 @@ class ProvisioningService:
         meta: Store,
         recorder: EventRecorder,
         *,
+        authority: DeviceAuthority,
         prefix: str,
         slots: int = 64,
         default_window_s: float = 300.0,
@@ -94,49 +95,45 @@ class ProvisioningService:
         self.max_window_s = max_window_s
         self._grace_s = grace_s
         self._clock = clock
-        self.claim_secret: str | None = None  # set when a supervised MQTT server is there
-        self._claim_hash = ""
+        self._authority = authority
+        self._claim_hash: tuple[str, str] | None = None  # (secret, its verifier)
         self.publish: Publisher | None = None
-        self.kick: Kicker | None = None
-        self.apply: Callable[[], Awaitable[None]] | None = None
-        self.mqtt_endpoint: tuple[str, int, int] = ("", 0, 0)  # host, token port, x509 port
         self._until_ms: int | None = None
         self._replies: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._gate = asyncio.Semaphore(4)
         self.claims = 0
         self.refused = 0
-        credentials.extra_users.append(self.claim_entries)
+        credentials.extra_accounts.append(self.accounts)
 
     # ------------------------------------------------------------ MQTT server view
 
-    def set_claim_secret(self, secret: str) -> None:
-        self.claim_secret = secret
-        self._claim_hash = hash_token(secret)
+    @property
+    def claim_secret(self) -> str | None:
+        """The factory claim secret; None when the MQTT server takes no claims."""
+        return self._authority.claim_secret
 
-    def claim_accounts(self) -> list[MqttAccount]:
-        """The slots' ACL entries (no password: that comes from `claim_entries` when open)."""
+    def accounts(self) -> list[Account]:
+        """The claim slots: their grants always; the claim secret only while open."""
+        verifier = self._claim_verifier() if self.window_open else ""
         out = []
         for n in range(self.slots):
             slot = claim_slot_name(n)
-            out.append(
-                MqttAccount(
-                    slot,
-                    "",
-                    (
-                        AclGrant("deny", f"{self._prefix}/devices/#"),
-                        AclGrant("write", provision_topic(self._prefix, slot, "request")),
-                        AclGrant("read", provision_topic(self._prefix, slot, "reply")),
-                    ),
-                )
+            grants = (
+                AclGrant("deny", f"{self._prefix}/devices/#"),
+                AclGrant("write", provision_topic(self._prefix, slot, "request")),
+                AclGrant("read", provision_topic(self._prefix, slot, "reply")),
             )
+            out.append(Account(slot, grants, verifier))
         return out
 
-    def claim_entries(self) -> dict[str, str]:
-        """Password lines of the claim slots: only while the window is open."""
-        if not self.window_open or not self._claim_hash:
-            return {}
-        return {claim_slot_name(n): self._claim_hash for n in range(self.slots)}
+    def _claim_verifier(self) -> str:
+        secret = self.claim_secret
+        if not secret:
+            return ""
+        if self._claim_hash is None or self._claim_hash[0] != secret:
+            self._claim_hash = (secret, self._authority.hash_secret(secret))
+        return self._claim_hash[1]
 
     # ------------------------------------------------------------ the window
 
@@ -159,7 +156,7 @@ class ProvisioningService:
 
     async def open_window(self, duration_s: float | None = None) -> int:
         """Accept claims for `duration_s` (default `default_window_s`); returns the end, unix ms."""
-        if self.claim_secret is None or self.apply is None:
+        if self.claim_secret is None:
             raise ProvisioningError(
                 "provisioning by claim needs the supervised MQTT server (mqtt.url is set)"
             )
@@ -171,7 +168,7 @@ class ProvisioningService:
             )
         self._until_ms = self._clock() + int(duration * 1000)
         await self._meta.set_meta(_META_KEY, self._until_ms)
-        await self.apply()
+        await self._authority.apply()
         log.info("claim window open for %.0f s", duration)
         return self._until_ms
 
@@ -180,8 +177,7 @@ class ProvisioningService:
         was_open = self.window_open
         self._until_ms = None
         await self._meta.set_meta(_META_KEY, None)
-        if self.apply is not None:
-            await self.apply()
+        await self._authority.apply()
         if was_open:
             log.info("claim window closed")
 
@@ -242,7 +238,8 @@ class ProvisioningService:
             return await self._refuse(
                 slot, req.req, req.serial, "id_taken", f"device id {device_id} is taken"
             )
-        host, token_port, x509_port = self.mqtt_endpoint
+        endpoint = self._authority.endpoint
+        host, token_port, x509_port = endpoint.host, endpoint.port, endpoint.x509_port
         x509 = req.type == "x509"
         if x509 and not x509_port:
             return await self._refuse(
@@ -310,12 +307,12 @@ class ProvisioningService:
             await self.publish(provision_topic(self._prefix, slot, "reply"), raw)
 
     async def _cut(self, slot: str) -> None:
-        """End the claim session on `slot` (a takeover login with the claim secret)."""
-        if self.kick is None or self.claim_secret is None or not self.window_open:
+        """End the claim session on `slot` (the device authority's kick)."""
+        if self.claim_secret is None or not self.window_open:
             return  # closed: the reload already cut it
         try:
-            await self.kick(slot, self.claim_secret)
-        except OSError as exc:
+            await self._authority.kick(slot)
+        except (OSError, MqttServerError) as exc:
             log.warning("could not end the claim session on %s: %s", slot, exc)
 
     def _prune_replies(self) -> None:

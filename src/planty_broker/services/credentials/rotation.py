@@ -21,7 +21,6 @@ from planty_broker.domain.identity import (
     CredentialState,
     DeviceCredential,
 )
-from planty_broker.mqttserver.passwords import hash_token, new_token
 from planty_broker.protocol import (
     Channel,
     Command,
@@ -33,12 +32,13 @@ from planty_broker.protocol import (
 from planty_broker.services.bus import AckReceived, DeviceStatusReceived
 from planty_broker.services.credentials.types import (
     Issued,
-    MqttControl,
     NoLiveCredentialError,
     new_cred_id,
 )
+from planty_broker.services.registry import new_token
 
 if TYPE_CHECKING:
+    from planty_broker.ports.device_authority import DeviceAuthority
     from planty_broker.services.registry import DeviceRegistry
 
 log = logging.getLogger("planty_broker.services.credentials")
@@ -67,11 +67,12 @@ class RotationMixin:
         _overlap_ms: int
         _retry_ms: int
         publish: Callable[[str, bytes], Awaitable[None]] | None
+        authority: DeviceAuthority
 
         async def _adopt_token(self, device_id: str) -> None: ...
         def _in_progress(self, device_id: str | None = None) -> list[DeviceCredential]: ...
         def credentials_of(self, device_id: str) -> list[DeviceCredential]: ...
-        def _require_control(self) -> MqttControl: ...
+        def _require_managed(self) -> None: ...
         async def _new_certificate(
             self, device_id: str, origin: CredentialOrigin, replaces: str | None, until: int | None
         ) -> Issued: ...
@@ -94,6 +95,7 @@ class RotationMixin:
     ) -> Issued:
         """Issue a new credential and deliver it; the old one ends at the switch (see above)."""
         self._registry.require(device_id)
+        self._require_managed()
         async with self._lock:
             await self._adopt_token(device_id)
             for c in self._in_progress(device_id):  # superseded by this rotation
@@ -122,7 +124,7 @@ class RotationMixin:
                     "x509",
                     cert_pem=issued.cert_pem,
                     key_pem=issued.key_pem,
-                    port=self._require_control().x509_port,
+                    port=self.authority.endpoint.x509_port,
                 )
             else:
                 token = new_token()
@@ -133,7 +135,7 @@ class RotationMixin:
                     state=CredentialState.PENDING,
                     origin=CredentialOrigin.ROTATION,
                     created_ms=self._clock(),
-                    secret_hash=hash_token(token),
+                    secret_hash=self.authority.hash_secret(token),
                     replaces=old.id,
                     overlap_until_ms=until,
                 )
@@ -143,7 +145,7 @@ class RotationMixin:
                 if old.kind is not CredentialKind.TOKEN:  # no token to displace: valid at once
                     await self._activate(cred)
                 delivery = CredentialDelivery(
-                    cred.id, "token", token=token, port=self._require_control().token_port
+                    cred.id, "token", token=token, port=self.authority.endpoint.port
                 )
             new = issued.credential
             command = Command(

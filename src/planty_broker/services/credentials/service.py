@@ -1,23 +1,22 @@
 """Device credentials over their whole life: issue, rotate with overlap, revoke at once.
 
 The MQTT server enforces; this service decides. Its state (the
-`device_credentials` table, the devices' token hashes, revoked certificate
-serials) is turned into Mosquitto's password file and CRL by `MqttControl.apply`
-(rewrite + SIGHUP, coalesced), so every change takes effect in one reload.
+`device_credentials` table, the devices' token verifiers, revoked certificate
+serials) is the desired state (`desired()`) it hands to the device authority
+(`ports.device_authority`); `authority.apply()` makes the server enforce it (on the
+supervised Mosquitto: password file and CRL rewritten, one SIGHUP, coalesced).
 
 Rotation (docs/security.md): the new credential goes to the device in a `config`
-command on its `cmd` topic, re-sent until the device acks it. Mosquitto's
-password file holds one hash per user, so a new *token* is accepted only from
+command on its `cmd` topic, re-sent until the device acks it. The MQTT server
+holds one token verifier per user, so a new *token* is accepted only from
 the switch, which happens when the device confirms it stored the new one (its
 ack) or, at the latest, when the overlap window ends; a new certificate (or a
 token replacing a certificate) is valid at once, so the device holds both. The
 old credential is refused from the switch on; sessions still using it are cut.
 
-Revocation withdraws every credential of a device in one reload: a token session
-is cut by the reload itself; a certificate session (Mosquitto never re-checks a
-certificate) by a session takeover: the gateway logs in on the internal listener
-with a one-time password under the device's name, which closes the device's
-connection, then removes that password again. Queued commands are cancelled.
+Revocation withdraws every credential of a device at once and cuts its live
+session (`authority.kick`: the server never re-checks a live session's
+certificate). Queued commands are cancelled.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Sequence
 
 from planty_broker.domain.identity import (
     CredentialEventKind,
@@ -34,18 +33,21 @@ from planty_broker.domain.identity import (
     CredentialState,
     DeviceCredential,
 )
-from planty_broker.mqttserver.passwords import hash_token, new_token
-from planty_broker.mqttserver.pki import cert_info, issue_client_cert
+from planty_broker.errors import CredentialError
+from planty_broker.ports.device_authority import (
+    Account,
+    AuthorityUnavailableError,
+    DesiredAccess,
+    DeviceAuthority,
+)
 from planty_broker.ports.store import IdentityStore
 from planty_broker.protocol import Topics
 from planty_broker.services.bus import Bus, DevicesChanged, DeviceStatusReceived
 from planty_broker.services.credentials.events import CredentialEvent, EventRecorder
 from planty_broker.services.credentials.rotation import DELIVERY_PREFIX, RotationMixin, _Delivery
 from planty_broker.services.credentials.types import (
-    CredentialError,
     CredentialUnavailableError,
     Issued,
-    MqttControl,
     NoLiveCredentialError,
     new_cred_id,
 )
@@ -71,6 +73,7 @@ class CredentialService(RotationMixin):
         recorder: EventRecorder,
         topics: Topics,
         *,
+        authority: DeviceAuthority,
         overlap_s: float = 86400.0,
         delivery_retry_s: float = 10.0,
         cert_days: int = 825,
@@ -85,21 +88,21 @@ class CredentialService(RotationMixin):
         self._retry_ms = int(delivery_retry_s * 1000)
         self._cert_days = cert_days
         self._clock = clock
-        self.control: MqttControl | None = None
+        self.authority = authority
         self.publish: Publisher | None = None
         self.cancel_commands: Callable[[str], Awaitable[int]] | None = None
         self.mark_revoked: Callable[[str], None] | None = None  # presence: offline (revoked)
-        self.extra_users: list[Callable[[], Mapping[str, str]]] = []  # claim slots
+        self.extra_accounts: list[Callable[[], Sequence[Account]]] = []  # claim slots
         self._creds: dict[str, DeviceCredential] = {}
         self._by_device: dict[str, set[str]] = {}  # device -> ids in _creds
         self._replacing: set[str] = set()  # live credentials that replace another (rotations)
         self._deliveries: dict[str, _Delivery] = {}  # new credential id -> its config command
-        self._overrides: dict[str, str] = {}  # username -> one-time hash (kicks)
         self._origin_hint: dict[str, CredentialOrigin] = {}
         self.ended_at: dict[str, int] = {}  # device -> when one of its credentials last ended
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        authority.set_source(self.desired)
         bus.subscribe(DevicesChanged, self._on_devices_changed)
         bus.subscribe(DeviceStatusReceived, self._on_status)
 
@@ -125,13 +128,12 @@ class CredentialService(RotationMixin):
 
     # ------------------------------------------------------------ MQTT server view
 
-    def mqtt_users(self) -> dict[str, str]:
-        """username -> `$7$` hash for the password file: devices, claim slots, kicks."""
-        users = self._registry.credentials()
-        for extra in self.extra_users:
-            users.update(extra())
-        users.update(self._overrides)
-        return users
+    def desired(self) -> DesiredAccess:
+        """What the MQTT server must enforce now: device tokens, claim slots, the CRL."""
+        accounts = tuple(a for extra in self.extra_accounts for a in extra())
+        return DesiredAccess(
+            self._registry.credentials(), accounts, frozenset(self.revoked_serials())
+        )
 
     def revoked_serials(self) -> list[int]:
         """Serials of ended certificates that have not yet expired (the CRL)."""
@@ -176,15 +178,11 @@ class CredentialService(RotationMixin):
     async def _new_certificate(
         self, device_id: str, origin: CredentialOrigin, replaces: str | None, until: int | None
     ) -> Issued:
-        control = self._require_control()
-        if control.pki is None or not control.x509_port:
-            raise CredentialUnavailableError(
-                "X.509 device certificates need the X.509 listener: set mqtt.x509 = true"
-            )
-        cert_pem, key_pem = await asyncio.to_thread(
-            issue_client_cert, control.pki, device_id, self._cert_days
-        )
-        info = cert_info(cert_pem)
+        self._require_managed()
+        try:
+            info = await self.authority.issue_certificate(device_id, self._cert_days)
+        except AuthorityUnavailableError as exc:
+            raise CredentialUnavailableError(str(exc)) from exc
         cred = DeviceCredential(
             id=new_cred_id(),
             device_id=device_id,
@@ -200,14 +198,14 @@ class CredentialService(RotationMixin):
         )
         await self._save(cred)
         await self._event(K.ISSUED, cred, kind=cred.kind.value, origin=origin.value)
-        return Issued(cred, cert_pem=cert_pem, key_pem=key_pem)
+        return Issued(cred, cert_pem=info.cert_pem, key_pem=info.key_pem)
 
     # ------------------------------------------------------------ revocation
 
     async def revoke(self, device_id: str, reason: str = "revoked") -> list[DeviceCredential]:
         """Withdraw every credential of the device now; its live session is cut."""
         self._registry.require(device_id)
-        self._require_control()
+        self._require_managed()
         async with self._lock:
             await self._adopt_token(device_id)
             ended = []
@@ -259,13 +257,12 @@ class CredentialService(RotationMixin):
                 out.append(c)
         return out
 
-    def _require_control(self) -> MqttControl:
-        if self.control is None:
+    def _require_managed(self) -> None:
+        if not self.authority.managed:
             raise CredentialUnavailableError(
                 "device credentials are enforced by the supervised MQTT server; with mqtt.url "
                 "set, manage them on your MQTT server"
             )
-        return self.control
 
     async def _adopt_existing(self) -> None:
         """Devices registered before credentials were tracked (an upgrade): one row each for
@@ -372,27 +369,11 @@ class CredentialService(RotationMixin):
             await self._registry.update(device_id, token_hash=token_hash)
 
     async def _apply(self) -> None:
-        if self.control is not None:
-            await self.control.apply()
+        await self.authority.apply()
 
     async def _kick(self, device_id: str) -> None:
-        """Cut every live session of the device: reload (token) and takeover (certificate)."""
-        control = self.control
-        if control is None:
-            return
-        secret = new_token()
-        self._overrides[device_id] = hash_token(secret)
-        try:
-            await control.apply()  # token sessions end here; the CRL is re-read
-            try:
-                code = await control.kick(device_id, secret)
-                if code != 0:
-                    log.warning("kicking %s: login refused with code %d", device_id, code)
-            except OSError as exc:
-                log.warning("kicking %s failed: %s", device_id, exc)
-        finally:
-            del self._overrides[device_id]
-            await control.apply()
+        """Cut every live session of the device, under the current desired state."""
+        await self.authority.kick(device_id)
 
     async def _event(
         self, what: CredentialEventKind, cred: DeviceCredential, /, **data: object
@@ -437,6 +418,5 @@ __all__ = [
     "CredentialService",
     "CredentialUnavailableError",
     "Issued",
-    "MqttControl",
     "NoLiveCredentialError",
 ]

@@ -41,6 +41,7 @@ from planty_broker.domain.rules.thresholds import (
     threshold_rule_prefix,
     thresholds_to_rules,
 )
+from planty_broker.errors import PlantyError
 from planty_broker.ports.store import RuleStore
 from planty_broker.services.bus import Bus, DevicesChanged
 from planty_broker.services.registry import DeviceRegistry, now_ms
@@ -52,12 +53,12 @@ log = logging.getLogger(__name__)
 ORIGIN_DEVICE_REMOVED = "device-removed"
 
 
-class RuleNotFoundError(LookupError):
+class RuleNotFoundError(PlantyError, LookupError):
     def __str__(self) -> str:
         return f"no rule with id {self.args[0]!r}"
 
 
-class RuleExistsError(ValueError):
+class RuleExistsError(PlantyError, ValueError):
     """`create` of a rule whose id is taken (the API's POST answers 409)."""
 
 
@@ -401,23 +402,23 @@ class RulesService:
 
 async def start_rules(svc: Any, stack: AsyncExitStack) -> RulesService | None:
     """Start the rules service (after the outbox, before the MQTT link connects, so the first
-    readings are evaluated) and register it as `svc.extra["rules"]`; None when disabled."""
+    readings are evaluated) and set it as `svc.rules`; None when disabled."""
     s = svc.settings
     if not s.rules.enabled:
         log.info("rules: disabled ([rules] enabled = false)")
         return None
-    events = svc.extra.get("events")
+    events = svc.events
     rules = RulesService(
         svc.store,
         svc.bus,
         svc.registry,
         s.rules,
-        commands=svc.extra.get("commands"),
+        commands=svc.commands,
         notify=events.notify if events is not None else None,
         max_on_seconds=s.commands.max_on_seconds,
         max_on_by_actuator=s.commands.max_on_seconds_by_actuator,
     )
     await rules.start(restore_holds_from=svc.store)
     stack.push_async_callback(rules.stop)
-    svc.extra["rules"] = rules
+    svc.rules = rules
     return rules

@@ -1,0 +1,160 @@
+"""The device authority: the MQTT server's side of device identity, as the services need it.
+
+The services decide who may connect and what each account may touch; an adapter
+makes the MQTT server enforce it. Adapters:
+
+- `mqttserver.authority.MosquittoAuthority`: the supervised Mosquitto (password file of
+  `$7$` PBKDF2 hashes, ACL file, CRL, SIGHUP, session takeover, logins from its log);
+- `mqttserver.unmanaged.UnmanagedAuthority`: an external MQTT server (`mqtt.url`) that
+  nobody here manages: every management call says so in one line;
+- `ports.memory_authority.MemoryDeviceAuthority`: the fake for unit tests;
+- next (issue 15): the clustered engine, with its own hash format, applying changes
+  through its management API instead of files and a signal.
+
+The contract:
+- Secrets are never kept. `hash_secret` turns one into an opaque *verifier* in the
+  adapter's own format; the registry and the credential table store only verifiers,
+  and `verify_secret` checks one. A verifier is meaningful to the adapter that made it.
+- State is declarative. The services register one source (`set_source`) that returns
+  the complete desired state (`DesiredAccess`); `apply()` makes the server enforce the
+  latest one and returns once it does. Concurrent calls coalesce.
+- `kick(username)` is `apply()` plus cutting every session of `username` that is live
+  at the call (a revoked certificate is never re-checked on a live session; a claim
+  session is over). It changes no credential: a still-valid secret may log in again.
+- Logins the server accepted or refused on a device listener go to the callback
+  given to `watch_logins`, when the server can tell them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from planty_broker.errors import MqttServerError
+
+Access = Literal["read", "write", "readwrite", "deny"]
+Listener = Literal["token", "x509"]
+
+
+class AuthorityUnavailableError(MqttServerError):
+    """This MQTT server set-up cannot do that (unmanaged server, no X.509 listener, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AclGrant:
+    """One permission of a non-device account on an MQTT topic filter (`+`, `#` allowed)."""
+
+    access: Access
+    topic: str
+
+    def __post_init__(self) -> None:
+        if not self.topic or any(c in self.topic for c in "\r\n\0"):
+            raise ValueError(f"ACL topic {self.topic!r} is empty or has a line break")
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A non-device account the services define (the claim slots): its grants always hold;
+    it can log in only while `verifier` is set (a verifier from `hash_secret`)."""
+
+    username: str
+    grants: tuple[AclGrant, ...]
+    verifier: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredAccess:
+    """Everything the MQTT server must enforce, complete (never a diff).
+
+    `devices`: device id (= username) -> verifier; each device may use only its own
+    topic tree. Devices without a token (certificate only, revoked) are absent.
+    `revoked_serials`: device certificates that must be refused although unexpired.
+    """
+
+    devices: Mapping[str, str] = field(default_factory=dict)
+    accounts: tuple[Account, ...] = ()
+    revoked_serials: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEndpoint:
+    """What a device needs to reach the MQTT server: returned once at provisioning."""
+
+    host: str
+    port: int  # the token (username + password) listener
+    tls: bool
+    ca_pem: str | None  # the CA devices must trust; None: the server's own business
+    x509_port: int = 0  # the client-certificate listener; 0: none
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    """A device client certificate just issued (CN = the device id). The key is returned
+    once and never kept."""
+
+    cert_pem: str
+    key_pem: str
+    serial: int
+    fingerprint: str  # SHA-256 of the DER encoding, hex
+    not_after_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedLogin:
+    username: str
+    address: str  # host part only
+    listener: Listener | None  # None: the server could not tell which listener
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedLogin:
+    reason: str  # "not_authorised", "tls: certificate verify failed", ...
+    address: str | None
+    listener: Listener | None
+
+
+LoginEvent = AcceptedLogin | RefusedLogin
+AccessSource = Callable[[], DesiredAccess]
+LoginSink = Callable[[LoginEvent], None]
+
+
+class DeviceAuthority(Protocol):
+    """What the services use of the MQTT server's credential and ACL management."""
+
+    @property
+    def managed(self) -> bool:
+        """False for a server nobody here manages: credentials are the operator's business."""
+
+    @property
+    def endpoint(self) -> DeviceEndpoint:
+        """Where devices connect (valid once the adapter has started)."""
+
+    @property
+    def claim_secret(self) -> str | None:
+        """The factory claim secret shared by every factory-fresh device; None: no claims."""
+
+    @property
+    def restarts(self) -> int | None:
+        """How often the managed server was restarted; None when none is run here."""
+
+    def hash_secret(self, secret: str) -> str:
+        """An opaque verifier of `secret` in this adapter's format (salted, one-way)."""
+
+    def verify_secret(self, secret: str, verifier: str) -> bool:
+        """True if `secret` matches `verifier`; constant time in the secret's content."""
+
+    async def issue_certificate(self, common_name: str, days: int) -> IssuedCertificate:
+        """A client certificate from the server's CA; AuthorityUnavailableError without one."""
+
+    def set_source(self, source: AccessSource) -> None:
+        """The one function that returns the complete desired state (read at every apply)."""
+
+    async def apply(self) -> None:
+        """Make the server enforce the latest desired state; returns once it does."""
+
+    async def kick(self, username: str) -> None:
+        """`apply()`, and cut every session of `username` live at the call."""
+
+    def watch_logins(self, sink: LoginSink) -> None:
+        """Report logins on device listeners to `sink` (called on the event loop)."""

@@ -1,0 +1,38 @@
+"""The gateway's own MQTT connection, as the services and the front doors see it.
+
+Adapter: `transport.mqtt.MqttLink` (gmqtt). The services publish through it; the
+health route and /metrics read its state and counters.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Publisher(Protocol):
+    """What sending to devices needs: publish, and whether the link is up."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def wait_connected(self) -> None: ...
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> None: ...
+
+
+class Link(Publisher, Protocol):
+    """The link with its counters (for /metrics)."""
+
+    @property
+    def reconnects(self) -> int: ...
+
+    @property
+    def messages_in(self) -> int: ...
+
+    @property
+    def messages_out(self) -> int: ...
+
+    @property
+    def inflight(self) -> int: ...
