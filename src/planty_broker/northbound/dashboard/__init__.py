@@ -7,4 +7,6 @@ keeps the token in the tab's sessionStorage and `dashboard.js` sends it with
 every request (htmx and fetch alike); the event stream is read with fetch, since
 EventSource cannot send a header. Vendored assets (uPlot, htmx) are built by
 `package.json` here and committed under static/vendor/.
+
+May import what `northbound` may (and `northbound.api.deps` for the caller's token).
 """
