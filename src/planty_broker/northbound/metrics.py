@@ -20,7 +20,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.process_collector import ProcessCollector
@@ -29,7 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from planty_broker import __version__
 from planty_broker.domain.models import PresenceState
 from planty_broker.domain.stats.counters import COMMAND_FINAL_STATES, ReconnectCause
-from planty_broker.domain.stats.windowed import MINUTE_MS
+from planty_broker.domain.stats.windowed import MINUTE_MS, WindowedSketch
 from planty_broker.protocol import ErrorKind
 from planty_broker.services.context import Services
 from planty_broker.services.registry import now_ms
@@ -47,6 +46,25 @@ def _counter(name: str, doc: str, value: float, **labels: str) -> CounterMetricF
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
+
+
+RTT_QUANTILES = (0.5, 0.95, 0.99)
+
+
+def _rtt_summary(latency: WindowedSketch, now: int) -> Metric:
+    """Round trips as a Prometheus summary: quantiles over the last 5 minutes (from the
+    sketch), `_count` and `_sum` over every round trip since the gateway started."""
+    name = "planty_command_rtt_seconds"
+    summary = Metric(
+        name, "Round trip of pings and command acks (quantiles: last 5 minutes)", "summary"
+    )
+    values = latency.quantiles(RTT_QUANTILES, RTT_WINDOW_MS, now)
+    for q, v in zip(RTT_QUANTILES, values, strict=True):
+        if v is not None:
+            summary.add_sample(name, {"quantile": f"{q:g}"}, v / 1000)
+    summary.add_sample(f"{name}_count", {}, latency.total_count)
+    summary.add_sample(f"{name}_sum", {}, latency.total_ms / 1000)
+    return summary
 
 
 class GatewayCollector(Collector):
@@ -112,12 +130,7 @@ class GatewayCollector(Collector):
             "1 while the store refuses writes (readings are held, devices not acknowledged)",
             1 if writer.failing_since is not None else 0,
         )
-        h = ingest.store_write_seconds
-        hist = HistogramMetricFamily(
-            "planty_store_write_seconds", "Duration of one reading batch commit"
-        )
-        hist.add_metric([], h.cumulative(), h.sum)
-        yield hist
+        yield from ingest.store_write_seconds.collect()
         dropped = CounterMetricFamily(
             "planty_messages_dropped",
             "Messages refused before any device could be charged",
@@ -170,17 +183,8 @@ class GatewayCollector(Collector):
         for cause in ReconnectCause:
             reconnects.add_metric([cause.value], totals[f"rc_{cause.value}"])
         yield reconnects
-        rtt = GaugeMetricFamily(
-            "planty_command_rtt_ms",
-            "Round trip of pings and command acks over the last 5 minutes, fleet-wide",
-            labels=["quantile"],
-        )
         now = now_ms()
-        qs = (0.5, 0.95, 0.99)
-        for q, v in zip(qs, stats.fleet.latency.quantiles(qs, RTT_WINDOW_MS, now), strict=True):
-            if v is not None:
-                rtt.add_metric([f"{q:g}"], v)
-        yield rtt
+        yield _rtt_summary(stats.fleet.latency, now)
         yield from self._per_device(stats, now)
 
     def _per_device(self, stats: Any, now: int) -> Iterator[Metric]:
@@ -194,7 +198,7 @@ class GatewayCollector(Collector):
             "planty_device_messages", "Messages received, per device", labels=["device"]
         )
         p99 = GaugeMetricFamily(
-            "planty_device_rtt_p99_ms", "p99 round trip over 5 minutes", labels=["device"]
+            "planty_device_rtt_p99_seconds", "p99 round trip over 5 minutes", labels=["device"]
         )
         for device in self._svc.registry.all()[:limit]:
             p = self._svc.presence.get(device.id)
@@ -207,7 +211,7 @@ class GatewayCollector(Collector):
             if not s.latency.is_empty():
                 v = s.latency.quantiles((0.99,), RTT_WINDOW_MS, now)[0]
                 if v is not None:
-                    p99.add_metric([device.id], v)
+                    p99.add_metric([device.id], v / 1000)
         yield from (up, msgs, p99)
 
     def _mqtt(self) -> Iterator[Metric]:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from prometheus_client import Histogram
+
 from planty_broker.domain.models import Reading
 from planty_broker.ports.store import Store
 from planty_broker.protocol import (
@@ -36,11 +38,25 @@ from planty_broker.services.bus import (
 )
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, now_ms
-from planty_broker.services.stats_timing import DurationHistogram
 from planty_broker.services.writer import BatchWriter
 
 if TYPE_CHECKING:
     from planty_broker.services.stats.service import StatsService
+
+# Seconds; a batch commit on SQLite takes ~1-20 ms, a stalled disk or remote database far more.
+STORE_WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def store_write_histogram(buckets: tuple[float, ...] = STORE_WRITE_BUCKETS) -> Histogram:
+    """How long one reading batch commit takes, for /metrics (not in any global registry:
+    /metrics collects it from the running ingest service)."""
+    return Histogram(
+        "planty_store_write_seconds",
+        "Duration of one reading batch commit",
+        buckets=buckets,
+        registry=None,
+    )
+
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +91,7 @@ class IngestService:
         self._presence = presence
         self._topics = topics
         self._max_payload = max_payload_bytes
-        self.store_write_seconds = DurationHistogram()  # per batch commit, for /metrics
+        self.store_write_seconds = store_write_histogram()  # per batch commit, for /metrics
         self.writer: BatchWriter[Reading] = BatchWriter(
             self._append_timed,
             max_batch=batch_max,

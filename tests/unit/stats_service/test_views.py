@@ -7,8 +7,8 @@ import random
 import pytest
 
 from planty_broker.domain.stats.windowed import DAY_MS, HOUR_MS, MINUTE_MS, WindowedSketch
+from planty_broker.services.ingest import store_write_histogram
 from planty_broker.services.stats.views import latency_series
-from planty_broker.services.stats_timing import DurationHistogram
 
 T0 = 1_764_028_800_000  # aligned on a day
 
@@ -46,8 +46,14 @@ def test_empty_sketch_has_no_series() -> None:
 
 
 def test_duration_histogram_is_cumulative() -> None:
-    h = DurationHistogram((0.01, 0.1))
+    h = store_write_histogram((0.01, 0.1))
     for s in (0.005, 0.01, 0.05, 3.0):
         h.observe(s)
-    assert h.cumulative() == [("0.01", 2), ("0.1", 3), ("+Inf", 4)]
-    assert h.count == 4 and h.sum == pytest.approx(3.065)
+    (family,) = h.collect()
+    buckets = [
+        (x.labels["le"], x.value) for x in family.samples if x.name.endswith("_bucket")
+    ]
+    values = {x.name: x.value for x in family.samples if not x.name.endswith("_bucket")}
+    assert buckets == [("0.01", 2), ("0.1", 3), ("+Inf", 4)]
+    assert values["planty_store_write_seconds_count"] == 4
+    assert values["planty_store_write_seconds_sum"] == pytest.approx(3.065)

@@ -112,12 +112,14 @@ class _Level:
 class WindowedSketch:
     """A device's (or the fleet's) latency sketch over sliding windows; times in unix ms."""
 
-    __slots__ = ("_layout", "_levels", "mapping")
+    __slots__ = ("_layout", "_levels", "mapping", "total_count", "total_ms")
 
     def __init__(self, layout: WindowLayout = DEFAULT_LAYOUT) -> None:
         self._layout = layout
         self.mapping = layout.mapping  # read-only: for `key_of` before `add_keyed`
         self._levels: list[_Level] | None = None  # created at the first value
+        self.total_count = 0  # every value ever added (since this process started)
+        self.total_ms = 0.0  # and their sum: a Prometheus summary's _count and _sum
 
     @property
     def layout(self) -> WindowLayout:
@@ -131,6 +133,8 @@ class WindowedSketch:
 
     def add_keyed(self, key: int | None, value_ms: float, now_ms: int) -> None:
         """`add` with the bucket key already computed by `key_of` (to feed two sketches)."""
+        self.total_count += 1
+        self.total_ms += value_ms
         levels = self._levels
         if levels is None:
             levels = self._levels = [
@@ -175,10 +179,31 @@ class WindowedSketch:
         first = newest - math.ceil(window_ms / level.slot_ms) + 1
         return level.in_window(first)
 
+    def slots(self, window_ms: int, now_ms: int) -> list[tuple[int, int, LatencySketch]]:
+        """(start ms, slot length ms, sketch) of every non-empty time slot of the window,
+        oldest first, at the level that serves it (5 min slots for 1 h, 1 h for 1 d, ...).
+        The sketches are copies or views: callers only read them."""
+        if self._levels is None:
+            return []
+        level = self._levels[self._layout.level_for(window_ms)]
+        newest = max(now_ms // level.slot_ms, level.period)
+        first = newest - math.ceil(window_ms / level.slot_ms) + 1
+        out: list[tuple[int, int, LatencySketch]] = []
+        for period in range(first, newest + 1):
+            part = level.slot(period)
+            if part is None:
+                continue
+            slot = LatencySketch.from_bytes(part, self.mapping) if isinstance(part, bytes) else part
+            if slot.count:
+                out.append((period * level.slot_ms, level.slot_ms, slot))
+        return out
+
     def merge(self, other: WindowedSketch) -> None:
         """Add every value of `other` (same layout) slot by slot, as if added here."""
         if other._layout != self._layout:
             raise ValueError("cannot merge windowed sketches with different layouts")
+        self.total_count += other.total_count
+        self.total_ms += other.total_ms
         if other._levels is None:
             return
         if self._levels is None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from planty_broker.domain.stats.availability import PresenceSpan
-from planty_broker.domain.stats.sketch import LatencySketch
 from planty_broker.domain.stats.windowed import WindowedSketch
 
 SERIES_QUANTILES = (0.5, 0.95, 0.99)
@@ -17,28 +15,15 @@ MAX_SPANS = 500  # a timeline longer than this keeps its newest spans
 def latency_series(sketch: WindowedSketch, window_ms: int, now_ms: int) -> list[dict[str, Any]]:
     """Per time slot of the window (5 min for 1 h, 1 h for 1 d, 1 d for 7 d): count and quantiles.
 
-    Reads the sketch's rings directly (`WindowedSketch` has no public per-slot view);
-    empty slots are left out, so a chart shows gaps where nothing was measured.
+    Empty slots are left out, so a chart shows gaps where nothing was measured.
     """
-    levels = sketch._levels  # private: WindowedSketch has no per-slot view of its own
-    if levels is None:
-        return []
-    level = levels[sketch.layout.level_for(window_ms)]
-    newest = max(now_ms // level.slot_ms, level.period)
-    first = newest - math.ceil(window_ms / level.slot_ms) + 1
     out: list[dict[str, Any]] = []
-    for period in range(first, newest + 1):
-        part = level.slot(period)
-        if part is None:
-            continue
-        slot = LatencySketch.from_bytes(part, sketch.mapping) if isinstance(part, bytes) else part
-        if not slot.count:
-            continue
+    for start_ms, slot_ms, slot in sketch.slots(window_ms, now_ms):
         p50, p95, p99 = slot.quantiles(SERIES_QUANTILES)
         out.append(
             {
-                "t_ms": period * level.slot_ms,
-                "slot_ms": level.slot_ms,
+                "t_ms": start_ms,
+                "slot_ms": slot_ms,
                 "count": slot.count,
                 "p50_ms": p50,
                 "p95_ms": p95,
