@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
+from planty_broker.backoff import Backoff
 from planty_broker.mqttserver import process
 from planty_broker.mqttserver.atomic import load_or_create_secret
 from planty_broker.mqttserver.errors import MosquittoError, MosquittoStartError
@@ -345,7 +346,7 @@ class MosquittoSupervisor:
 
     async def _watch(self) -> None:
         """Restart Mosquitto with exponential backoff whenever it dies."""
-        backoff = self._backoff_initial_s
+        backoff = Backoff(self._backoff_initial_s, self._backoff_max_s)
         while True:
             running = self._running
             if running is not None:
@@ -355,22 +356,23 @@ class MosquittoSupervisor:
                 self._running = None
                 uptime = time.monotonic() - running.started_at
                 if uptime >= self._stable_after_s:
-                    backoff = self._backoff_initial_s
+                    backoff.reset()
                 log.warning(
                     "Mosquitto (pid %d) %s after %.1f s; restarting in %.1f s; its last words: %s",
                     running.pid,
                     process.describe_exit(code),
                     uptime,
-                    backoff,
+                    backoff.current,
                     process.log_tail(self._layout),
                 )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._backoff_max_s)
+            await backoff.sleep()
             async with self._lock:
                 try:
                     await self._spawn_and_wait()
                 except MosquittoError as exc:
-                    log.error("Mosquitto did not restart: %s; next try in %.1f s", exc, backoff)
+                    log.error(
+                        "Mosquitto did not restart: %s; next try in %.1f s", exc, backoff.current
+                    )
                     continue
                 self._restarts += 1
 

@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from planty_broker.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -104,7 +106,7 @@ class BatchWriter(Generic[T]):
             self._full.clear()
         if not items:
             return
-        delay = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             started = time.perf_counter()
             try:
@@ -123,8 +125,7 @@ class BatchWriter(Generic[T]):
                         len(items),
                         exc,
                     )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await backoff.sleep()
                 continue
             if self.failing_since is not None:
                 log.warning(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from gmqtt import Client
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.storage import PersistentStorage
 
+from planty_broker.backoff import Backoff
 from planty_broker.errors import MqttServerError
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,8 @@ class MqttLink:
         self._client.on_disconnect = self._on_disconnect
         self._client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
         self._connected = asyncio.Event()
-        self._attempt = 0
+        # Reconnect delays: 1, 2, 4 ... 30 s, each jittered by +-50%.
+        self._backoff = Backoff(1.0, 30.0, jitter=0.5)
         self.reconnects = 0
         self.messages_in = 0
         self.messages_out = 0
@@ -184,7 +185,7 @@ class MqttLink:
     # ------------------------------------------------------------ gmqtt callbacks
 
     def _on_connect(self, client: Client, flags: int, rc: int, properties: Any) -> None:
-        self._attempt = 0
+        self._backoff.reset()
         client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
         if self._ever_connected:
             self.reconnects += 1
@@ -199,9 +200,7 @@ class MqttLink:
     def _on_disconnect(self, client: Client, packet: Any, exc: Exception | None = None) -> None:
         was = self._connected.is_set()
         self._connected.clear()
-        self._attempt += 1
-        delay = min(30.0, 0.5 * 2 ** min(self._attempt, 6)) * (0.5 + random.random())  # noqa: S311
-        client.set_config({"reconnect_retries": -1, "reconnect_delay": delay})
+        client.set_config({"reconnect_retries": -1, "reconnect_delay": self._backoff.next()})
         if was and not self._closing:
             log.warning(
                 "MQTT link to %s:%d lost; reconnecting with backoff",

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from planty_broker import __version__
+from planty_broker.backoff import Backoff
 from planty_broker.config import FirestoreSettings
 from planty_broker.northbound.firestore import model
 from planty_broker.northbound.firestore.bridges import COMMANDS, PAIRING, RULES
@@ -185,7 +186,7 @@ class FirestoreConnector:
             log.warning("firestore: could not write the last documents at stop (%s)", exc)
 
     async def _main(self) -> None:
-        backoff = 1.0
+        backoff = Backoff(1.0, 30.0)
         while True:
             try:
                 await self.create_in_database()
@@ -195,8 +196,7 @@ class FirestoreConnector:
                 return
             except FirestoreUnavailableError as exc:
                 self._unreachable(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                await backoff.sleep()
         await self.listen_to_broker_data()
         await self.listen_to_rule_changes()
         await self.pairing()

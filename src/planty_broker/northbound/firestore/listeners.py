@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from planty_broker.backoff import Backoff
 from planty_broker.northbound.firestore.port import (
     FirestoreError,
     FirestorePort,
@@ -103,7 +104,7 @@ class SupervisedListener:
                 self._loop.run_in_executor(None, old.close)
 
     async def _supervise(self) -> None:
-        backoff = 1.0
+        backoff = Backoff(1.0, MAX_BACKOFF_S)
         while True:
             if not self.active:
                 if self._listener is not None:
@@ -111,11 +112,10 @@ class SupervisedListener:
                     self._detach()
                 try:
                     self._attach()
-                    backoff = 1.0
+                    backoff.reset()
                 except FirestoreError as exc:
                     log.warning("firestore: cannot listen to %s (%s); retrying", self.name, exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    await backoff.sleep()
                     continue
             await asyncio.sleep(self._check_every)
 

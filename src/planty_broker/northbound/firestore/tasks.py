@@ -13,6 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from planty_broker.backoff import Backoff
 from planty_broker.northbound.firestore.inbound import ORIGIN_INTERNAL
 from planty_broker.northbound.firestore.model import now
 from planty_broker.northbound.firestore.port import (
@@ -59,7 +60,7 @@ class Loops:
         assert c.sink is not None
         assert c.buffer is not None
         sink, buf, kick = c.sink, c.buffer, c._kick
-        backoff = 1.0
+        backoff = Backoff(1.0, 30.0)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(kick.wait(), POLL_S)
@@ -70,12 +71,11 @@ class Loops:
                 await buf.flush()
                 await sink.confirm()
                 c._reached()
-                backoff = 1.0
+                backoff.reset()
                 self._config_error_logged = False
             except FirestoreUnavailableError as exc:
                 c._unreachable(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                await backoff.sleep()
                 kick.set()
                 continue
             except FirestoreConfigError as exc:
@@ -89,8 +89,7 @@ class Loops:
             except Exception as exc:  # e.g. the store is down: retry, never die silently
                 log.warning("firestore: forwarding paused (%s); retrying", exc)
                 c.last_error = str(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                await backoff.sleep()
                 kick.set()
                 continue
             wait = buf.next_due_in()

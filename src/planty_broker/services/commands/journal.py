@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from planty_broker.backoff import Backoff
 from planty_broker.domain.commands import CommandChange
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class Journal:
             for cb in done:
                 cb()
             return
-        delay = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             try:
                 await self._sink(items)
@@ -134,8 +135,7 @@ class Journal:
                         len(items),
                         exc,
                     )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await backoff.sleep()
         if self.failing_since is not None:
             log.warning(
                 "commands: store is writable again after %.1f s",
