@@ -35,9 +35,9 @@ from measure import free_port, machine_line, pct
 
 from planty_broker.config import load_settings
 from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
-from planty_broker.ports.device_authority import AclGrant
 from planty_broker.mqttserver.passwords import hash_token
 from planty_broker.mqttserver.supervisor import MosquittoSupervisor
+from planty_broker.ports.device_authority import AclGrant
 from planty_broker.protocol import Channel, Telemetry, Topics, encode
 from planty_broker.transport.mqtt import LinkConfig, MqttLink
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv311
-from gmqtt.storage import PersistentStorage
 
 from planty_broker.simulator.provision import SimulatorError
+from planty_broker.transport.gmqtt_hooks import QosStorage, ReportingClient, abort_connection
 
 log = logging.getLogger(__name__)
 
@@ -48,43 +48,29 @@ AckedCallback = Callable[[Kind, float], None]
 MessageCallback = Callable[[str, bytes], None]
 
 
-class _CountingStorage(PersistentStorage):  # type: ignore[misc]
+class _CountingStorage(QosStorage):
     """gmqtt's in-flight store, reporting each PUBACK with its kind and latency."""
 
     def __init__(self, on_acked: AckedCallback) -> None:
         super().__init__()
         self.next_kind = Kind.STATUS
         self._sent: dict[int, tuple[Kind, float]] = {}
-        self._on_acked = on_acked
+        self._report = on_acked
 
-    def push_message(self, mid: int, raw_package: bytes) -> None:
+    def on_push(self, mid: int) -> None:
         self._sent.setdefault(mid, (self.next_kind, time.monotonic()))
-        super().push_message(mid, raw_package)
 
-    def remove_message_by_mid(self, mid: int) -> None:
+    def on_acked(self, mid: int) -> None:
         entry = self._sent.pop(mid, None)
-        super().remove_message_by_mid(mid)
         if entry is not None:
-            self._on_acked(entry[0], time.monotonic() - entry[1])
+            self._report(entry[0], time.monotonic() - entry[1])
 
-    def clear(self) -> None:
+    def on_clear(self) -> None:
         self._sent.clear()
-        super().clear()
 
     @property
     def inflight(self) -> int:
         return len(self._sent)
-
-
-class _Client(gmqtt.Client):  # type: ignore[misc]
-    """gmqtt client whose automatic reconnect only reports the loss to its owner."""
-
-    def __init__(self, *args: Any, on_lost: Callable[[], None], **kwargs: Any) -> None:
-        self._on_lost = on_lost
-        super().__init__(*args, **kwargs)
-
-    async def reconnect(self, delay: bool = False) -> None:
-        self._on_lost()
 
 
 class MqttLink:
@@ -106,7 +92,7 @@ class MqttLink:
         self._lost_callback = on_lost
         self._storage = _CountingStorage(on_acked)
         self._on_message = on_message
-        self._client = _Client(
+        self._client = ReportingClient(
             client_id,
             clean_session=clean_session,
             will_message=gmqtt.Message(will_topic, will_payload, qos=1, retain=True),
@@ -193,11 +179,7 @@ class MqttLink:
     def abort(self) -> None:
         """Drop the TCP connection without DISCONNECT, so the broker publishes the last will."""
         self._open = False
-        conn = self._client._connection
-        if conn is not None:
-            conn._transport.abort()
-            if conn._keep_connection_callback is not None:
-                conn._keep_connection_callback.cancel()
+        abort_connection(self._client)
         self._mark_lost()
 
     def _message(self, _client: Any, topic: str, payload: bytes, _qos: int, _props: Any) -> None:

@@ -27,10 +27,10 @@ from typing import Any
 
 from gmqtt import Client
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
-from gmqtt.storage import PersistentStorage
 
 from planty_broker.backoff import Backoff
 from planty_broker.errors import MqttServerError
+from planty_broker.transport.gmqtt_hooks import QosStorage, puback_for, take_over_qos1
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +63,18 @@ class LinkConfig:
     connect_timeout_s: float = 10.0
 
 
-class _InflightStorage(PersistentStorage):  # type: ignore[misc]
+class _InflightStorage(QosStorage):
     """gmqtt's outbound QoS store, with a wake-up when space frees for our in-flight cap."""
 
     def __init__(self) -> None:
         super().__init__()
         self.freed = asyncio.Event()
 
-    def remove_message_by_mid(self, mid: int) -> None:
-        super().remove_message_by_mid(mid)
+    def on_acked(self, mid: int) -> None:
         self.freed.set()
 
-    def clear(self) -> None:
-        super().clear()
+    def on_clear(self) -> None:
         self.freed.set()
-
-    def __len__(self) -> int:
-        return len(self._messages)
 
 
 class MqttLink:
@@ -106,7 +101,7 @@ class MqttLink:
             self._client.set_auth_credentials(config.username, config.password or None)
         self._client.on_message = self._on_message
         # Take over QoS 1 delivery (see the module docstring).
-        self._client._package_handler._handle_qos_1_publish_packet = self._on_qos1
+        take_over_qos1(self._client, self._on_qos1)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
@@ -218,14 +213,7 @@ class MqttLink:
 
     def _on_qos1(self, mid: int, payload: bytes, topic: str, properties: dict[str, Any]) -> None:
         self.messages_in += 1
-        client = self._client
-        connection = client._connection
-        handler = client._package_handler
-
-        def ack() -> None:
-            if client._connection is connection and not connection.is_closing():
-                handler._send_puback(mid)
-
+        ack = puback_for(self._client, mid)
         self._dispatch(topic, payload, bool(properties.get("retain", 0)), ack)
 
     def _dispatch(self, topic: str, payload: bytes, retain: bool, ack: Ack) -> None:
