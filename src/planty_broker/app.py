@@ -70,7 +70,7 @@ def check_port_free(host: str, port: int, what: str, how: str) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise StartupError(
                     f"{what} {port} is already in use by another program; {how}"
-                ) from None
+                ) from exc
             raise StartupError(
                 f"cannot listen on {host}:{port} for {what}: {exc.strerror}"
             ) from None
@@ -140,7 +140,7 @@ class Gateway:
         except OSError as exc:
             raise StartupError(
                 f"cannot create the data folder {data_dir}: {exc.strerror}"
-            ) from None
+            ) from exc
         check_port_free(
             s.api.host, s.api.port, "api.port", "pick another with --api-port or PLANTY_API_PORT"
         )
@@ -160,7 +160,7 @@ class Gateway:
         try:
             await self._stack.enter_async_context(authority)  # type: ignore[arg-type]
         except MosquittoError as exc:
-            raise StartupError(str(exc)) from None
+            raise StartupError(str(exc)) from exc
         registry.credentials_hook = authority.apply
         presence = PresenceService(
             store,
@@ -215,7 +215,7 @@ class Gateway:
         try:
             await link.connect()
         except MqttConnectError as exc:
-            raise StartupError(str(exc)) from None
+            raise StartupError(str(exc)) from exc
         self.link = link
         svc.link = link
         commands.attach(link)
@@ -241,7 +241,7 @@ class Gateway:
         try:
             await store.open()
         except StoreError as exc:
-            raise StartupError(f"store: {exc}") from None
+            raise StartupError(f"store: {exc}") from exc
         self._stack.push_async_callback(store.close)
         return store
 

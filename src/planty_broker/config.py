@@ -19,7 +19,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from planty_broker.domain.rules.clock import LocalClock
 from planty_broker.errors import PlantyError
+from planty_broker.protocol import Topics
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -285,7 +287,7 @@ def load_settings(
         except FileNotFoundError:
             raise ConfigError(f"config: file {p} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config: {p} is not valid TOML: {exc}") from None
+            raise ConfigError(f"config: {p} is not valid TOML: {exc}") from exc
     data = _merge(data, _env_overrides(env))
     if env.get("FIRESTORE_EMULATOR_HOST"):  # the Google client libraries' own variable
         data.setdefault("firestore", {}).setdefault("emulator_host", env["FIRESTORE_EMULATOR_HOST"])
@@ -294,7 +296,7 @@ def load_settings(
     try:
         settings = msgspec.convert(data, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"config: {_readable(str(exc))}") from None
+        raise ConfigError(f"config: {_readable(str(exc))}") from exc
     _check(settings)
     return settings
 
@@ -308,12 +310,10 @@ def _readable(message: str) -> str:
 
 
 def _check(s: Settings) -> None:
-    from planty_broker.protocol import Topics
-
     try:
         Topics(s.mqtt.topic_prefix)
     except ValueError as exc:
-        raise ConfigError(f"config: mqtt.topic_prefix: {exc}") from None
+        raise ConfigError(f"config: mqtt.topic_prefix: {exc}") from exc
     if s.mqtt.url and not s.mqtt.url.startswith(("mqtt://", "mqtts://")):
         raise ConfigError("config: mqtt.url: must start with mqtt:// or mqtts://")
     if s.api.port in (s.mqtt.port, s.mqtt.internal_port) and s.supervised_mqtt:
@@ -338,11 +338,9 @@ def _check(s: Settings) -> None:
             "config: provisioning.default_window_s: must be <= provisioning.max_window_s"
         )
     if s.rules.timezone:
-        from planty_broker.domain.rules.clock import LocalClock
-
         try:
             LocalClock(s.rules.timezone)
         except ValueError as exc:
-            raise ConfigError(f"config: rules.timezone: {exc}") from None
+            raise ConfigError(f"config: rules.timezone: {exc}") from exc
     if s.commands.default_ttl_s > s.commands.max_ttl_s:
         raise ConfigError("config: commands.default_ttl_s: must be <= commands.max_ttl_s")

@@ -191,9 +191,9 @@ def _decode(decoder: msgspec.json.Decoder[Any], payload: bytes, what: str) -> An
     try:
         return decoder.decode(payload)
     except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorKind.SCHEMA, f"{what}: {exc}") from None
+        raise ProtocolError(ErrorKind.SCHEMA, f"{what}: {exc}") from exc
     except msgspec.DecodeError as exc:
-        raise ProtocolError(ErrorKind.MALFORMED, f"{what}: {exc}") from None
+        raise ProtocolError(ErrorKind.MALFORMED, f"{what}: {exc}") from exc
 
 
 def decode_status(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Status:
@@ -388,7 +388,7 @@ def credential_from_args(args: dict[str, Any]) -> CredentialDelivery | None:
     try:
         delivery = msgspec.convert(raw, CredentialDelivery)
     except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorKind.SCHEMA, f"config credential: {exc}") from None
+        raise ProtocolError(ErrorKind.SCHEMA, f"config credential: {exc}") from exc
     if delivery.type == "token" and not delivery.token:
         raise ProtocolError(ErrorKind.SCHEMA, "config credential: a token credential needs token")
     if delivery.type == "x509" and not (delivery.cert_pem and delivery.key_pem):

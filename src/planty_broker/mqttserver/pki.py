@@ -188,7 +188,7 @@ def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         cert = x509.load_pem_x509_certificate(pki.ca_cert_path.read_bytes())
         key = serialization.load_pem_private_key(pki.ca_key_path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
-        raise PkiError(f"pki: cannot read the CA in {pki.directory}: {exc}") from None
+        raise PkiError(f"pki: cannot read the CA in {pki.directory}: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
         raise PkiError(f"pki: {pki.ca_key_path} does not belong to {pki.ca_cert_path}")
     return cert, key

@@ -144,7 +144,7 @@ def check_ports_free(layout: MosquittoLayout) -> None:
                 "fix mqtt.bind or PLANTY_MQTT_BIND",
                 setting=setting,
                 port=port,
-            ) from None
+            ) from exc
         for family, kind, proto, _, address in infos:
             with socket.socket(family, kind, proto) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Mosquitto does

@@ -151,12 +151,12 @@ class MqttLink:
         except OSError as exc:
             raise MqttConnectError(
                 f"cannot reach the MQTT server at {c.host}:{c.port}: {exc.strerror or exc}"
-            ) from None
+            ) from exc
         except Exception as exc:  # gmqtt raises its own errors for refused CONNACKs
             raise MqttConnectError(
                 f"MQTT server {c.host}:{c.port} refused the connection: {exc}; "
                 "check the gateway's MQTT username and password"
-            ) from None
+            ) from exc
         await asyncio.wait_for(self._connected.wait(), c.connect_timeout_s)
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ from planty_broker.northbound.firestore.bridges import PairingLike
 from planty_broker.northbound.firestore.buffer import DocBuffer
 from planty_broker.northbound.firestore.listeners import SupervisedListener
 from planty_broker.northbound.firestore.port import SERVER_TIME, FirestorePort, Snapshot
+from planty_broker.services.access.pairing import PairingError
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,6 @@ class PairingDocs:
                 await self._claim(ch.doc_id, account)
 
     async def _claim(self, code: str, account: str) -> None:
-        from planty_broker.services.access.pairing import PairingError
-
         path = model.pairing_path(code)
         try:
             await self._pairing.claim(code, account, client=f"{CLIENT_PREFIX}{account}")

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from planty_broker.domain.events import NewEvent
 from planty_broker.domain.identity import CredentialEventKind
 from planty_broker.errors import StoreError
 from planty_broker.services.bus import Bus
@@ -53,7 +54,6 @@ def store_appender(store: object) -> LogAppender | None:
     append = getattr(store, "append_events", None)
     if append is None:
         return None
-    from planty_broker.domain.events import NewEvent
 
     async def appender(rows: Sequence[tuple[int, str, str | None, dict[str, Any]]]) -> None:
         await append([NewEvent(at, kind, device, data) for at, kind, device, data in rows])
