@@ -158,7 +158,7 @@ class Gateway:
             store, registry, bus, s, topics, authority, SqlIdentityStore(store)
         )
         try:
-            await self._stack.enter_async_context(authority)  # type: ignore[arg-type]
+            await self._stack.enter_async_context(authority)
         except MosquittoError as exc:
             raise StartupError(str(exc)) from exc
         registry.credentials_hook = authority.apply

@@ -9,6 +9,9 @@ moved back to a supervised set-up keeps working.
 
 from __future__ import annotations
 
+from types import TracebackType
+from typing import Self
+
 from planty_broker.mqttserver.passwords import hash_token, verify_token
 from planty_broker.ports.device_authority import (
     AccessSource,
@@ -29,6 +32,17 @@ class UnmanagedAuthority:
 
     def __init__(self, endpoint: DeviceEndpoint) -> None:
         self._endpoint = endpoint
+
+    async def __aenter__(self) -> Self:
+        return self  # nothing to start: the server is someone else's
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
 
     @property
     def managed(self) -> bool:
