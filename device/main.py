@@ -1,7 +1,8 @@
 """Planty plant sensor on an ESP32 board: soil moisture, temperature, light, a pump relay.
 
-Copy this file, planty_device.py, planty_cmds.py and secrets.json to the board
-(docs/firmware.md). Every pin and calibration value is in CONFIG below.
+Copy this file, boot.py, planty_device.py, planty_cmds.py, planty_ota.py,
+planty_boot.py and secrets.json to the board (docs/firmware.md). Every pin and
+calibration value is in CONFIG below.
 """
 
 import json
@@ -10,6 +11,7 @@ import time
 import machine
 import network
 import planty_device
+import planty_ota
 
 CONFIG = {
     "fw": "1.0.0",
@@ -31,6 +33,7 @@ CONFIG = {
     "ntp_host": "pool.ntp.org",  # a LAN NTP server works too; without a clock ts is left out
     "watchdog_s": 120,  # reset the board if the loop hangs this long
     "wifi_timeout_s": 20,
+    "ota": True,  # take updates over the air (docs/firmware.md "Updates"); not in deep sleep
 }
 
 _led = None
@@ -208,6 +211,8 @@ def build(secrets, cfg, wlan=None):
     dev.sensor(name)(fn)
     dev.sensor("light")(light_sensor(cfg))
     add_pump(dev, cfg)
+    if cfg.get("ota") and not cfg["deep_sleep"]:
+        planty_ota.Updater(dev)
     return dev
 
 
@@ -243,7 +248,11 @@ def main():
     wdt = machine.WDT(timeout=cfg["watchdog_s"] * 1000)
     clock_at = time.ticks_ms()
     while True:
-        dev.step()
+        try:
+            dev.step()
+        except Exception as e:  # a bug in one pass must not stop the board: say it, go on
+            print("planty: loop error %s %s; continuing" % (e.__class__.__name__, e))
+            time.sleep_ms(1000)
         wdt.feed()
         if time.ticks_diff(time.ticks_ms(), clock_at) > 6 * 3600 * 1000 and wlan.isconnected():
             clock_at = time.ticks_ms()

@@ -20,6 +20,11 @@ import time
 from planty_cmds import Commands, load_json, store_json
 from umqtt.simple import MQTTClient, MQTTException
 
+try:
+    import ssl
+except ImportError:  # a build without TLS: a device with ca_pem logs why it cannot connect
+    ssl = None
+
 VERSION = "1.0.0"
 _UNIX_2000_MS = 946684800000  # ESP32 MicroPython counts time from 2000-01-01
 _CLOCK_SANE_MS = 1600000000000  # before Sept 2020: the RTC was never set
@@ -138,6 +143,7 @@ class Device:
         self._head = 0
         self._count = 0
         self._pending = []  # raw cmd payloads received, handled in the loop, not in the callback
+        self.ota = None  # a planty_ota.Updater attaches itself here
         self._c = None
         self._heard = self._said = self._rx = 0
         self._delay = 0
@@ -290,51 +296,58 @@ class Device:
                 st["rssi"] = self.rssi()
             except Exception:  # noqa: S110 - rssi is optional decoration
                 pass
+        if self.ota is not None:
+            st["ota"] = self.ota.status()
         st["heap"] = gc.mem_free()
         return json.dumps(st).encode()
 
     def _tls(self, c):
         if self.ca_der is None:
             return
-        if hasattr(c, "ssl_params"):  # umqtt.simple < 1.4: ussl.wrap_socket(sock, **ssl_params)
-            import ssl
-
+        if ssl is None:
+            raise ImportError("this MicroPython build has no ssl module")
+        if hasattr(c, "ssl_params"):  # umqtt.simple 1.3.x: ussl.wrap_socket(sock, **ssl_params)
             c.ssl_params = {
                 "cert_reqs": ssl.CERT_REQUIRED,
                 "cadata": self.ca_der,
                 "server_hostname": self.host,
             }
-        else:  # umqtt.simple >= 1.4 (mip today): an SSLContext in c.ssl
-            import ssl
-
+            _lend_ussl()
+        else:  # umqtt.simple >= 1.4: an SSLContext in c.ssl
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(cadata=self.ca_der)
             c.ssl = ctx
 
     def connect(self):
-        """One attempt: CONNECT with the will, retained status, subscribe. True when online."""
+        """One attempt: CONNECT with the will, retained status, subscribe. True when online.
+
+        Never raises (but for KeyboardInterrupt/SystemExit): whatever goes wrong is one log
+        line and a retry after the backoff, so a library mismatch cannot kill main.py.
+        """
         self._drop()
         gc.collect()
         self._event("connecting")
-        c = MQTTClient(
-            self.device_id,
-            self.host,
-            self.port,
-            self.device_id,
-            self.token,
-            self.keepalive,
-            ssl=self.ca_der is not None,
-        )
-        self._tls(c)
-        c.set_last_will(self.t_status, b'{"online": false}', retain=True, qos=1)
-        c.set_callback(self._on_msg)
+        c = None
         try:
+            c = MQTTClient(
+                self.device_id,
+                self.host,
+                self.port,
+                self.device_id,
+                self.token,
+                self.keepalive,
+                ssl=self.ca_der is not None,
+            )
+            self._tls(c)
+            c.set_last_will(self.t_status, b'{"online": false}', retain=True, qos=1)
+            c.set_callback(self._on_msg)
             self._connect(c)
             c.sock = _Sock(c.sock, self)
             self._heard = self._said = time.ticks_ms()
             self._c = c
-            c.subscribe(self.t_cmd, qos=1)  # first, so "online" means commands are heard
+            for topic in self._topics():  # first, so "online" means commands are heard
+                c.subscribe(topic, qos=1)
             c.publish(self.t_status, self._status(), retain=True, qos=1)
         except MQTTException as e:
             code = e.args[0] if e.args else 0
@@ -351,13 +364,29 @@ class Device:
             self._event("unreachable")
             self._drop(c)
             return False
+        except Exception as e:  # ImportError, MemoryError, a library bug: never fatal
+            self.log(
+                "planty: connect to %s:%s failed: %s; will retry (firmware or umqtt.simple"
+                " mismatch? see docs/firmware.md)" % (self.host, self.port, _why(e))
+            )
+            self._event("unreachable")
+            self._drop(c)
+            return False
         self._delay = 0
         self.log(
             "planty: online as %s at %s:%s, boot %d"
             % (self.device_id, self.host, self.port, self.boot)
         )
         self._event("connected")
+        self._online()
         return True
+
+    def _topics(self):
+        return (self.t_cmd,) if self.ota is None else (self.t_cmd, self.ota.t_in)
+
+    def _online(self):
+        if self.ota is not None:
+            self.ota.online()  # the status with this version was acked: a trial is confirmed
 
     def _connect(self, c):
         if self._timeout_kw:  # umqtt.simple >= 1.5 bounds the TCP connect and TLS handshake
@@ -372,7 +401,7 @@ class Device:
     def _drop(self, c=None):
         c = c or self._c
         self._c = None
-        if c is not None and c.sock is not None:
+        if c is not None and getattr(c, "sock", None) is not None:
             try:
                 c.sock.close()
             except OSError:
@@ -426,6 +455,9 @@ class Device:
 
     # ------------------------------------------------------------ commands
     def _on_msg(self, topic, msg):
+        if self.ota is not None and topic == self.ota.t_in:
+            self.ota.receive(msg)
+            return
         if topic != self.t_cmd:
             return
         if len(self._pending) < 8:
@@ -455,6 +487,8 @@ class Device:
         if self._c:
             self._service(now)
         self._commands()
+        if self.ota is not None:
+            self.ota.step(now)
         if self._c:
             self._flush()
 
@@ -550,3 +584,27 @@ def load_secrets(path="secrets.json"):
 
 def _why(e):
     return "%s %s" % (e.__class__.__name__, e)
+
+
+class _Ussl:
+    """`ussl.wrap_socket(sock, **params)` of MicroPython <= 1.22, on today's ssl.SSLContext."""
+
+    @staticmethod
+    def wrap_socket(sock, cert_reqs=0, cadata=None, server_hostname=None, **_):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = cert_reqs
+        if cadata:
+            ctx.load_verify_locations(cadata=cadata)
+        return ctx.wrap_socket(sock, server_hostname=server_hostname)
+
+
+def _lend_ussl():
+    """umqtt.simple 1.3.x does `import ussl`, which MicroPython 1.23 and newer lack: lend one."""
+    import sys
+
+    if "ussl" in sys.modules:
+        return
+    try:
+        import ussl  # noqa: F401 - MicroPython up to 1.22 has it
+    except ImportError:
+        sys.modules["ussl"] = _Ussl

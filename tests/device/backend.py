@@ -61,6 +61,8 @@ class MqttBackend:
 
     def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
         device_id, _, channel = topic[len(self._base) :].partition("/")
+        if channel == "ota":  # what we send the device (binary chunks among it)
+            return 0
         body = json.loads(payload) if payload else None
         self.seen.append(
             Seen(device_id, channel, body, bool(props.get("retain")), time.monotonic())

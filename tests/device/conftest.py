@@ -29,9 +29,15 @@ SHIMS = HERE / "shims"
 for p in (str(SHIMS), str(umqtt_source.umqtt_path()), str(DEVICE_DIR)):
     if p not in sys.path:
         sys.path.insert(0, p)
+import mpssl  # noqa: E402
 import mptime  # noqa: E402
 
 mptime.install()
+import planty_device  # noqa: E402
+
+# MicroPython 1.23+ has `ssl` (SSLContext and the old wrap_socket) and no `ussl`. CPython's
+# own ssl is loaded already, so the device module gets the MicroPython-style one this way.
+planty_device.ssl = mpssl
 
 from tests.device.backend import MqttBackend  # noqa: E402
 from tests.device.broker import DeviceEndpoint, Mosquitto  # noqa: E402
@@ -120,7 +126,6 @@ class DeviceThread:
 @pytest.fixture
 def make_device(tmp_path: Path) -> Callable[..., Any]:
     """Build a Device from an endpoint's secrets.json with test-friendly timings."""
-    import planty_device
 
     def make(endpoint: DeviceEndpoint, **opts: Any) -> Any:
         logs: list[str] = opts.pop("logs", [])

@@ -15,12 +15,17 @@ MODULE_NAMES: dict[str, frozenset[str]] = {
     for name, attrs in {
         "gc": "collect mem_free mem_alloc",
         "json": "dumps loads",
-        "os": "rename remove stat listdir mkdir",
+        "os": "rename remove stat statvfs listdir mkdir",
+        "hashlib": "sha256",
+        "struct": "pack pack_into unpack unpack_from calcsize",
+        "sys": "modules",
         "random": "getrandbits randint",
         "time": "ticks_ms ticks_us ticks_add ticks_diff sleep_ms sleep_us sleep time time_ns "
         "gmtime localtime",
         "binascii": "a2b_base64 b2a_base64 hexlify",
         "ssl": "SSLContext PROTOCOL_TLS_CLIENT CERT_REQUIRED CERT_NONE wrap_socket",
+        # 1.22 and older only; the device imports it under `except ImportError`
+        "ussl": "wrap_socket",
         "machine": "Pin ADC WDT RTC deepsleep lightsleep reset reset_cause unique_id DEEPSLEEP_RESET",
         "network": "WLAN STA_IF",
         "esp32": "mcu_temperature raw_temperature",
@@ -31,6 +36,8 @@ MODULE_NAMES: dict[str, frozenset[str]] = {
         # the device's own modules
         "planty_device": "Device load_secrets pem_to_der VERSION",
         "planty_cmds": "Commands load_json store_json",
+        "planty_ota": "Updater V HDR HDR_LEN",
+        "planty_boot": "guard load save swap rollback clear exists mkdir STATE NEW PREV PROTECTED",
     }.items()
 }
 
@@ -176,6 +183,8 @@ OBJECT_NAMES = frozenset(
         "read",
         "write",
         "close",
+        "seek",
+        "digest",
         "connect",
         "publish",
         "subscribe",

@@ -16,7 +16,7 @@ FILES = sorted(p.name for p in DEVICE.glob("*.py"))
 def _defined_by_the_device_modules() -> frozenset[str]:
     """main.py calls Device's own methods; those names come from planty_device/planty_cmds."""
     names: set[str] = set()
-    for f in ("planty_device.py", "planty_cmds.py"):
+    for f in ("planty_device.py", "planty_cmds.py", "planty_ota.py", "planty_boot.py"):
         for node in ast.walk(ast.parse((DEVICE / f).read_text())):
             if isinstance(node, ast.FunctionDef):
                 names.add(node.name)
@@ -25,8 +25,15 @@ def _defined_by_the_device_modules() -> frozenset[str]:
     return frozenset(names)
 
 
-def test_the_device_folder_holds_the_three_board_files() -> None:
-    assert FILES == ["main.py", "planty_cmds.py", "planty_device.py"]
+def test_the_device_folder_holds_the_board_files() -> None:
+    assert FILES == [
+        "boot.py",
+        "main.py",
+        "planty_boot.py",
+        "planty_cmds.py",
+        "planty_device.py",
+        "planty_ota.py",
+    ]
 
 
 @pytest.mark.parametrize("name", FILES)

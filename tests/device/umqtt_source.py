@@ -60,3 +60,42 @@ def umqtt_path() -> Path:
     tmp.write_bytes(source)
     tmp.replace(simple)
     return root
+
+
+# The later interfaces, as the published 1.3.4 source patched the way micropython-lib changed
+# it: 1.4 takes an SSLContext in `ssl` (no `ssl_params`) and wraps with its wrap_socket;
+# 1.5 adds `connect(timeout=)` (1.6 and 1.7 keep that interface). Those sources are not on
+# the package registries the tests can reach, so this checks the device's side of each
+# interface; the real 1.4-1.7 were run by hand on a MicroPython 1.28 unix build (issue 18).
+_PATCHES: dict[str, list[tuple[str, str]]] = {
+    "1.4": [
+        (
+            "keepalive=0,\n                 ssl=False, ssl_params={}):",
+            "keepalive=0,\n                 ssl=None):",
+        ),
+        ("        self.ssl_params = ssl_params\n", ""),
+        (
+            "            import ussl\n            self.sock = ussl.wrap_socket(self.sock, **self.ssl_params)",
+            "            self.sock = self.ssl.wrap_socket(self.sock, server_hostname=self.server)",
+        ),
+    ],
+}
+_PATCHES["1.5"] = [
+    *_PATCHES["1.4"],
+    (
+        "    def connect(self, clean_session=True):\n        self.sock = socket.socket()\n",
+        "    def connect(self, clean_session=True, timeout=None):\n"
+        "        self.sock = socket.socket()\n        self.sock.settimeout(timeout)\n",
+    ),
+]
+INTERFACES = ("1.3.4", "1.4", "1.5")
+
+
+def source(interface: str) -> str:
+    """umqtt/simple.py as published (1.3.4) or with a later interface patched in."""
+    text = (umqtt_path() / "umqtt" / "simple.py").read_text()
+    for old, new in _PATCHES.get(interface, []):
+        if old not in text:
+            raise RuntimeError(f"umqtt.simple {interface} patch does not apply: {old[:40]!r}")
+        text = text.replace(old, new)
+    return text
