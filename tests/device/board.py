@@ -64,7 +64,7 @@ class Board:
         d = str(self.flash) + "/"
         self.guard_said.append(planty_boot.guard(d))
         ns: dict[str, Any] = {}
-        exec(compile((self.flash / "plant_app.py").read_text(), "plant_app.py", "exec"), ns)  # noqa: S102 - the app on flash
+        exec(compile((self.flash / "plant_app.py").read_text(), "plant_app.py", "exec"), ns)
         dev = self.make_device(
             self.endpoint, fw=ns["VERSION"], state_dir=str(self.flash), logs=self.logs, **self.opts
         )

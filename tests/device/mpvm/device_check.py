@@ -18,6 +18,11 @@ import planty_device  # noqa: E402
 from umqtt.simple import MQTTClient  # noqa: E402
 
 R["import_bytes"] = used() - base
+base = used()
+import planty_boot  # noqa: E402, F401 - imported to weigh it
+import planty_ota  # noqa: E402
+
+R["ota_import_bytes"] = used() - base
 os.mkdir("/flash")
 logs = []
 with open("/ca.pem") as f:
@@ -161,5 +166,45 @@ R["restored"] = [json.loads(bytes(again._entry(i)).decode())["seq"] for i in ran
 R["dup_after_reboot"] = json.loads(
     again.cmds.handle(json.dumps({"id": "c-6", "action": "x"}), None)
 )
+
+# An update through the recording client: what one chunk in hand costs the device code.
+import hashlib  # noqa: E402
+import struct  # noqa: E402
+
+os.mkdir("/flash3")
+dev3 = planty_device.Device("plant-mp-3", "tok", "gw.local", state_dir="/flash3", log=logs.append)
+resets = []
+ota = planty_ota.Updater(dev3, reset=lambda: resets.append(1))
+MQTTClient.events = []
+dev3.connect()
+blob = bytes(range(256)) * 64  # 16 KB
+files = [{"name": "plant_app.py", "size": len(blob), "sha256": ""}]
+h = hashlib.sha256(blob).digest()
+files[0]["sha256"] = "".join("%02x" % x for x in h)
+offer = {"op": "offer", "t": 4, "release": "1.3.0", "chunk": 1024, "files": files}
+CHUNKS = []
+for off in range(0, len(blob), 1024):
+    data = blob[off : off + 1024]
+    CHUNKS.append(struct.pack("!BIBI8s", 1, 4, 0, off, hashlib.sha256(data).digest()[:8]) + data)
+blob = None
+gc.collect()
+ota.receive(json.dumps(offer).encode())
+ota.step(time.ticks_ms())
+steps = []
+for frame in CHUNKS[:-1]:
+    ota.receive(frame)
+    frame = None
+    before = gc.mem_alloc()
+    ota.step(time.ticks_ms())
+    steps.append(gc.mem_alloc() - before)
+R["ota_chunk_alloc"] = steps
+R["ota_acks"] = [e[2] for e in MQTTClient.events if e[0] == "publish" and e[1].endswith("ota_ack")][
+    :3
+]
+ota.receive(CHUNKS[-1])
+CHUNKS = None
+ota.step(time.ticks_ms())
+R["ota_resets"] = len(resets)
+R["ota_state"] = planty_boot_state = json.loads(open("/flash3/planty_ota.json").read())["state"]
 R["logs"] = logs
 print("RESULT " + json.dumps(R))
