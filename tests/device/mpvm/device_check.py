@@ -53,7 +53,7 @@ R["ring_bytes"] = used() - base
 R["payload_len"] = len(lean._entry(0))
 base = used()
 for i in range(16):
-    cid = "c-01JD%020d" % i  # noqa: UP031 - MicroPython
+    cid = "c-01JD%020d" % i
     lean.cmds.handle(json.dumps({"id": cid, "action": "read"}), None)
 R["dedup_bytes"] = used() - base
 R["free_after"] = gc.mem_free()

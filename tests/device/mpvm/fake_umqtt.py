@@ -1,7 +1,7 @@
 # A stand-in umqtt.simple for the MicroPython VM (it has no sockets): records what the device does.
 
 
-class MQTTException(Exception):  # noqa: N818 - the real name
+class MQTTException(Exception):
     pass
 
 
