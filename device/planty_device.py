@@ -53,13 +53,28 @@ def pem_to_der(pem):
 
 
 class _Sock:
-    """Wraps the connected socket: notes traffic (for liveness) and bounds blocking reads."""
+    """Wraps the connected socket: notes traffic (for liveness), bounds blocking reads, and
+    sends each MQTT packet as one write.
+
+    umqtt.simple writes a packet in 3-5 pieces; with Nagle's algorithm on (lwIP's default)
+    the pieces after the first wait for the broker's delayed ACK, about 40 ms per publish.
+    So writes are kept and go out together before the next read (umqtt.simple reads after
+    every packet it needs answered) or close.
+    """
 
     def __init__(self, sock, dev):
         self.s = sock
         self.d = dev
+        self._out = []
+
+    def _flush(self):
+        if self._out:
+            out = self._out
+            self._out = []
+            self.s.write(out[0] if len(out) == 1 else b"".join(out))
 
     def read(self, n):
+        self._flush()
         b = self.s.read(n)
         if b:
             self.d._heard = time.ticks_ms()
@@ -68,9 +83,12 @@ class _Sock:
 
     def write(self, buf, n=None):
         self.d._said = time.ticks_ms()
-        if n is None:
-            return self.s.write(buf)
-        return self.s.write(buf, n)
+        if isinstance(buf, str):
+            buf = buf.encode()
+        self._out.append(
+            bytes(buf) if n is None else bytes(memoryview(buf)[:n])
+        )  # umqtt reuses its buffers
+        return len(buf) if n is None else n
 
     def setblocking(self, flag):
         if flag and self.d.io_timeout_s:
@@ -82,7 +100,10 @@ class _Sock:
         self.s.setblocking(flag)
 
     def close(self):
-        self.s.close()
+        try:
+            self._flush()
+        finally:
+            self.s.close()
 
 
 class Device:

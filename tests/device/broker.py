@@ -85,7 +85,7 @@ class Mosquitto:
             f"acl_file {self.folder / 'acl'}\n"
             f"listener {self.port} 127.0.0.1\n"
             f"cafile {self.pki.ca_file}\ncertfile {self.pki.cert_file}\nkeyfile {self.pki.key_file}\n"
-            "tls_version tlsv1.2\n"
+            "tls_version tlsv1.2\nset_tcp_nodelay true\n"  # as the gateway's Mosquitto
         )
         self.proc = subprocess.Popen(
             [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

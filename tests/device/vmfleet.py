@@ -44,6 +44,7 @@ class VmFleet:
         devices: list[tuple[str, str]],
         version: str = "1.0.0",
         measure_heap: bool = False,
+        max_chunk: int = 1024,
         device_files: dict[str, Path] | None = None,
     ) -> None:
         self.folder = folder
@@ -56,6 +57,7 @@ class VmFleet:
             "version": version,
             "stop": str(self.stop_file),
             "heap": measure_heap,
+            "max_chunk": max_chunk,
         }
         (folder / "cfg.json").write_text(json.dumps(cfg))
         files = device_files or {"/" + f: DEVICE / f for f in DEVICE_FILES}

@@ -34,7 +34,7 @@ if (isMainThread) {
     const c = conns.get(req.id);
     if (req.op === "connect") {
       const id = nextId++;
-      const s = net.connect({ host: req.host, port: req.port });
+      const s = net.connect({ host: req.host, port: req.port }); // Nagle on, as lwIP on a board
       const conn = { buf: Buffer.alloc(0), eof: false, err: null, poke: () => {} };
       conns.set(id, conn);
       s.once("connect", () => { attach(conn, s); reply({ id }); });
