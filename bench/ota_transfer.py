@@ -3,9 +3,9 @@
 Sends a release of --kb KB (the device app is about 40 KB as .py) at each chunk size and
 prints the time from the offer to `staged`. The VM reaches its sockets through a Node
 worker with JSON and base64 per read (tests/device/mpvm/net.mjs), which a board does not
-pay, so these figures are slower than the same loop on an ESP32 over a fast link. Run: `.venv/bin/python bench/ota_transfer.py [--kb 40] [--rounds 3]`.
-Stop and wait is the design (one chunk in a device's RAM), so the figure is about
-chunks x (round trip + the device's work per chunk).
+pay, so these figures are slower than the same loop on an ESP32 over a fast link.
+Run: `.venv/bin/python bench/ota_transfer.py [--kb 40] [--rounds 3]`. Stop and wait is
+the design (one chunk in a device's RAM): the time is chunks x (round trip + the work).
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from measure import free_port, machine_line, pct  # noqa: E402
-
 import tests.device.conftest  # noqa: E402, F401 - shims and the umqtt.simple source on sys.path
+from measure import free_port, machine_line, pct  # noqa: E402
 from tests.device.backend import MqttBackend  # noqa: E402
 from tests.device.board import app_source  # noqa: E402
 from tests.device.broker import Mosquitto  # noqa: E402
