@@ -42,7 +42,7 @@ from planty_broker.services.context import Services
 from planty_broker.services.identity import Identity
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
-from planty_broker.services.queue import start_message_queue
+from planty_broker.services.queue import start_firmware, start_message_queue
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.services.rules.service import start_rules
 from planty_broker.services.stats.service import StatsService
@@ -205,11 +205,13 @@ class Gateway:
         await ingest.start()
         self._stack.push_async_callback(ingest.stop)
         commands, _events = await start_message_queue(svc, self._stack)
+        firmware = await start_firmware(svc, commands, self._stack)
         await start_rules(svc, self._stack)  # needs only the store and the devices, no cloud
         await identity.start(svc, self._stack)
 
         subs = [
-            (topics.subscription(ch), 1) for ch in (Channel.STATUS, Channel.TELEMETRY, Channel.ACK)
+            (topics.subscription(ch), 1)
+            for ch in (Channel.STATUS, Channel.TELEMETRY, Channel.ACK, Channel.OTA_ACK)
         ] + identity.subscriptions
         link = MqttLink(self._link_config(), subs, identity.route(ingest.handle))
         try:
@@ -219,6 +221,7 @@ class Gateway:
         self.link = link
         svc.link = link
         commands.attach(link)
+        firmware.attach(link)
         self._stack.push_async_callback(link.close)
 
         await self._start_api(svc)

@@ -201,6 +201,19 @@ class RuleSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     history_keep_days: PositiveFloat = 90.0  # rule history lines older than this are deleted
 
 
+class FirmwareSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_release_bytes: PositiveInt = 256 * 1024  # all files of one release together
+    chunk_bytes: Annotated[int, msgspec.Meta(ge=64, le=4096)] = 1024  # or the device's, if less
+    ack_timeout_s: PositiveFloat = (
+        10.0  # a device silent this long mid-transfer gets the offer again
+    )
+    max_silences: PositiveInt = 6  # offers without an answer before the device's update fails
+    max_parallel: PositiveInt = 20  # devices receiving at once (each chunk is also paced)
+    trial_s: PositiveInt = 300  # the new version must be online within this, or it rolls back
+    max_boots: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3  # ... and within this many boots
+    threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2  # a wave's failed share that halts
+
+
 class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json: bool = False  # one JSON object per line, with device_id / command_id fields
@@ -222,6 +235,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dashboard: DashboardSettings = DashboardSettings()
     firestore: FirestoreSettings = FirestoreSettings()
     rules: RuleSettings = RuleSettings()
+    firmware: FirmwareSettings = FirmwareSettings()
 
     @property
     def data_dir(self) -> Path:

@@ -12,7 +12,8 @@ PlantyError
 │   └── PermanentStoreError                  retrying the same call cannot succeed
 │       ├── StoreConfigError                 [ports.store] bad store.url, schema newer than the code
 │       ├── StoreRejectedError               [ports.store] the database refused this data itself
-│       └── DeviceExistsError                [ports.store]
+│       ├── DeviceExistsError                [ports.store]
+│       └── ReleaseExistsError               [ports.store] releases are immutable
 ├── ProtocolError (ValueError)               [protocol] a topic or payload is not protocol v1
 ├── MqttServerError                          the MQTT server and the gateway's link to it
 │   ├── AuthorityUnavailableError            [ports.device_authority] this set-up cannot do that
@@ -49,6 +50,9 @@ PlantyError
 ├── RuleNotFoundError (LookupError)          [services.rules.service]
 ├── RuleExistsError (ValueError)             [services.rules.service]
 ├── CursorError (ValueError)                 [services.events] an event-log cursor
+├── ReleaseError (ValueError)                [domain.firmware] a release that cannot be stored
+├── RolloutError (ValueError)                [domain.firmware] a rollout request or action refused
+│   └── RolloutNotFoundError, ReleaseNotFoundError (LookupError) [services.firmware.service]
 ├── ApiError                                 [northbound.api.errors] one HTTP error response
 ├── FirestoreError                           [northbound.firestore.port]
 │   ├── FirestoreUnavailableError, FirestoreConfigError, FirestoreRejectedError

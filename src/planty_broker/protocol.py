@@ -36,6 +36,8 @@ class Channel(StrEnum):
     TELEMETRY = "telemetry"
     CMD = "cmd"
     ACK = "ack"
+    OTA = "ota"  # broker -> device: update offer, chunks, abort (protocol_ota.py)
+    OTA_ACK = "ota_ack"  # device -> broker: next / staged / failed / applied
 
 
 class ErrorKind(StrEnum):
@@ -63,6 +65,33 @@ class ProtocolError(PlantyError, ValueError):
 # ---------------------------------------------------------------- payloads
 
 
+# The update extension's vocabulary (its codec: protocol_ota.py).
+OTA_MAX_FILES = 16
+# Never updated over the air: the guard that rolls a bad release back, and the credentials.
+OTA_PROTECTED_FILES = frozenset(
+    {"boot.py", "planty_boot.py", "planty_boot.mpy", "secrets.json", "planty_ota.json"}
+)
+OTA_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,31}$")
+OTA_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$")
+
+
+class OtaLast(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How a device's last update ended (`status.ota.last`); `result` kept as sent."""
+
+    t: int | None = None
+    release: str | None = None
+    result: str | None = None  # applied | rolled_back | failed (newer values pass through)
+    reason: str | None = None
+
+
+class OtaSupport(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`status.ota`: the device takes updates over the air (docs/protocol.md, Updates)."""
+
+    v: int = 1
+    chunk: int = 1024
+    last: OtaLast | None = None
+
+
 class Status(msgspec.Struct, frozen=True, omit_defaults=True):
     """Retained `status`: `{"online": false}` is the last will; the rest is optional."""
 
@@ -75,6 +104,7 @@ class Status(msgspec.Struct, frozen=True, omit_defaults=True):
     rssi: int | None = None
     heap: int | None = None
     uptime_s: int | None = None
+    ota: OtaSupport | None = None
 
 
 class Telemetry(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -16,6 +16,7 @@ class EventType(StrEnum):
     DEVICE_ERROR = "device_error"  # a device sent something unusable
     CREDENTIAL = "credential"  # issued, first use, rotated, revoked, refused login (security.md)
     RULE = "rule"  # a rule fired, was suppressed, warned, or changed (docs/rules.md)
+    FIRMWARE = "firmware"  # a release added, a rollout's admin action, a device's update step
 
 
 EVENT_TYPES = tuple(t.value for t in EventType)

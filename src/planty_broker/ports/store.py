@@ -16,6 +16,7 @@ from planty_broker.errors import PermanentStoreError, TransientStoreError
 if TYPE_CHECKING:
     from planty_broker.domain.commands import CommandChange, CommandRecord, CommandTransition
     from planty_broker.domain.events import Consumer, Event, LogBounds, NewEvent, PruneResult
+    from planty_broker.domain.firmware import Release, Rollout, Target
     from planty_broker.domain.identity import ApiToken, CredentialState, DeviceCredential, Pairing
     from planty_broker.domain.rules.records import RuleEvent, StoredRule
 
@@ -34,6 +35,10 @@ class StoreConfigError(PermanentStoreError):
 class StoreRejectedError(PermanentStoreError):
     """The database refused this data itself (a constraint, a value out of range): writing
     the same data again cannot succeed."""
+
+
+class ReleaseExistsError(PermanentStoreError):
+    """A release with that version is stored already: releases are immutable."""
 
 
 class DeviceExistsError(PermanentStoreError):
@@ -212,3 +217,45 @@ class IdentityStore(Protocol):
         self, device_id: str | None = None, states: Sequence[CredentialState] | None = None
     ) -> list[DeviceCredential]:
         """Oldest first; filtered by device and states when given."""
+
+
+class FirmwareStore(Protocol):
+    """Firmware releases (immutable) and rollouts with their targets (storage/sql_firmware.py).
+
+    Every write takes the events that record it and appends them to the event log in the
+    same transaction.
+    """
+
+    async def add_release(
+        self, release: Release, contents: Mapping[str, bytes], events: Sequence[NewEvent]
+    ) -> None:
+        """Store a new release; `ReleaseExistsError` if the version exists."""
+
+    async def list_releases(self) -> list[Release]:
+        """Newest first."""
+
+    async def get_release(self, version: str) -> Release | None: ...
+
+    async def release_contents(self, version: str) -> dict[str, bytes]:
+        """The files of a release by name ({} if there is no such release)."""
+
+    async def create_rollout(
+        self, rollout: Rollout, targets: Sequence[Target], events: Sequence[NewEvent]
+    ) -> Rollout:
+        """Store a new rollout (its `id` is ignored) and its targets; returns it with its id."""
+
+    async def save_rollout(
+        self, rollout: Rollout | None, targets: Sequence[Target], events: Sequence[NewEvent]
+    ) -> None:
+        """Update a rollout and/or some of its targets, with their events, in one transaction."""
+
+    async def list_rollouts(self, limit: int = 100) -> list[Rollout]:
+        """Newest first."""
+
+    async def get_rollout(self, rollout_id: int) -> Rollout | None: ...
+
+    async def rollout_targets(self, rollout_id: int) -> list[Target]:
+        """By wave, then device id."""
+
+    async def device_targets(self, device_id: str, limit: int = 20) -> list[Target]:
+        """A device's targets, newest rollout first."""

@@ -21,6 +21,7 @@ from planty_broker.services.commands.service import CommandService
 from planty_broker.services.credentials.provisioning import ProvisioningService
 from planty_broker.services.credentials.service import CredentialService
 from planty_broker.services.events import EventService
+from planty_broker.services.firmware.service import FirmwareService
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry
@@ -51,6 +52,7 @@ class Services:
     credentials: CredentialService | None = None
     provisioning: ProvisioningService | None = None
     link: Link | None = None  # the gateway's MQTT link, once connected
+    firmware: FirmwareService | None = None
 
     @property
     def endpoint(self) -> DeviceEndpoint:

@@ -28,6 +28,7 @@ from planty_broker.protocol import (
     decode_status,
     decode_telemetry,
 )
+from planty_broker.protocol_ota import OtaAck, decode_ota_ack
 from planty_broker.services.bus import (
     AckReceived,
     Bus,
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 LOG_EVERY_S = 60.0  # a given (device, error kind) is logged at most once a minute
 
 AckHandler = Callable[[AckReceived], Awaitable[None]]
+OtaHandler = Callable[[str, OtaAck, int], None]  # device id, the ack, arrival (unix ms)
 Ack = Callable[[], None]  # sends the MQTT PUBACK of the message being handled
 
 
@@ -103,6 +105,7 @@ class IngestService:
         self.unknown_device_messages = 0
         self.bad_topic_messages = 0
         self.ack_handler: AckHandler | None = None
+        self.ota_handler: OtaHandler | None = None  # the firmware service, when it runs
         self._last_logged: dict[tuple[str | None, str], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         bus.subscribe(DevicesChanged, self._on_devices_changed)
@@ -168,7 +171,17 @@ class IngestService:
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        else:  # `cmd` is our own outbound channel; a device cannot publish there (ACL)
+        elif channel is Channel.OTA_ACK:  # an update's progress: small, handled at once
+            self._presence.on_activity(device_id, at)
+            try:
+                msg = decode_ota_ack(payload, self._max_payload)
+            except ProtocolError as exc:
+                self._report(device_id, exc.kind, str(exc))
+            else:
+                if self.ota_handler is not None:
+                    self.ota_handler(device_id, msg, at)
+            ack()
+        else:  # `cmd` and `ota` are our own outbound channels; a device cannot publish there
             ack()
 
     async def _append_timed(self, readings: Sequence[Reading]) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from contextlib import AsyncExitStack
 from typing import Any
 
 from planty_broker.services.commands.service import CommandService
 from planty_broker.services.context import Services
 from planty_broker.services.events import EventService
+from planty_broker.services.firmware.service import FirmwareService
 
 
 async def start_message_queue(
@@ -36,3 +39,33 @@ async def start_message_queue(
     svc.commands = commands
     svc.events = events
     return commands, events
+
+
+async def start_firmware(
+    svc: Services, commands: CommandService, stack: AsyncExitStack
+) -> FirmwareService:
+    """Start the firmware updates; their publishes share the commands' token bucket, so an
+    update is paced with everything else the broker sends to devices."""
+    bucket = commands.outbox.dispatcher.bucket
+
+    async def pace() -> None:
+        while True:  # the bucket is shared: another sender may take the token first
+            if bucket.take(time.monotonic()):
+                return
+            await asyncio.sleep(max(bucket.wait_s(time.monotonic()), 0.001))
+
+    store: Any = svc.store  # SqlStore / MemoryStore: also a FirmwareStore
+    firmware = FirmwareService(
+        store,
+        svc.bus,
+        svc.registry,
+        svc.presence,
+        svc.topics,
+        svc.settings.firmware,
+        pace=pace,
+    )
+    await firmware.start()
+    stack.push_async_callback(firmware.stop)
+    svc.ingest.ota_handler = firmware.handle_ota_ack
+    svc.firmware = firmware
+    return firmware

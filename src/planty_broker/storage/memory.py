@@ -27,6 +27,7 @@ from planty_broker.ports.store import (
     Store,
     StoreUnavailableError,
 )
+from planty_broker.storage.memory_firmware import MemoryFirmwareMixin
 from planty_broker.storage.memory_queue import MemoryQueueMixin
 from planty_broker.storage.memory_rules import MemoryRulesMixin
 
@@ -51,11 +52,12 @@ def _in_range(t: int, since_ms: int | None, until_ms: int | None) -> bool:
     return (since_ms is None or t >= since_ms) and (until_ms is None or t <= until_ms)
 
 
-class MemoryStore(MemoryQueueMixin, MemoryRulesMixin):
+class MemoryStore(MemoryQueueMixin, MemoryRulesMixin, MemoryFirmwareMixin):
     """The `Store` port in dictionaries; an async context manager (open/close).
 
     The command outbox and the event log come from `MemoryQueueMixin`, the threshold
-    rules and their history from `MemoryRulesMixin`.
+    rules and their history from `MemoryRulesMixin`, firmware releases and rollouts from
+    `MemoryFirmwareMixin`.
     """
 
     def __init__(self) -> None:

@@ -8,9 +8,14 @@ migration on the previous one.
 
 from __future__ import annotations
 
-from planty_broker.storage import schema_identity, schema_queue, schema_rules
+from planty_broker.storage import schema_firmware, schema_identity, schema_queue, schema_rules
 from planty_broker.storage.schema_core import devices, meta, metadata, presence, readings
 
-FEATURE_TABLES = (schema_identity, schema_queue, schema_rules)  # defined on `metadata` on import
+FEATURE_TABLES = (
+    schema_identity,
+    schema_queue,
+    schema_rules,
+    schema_firmware,
+)  # defined on `metadata` on import
 
 __all__ = ["FEATURE_TABLES", "devices", "meta", "metadata", "presence", "readings"]

@@ -51,17 +51,19 @@ from planty_broker.storage.sql_events import (
     presence_event_params,
     reading_event_params,
 )
+from planty_broker.storage.sql_firmware import SqlFirmwareMixin
 from planty_broker.storage.sql_rules import SqlRulesMixin
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin):
+class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin):
     """The `Store` port on SQLite or PostgreSQL; an async context manager (open/close).
 
     The command outbox and the event log (`CommandStore`, `EventStore`) come from the mixins,
-    and so do the threshold rules and their history (`RuleStore`).
+    and so do the threshold rules and their history (`RuleStore`) and the firmware
+    releases and rollouts (`FirmwareStore`).
     """
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
