@@ -18,6 +18,7 @@ from planty_broker.northbound.api import (
     credentials,
     devices,
     events,
+    firmware,
     pairing,
     rules,
     stats,
@@ -65,6 +66,7 @@ def create_api(
         tokens.router,
         pairing.router,
         credentials.router,
+        firmware.router,
     )
     for router in protected:
         app.include_router(router, prefix="/api/v1", dependencies=[Depends(principal)])
