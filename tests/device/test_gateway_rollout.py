@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,6 +31,9 @@ from tests.device.vmfleet import VmFleet, node
 from tests.integration.core.conftest import ADMIN, eventually, gateway_settings, running_gateway
 
 pytestmark = pytest.mark.integration
+
+PLANTY = str(Path(sys.executable).parent / "planty")
+DEVICE_DIR = Path(__file__).parent.parent.parent / "device"
 
 FIRMWARE = {"ack_timeout_s": 1.5, "max_boots": 2, "trial_s": 20, "threshold": 0.2}
 
@@ -224,3 +230,40 @@ async def test_an_interrupted_transfer_resumes_through_the_gateway(
     # resumed, not restarted: the second offer was answered from where the flash stood
     offers = [x for x in board.logs if "update to 3.0.0 offered" in x]
     assert len(offers) == 1
+
+
+async def _planty(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PLANTY_ADMIN_TOKEN": ADMIN, "COLUMNS": "200"}
+    return await asyncio.to_thread(
+        subprocess.run, [PLANTY, *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+async def test_the_cli_adds_the_device_folder_as_a_release_and_rolls_it_out(
+    api: httpx.AsyncClient, fw_gateway: Any
+) -> None:
+    """`planty firmware add ./device --version ...`: the app files, never the boot guard."""
+    url = ["--url", fw_gateway.api_url]
+    version = "7.0." + uuid.uuid4().hex[:4]
+    done = await _planty("firmware", "add", str(DEVICE_DIR), "--version", version, *url)
+    assert done.returncode == 0, done.stderr
+    assert "left out, never sent over the air: boot.py" in done.stdout
+    r = await api.get(f"/firmware/{version}")
+    names = {f["name"] for f in r.json()["files"]}
+    assert names == {"main.py", "planty_cmds.py", "planty_device.py", "planty_ota.py"}
+    again = await _planty("firmware", "add", str(DEVICE_DIR), "--version", version, *url)
+    assert again.returncode != 0 and "immutable" in again.stdout + again.stderr
+    (d,) = await _register(api, 1, "cli")
+    started = await _planty("firmware", "rollout", version, "--devices", d["id"], *url)
+    assert started.returncode == 0, started.stderr
+    assert f"{version} to 1 devices, waves [1]" in started.stdout
+    rid = started.stdout.split(":")[0].split()[-1]
+    shown = await _planty("firmware", "status", rid, *url)
+    assert d["id"] in shown.stdout and "pending" in shown.stdout  # offline: it waits
+    paused = await _planty("firmware", "pause", rid, *url)
+    assert "paused" in paused.stdout
+    aborted = await _planty("firmware", "abort", rid, *url)
+    assert "aborted" in aborted.stdout
+    events = [e for e in await _firmware_events(api) if e["data"].get("rollout") == int(rid)]
+    actions = [e["data"]["action"] for e in events if "action" in e["data"]]
+    assert actions == ["rollout_started", "pause", "abort"]

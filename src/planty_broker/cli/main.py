@@ -18,6 +18,7 @@ from planty_broker.cli import identity, status
 from planty_broker.cli.client import ApiClient, ConfigOpt, DataDirOpt, UrlOpt, fail, settings_from
 from planty_broker.cli.commands import commands_app, events_app
 from planty_broker.cli.devices import devices_app
+from planty_broker.cli.firmware import firmware_app
 from planty_broker.cli.identity import tokens_app
 from planty_broker.cli.rules import rules_app
 
@@ -112,6 +113,7 @@ app.add_typer(commands_app, name="commands")
 app.add_typer(events_app, name="events")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(rules_app, name="rules")
+app.add_typer(firmware_app, name="firmware")
 app.command()(identity.pair)
 app.command()(identity.unpair)
 app.command()(status.status)
