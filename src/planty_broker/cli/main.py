@@ -84,9 +84,21 @@ def simulate(
         str | None,
         typer.Option("--mqtt-host", help="host devices connect to (default: from the API)"),
     ] = None,
+    update_failures: Annotated[
+        float,
+        typer.Option(
+            "--update-failures",
+            min=0.0,
+            max=1.0,
+            help="share of updates that crash at boot and roll back (to show a halt)",
+        ),
+    ] = 0.0,
 ) -> None:
-    """Start a virtual ESP32 fleet that provisions itself through the API and connects over TLS."""
+    """Start a virtual ESP32 fleet that provisions itself through the API and connects over TLS.
+
+    The devices take updates over the air: `planty firmware rollout` shows on them."""
     from planty_broker.simulator.fleet import run_simulation
+    from planty_broker.simulator.profile import DeviceProfile, Faults
     from planty_broker.simulator.provision import SimulatorError
 
     client = ApiClient(settings_from(config, data_dir), url)
@@ -99,6 +111,7 @@ def simulate(
                 interval_s=interval,
                 prefix=prefix,
                 mqtt_host=mqtt_host,
+                profile=DeviceProfile(faults=Faults(update_crash_rate=update_failures)),
             )
         )
     except SimulatorError as exc:

@@ -23,6 +23,8 @@ from planty_broker.protocol import (
     Ack,
     Channel,
     Command,
+    OtaLast,
+    OtaSupport,
     ProtocolError,
     Status,
     Telemetry,
@@ -34,6 +36,7 @@ from planty_broker.protocol import (
 )
 from planty_broker.simulator.firmware import ActuatorState, Execution, Firmware
 from planty_broker.simulator.link import Kind, LinkError, MqttLink
+from planty_broker.simulator.ota import OtaReceiver, Staged
 from planty_broker.simulator.plant import PlantModel
 from planty_broker.simulator.profile import (
     MALFORMED_PAYLOADS,
@@ -47,7 +50,12 @@ __all__ = ["DeviceOfflineError", "DeviceState", "DeviceStats", "SimDevice"]
 
 log = logging.getLogger(__name__)
 
-_COUNTER_NAME = {Kind.STATUS: "status", Kind.TELEMETRY: "telemetry", Kind.ACK: "acks"}
+_COUNTER_NAME = {
+    Kind.STATUS: "status",
+    Kind.TELEMETRY: "telemetry",
+    Kind.ACK: "acks",
+    Kind.OTA: "ota_acks",
+}
 
 
 class SimDevice:
@@ -84,6 +92,12 @@ class SimDevice:
         self._telemetry_topic = self._topics.device(credentials.device_id, Channel.TELEMETRY)
         self._cmd_topic = self._topics.device(credentials.device_id, Channel.CMD)
         self._ack_topic = self._topics.device(credentials.device_id, Channel.ACK)
+        self._ota_topic = self._topics.device(credentials.device_id, Channel.OTA)
+        self._ota_ack_topic = self._topics.device(credentials.device_id, Channel.OTA_ACK)
+        self.fw = self.profile.fw  # the version it runs: an update changes it
+        self._ota = OtaReceiver(self.fw)
+        self._ota_last: OtaLast | None = None
+        self._switch_to: Staged | None = None
         self._counts: Counter[str] = Counter()
         self._state = DeviceState.OFF
         self._task: asyncio.Task[None] | None = None
@@ -245,6 +259,8 @@ class SimDevice:
     async def _connect_loop(self) -> None:
         attempt = 0
         while True:
+            if self._switch_to is not None:
+                await self._switch()
             if attempt:
                 self._state = DeviceState.WAITING
                 await asyncio.sleep(self._backoff(attempt))
@@ -291,6 +307,8 @@ class SimDevice:
             self._logged_in_with(creds)
             self._link = link
             link.subscribe(self._cmd_topic)  # before status: the broker sends queued commands on it
+            if self.profile.ota:
+                link.subscribe(self._ota_topic)
             self._publish_status(link)
             self._state = DeviceState.ONLINE
             self._online.set()
@@ -329,12 +347,13 @@ class SimDevice:
         interval = self._fw.interval_s
         status = Status(
             online=True,
-            fw=self.profile.fw,
+            fw=self.fw,
             boot=self._boot,
             sensors=self.profile.sensors,
             actuators=self.profile.actuators,
             interval_s=int(interval) if interval.is_integer() else interval,
             rssi=self.profile.rssi + self._rng.randint(-3, 3),
+            ota=OtaSupport(1, self._ota.max_chunk, self._ota_last) if self.profile.ota else None,
         )
         self._publish(link, self._status_topic, encode(status), Kind.STATUS, retain=True)
 
@@ -426,6 +445,9 @@ class SimDevice:
     # ------------------------------------------------------------ commands
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self._ota_topic and self.profile.ota:
+            self._on_ota(payload)
+            return
         if topic != self._cmd_topic:
             return
         self._counts["commands_received"] += 1
@@ -468,6 +490,39 @@ class SimDevice:
             return
         if not self._publish(link, self._ack_topic, encode(ack), Kind.ACK):
             self._counts["acks_withheld"] += 1
+
+    # ------------------------------------------------------------ updates over the air
+
+    def _on_ota(self, payload: bytes) -> None:
+        self._counts["ota_received"] += 1
+        link = self._link
+        for reply in self._ota.receive(payload):
+            if link is not None:
+                self._publish(link, self._ota_ack_topic, reply, Kind.OTA)
+        if self._ota.staged is not None and link is not None:
+            self._switch_to, self._ota.staged = self._ota.staged, None
+            link.abort()  # the reboot: the connect loop switches, then comes back
+
+    async def _switch(self) -> None:
+        """Reboot into the staged version; one that crashes stays away `max_boots` boots and
+        comes back on the previous version, saying so in its status."""
+        staged, self._switch_to = self._switch_to, None
+        assert staged is not None
+        crash = self._rng.random() < self.faults.update_crash_rate
+        self._state = DeviceState.WAITING
+        if crash:
+            await asyncio.sleep(self.profile.boot_s * staged.max_boots)
+            self._boot += staged.max_boots + 1
+            reason = f"not online after {staged.max_boots} boots"
+            self._ota_last = OtaLast(staged.t, staged.version, "rolled_back", reason)
+            self._counts["updates_rolled_back"] += 1
+            return
+        await asyncio.sleep(self.profile.boot_s)
+        self._boot += 1
+        self.fw = staged.version
+        self._ota = OtaReceiver(self.fw, self._ota.max_chunk)
+        self._ota_last = OtaLast(staged.t, staged.version, "applied")
+        self._counts["updates_applied"] += 1
 
     # ------------------------------------------------------------ credential rotation
 

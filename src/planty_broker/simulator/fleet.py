@@ -53,6 +53,10 @@ class FleetStats:
             f"({t.commands_executed:,} run, {t.commands_duplicate:,} dup, {refused:,} refused)"
             f" | reconnects {t.disconnects:,}"
         )
+        if t.updates_applied or t.updates_rolled_back or t.ota_received:
+            line += (
+                f" | updates {t.updates_applied:,} applied, {t.updates_rolled_back:,} rolled back"
+            )
         return line + (f" | connect failures {t.connect_failures:,}" if t.connect_failures else "")
 
 

@@ -37,6 +37,7 @@ class Kind(StrEnum):
     STATUS = "status"
     TELEMETRY = "telemetry"
     ACK = "ack"
+    OTA = "ota"
     MALFORMED = "malformed"
 
 

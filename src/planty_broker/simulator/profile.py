@@ -108,6 +108,8 @@ class Faults:
       so the broker sees a gap.
     - `malformed_every`: every Nth telemetry tick sends a malformed payload instead
       (it takes no `seq`); 0 = never.
+    - `update_crash_rate`: fraction of updates whose new version crashes at boot on this
+      device; it stays away for `max_boots` boots, then rolls back by itself (1.0 = always).
     """
 
     ack: bool = True
@@ -115,9 +117,10 @@ class Faults:
     drop_rate: float = 0.0
     telemetry_drop_rate: float = 0.0
     malformed_every: int = 0
+    update_crash_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("drop_rate", "telemetry_drop_rate"):
+        for name in ("drop_rate", "telemetry_drop_rate", "update_crash_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"faults.{name} must be between 0 and 1, got {value}")
@@ -152,6 +155,8 @@ class DeviceProfile:
     time_scale: float = 1.0
     first_boot: int = 1
     faults: Faults = Faults()
+    ota: bool = True  # takes updates over the air (status `ota`), as device/planty_ota.py
+    boot_s: float = 0.5  # a reboot (after an update) keeps the device away this long
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0:

@@ -49,3 +49,8 @@ class DeviceStats:
     credentials_received: int = 0  # rotated credentials delivered in a `config` command
     credential_switches: int = 0  # logins with a newly received credential
     fallback_logins: int = 0  # logins with the previous credential (the new one was refused)
+    ota_received: int = 0  # update offers and chunks received
+    ota_acks_published: int = 0
+    ota_acks_acked: int = 0
+    updates_applied: int = 0  # switched to a new version, which came online
+    updates_rolled_back: int = 0  # the new version crashed at boot (Faults.update_crash_rate)

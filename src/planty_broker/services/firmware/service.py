@@ -278,6 +278,9 @@ class FirmwareService:
                 raise RolloutError(f"rollout {rollout_id} is {r.state}: it cannot {action}")
             at = self._clock()
             updated = r.to(new, at, "by the admin" if new is not RolloutState.RUNNING else "")
+            if r.state is RolloutState.HALTED and new is RolloutState.RUNNING:
+                # the admin accepts the halted wave's failures: go on with the next one
+                updated = dataclasses.replace(updated, wave=min(r.wave + 1, len(r.wave_sizes) - 1))
             changed: list[Target] = []
             events = [self._admin_event(updated, action, at)]
             if new is RolloutState.ABORTED:
