@@ -203,10 +203,8 @@ class RuleSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class FirmwareSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_release_bytes: PositiveInt = 256 * 1024  # all files of one release together
-    chunk_bytes: Annotated[int, msgspec.Meta(ge=64, le=4096)] = 1024  # or the device's, if less
-    ack_timeout_s: PositiveFloat = (
-        10.0  # a device silent this long mid-transfer gets the offer again
-    )
+    chunk_bytes: Annotated[int, msgspec.Meta(ge=64, le=4096)] = 1024  # at most the device's own
+    ack_timeout_s: PositiveFloat = 10.0  # a device silent this long gets the offer again
     max_silences: PositiveInt = 6  # offers without an answer before the device's update fails
     max_parallel: PositiveInt = 20  # devices receiving at once (each chunk is also paced)
     trial_s: PositiveInt = 300  # the new version must be online within this, or it rolls back

@@ -147,6 +147,7 @@ async def list_releases(svc: SvcDep) -> dict[str, Any]:
 
 @router.get("/firmware/{version}")
 async def get_release(version: str, svc: SvcDep) -> dict[str, Any]:
+    """One release: its files, sizes and sha256 (the manifest devices check)."""
     try:
         return release_json(await firmware_of(svc).release(version))
     except ReleaseNotFoundError as exc:
