@@ -14,8 +14,9 @@ from fastapi.staticfiles import StaticFiles
 from planty_broker import __version__
 from planty_broker.northbound.api.deps import SvcDep, principal
 from planty_broker.northbound.api.errors import ApiError
-from planty_broker.northbound.dashboard import views
+from planty_broker.northbound.dashboard import updates, views
 from planty_broker.protocol import valid_device_id
+from planty_broker.services.firmware.service import RolloutNotFoundError
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -101,6 +102,16 @@ async def device_page(
     )
 
 
+@router.get("/dashboard/rollouts")
+async def rollouts_page() -> HTMLResponse:
+    return render("rollouts.html", page="rollouts")
+
+
+@router.get("/dashboard/rollouts/{rollout_id}")
+async def rollout_page(rollout_id: int) -> HTMLResponse:
+    return render("rollout.html", page="rollout", rollout_id=rollout_id)
+
+
 # ---------------------------------------------------------------- fragments (token needed)
 
 
@@ -136,6 +147,29 @@ async def commands_fragment(device_id: str, svc: SvcDep) -> HTMLResponse:
         raise ApiError(404, "unknown_device", f"no device with id {device_id!r}")
     commands = await views.command_history(svc, device_id)
     return render("_commands.html", commands=commands)
+
+
+@fragments.get("/updates/{device_id}")
+async def updates_fragment(device_id: str, svc: SvcDep) -> HTMLResponse:
+    if device_id not in svc.registry:
+        raise ApiError(404, "unknown_device", f"no device with id {device_id!r}")
+    return render("_updates.html", **await updates.device_updates(svc, device_id))
+
+
+@fragments.get("/rollouts")
+async def rollouts_fragment(svc: SvcDep) -> HTMLResponse:
+    return render("_rollouts.html", **await updates.rollouts(svc))
+
+
+@fragments.get("/rollouts/{rollout_id}")
+async def rollout_fragment(rollout_id: int, svc: SvcDep) -> HTMLResponse:
+    try:
+        found = await updates.rollout(svc, rollout_id)
+    except RolloutNotFoundError as exc:
+        raise ApiError(404, "unknown_rollout", str(exc)) from None
+    if found is None:
+        raise ApiError(503, "unavailable", "this gateway does not send updates")
+    return render("_rollout.html", **found)
 
 
 router.include_router(fragments)
