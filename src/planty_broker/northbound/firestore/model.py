@@ -103,6 +103,13 @@ class Paths:
     def command(self, command_id: str) -> str:
         return f"{self.commands}/{command_id}"
 
+    @property
+    def rollouts(self) -> str:
+        return f"{self.broker}/rollouts"
+
+    def rollout(self, rollout_id: int) -> str:
+        return f"{self.rollouts}/{rollout_id}"
+
 
 PAIRING_CODES = "pairing_codes"
 
@@ -179,6 +186,60 @@ def error_fields(event_id: int, data: Mapping[str, Any], at_ms: int) -> dict[str
             "at": at(at_ms),
         },
         "event_id": event_id,
+    }
+
+
+# ---------------------------------------------------------------- firmware rollouts
+
+_ROLLOUT_STATE = {
+    "rollout_started": "running",
+    "pause": "paused",
+    "resume": "running",
+    "abort": "aborted",
+    "rollout_halted": "halted",
+    "rollout_done": "done",
+}
+
+
+def rollout_fields(event_id: int, data: Mapping[str, Any], at_ms: int) -> dict[str, Any]:
+    """A rollout document from one `firmware` event: an admin action, or a device's step."""
+    out: dict[str, Any] = {
+        "rollout_id": data.get("rollout"),
+        "version": data.get("version"),
+        "updated_at": at(at_ms),
+        "event_id": event_id,
+    }
+    action = data.get("action")
+    if action in _ROLLOUT_STATE:
+        out["state"] = _ROLLOUT_STATE[str(action)]
+        out["reason"] = data.get("reason")
+    if action == "rollout_started":
+        out["started_at"] = at(at_ms)
+        out["waves"] = data.get("waves")
+    if action == "wave_started":
+        out["wave_reason"] = data.get("reason")
+    return out
+
+
+def rollout_device_fields(
+    event_id: int, device_id: str, data: Mapping[str, Any], at_ms: int
+) -> dict[str, Any]:
+    """One device's step, in its rollout's document (`devices.<id>`)."""
+    return {
+        "devices": {device_id: firmware_step(data, at_ms)},
+        "updated_at": at(at_ms),
+        "event_id": event_id,
+    }
+
+
+def firmware_step(data: Mapping[str, Any], at_ms: int) -> dict[str, Any]:
+    return {
+        "rollout_id": data.get("rollout"),
+        "version": data.get("version"),
+        "wave": (data["wave"] + 1) if isinstance(data.get("wave"), int) else None,
+        "state": data.get("state"),
+        "reason": str(data.get("reason") or "")[:500] or None,
+        "at": at(at_ms),
     }
 
 

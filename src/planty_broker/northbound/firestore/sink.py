@@ -152,6 +152,9 @@ class EventSink:
 
     def _fold(self, e: Event) -> None:
         device_id = e.device_id
+        if e.type == "firmware":
+            self._firmware(e, device_id)
+            return
         if device_id is None or not self._known(device_id):
             return
         data = e.data
@@ -170,6 +173,20 @@ class EventSink:
             self._buffer.set(
                 self._paths.device(device_id), model.error_fields(e.id, data, e.at_ms), e.id
             )
+
+    def _firmware(self, e: Event, device_id: str | None) -> None:
+        """A rollout's document under the broker's, and a device's last update step."""
+        rid = e.data.get("rollout")
+        if not isinstance(rid, int):
+            return  # a release added: nothing to mirror
+        path = self._paths.rollout(rid)
+        if device_id is None:
+            self._buffer.set(path, model.rollout_fields(e.id, e.data, e.at_ms), e.id)
+            return
+        self._buffer.set(path, model.rollout_device_fields(e.id, device_id, e.data, e.at_ms), e.id)
+        if self._known(device_id):
+            fields = {"firmware": model.firmware_step(e.data, e.at_ms), "event_id": e.id}
+            self._buffer.set(self._paths.device(device_id), fields, e.id)
 
     def _reading(self, e: Event, device_id: str, data: Mapping[str, Any]) -> None:
         values = data.get("readings")

@@ -486,8 +486,14 @@ class FirmwareService:
         r = live.rollout
         if all(t.final for t in live.targets.values()):
             at = self._clock()
-            done = r.to(RolloutState.DONE, at)
-            await self._commit(live, done, [], [self._admin_event(done, "rollout_done", at)])
+            bad = [t for t in live.targets.values() if t.state is not TargetState.APPLIED]
+            why = ""
+            if bad:
+                rolled = sum(1 for t in bad if t.state is TargetState.ROLLED_BACK)
+                why = f"{len(bad) - rolled} failed, {rolled} rolled back"
+            done = r.to(RolloutState.DONE, at, why)
+            event = self._admin_event(done, "rollout_done", at, why)
+            await self._commit(live, done, [], [event])
             self._retire(live)
             log.info("firmware: rollout %d of %s done", r.id, r.version)
             return
