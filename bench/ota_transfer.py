@@ -45,6 +45,11 @@ async def run(kb: int, rounds: int, chunks: list[int]) -> None:
         backend = MqttBackend("127.0.0.1", mq.port, pki.ca_pem, mq.admin_user, mq.admin_password)
         await backend.start()
         try:
+            rtts = await _ping_rtts(backend, folder, mq.port, pki.ca_pem, did, token)
+            print(
+                f"baseline: a `ping` command round trip to the same VM board: median "
+                f"{pct(rtts, 0.5) * 1000:.1f} ms, p90 {pct(rtts, 0.9) * 1000:.1f} ms"
+            )
             for chunk in chunks:
                 times: list[float] = []
                 for r in range(rounds):
@@ -68,15 +73,36 @@ async def run(kb: int, rounds: int, chunks: list[int]) -> None:
                         start = time.monotonic()
                         await sender.run(until=lambda s=sender: s.outcome is not None, timeout=300)
                         times.append(time.monotonic() - start)
+                per_chunk = pct(times, 0.5) / (kb * 1024 / chunk)
                 print(
                     f"{kb} KB at {chunk} B chunks: median {pct(times, 0.5):.2f} s "
                     f"({kb * 1024 / pct(times, 0.5) / 1024:.1f} KB/s, "
-                    f"{pct(times, 0.5) / (kb * 1024 / chunk) * 1000:.1f} ms per chunk), "
+                    f"{per_chunk * 1000:.1f} ms per chunk = "
+                    f"{per_chunk / pct(rtts, 0.5):.2f} ping round trips), "
                     f"rounds {[round(t, 2) for t in times]}"
                 )
         finally:
             await backend.stop()
             mq.stop()
+
+
+async def _ping_rtts(
+    backend: MqttBackend, folder: Path, port: int, ca_pem: str, did: str, token: str
+) -> list[float]:
+    """The baseline: command round trips through the same Mosquitto to the same VM board."""
+    vm_dir = folder / "vm-ping"
+    vm_dir.mkdir()
+    out: list[float] = []
+    async with VmFleet(vm_dir, "localhost", port, ca_pem, [(did, token)]):
+        await backend.wait_for(
+            lambda: any(s.get("online") for s in backend.of(did, "status")), timeout=30
+        )
+        for _ in range(40):
+            start = time.monotonic()
+            await backend.command(did, "ping", timeout=10)
+            out.append(time.monotonic() - start)
+    backend.seen.clear()
+    return out[5:]  # the first ones include the board's warm-up
 
 
 def main() -> None:

@@ -34,12 +34,12 @@ async def test_a_rollout_and_each_device_step_are_mirrored(
         lambda d: (
             len(d.get("devices", {})) == 2
             and all(s["state"] in ("applied", "rolled_back") for s in d["devices"].values())
-            and d.get("state") == "done"
+            and d.get("state") == "halted"
         ),
         timeout=30,
     )
     assert doc["version"] == "4.2.0" and doc["waves"] == [2]
-    assert doc["reason"] == "0 failed, 1 rolled back"  # the last wave: done, with its failures
+    assert doc["reason"].startswith("wave 1: ") and "of 2 failed or rolled back" in doc["reason"]
     assert doc["devices"]["fs-fw-good"]["state"] == TargetState.APPLIED.value
     step = doc["devices"]["fs-fw-bad"]
     assert step["state"] == "rolled_back" and step["reason"] == "not online after 3 boots"
@@ -48,3 +48,5 @@ async def test_a_rollout_and_each_device_step_are_mirrored(
     )
     assert dev_doc["firmware"]["version"] == "4.2.0" and dev_doc["firmware"]["state"] == "applied"
     assert good.fw == "4.2.0" and bad.fw != "4.2.0"
+    await fw.abort(r.id)  # halted stays halted until the admin acts
+    await wait_doc(server_db, f"{base}/rollouts/{r.id}", lambda d: d.get("state") == "aborted")

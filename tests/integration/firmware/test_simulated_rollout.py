@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -66,7 +67,9 @@ async def _fleet(api: httpx.AsyncClient, n: int, profile: DeviceProfile) -> tupl
     return Fleet(creds, profile), [c.device_id for c in creds]
 
 
-async def _release(api: httpx.AsyncClient, version: str) -> None:
+async def _release(api: httpx.AsyncClient, base: str) -> str:
+    """A new release (a unique version: a rerun must not meet the first run's)."""
+    version = f"{base}-{uuid.uuid4().hex[:6]}"
     files = {"main.py": f"VERSION = '{version}'\n".encode(), "blob.bin": bytes(range(256)) * 20}
     r = await api.post(
         "/firmware",
@@ -78,6 +81,7 @@ async def _release(api: httpx.AsyncClient, version: str) -> None:
         },
     )
     assert r.status_code == 201, r.text
+    return version
 
 
 async def _until(api: httpx.AsyncClient, rid: int, done: Callable[[dict[str, Any]], bool]) -> Any:
@@ -93,12 +97,12 @@ async def test_twenty_simulated_devices_take_a_rollout_on_postgresql(
 ) -> None:
     fleet, ids = await _fleet(api, 20, FAST)
     async with fleet:
-        await _release(api, "5.0.0")
-        r = await api.post("/firmware/5.0.0/rollouts", json={"devices": ids, "first_wave": 2})
+        version = await _release(api, "5.0.0")
+        r = await api.post(f"/firmware/{version}/rollouts", json={"devices": ids, "first_wave": 2})
         assert r.status_code == 201, r.text
         done = await _until(api, r.json()["id"], lambda b: b["state"] == "done")
         assert done["counts"] == {"applied": 20}
-        assert all(fleet[d].fw == "5.0.0" for d in ids)
+        assert all(fleet[d].fw == version for d in ids)
         assert fleet.stats().total.updates_applied == 20
         assert "updates 20 applied, 0 rolled back" in fleet.stats().line()
 
@@ -109,8 +113,8 @@ async def test_simulated_crashes_halt_the_rollout_and_admin_actions_are_logged(
     crashing = dataclasses.replace(FAST, faults=Faults(update_crash_rate=1.0))
     fleet, ids = await _fleet(api, 6, crashing)
     async with fleet:
-        await _release(api, "5.1.0")
-        r = await api.post("/firmware/5.1.0/rollouts", json={"devices": ids, "first_wave": 2})
+        version = await _release(api, "5.1.0")
+        r = await api.post(f"/firmware/{version}/rollouts", json={"devices": ids, "first_wave": 2})
         rid = r.json()["id"]
         halted = await _until(
             api, rid, lambda b: b["state"] == "halted" and b["counts"].get("rolled_back") == 2

@@ -483,41 +483,41 @@ class FirmwareService:
                 del self._device_rollout[d]
 
     async def _advance(self, live: _Live) -> None:
+        """Halt on a failing wave, finish when every device has ended, else start the next."""
         r = live.rollout
-        if all(t.final for t in live.targets.values()):
-            at = self._clock()
-            bad = [t for t in live.targets.values() if t.state is not TargetState.APPLIED]
-            why = ""
-            if bad:
-                rolled = sum(1 for t in bad if t.state is TargetState.ROLLED_BACK)
-                why = f"{len(bad) - rolled} failed, {rolled} rolled back"
-            done = r.to(RolloutState.DONE, at, why)
-            event = self._admin_event(done, "rollout_done", at, why)
-            await self._commit(live, done, [], [event])
-            self._retire(live)
-            log.info("firmware: rollout %d of %s done", r.id, r.version)
+        online = {d: self._online(d) for d in live.targets}
+        if r.state is RolloutState.RUNNING:
+            verdict = judge_wave(r, live.targets.values(), online)
+            if verdict.halt is not None:
+                at = self._clock()
+                halted = r.to(RolloutState.HALTED, at, verdict.halt)
+                event = self._admin_event(halted, "rollout_halted", at, verdict.halt)
+                await self._commit(live, halted, [], [event])
+                log.warning("firmware: rollout %d halted: %s", r.id, verdict.halt)
+                return
+        if r.state is not RolloutState.HALTED and all(t.final for t in live.targets.values()):
+            await self._done(live)  # a halted one stays halted until the admin acts
             return
         if r.state is not RolloutState.RUNNING:
             return
-        online = {d: self._online(d) for d in live.targets}
-        verdict = judge_wave(r, live.targets.values(), online)
-        if verdict.halt is not None:
-            at = self._clock()
-            halted = r.to(RolloutState.HALTED, at, verdict.halt)
-            await self._commit(
-                live, halted, [], [self._admin_event(halted, "rollout_halted", at, verdict.halt)]
-            )
-            log.warning("firmware: rollout %d halted: %s", r.id, verdict.halt)
-            return
         if verdict.advance and r.wave + 1 < len(r.wave_sizes):
             r = dataclasses.replace(r, wave=r.wave + 1, updated_ms=self._clock())
-            await self._commit(
-                live,
-                r,
-                [],
-                [self._admin_event(r, "wave_started", r.updated_ms, f"wave {r.wave + 1}")],
-            )
+            event = self._admin_event(r, "wave_started", r.updated_ms, f"wave {r.wave + 1}")
+            await self._commit(live, r, [], [event])
         await self._start_pending(live, online)
+
+    async def _done(self, live: _Live) -> None:
+        r = live.rollout
+        at = self._clock()
+        bad = [t for t in live.targets.values() if t.state is not TargetState.APPLIED]
+        why = ""
+        if bad:
+            rolled = sum(1 for t in bad if t.state is TargetState.ROLLED_BACK)
+            why = f"{len(bad) - rolled} failed, {rolled} rolled back"
+        done = r.to(RolloutState.DONE, at, why)
+        await self._commit(live, done, [], [self._admin_event(done, "rollout_done", at, why)])
+        self._retire(live)
+        log.info("firmware: rollout %d of %s done", r.id, r.version)
 
     async def _start_pending(self, live: _Live, online: Mapping[str, bool]) -> None:
         r = live.rollout
