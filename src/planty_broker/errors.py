@@ -52,7 +52,7 @@ PlantyError
 ├── CursorError (ValueError)                 [services.events] an event-log cursor
 ├── ReleaseError (ValueError)                [domain.firmware] a release that cannot be stored
 ├── RolloutError (ValueError)                [domain.firmware] a rollout request or action refused
-│   └── RolloutNotFoundError, ReleaseNotFoundError (LookupError) [services.firmware.service]
+│   └── RolloutNotFoundError, ReleaseNotFoundError (LookupError) [services.firmware.engine]
 ├── ApiError                                 [northbound.api.errors] one HTTP error response
 ├── FirestoreError                           [northbound.firestore.port]
 │   ├── FirestoreUnavailableError, FirestoreConfigError, FirestoreRejectedError
