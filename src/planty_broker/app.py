@@ -39,6 +39,7 @@ from planty_broker.ports.store import Store
 from planty_broker.protocol import Channel, Topics
 from planty_broker.services.bus import Bus
 from planty_broker.services.context import Services
+from planty_broker.services.history import HistoryService, policy_of
 from planty_broker.services.identity import Identity
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
@@ -204,6 +205,10 @@ class Gateway:
             self._stack.push_async_callback(stats.stop)
         await ingest.start()
         self._stack.push_async_callback(ingest.stop)
+        history = HistoryService(store, policy_of(s), every_s=s.store.housekeeping_every_s)
+        await history.start()
+        self._stack.push_async_callback(history.stop)
+        svc.history = history
         commands, _events = await start_message_queue(svc, self._stack)
         firmware = await start_firmware(svc, commands, self._stack)
         await start_rules(svc, self._stack)  # needs only the store and the devices, no cloud

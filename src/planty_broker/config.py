@@ -89,11 +89,20 @@ class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # SQLite only. "full": a committed batch survives a power cut (fsync per commit).
     # "normal": survives a gateway crash (kill -9) but maybe not a power cut; ~30% faster.
     sqlite_synchronous: Literal["full", "normal"] = "full"
+    # Disk stays bounded (docs/operations.md): raw readings are kept this long (by arrival),
+    # after they have been rolled up per device, sensor and hour (count, min, max, avg, last).
+    readings_keep_days: PositiveFloat = 90.0
+    rollups_keep_days: PositiveFloat = 5 * 366.0  # the hourly rollups: years of history
+    housekeeping_every_s: PositiveFloat = 60.0  # how often readings are rolled up and pruned
 
 
 class PresenceSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_interval_s: PositiveFloat = 60.0  # when a device did not declare interval_s
     check_every_s: PositiveFloat = 1.0  # how often silence and lateness are checked
+    keep_days: PositiveFloat = 400.0  # transitions older than this go (each device keeps its last)
+    # Transitions held in memory while the store cannot take them; beyond, the oldest are
+    # dropped and counted (planty_presence_dropped_total).
+    max_pending: PositiveInt = 100_000
 
 
 class CommandSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -118,11 +127,21 @@ class CommandSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class EventSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The event log (issue 3): retention by age and size; drops are counted, never silent."""
+    """The event log (issue 3): retention waits for consumers up to a bound on disk; drops are
+    counted, never silent; device errors coalesced (docs/events.md)."""
 
+    # Without named consumers: events older than this, or beyond this many, go.
     retention_max_age_s: PositiveFloat = 7 * 86400.0
     retention_max_rows: PositiveInt = 1_000_000
+    # With consumers, retention waits for them, up to these bounds on disk: a consumer further
+    # behind loses events (counted on it, in deleted_unconfirmed and /metrics).
+    unconfirmed_max_age_s: PositiveFloat = 30 * 86400.0
+    unconfirmed_max_rows: PositiveInt = 5_000_000
+    security_keep_days: PositiveFloat = 400.0  # `credential` events outlive the rest this long
     prune_every_s: PositiveFloat = 60.0
+    # Device errors: at most one event per device and kind this often, with a count.
+    error_every_s: PositiveFloat = 10.0
+    error_keys_max: PositiveInt = 10_000  # (device, kind) windows; beyond, one overflow per kind
     sse_keepalive_s: PositiveFloat = 15.0
 
 
@@ -354,5 +373,7 @@ def _check(s: Settings) -> None:
             LocalClock(s.rules.timezone)
         except ValueError as exc:
             raise ConfigError(f"config: rules.timezone: {exc}") from exc
+    if s.store.rollups_keep_days < s.store.readings_keep_days:
+        raise ConfigError("config: store.rollups_keep_days: must be >= store.readings_keep_days")
     if s.commands.default_ttl_s > s.commands.max_ttl_s:
         raise ConfigError("config: commands.default_ttl_s: must be <= commands.max_ttl_s")

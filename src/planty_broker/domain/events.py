@@ -20,6 +20,8 @@ class EventType(StrEnum):
 
 
 EVENT_TYPES = tuple(t.value for t in EventType)
+# Kept `events.security_keep_days` whatever the prefix retention deletes around them.
+SECURITY_EVENT_TYPES = (EventType.CREDENTIAL.value,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +80,12 @@ class PruneResult:
     through_id: int
     dropped_by_consumer: dict[str, int]
     unconfirmed: int = 0  # deleted events that at least one consumer had not confirmed
+
+
+@dataclass(frozen=True, slots=True)
+class KeepRule:
+    """Events of these `types` at or after `after_ms` survive a prune (security events have
+    a retention of their own)."""
+
+    types: tuple[str, ...]
+    after_ms: int

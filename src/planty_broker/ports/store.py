@@ -15,8 +15,16 @@ from planty_broker.errors import PermanentStoreError, TransientStoreError
 
 if TYPE_CHECKING:
     from planty_broker.domain.commands import CommandChange, CommandRecord, CommandTransition
-    from planty_broker.domain.events import Consumer, Event, LogBounds, NewEvent, PruneResult
+    from planty_broker.domain.events import (
+        Consumer,
+        Event,
+        KeepRule,
+        LogBounds,
+        NewEvent,
+        PruneResult,
+    )
     from planty_broker.domain.firmware import Release, Rollout, Target
+    from planty_broker.domain.history import HistoryUsage, HourlyRollup
     from planty_broker.domain.identity import ApiToken, CredentialState, DeviceCredential, Pairing
     from planty_broker.domain.rules.records import RuleEvent, StoredRule
 
@@ -143,9 +151,9 @@ class EventStore(Protocol):
 
     async def delete_consumer(self, name: str) -> bool: ...
 
-    async def prune_events(self, through_id: int) -> PruneResult:
-        """Delete every event with id <= through_id; count, per consumer, those it had
-        not confirmed (added to its `dropped`)."""
+    async def prune_events(self, through_id: int, keep: KeepRule | None = None) -> PruneResult:
+        """Delete every event with id <= through_id (but those `keep` spares); count, per
+        consumer, those it had not confirmed (added to its `dropped`)."""
 
     async def event_id_before(self, at_ms: int) -> int:
         """The highest id of an event older than `at_ms` (0 if none)."""
@@ -181,6 +189,36 @@ class RuleStore(Protocol):
 
     async def prune_rule_history(self, before_ms: int, limit: int) -> int:
         """Delete up to `limit` history lines older than the time; returns how many."""
+
+
+class HistoryStore(Protocol):
+    """Long-term history (issue 12): hourly rollups of readings and the retention that bounds
+    the store on disk. Adapters: SqlStore, MemoryStore."""
+
+    async def roll_up_readings(self, arrived_before_ms: int, limit: int) -> int:
+        """Fold up to `limit` readings not yet rolled up, in arrival order, that arrived before
+        the time, into the hourly rollups (merging with what is there) and move the
+        watermark, in one transaction; returns how many readings were folded."""
+
+    async def hourly_readings(
+        self, device_id: str, since_ms: int | None, until_ms: int | None, limit: int
+    ) -> list[HourlyRollup]:
+        """Rollups of one device whose hour starts in [since_ms, until_ms] (either bound
+        optional), by hour then sensor; the newest `limit` hours."""
+
+    async def prune_readings(self, arrived_before_ms: int, limit: int) -> int:
+        """Delete up to about `limit` raw readings that arrived before the time and are
+        already rolled up (never one that is not); returns how many."""
+
+    async def prune_rollups(self, hour_before_ms: int) -> int:
+        """Delete the rollups of hours that start before the time; returns how many."""
+
+    async def prune_presence(self, before_ms: int, limit: int) -> int:
+        """Delete up to `limit` presence transitions older than the time, except each
+        device's newest (the state it is in); returns how many."""
+
+    async def history_usage(self) -> HistoryUsage:
+        """Rows held: raw readings, rollups, presence transitions."""
 
 
 class IdentityStore(Protocol):

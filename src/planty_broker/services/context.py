@@ -22,6 +22,7 @@ from planty_broker.services.credentials.provisioning import ProvisioningService
 from planty_broker.services.credentials.service import CredentialService
 from planty_broker.services.events import EventService
 from planty_broker.services.firmware.service import FirmwareService
+from planty_broker.services.history import HistoryService
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry
@@ -45,6 +46,7 @@ class Services:
     started_ms: int = 0
     stats: StatsService | None = None  # None with [stats] enabled = false
     events: EventService | None = None
+    history: HistoryService | None = None
     commands: CommandService | None = None
     rules: RulesService | None = None  # None with [rules] enabled = false
     tokens: TokenService | None = None

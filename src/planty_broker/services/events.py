@@ -1,10 +1,17 @@
 """The event log, device-to-server half of the message queue: read by cursor, kept until
-confirmed or until retention (age, size) drops it, and a drop is counted, never silent.
+confirmed, and a drop is counted, never silent.
 
 Readings, presence transitions and command transitions are appended by the store in
-the same transaction as the row they describe. Device errors (bus `DeviceError`)
-are appended here in batches. Readers (`GET /events`, the SSE stream) wait on
-`wait_new`, woken after commits; a slow poll covers appends nobody announced.
+the same transaction as the row they describe. Device errors (bus `DeviceError`) are
+coalesced per device and kind (`device_errors`) and appended here in batches. Readers
+(`GET /events`, the SSE stream) wait on `wait_new`, woken after commits; a slow poll
+covers appends nobody announced.
+
+Retention waits for consumers: with named consumers, only what all of them confirmed
+goes, unless a consumer falls further behind than `unconfirmed_max_age_s` /
+`unconfirmed_max_rows` (the disk bound); without consumers, `retention_max_age_s` /
+`retention_max_rows`. Security events (`credential`) are kept `security_keep_days`
+whatever goes around them.
 """
 
 from __future__ import annotations
@@ -16,18 +23,30 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from planty_broker.config import EventSettings
-from planty_broker.domain.events import Consumer, Event, EventType, LogBounds, NewEvent, PruneResult
+from planty_broker.domain.events import (
+    SECURITY_EVENT_TYPES,
+    Consumer,
+    Event,
+    KeepRule,
+    LogBounds,
+    NewEvent,
+    PruneResult,
+)
 from planty_broker.errors import PlantyError
 from planty_broker.ports.store import EventStore
 from planty_broker.services.bus import Bus, DeviceError, PresenceChanged, ReadingStored
 from planty_broker.services.commands.outbox import CommandChanged
+from planty_broker.services.device_errors import ErrorCoalescer
 from planty_broker.services.registry import now_ms
 from planty_broker.services.writer import BatchWriter
+from planty_broker.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 PRUNE_CHUNK = 10_000  # ids per delete transaction: other writers never wait long
 POLL_S = 1.0  # readers re-check at least this often
+DAY_MS = 86_400_000
+MAX_PENDING_ERRORS = 10_000  # device-error events waiting for the store; then windows count
 
 
 class CursorError(PlantyError, ValueError):
@@ -56,6 +75,17 @@ def _noop() -> None:
     return None
 
 
+def _through(settings: EventSettings, bounds: LogBounds, cursors: list[int], id_old: int) -> int:
+    """How far the prefix retention may delete: what every consumer confirmed, unless one is
+    further behind than the unconfirmed limits; without consumers, the plain limits.
+    `id_old`: the newest event older than the age limit that applies."""
+    if cursors:
+        most = max(min(cursors), id_old, bounds.last_id - settings.unconfirmed_max_rows)
+    else:
+        most = max(id_old, bounds.last_id - settings.retention_max_rows)
+    return min(most, bounds.last_id)
+
+
 class EventService:
     """Appends device errors, wakes readers, confirms consumers, applies retention."""
 
@@ -79,32 +109,45 @@ class EventService:
             name="events",
             after_commit=lambda _items: self.notify(),
         )
-        self._task: asyncio.Task[None] | None = None
+        self.errors = ErrorCoalescer(
+            self._append_error,
+            every_ms=int(settings.error_every_s * 1000),
+            max_keys=settings.error_keys_max,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
         self.last_prune: PruneResult | None = None
         self.pruned_total = 0
-        bus.subscribe(DeviceError, self._on_error)
+        bus.subscribe(DeviceError, self.errors.add)
         bus.subscribe(ReadingStored, lambda _e: self.notify())
         bus.subscribe(CommandChanged, lambda _e: self.notify())
         bus.subscribe(PresenceChanged, lambda _e: self.notify())
 
     async def start(self) -> None:
         await self.writer.start()
-        self._task = asyncio.create_task(self._prune_loop(), name="events-retention")
+        self._tasks = [
+            asyncio.create_task(self._prune_loop(), name="events-retention"),
+            asyncio.create_task(self._errors_loop(), name="events-device-errors"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._tasks)
+        self._tasks = []
+        self.errors.tick(self._clock() + int(self.settings.error_every_s * 1000))  # the counts
         await self.writer.stop()
 
     # ------------------------------------------------------------ appending
 
-    def _on_error(self, e: DeviceError) -> None:
-        data = {"kind": e.kind, "message": e.message}
-        self.writer.submit(
-            NewEvent(e.at_ms, EventType.DEVICE_ERROR.value, e.device_id, data), _noop
-        )
+    def _append_error(self, event: NewEvent) -> bool:
+        if self.writer.pending() >= MAX_PENDING_ERRORS:
+            return False  # the store is behind: the coalescer keeps counting instead
+        self.writer.submit(event, _noop)
+        return True
+
+    async def _errors_loop(self) -> None:
+        step_s = min(1.0, self.settings.error_every_s / 4)
+        while True:
+            await asyncio.sleep(step_s)
+            self.errors.tick(self._clock())
 
     def notify(self) -> None:
         """Something was appended: wake every waiting reader."""
@@ -125,8 +168,8 @@ class EventService:
     async def read(self, after: int, limit: int, types: Sequence[str] | None = None) -> EventPage:
         """Events with id > after (oldest first); `missed_through` tells of retention gaps."""
         bounds = await self._store.event_bounds()
-        start = max(after, bounds.pruned_through)
-        events = await self._store.read_events(start, limit, types)
+        # from `after`, not from the cut: security events older than the cut are still there
+        events = await self._store.read_events(after, limit, types)
         return EventPage(events, bounds, after)
 
     async def bounds(self) -> LogBounds:
@@ -164,26 +207,24 @@ class EventService:
     # ------------------------------------------------------------ retention
 
     async def prune_once(self) -> PruneResult | None:
-        """One retention pass: confirmed-by-all, older than the age limit, beyond the size."""
+        """One retention pass (see the module docstring); returns what it deleted."""
         s = self.settings
         bounds = await self._store.event_bounds()
         if bounds.first_id is None:
             return None
-        consumers = await self._store.list_consumers()
-        targets = [
-            await self._store.event_id_before(self._clock() - int(s.retention_max_age_s * 1000)),
-            bounds.last_id - s.retention_max_rows,
-        ]
-        if consumers:
-            targets.append(min(c.cursor for c in consumers))
-        through = min(max(targets), bounds.last_id)
-        if through < bounds.first_id:
-            return None
-        total = PruneResult(0, through, {}, 0)
-        lo = bounds.first_id
+        now = self._clock()
+        cursors = [c.cursor for c in await self._store.list_consumers()]
+        age_s = s.unconfirmed_max_age_s if cursors else s.retention_max_age_s
+        id_old = await self._store.event_id_before(now - int(age_s * 1000))
+        through = _through(s, bounds, cursors, id_old)
+        keep = KeepRule(SECURITY_EVENT_TYPES, now - int(s.security_keep_days * DAY_MS))
+        lo = max(bounds.first_id, bounds.pruned_through + 1)
+        total = PruneResult(0, bounds.pruned_through, {}, 0)
+        if through < lo and bounds.pruned_through:  # kept security events may have expired
+            total = await self._store.prune_events(bounds.pruned_through, keep)
         while lo <= through:
             step = min(through, lo + PRUNE_CHUNK - 1)
-            r = await self._store.prune_events(step)
+            r = await self._store.prune_events(step, keep)
             dropped = dict(total.dropped_by_consumer)
             for name, n in r.dropped_by_consumer.items():
                 dropped[name] = dropped.get(name, 0) + n
@@ -196,8 +237,8 @@ class EventService:
         if total.unconfirmed:
             log.warning(
                 "event log retention deleted %d event(s) not yet confirmed by every consumer "
-                "(%s); raise events.retention_max_age_s / retention_max_rows or let the "
-                "consumers catch up",
+                "(%s): a consumer is more than events.unconfirmed_max_age_s / "
+                "unconfirmed_max_rows behind; let it catch up or delete it",
                 total.unconfirmed,
                 ", ".join(f"{k}: {v}" for k, v in sorted(total.dropped_by_consumer.items())),
             )

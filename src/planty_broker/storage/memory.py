@@ -23,11 +23,13 @@ from planty_broker.ports.store import (
     CommandStore,
     DeviceExistsError,
     EventStore,
+    HistoryStore,
     RuleStore,
     Store,
     StoreUnavailableError,
 )
 from planty_broker.storage.memory_firmware import MemoryFirmwareMixin
+from planty_broker.storage.memory_history import MemoryHistoryMixin
 from planty_broker.storage.memory_queue import MemoryQueueMixin
 from planty_broker.storage.memory_rules import MemoryRulesMixin
 
@@ -52,12 +54,12 @@ def _in_range(t: int, since_ms: int | None, until_ms: int | None) -> bool:
     return (since_ms is None or t >= since_ms) and (until_ms is None or t <= until_ms)
 
 
-class MemoryStore(MemoryQueueMixin, MemoryRulesMixin, MemoryFirmwareMixin):
+class MemoryStore(MemoryQueueMixin, MemoryRulesMixin, MemoryFirmwareMixin, MemoryHistoryMixin):
     """The `Store` port in dictionaries; an async context manager (open/close).
 
     The command outbox and the event log come from `MemoryQueueMixin`, the threshold
     rules and their history from `MemoryRulesMixin`, firmware releases and rollouts from
-    `MemoryFirmwareMixin`.
+    `MemoryFirmwareMixin`, the long-term history of readings from `MemoryHistoryMixin`.
     """
 
     def __init__(self) -> None:
@@ -116,6 +118,7 @@ class MemoryStore(MemoryQueueMixin, MemoryRulesMixin, MemoryFirmwareMixin):
         self._readings.pop(device_id, None)
         self._presence.pop(device_id, None)
         self._forget_device_commands(device_id)
+        self._forget_device_history(device_id)
         return self._devices.pop(device_id, None) is not None
 
     # telemetry ----------------------------------------------------------------
@@ -204,3 +207,4 @@ if TYPE_CHECKING:
     _commands_check: CommandStore = MemoryStore()
     _events_check: EventStore = MemoryStore()
     _rules_check: RuleStore = MemoryStore()
+    _history_check: HistoryStore = MemoryStore()

@@ -23,7 +23,14 @@ from planty_broker.domain.commands import (
     CommandTransition,
     event_data,
 )
-from planty_broker.domain.events import Consumer, Event, LogBounds, NewEvent, PruneResult
+from planty_broker.domain.events import (
+    Consumer,
+    Event,
+    KeepRule,
+    LogBounds,
+    NewEvent,
+    PruneResult,
+)
 from planty_broker.domain.models import DeviceRecord
 
 
@@ -119,11 +126,15 @@ class MemoryQueueMixin:
         self._check()
         return self._q.consumers.pop(name, None) is not None
 
-    async def prune_events(self, through_id: int) -> PruneResult:
+    async def prune_events(self, through_id: int, keep: KeepRule | None = None) -> PruneResult:
         self._check()
         q = self._q
-        cut = bisect.bisect_right(q.events, through_id, key=lambda e: e.id)
-        gone, q.events = q.events[:cut], q.events[cut:]
+
+        def spared(e: Event) -> bool:
+            return keep is not None and e.type in keep.types and e.at_ms >= keep.after_ms
+
+        gone = [e for e in q.events if e.id <= through_id and not spared(e)]
+        q.events = [e for e in q.events if e.id > through_id or spared(e)]
         dropped: dict[str, int] = {}
         for name, c in q.consumers.items():
             n = sum(1 for e in gone if e.id > c.cursor)

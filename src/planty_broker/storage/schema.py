@@ -8,7 +8,13 @@ migration on the previous one.
 
 from __future__ import annotations
 
-from planty_broker.storage import schema_firmware, schema_identity, schema_queue, schema_rules
+from planty_broker.storage import (
+    schema_firmware,
+    schema_history,
+    schema_identity,
+    schema_queue,
+    schema_rules,
+)
 from planty_broker.storage.schema_core import devices, meta, metadata, presence, readings
 
 FEATURE_TABLES = (
@@ -16,6 +22,7 @@ FEATURE_TABLES = (
     schema_queue,
     schema_rules,
     schema_firmware,
+    schema_history,
 )  # defined on `metadata` on import
 
 __all__ = ["FEATURE_TABLES", "devices", "meta", "metadata", "presence", "readings"]

@@ -32,6 +32,7 @@ from planty_broker.ports.store import (
     CommandStore,
     DeviceExistsError,
     EventStore,
+    HistoryStore,
     RuleStore,
     Store,
     StoreConfigError,
@@ -52,18 +53,22 @@ from planty_broker.storage.sql_events import (
     reading_event_params,
 )
 from planty_broker.storage.sql_firmware import SqlFirmwareMixin
+from planty_broker.storage.sql_history import SqlHistoryMixin
 from planty_broker.storage.sql_rules import SqlRulesMixin
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin):
+class SqlStore(
+    SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin, SqlHistoryMixin
+):
     """The `Store` port on SQLite or PostgreSQL; an async context manager (open/close).
 
     The command outbox and the event log (`CommandStore`, `EventStore`) come from the mixins,
-    and so do the threshold rules and their history (`RuleStore`) and the firmware
-    releases and rollouts (`FirmwareStore`).
+    and so do the threshold rules and their history (`RuleStore`), the firmware releases
+    and rollouts (`FirmwareStore`) and the long-term history of readings with the retention
+    of raw data (`HistoryStore`).
     """
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
@@ -375,3 +380,4 @@ if TYPE_CHECKING:
     _commands_check: CommandStore = SqlStore("sqlite://")
     _events_check: EventStore = SqlStore("sqlite://")
     _rules_check: RuleStore = SqlStore("sqlite://")
+    _history_check: HistoryStore = SqlStore("sqlite://")

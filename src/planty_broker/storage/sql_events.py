@@ -14,10 +14,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Dialect
 
-from planty_broker.domain.events import Consumer, Event, LogBounds, NewEvent, PruneResult
+from planty_broker.domain.events import (
+    Consumer,
+    Event,
+    KeepRule,
+    LogBounds,
+    NewEvent,
+    PruneResult,
+)
 from planty_broker.domain.models import PresenceTransition, Reading
 from planty_broker.storage.schema_core import meta
 from planty_broker.storage.schema_queue import event_consumers, events
@@ -93,9 +100,13 @@ def bounds(conn: Connection) -> LogBounds:
     )
 
 
-def prune(conn: Connection, through_id: int) -> PruneResult:
-    """Delete ids <= through_id; add each consumer's unconfirmed losses to its `dropped`."""
+def prune(conn: Connection, through_id: int, keep: KeepRule | None = None) -> PruneResult:
+    """Delete ids <= through_id but those `keep` spares (older spared ones go once they are
+    past it); add each consumer's unconfirmed losses to its `dropped`."""
     c = events.c
+    doomed: ColumnElement[bool] = c.id <= through_id
+    if keep is not None and keep.types:
+        doomed = and_(doomed, or_(c.type.not_in(keep.types), c.at_ms < keep.after_ms))
     dropped: dict[str, int] = {}
     consumers = conn.execute(
         select(event_consumers.c.name, event_consumers.c.cursor).where(
@@ -106,10 +117,10 @@ def prune(conn: Connection, through_id: int) -> PruneResult:
     unconfirmed = 0
     if lowest is not None:
         unconfirmed = conn.execute(
-            select(func.count()).where(c.id > lowest, c.id <= through_id)
+            select(func.count()).where(doomed, c.id > lowest)
         ).scalar_one()
     for name, cursor in consumers:
-        n = conn.execute(select(func.count()).where(c.id > cursor, c.id <= through_id)).scalar_one()
+        n = conn.execute(select(func.count()).where(doomed, c.id > cursor)).scalar_one()
         if n:
             dropped[name] = n
             conn.execute(
@@ -117,7 +128,7 @@ def prune(conn: Connection, through_id: int) -> PruneResult:
                 .where(event_consumers.c.name == name)
                 .values(dropped=event_consumers.c.dropped + n)
             )
-    deleted = conn.execute(delete(events).where(c.id <= through_id)).rowcount
+    deleted = conn.execute(delete(events).where(doomed)).rowcount
     if through_id > _meta_int(conn, PRUNED_KEY):
         _set_meta_int(conn, PRUNED_KEY, through_id)
     if unconfirmed:
@@ -188,8 +199,10 @@ class SqlEventsMixin:
         count = await self._call(self._in_tx, lambda conn: conn.execute(q).rowcount)
         return bool(count)
 
-    async def prune_events(self, through_id: int) -> PruneResult:
-        result: PruneResult = await self._call(self._in_tx, lambda conn: prune(conn, through_id))
+    async def prune_events(self, through_id: int, keep: KeepRule | None = None) -> PruneResult:
+        result: PruneResult = await self._call(
+            self._in_tx, lambda conn: prune(conn, through_id, keep)
+        )
         return result
 
     async def event_id_before(self, at_ms: int) -> int:

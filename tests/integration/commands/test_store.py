@@ -8,7 +8,7 @@ import pytest
 
 from planty_broker.domain import commands as cmds
 from planty_broker.domain.commands import CommandRecord, CommandState
-from planty_broker.domain.events import NewEvent
+from planty_broker.domain.events import KeepRule, NewEvent
 from planty_broker.domain.models import (
     DeviceRecord,
     PresenceCause,
@@ -136,6 +136,25 @@ async def test_event_log_reads_bounds_consumers_and_prunes(store: Any) -> None:
     await store.prune_events(5)
     await store.append_events([NewEvent(500, "device_error", None, {})])
     assert [e.id for e in await store.read_events(0, 10)] == [6]  # never an id reused
+
+
+async def test_prune_spares_security_events_until_their_own_retention(store: Any) -> None:
+    keep = KeepRule(("credential",), 1_000)
+    await store.append_events(
+        [
+            NewEvent(500, "credential", "d", {"event": "old"}),
+            NewEvent(1_500, "credential", "d", {"event": "new"}),
+            NewEvent(1_600, "device_error", None, {}),
+        ]
+    )
+    await store.set_consumer_cursor("srv", 0, 0)
+    r = await store.prune_events(3, keep)
+    # the old credential event and the error go; the recent credential event stays
+    assert (r.deleted, r.unconfirmed, r.dropped_by_consumer) == (2, 2, {"srv": 2})
+    assert [e.data.get("event") for e in await store.read_events(0, 10)] == ["new"]
+    assert (await store.event_bounds()).pruned_through == 3
+    r = await store.prune_events(3, KeepRule(("credential",), 2_000))  # now it has expired
+    assert r.deleted == 1 and await store.read_events(0, 10) == []
 
 
 async def test_ids_are_not_reused_after_a_full_prune_and_a_reopen(

@@ -113,8 +113,17 @@ async def test_events_stay_until_every_consumer_confirmed() -> None:
         assert [e.id for e in (await svc.read(0, 100)).events] == [9, 10]
 
 
+async def test_plain_retention_waits_for_consumers() -> None:
+    async with service(retention_max_rows=3, retention_max_age_s=60) as (svc, store, _):
+        await fill(store, 10, at=NOW - 120_000)
+        await svc.confirm("slow", 2)
+        r = await svc.prune_once()
+        assert r is not None and (r.through_id, r.unconfirmed) == (2, 0)
+        assert [e.id for e in (await svc.read(0, 100)).events] == list(range(3, 11))
+
+
 async def test_size_retention_drops_unconfirmed_events_and_counts_them() -> None:
-    async with service(retention_max_rows=3) as (svc, store, _):
+    async with service(unconfirmed_max_rows=3) as (svc, store, _):
         await fill(store, 10)
         await svc.confirm("slow", 2)
         r = await svc.prune_once()
@@ -127,6 +136,33 @@ async def test_size_retention_drops_unconfirmed_events_and_counts_them() -> None
         assert bounds.deleted_unconfirmed == 5
         page = await svc.read(2, 100)  # a reader behind the cut is told, not silently skipped
         assert page.missed_through == 7 and [e.id for e in page.events] == [8, 9, 10]
+
+
+async def test_unconfirmed_age_bound_drops_and_counts() -> None:
+    async with service(unconfirmed_max_age_s=60) as (svc, store, _):
+        await fill(store, 3, at=NOW - 120_000)
+        await fill(store, 2, at=NOW - 1_000)
+        await svc.confirm("gone-away", 1)
+        r = await svc.prune_once()
+        assert r is not None and (r.deleted, r.unconfirmed) == (3, 2)
+        assert r.dropped_by_consumer == {"gone-away": 2}
+
+
+async def test_security_events_outlive_the_prefix_retention() -> None:
+    async with service(retention_max_rows=2, security_keep_days=1) as (svc, store, _):
+        await store.append_events([NewEvent(NOW - 1000, "credential", "dev-1", {"event": "x"})])
+        await fill(store, 5)
+        r = await svc.prune_once()
+        assert r is not None and r.deleted == 3
+        # a reader from the start gets the credential event, and is told of the cut
+        page = await svc.read(0, 100)
+        assert [e.id for e in page.events] == [1, 5, 6] and page.missed_through == 4
+        assert (await svc.bounds()).pruned_through == 4
+        # two days on, it has had its own retention
+        await fill(store, 1, at=NOW + 2 * 86_400_000)
+        svc._clock = lambda: NOW + 2 * 86_400_000
+        await svc.prune_once()
+        assert [e.type for e in (await svc.read(0, 100)).events] == ["device_error"] * 2
 
 
 async def test_age_retention() -> None:
