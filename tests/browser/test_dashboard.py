@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import math
+import time
+import uuid
 from typing import Any
 
 import httpx
 import pytest
 
 from planty_broker.app import Gateway
+from planty_broker.domain.history import DAY_MS, RetentionPolicy
+from planty_broker.domain.models import Reading
+from planty_broker.services.history import HistoryService
 from planty_broker.simulator.fleet import Fleet
 from tests.browser.conftest import FLEET_SIZE, log_in, shot
+from tests.integration.core.conftest import ADMIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -111,3 +118,41 @@ async def test_send_a_command_from_the_device_page(
     # the round trips of both commands reach the latency chart
     await page.wait_for_selector("#latency-chart .chart canvas", timeout=10_000)
     await shot(page, "device-command-acked")
+
+
+async def test_long_windows_draw_from_hourly_rollups_after_the_raw_readings_are_gone(
+    page: Any, dash_gateway: Gateway
+) -> None:
+    svc = dash_gateway.services
+    assert svc is not None
+    base = dash_gateway.api_url
+    device_id = f"hist-{uuid.uuid4().hex[:6]}"
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+        assert (await c.post("/api/v1/devices", json={"id": device_id})).status_code == 201
+    now = time.time_ns() // 1_000_000
+    # 25 days of readings, one every 20 minutes, all arrived long ago
+    old = [
+        Reading(device_id, i, t, t, {"temperature": 20 + 5 * math.sin(i / 10), "light": 100.0})
+        for i, t in enumerate(range(now - 25 * DAY_MS, now - DAY_MS, 20 * 60_000))
+    ]
+    await svc.store.append_readings(old)
+    policy = RetentionPolicy(5 * DAY_MS, 400 * DAY_MS, 400 * DAY_MS, rollup_lag_ms=0)
+    await HistoryService(svc.store, policy).run_once()  # type: ignore[arg-type]
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+        raw = await c.get(f"/api/v1/devices/{device_id}/telemetry", params={"limit": 10_000})
+    assert raw.json()["count"] < len(old) / 4  # only the last days are kept raw
+
+    await log_in(page, base, path=f"/dashboard/devices/{device_id}?window=30d")
+    chart = "#readings-charts[data-source=hourly] .chart[data-series=temperature]"
+    await page.wait_for_selector(chart, timeout=15_000)
+    assert int(await page.get_attribute(chart, "data-points") or 0) in (24 * 24, 24 * 24 + 1)
+    assert await page.locator("#readings-charts .chart canvas").count() == 2
+    await shot(page, "device-30d-hourly")
+    await page.click("button.window[data-window='7d']")
+    await page.wait_for_selector("#device h2:has-text('over 7d')")
+    await page.wait_for_function(
+        "document.querySelector(\"#readings-charts .chart[data-series=temperature]\")"
+        "?.dataset.points < 24 * 8"
+    )
+    assert await page.get_attribute("#readings-charts", "data-source") == "hourly"
+    await shot(page, "device-7d-hourly")

@@ -7,13 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from planty_broker.domain.history import DAY_MS, HourlyRollup, hour_of
 from planty_broker.domain.models import DeviceRecord, PresenceState, Reading
 from planty_broker.northbound.api.auth import Scope
 from planty_broker.northbound.api.deps import SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.api.timefmt import iso, parse_time
 from planty_broker.services.context import Services
-from planty_broker.services.registry import DeviceAlreadyExistsError, InvalidDeviceIdError
+from planty_broker.services.registry import DeviceAlreadyExistsError, InvalidDeviceIdError, now_ms
 
 router = APIRouter(tags=["devices"])
 Writer = Depends(require_scope(Scope.SERVER))
@@ -161,3 +162,49 @@ async def telemetry(
         raise ApiError(422, "invalid", str(exc)) from None
     rows = await svc.store.query_readings(device_id, since_ms, until_ms, limit)
     return {"device_id": device_id, "count": len(rows), "readings": [reading_json(r) for r in rows]}
+
+
+def hours_json(rollups: list[HourlyRollup]) -> list[dict[str, Any]]:
+    """Rollups (ordered by hour, then sensor) as one entry per hour."""
+    out: list[dict[str, Any]] = []
+    for r in rollups:
+        if not out or out[-1]["hour_ms"] != r.hour_ms:
+            out.append({"hour": iso(r.hour_ms), "hour_ms": r.hour_ms, "readings": {}})
+        out[-1]["readings"][r.sensor] = {
+            "count": r.count,
+            "min": r.min,
+            "max": r.max,
+            "avg": r.avg,
+            "last": r.last,
+        }
+    return out
+
+
+@router.get("/devices/{device_id}/telemetry/hourly")
+async def telemetry_hourly(
+    device_id: str,
+    svc: SvcDep,
+    since: Annotated[
+        str | None, Query(description="ISO 8601 or unix ms (default: 30 days ago)")
+    ] = None,
+    until: Annotated[str | None, Query(description="ISO 8601 or unix ms, inclusive")] = None,
+    limit: Annotated[int, Query(ge=1, le=20_000, description="the newest hours")] = 24 * 31,
+) -> dict[str, Any]:
+    """Hourly rollups of one device (count, min, max, avg, last per sensor), oldest first.
+
+    Kept `store.rollups_keep_days` (years), long after the raw readings are gone; the
+    current hour is filled in as its readings are rolled up (within about two minutes).
+    """
+    _device(svc, device_id)
+    try:
+        since_ms, until_ms = parse_time(since, "since"), parse_time(until, "until")
+    except ValueError as exc:
+        raise ApiError(422, "invalid", str(exc)) from None
+    if since_ms is None:
+        since_ms = now_ms() - 30 * DAY_MS
+    history = svc.history
+    if history is None:
+        raise ApiError(503, "unavailable", "long-term history is not running on this gateway")
+    rows = await history.hourly(device_id, hour_of(since_ms), until_ms, limit)
+    hours = hours_json(rows)
+    return {"device_id": device_id, "resolution": "hour", "count": len(hours), "hours": hours}

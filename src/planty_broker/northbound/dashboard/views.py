@@ -11,7 +11,8 @@ from planty_broker.domain.stats.windowed import HOUR_MS
 from planty_broker.services.context import Services
 from planty_broker.services.registry import now_ms
 
-WINDOWS = ("1h", "1d", "7d")
+WINDOWS = ("1h", "1d", "7d", "30d")
+STATS_MAX_WINDOW = "7d"  # statistics keep a week; the 30-day view shows readings from rollups
 TIMELINE_WIDTH = 1000  # SVG user units of the presence timeline
 
 
@@ -77,9 +78,15 @@ def window_or_default(window: str | None) -> str:
     return window if window in WINDOWS else "1h"
 
 
+def stats_window(window: str) -> str:
+    """The statistics window shown with a chart window (statistics keep at most a week)."""
+    return STATS_MAX_WINDOW if window == "30d" else window
+
+
 def device_panel(svc: Services, d: DeviceRecord, window: str) -> dict[str, Any]:
     """Presence, vitals, counters, availability and the timeline of one device."""
     now = now_ms()
+    window = stats_window(window)
     wms = parse_window(window)
     stats = svc.stats
     figures = stats.device_stats(d.id, wms, now) if stats is not None else None

@@ -222,7 +222,10 @@
 
   // ------------------------------------------------------------ device page
 
-  const WINDOW_MS = { "1h": 3600e3, "1d": 86400e3, "7d": 7 * 86400e3 };
+  const WINDOW_MS = { "1h": 3600e3, "1d": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
+  // Long windows draw from the hourly rollups (kept for years); statistics keep a week.
+  const HOURLY = new Set(["7d", "30d"]);
+  const statsWindow = (win) => (win === "30d" ? "7d" : win);
 
   function deviceReady() {
     const box = $("device");
@@ -341,14 +344,26 @@
     const box = $("device");
     const deviceId = encodeURIComponent(box.dataset.deviceId);
     const win = box.dataset.window;
-    const since = Date.now() - WINDOW_MS[win];
+    const now = Date.now();
+    const since = now - WINDOW_MS[win];
+    const hourly = HOURLY.has(win);
+    const telemetryUrl = hourly
+      ? `/api/v1/devices/${deviceId}/telemetry/hourly?since=${since}&limit=20000`
+      : `/api/v1/devices/${deviceId}/telemetry?since=${since}&limit=10000`;
+    const sw = statsWindow(win);
     const [tel, stats] = await Promise.all([
-      fetch(`/api/v1/devices/${deviceId}/telemetry?since=${since}&limit=10000`, { headers: auth() }),
-      fetch(`/api/v1/devices/${deviceId}/stats?window=${win}`, { headers: auth() }),
+      fetch(telemetryUrl, { headers: auth() }),
+      fetch(`/api/v1/devices/${deviceId}/stats?window=${sw}`, { headers: auth() }),
     ]);
-    if (tel.ok) readingsCharts((await tel.json()).readings);
     // the whole chosen window on the x axis (uPlot would stretch a lone point over years)
-    if (stats.ok) latencyChart((await stats.json()).latency_series, [since / 1000, Date.now() / 1000]);
+    const range = [since / 1000, now / 1000];
+    if (tel.ok) {
+      const body = await tel.json();
+      if (hourly) hourlyCharts(body.hours, range);
+      else readingsCharts(body.readings);
+    }
+    const statsSince = now - WINDOW_MS[sw];
+    if (stats.ok) latencyChart((await stats.json()).latency_series, [statsSince / 1000, now / 1000]);
   }
 
   function width(el) {
@@ -358,6 +373,7 @@
   function readingsCharts(readings) {
     const holder = $("readings-charts");
     holder.replaceChildren();
+    holder.dataset.source = "raw";
     const names = [...new Set(readings.flatMap((r) => Object.keys(r.readings)))].sort();
     if (!names.length) {
       holder.innerHTML = '<p class="muted">No reading in this window.</p>';
@@ -379,6 +395,45 @@
           axes: [{}, { size: 60 }],
         },
         [xs, ys],
+        div,
+      );
+    }
+  }
+
+  // One chart per sensor from hourly rollups: the average, with the hour's min and max.
+  function hourlyCharts(hours, xRange) {
+    const holder = $("readings-charts");
+    holder.replaceChildren();
+    holder.dataset.source = "hourly";
+    const names = [...new Set(hours.flatMap((h) => Object.keys(h.readings)))].sort();
+    if (!names.length) {
+      holder.innerHTML = '<p class="muted">No reading in this window.</p>';
+      return;
+    }
+    const xs = hours.map((h) => h.hour_ms / 1000);
+    for (const name of names) {
+      const div = document.createElement("div");
+      div.className = "chart";
+      div.dataset.series = name;
+      div.dataset.points = String(hours.filter((h) => name in h.readings).length);
+      holder.append(div);
+      const pick = (key) => hours.map((h) => (name in h.readings ? h.readings[name][key] : null));
+      new uPlot(
+        {
+          title: `${name} (hourly: avg, min, max)`,
+          width: width(holder),
+          height: 160,
+          scales: { x: { time: true, range: xRange } },
+          series: [
+            {},
+            { label: "avg", stroke: "#2f7d4f", width: 1.5, spanGaps: false },
+            { label: "min", stroke: "#9cc5a8", width: 1, spanGaps: false },
+            { label: "max", stroke: "#9cc5a8", width: 1, spanGaps: false },
+          ],
+          bands: [{ series: [3, 2], fill: "rgba(47,125,79,0.12)" }],
+          axes: [{}, { size: 60 }],
+        },
+        [xs, pick("avg"), pick("min"), pick("max")],
         div,
       );
     }
