@@ -170,6 +170,7 @@ class Gateway:
             keepalive_s=s.mqtt.keepalive_s,
             default_interval_s=s.presence.default_interval_s,
             check_every_s=s.presence.check_every_s,
+            max_pending=s.presence.max_pending,
         )
         stats = StatsService(store, bus, registry, presence, s.stats) if s.stats.enabled else None
         ingest = IngestService(
@@ -320,6 +321,7 @@ class Gateway:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            limit_concurrency=s.api.max_connections,
         )
         server = _ApiServer(config)
         self._api_server = server

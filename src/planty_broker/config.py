@@ -42,6 +42,9 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"  # loopback by default; expose through a TLS reverse proxy
     port: Port = 8080  # HTTP API, dashboard and /metrics
+    # Open HTTP connections and event streams at most; beyond, new requests get 503 at once
+    # (each costs memory: a waiting command, an SSE stream).
+    max_connections: PositiveInt = 1000
 
 
 class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

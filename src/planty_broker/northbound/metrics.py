@@ -91,6 +91,7 @@ class GatewayCollector(Collector):
         yield from self._stats()
         yield from self._mqtt()
         yield from self._queue()
+        yield from self._longrun()
 
     # ------------------------------------------------------------ parts
 
@@ -284,6 +285,52 @@ class GatewayCollector(Collector):
                 dropped.add_metric([c.name], c.dropped)
             yield lag
             yield dropped
+
+    def _longrun(self) -> Iterator[Metric]:
+        """Long-term history, retention and what the bounds dropped or folded (issue 12)."""
+        svc = self._svc
+        history = svc.history
+        if history is not None:
+            t = history.totals
+            yield _counter(
+                "planty_history_rolled_up", "Readings folded into hourly rollups", t.rolled_up
+            )
+            deleted = CounterMetricFamily(
+                "planty_history_deleted", "Rows deleted by retention", labels=["kind"]
+            )
+            deleted.add_metric(["readings"], t.readings_deleted)
+            deleted.add_metric(["rollups"], t.rollups_deleted)
+            deleted.add_metric(["presence"], t.presence_deleted)
+            yield deleted
+            yield _counter(
+                "planty_history_failures", "Housekeeping passes that failed", t.failures
+            )
+        events = svc.events
+        if events is not None:
+            e = events.errors
+            errs = CounterMetricFamily(
+                "planty_device_error_events",
+                "Device errors by what became of them in the event log",
+                labels=["outcome"],
+            )
+            errs.add_metric(["seen"], e.errors)
+            errs.add_metric(["events"], e.events)
+            errs.add_metric(["overflow"], e.overflowed)
+            yield errs
+            yield _gauge(
+                "planty_device_error_windows", "(device, kind) error windows held", len(e)
+            )
+        yield _counter(
+            "planty_presence_dropped",
+            "Presence transitions never stored (store down, backlog full)",
+            svc.presence.dropped,
+        )
+        if svc.stats is not None:
+            yield _counter(
+                "planty_presence_history_trimmed",
+                "Presence transitions forgotten early by the per-device bound",
+                svc.stats.history_trimmed,
+            )
 
     async def refresh(self) -> None:
         """Read what only the store knows (event log bounds, consumer cursors) before a scrape."""

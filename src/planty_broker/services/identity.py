@@ -93,12 +93,17 @@ class Identity:
         )
         self.logins = LoginObserver(self.credentials)
         self._logins: asyncio.Queue[LoginEvent] = asyncio.Queue(maxsize=10_000)
+        self.logins_dropped = 0  # login events lost to a full queue (logged)
         self._login_task: asyncio.Task[None] | None = None
         authority.watch_logins(self._on_login)
 
     def _on_login(self, event: LoginEvent) -> None:
-        with contextlib.suppress(asyncio.QueueFull):  # a login storm: counts lost, no more
+        try:
             self._logins.put_nowait(event)
+        except asyncio.QueueFull:  # a login storm: the event is lost, and counted
+            self.logins_dropped += 1
+            if self.logins_dropped % 1000 == 1:
+                log.warning("login events dropped (queue full): %d so far", self.logins_dropped)
 
     async def _login_loop(self) -> None:
         while True:

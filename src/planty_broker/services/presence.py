@@ -28,6 +28,7 @@ from planty_broker.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 HEARTBEAT_KEY = "gateway.heartbeat_ms"
+MAX_PENDING = 100_000  # transitions held while the store cannot take them; then oldest dropped
 HEARTBEAT_EVERY_S = 5.0
 RESTART_GRACE_S = 5.0  # how long retained statuses get to arrive after a (re)start
 
@@ -53,6 +54,7 @@ class PresenceService:
         keepalive_s: float,
         default_interval_s: float,
         check_every_s: float = 1.0,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self._store = store
         self._bus = bus
@@ -62,6 +64,8 @@ class PresenceService:
         self._check_every_s = check_every_s
         self._presence: dict[str, Presence] = {}
         self._pending: list[PresenceTransition] = []
+        self._max_pending = max_pending
+        self.dropped = 0  # transitions never stored: the store was down and the backlog full
         self._flushed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started_ms = 0
@@ -163,6 +167,8 @@ class PresenceService:
         p.state, p.since_ms, p.cause = state, at_ms, cause
         t = PresenceTransition(device_id, state, at_ms, cause)
         self._pending.append(t)
+        if len(self._pending) > self._max_pending:
+            self._drop_oldest()
         log.info(
             "device %s is %s (%s)",
             device_id,
@@ -171,6 +177,20 @@ class PresenceService:
             extra={"device_id": device_id},
         )
         self._bus.publish(PresenceChanged(t, previous.value))
+
+    def _drop_oldest(self) -> None:
+        """The store has been down long enough to fill the backlog: the oldest tenth goes
+        (counted and logged once per drop). The in-memory state stays exact."""
+        n = max(1, self._max_pending // 10)
+        del self._pending[:n]
+        self.dropped += n
+        log.warning(
+            "presence: %d transition(s) dropped, never stored (the store has been unavailable "
+            "for a while and %d are waiting); %d dropped since start",
+            n,
+            len(self._pending),
+            self.dropped,
+        )
 
     def _on_devices_changed(self, event: DevicesChanged) -> None:
         if event.change == "removed":
@@ -185,6 +205,8 @@ class PresenceService:
                 await self._store.append_presence(batch)
             except Exception:
                 self._pending[:0] = batch  # keep them; retried on the next check
+                while len(self._pending) > self._max_pending:
+                    self._drop_oldest()
                 raise
 
     def check(self, at_ms: int) -> None:

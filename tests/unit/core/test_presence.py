@@ -111,3 +111,21 @@ async def test_restart_never_fakes_everyone_online_or_an_outage() -> None:
         PresenceCause.GATEWAY_RESTART,
     )
     assert p.online_count() == 1
+
+
+async def test_transitions_held_while_the_store_is_down_are_bounded_and_counted() -> None:
+    p, store, _ = await make()
+    p._max_pending = 100
+    t0 = p._started_ms
+    await store.close()  # the store is down: nothing can be written
+    for i in range(1_000):  # a flapping device
+        p.on_status("dev-a", i % 2 == 0, 10, t0 + i)
+        if i % 50 == 0:
+            with pytest.raises(Exception, match="not open"):
+                await p.flush()
+    assert len(p._pending) <= 100
+    assert p.dropped >= 900 and p.dropped + len(p._pending) == 1_000
+    await store.open()
+    await p.flush()
+    last = await store.last_presence()
+    assert last["dev-a"].at_ms == t0 + 999  # the newest survive: the state is right

@@ -55,3 +55,31 @@ async def test_a_failing_handler_does_not_stop_the_listener() -> None:
         fs.server_set("c/boom", {})
         fs.server_set("c/fine", {})
         await eventually(lambda: seen == ["fine"], timeout=2)
+
+
+async def test_a_slow_handler_bounds_the_queue_and_reads_the_whole_state_again() -> None:
+    fs = MemoryFirestore()
+    release = asyncio.Event()
+    seen: dict[str, int] = {}
+
+    async def handler(snap: Snapshot) -> None:
+        await release.wait()  # stuck until released: snapshots pile up
+        for ch in snap.changes:
+            if ch.data is not None:
+                seen[ch.doc_id] = ch.data["v"]
+
+    lst = SupervisedListener(
+        fs, "c", handler, collection=True, name="t", check_every_s=0.02, max_queued=5
+    )
+    async with lst:
+        await eventually(lambda: lst.active, timeout=2)
+        for i in range(50):
+            fs.server_set(f"c/d{i % 7}", {"v": i})
+            await asyncio.sleep(0)
+        await eventually(lambda: lst.overflows >= 1, timeout=2)
+        assert lst._queue.qsize() <= 5
+        release.set()
+        # re-attached: the whole current state arrives, nothing was lost
+        want = {f"d{i % 7}": i for i in range(50)}
+        await eventually(lambda: seen == want, timeout=3)
+        assert lst.attaches >= 2

@@ -193,3 +193,18 @@ async def test_device_summary_is_cached() -> None:
     assert r.stats.device_summary("dev-a")["stats"]["rssi"] == -70
     await r.stats.stop()
     await r.presence.stop()
+
+
+async def test_a_device_flapping_all_week_keeps_a_bounded_presence_history(rig: Rig) -> None:
+    from planty_broker.services.stats import service as stats_module
+
+    r = rig
+    bound = stats_module.MAX_TRANSITIONS
+    for i in range(3 * bound):  # one transition a second: far more than the bound
+        r.presence.on_status("dev-a", i % 2 == 0, 10, T0 + i * 1000)
+    h = r.stats.history["dev-a"]
+    assert len(h) <= bound + bound // 10
+    assert r.stats.history_trimmed >= 3 * bound - len(h) - 1
+    # the newest hour is still exact
+    a = h.availability("dev-a", T0 + (3 * bound - 3600) * 1000, T0 + 3 * bound * 1000)
+    assert a.online_ms == a.offline_ms == 1_800_000

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ORIGIN = "firestore"  # command docs mirrored back by the sink
 ORIGIN_INTERNAL = "firestore-config"  # commands the connector sends itself (not mirrored)
 MAX_ERROR = 500
+MAX_SEEN = 50_000  # command document ids remembered (FIFO)
 
 
 def _fingerprint(data: Mapping[str, Any]) -> str:
@@ -89,10 +90,17 @@ class Inbound:
         self._rule_ids: set[str] | None = None  # rules that came from Firestore
         self._thresholds: dict[str, str] = {}
         self._intervals: dict[str, float] = {}
-        self._commands_seen: set[str] = set()
+        # command documents handled (FIFO, at most MAX_SEEN): one forgotten is as after a
+        # restart, where the outbox's own id check keeps a command from running twice
+        self._commands_seen: dict[str, None] = {}
         self._config_seen = ""
         self.applied = 0
         self.refused = 0
+
+    def _seen(self, command_id: str) -> None:
+        self._commands_seen[command_id] = None
+        if len(self._commands_seen) > MAX_SEEN:
+            del self._commands_seen[next(iter(self._commands_seen))]
 
     def _write(self, path: str, data: Mapping[str, Any]) -> None:
         self._buffer.set(path, data)
@@ -268,14 +276,14 @@ class Inbound:
                     origin=ORIGIN,
                     command_id=command_id,
                 )
-                self._commands_seen.add(command_id)
+                self._seen(command_id)
                 self.applied += 1
                 return  # its `queued` event reaches the document through the sink
             except (ValueError, LookupError) as exc:
                 problem = _error(exc)
         if command_id in self._commands_seen:
             return
-        self._commands_seen.add(command_id)
+        self._seen(command_id)
         self.refused += 1
         log.warning("firestore: command %s refused: %s", command_id, problem)
         self._write(path, {"state": "rejected", "error": problem, "updated_at": SERVER_TIME})
@@ -283,7 +291,7 @@ class Inbound:
     async def _cancel(self, command_id: str) -> None:
         if self._commands is None or command_id not in self._commands_seen:
             return
-        self._commands_seen.discard(command_id)
+        self._commands_seen.pop(command_id, None)
         try:
             await self._commands.cancel(command_id)
             log.info("firestore: command %s cancelled (its document was deleted)", command_id)

@@ -6,6 +6,11 @@ in arrival order, so handlers need no locks. A supervisor task re-attaches
 the listener (with backoff) once its stream has died, e.g. after a network
 loss; the fresh listener delivers every document again (as `added`), so
 handlers compare with what they last applied and are idempotent.
+
+The hand-over queue is bounded (`MAX_QUEUED` snapshots): if the handler falls that
+far behind, the queue is emptied, counted in `overflows`, and the listener is
+re-attached, whose first snapshot is the whole current state: nothing is lost,
+memory stays bounded. Snapshots of a detached listener are ignored.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ Handler = Callable[[Snapshot], Awaitable[None]]
 
 CHECK_EVERY_S = 1.0
 MAX_BACKOFF_S = 30.0
+MAX_QUEUED = 1_000
 
 
 class SupervisedListener:
@@ -43,6 +49,7 @@ class SupervisedListener:
         collection: bool,
         name: str,
         check_every_s: float = CHECK_EVERY_S,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         self._port = port
         self.path = path
@@ -53,8 +60,10 @@ class SupervisedListener:
         self._queue: asyncio.Queue[Snapshot] = asyncio.Queue()
         self._listener: Listener | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._max_queued = max_queued
         self.attaches = 0
         self.delivered = 0
+        self.overflows = 0  # times the queue was full: emptied and the listener re-attached
 
     async def __aenter__(self) -> SupervisedListener:
         await self.start()
@@ -84,16 +93,36 @@ class SupervisedListener:
     def active(self) -> bool:
         return self._listener is not None and self._listener.active
 
-    def _on_changes(self, snapshot: Snapshot) -> None:
-        """Called on the library's thread (or inline by the memory fake)."""
-        with contextlib.suppress(RuntimeError):  # the loop is closing
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, snapshot)
+    def _callback(self, generation: int) -> Callable[[Snapshot], None]:
+        def on_changes(snapshot: Snapshot) -> None:
+            """Called on the library's thread (or inline by the memory fake)."""
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self._loop.call_soon_threadsafe(self._enqueue, generation, snapshot)
+
+        return on_changes
+
+    def _enqueue(self, generation: int, snapshot: Snapshot) -> None:
+        if generation != self.attaches or self._listener is None:
+            return  # from a listener detached since: its successor sends the whole state
+        if self._queue.qsize() >= self._max_queued:
+            self.overflows += 1
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            log.warning(
+                "firestore: listener %s fell %d snapshots behind; re-reading the whole state",
+                self.name,
+                self._max_queued,
+            )
+            self._detach()  # the supervisor re-attaches: its first snapshot is complete
+            return
+        self._queue.put_nowait(snapshot)
 
     def _attach(self) -> None:
+        on_changes = self._callback(self.attaches + 1)
         if self._collection:
-            self._listener = self._port.listen_collection(self.path, self._on_changes)
+            self._listener = self._port.listen_collection(self.path, on_changes)
         else:
-            self._listener = self._port.listen_document(self.path, self._on_changes)
+            self._listener = self._port.listen_document(self.path, on_changes)
         self.attaches += 1
 
     def _detach(self) -> None:

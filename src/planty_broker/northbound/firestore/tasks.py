@@ -160,6 +160,7 @@ class Loops:
         c = self._c
         assert c.paths is not None
         assert c.sink is not None
+        self._last_read.pop(device_id, None)
         c.sink.rollups.forget_device(device_id)
         assert c.buffer is not None
         c.buffer.delete(c.paths.device(device_id))

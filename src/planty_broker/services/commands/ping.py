@@ -56,6 +56,9 @@ class RttBook:
     def command_final(self, device_id: str, state: str) -> None:
         return None
 
+    def forget(self, device_id: str) -> None:
+        self.sketches.pop(device_id, None)
+
     def summary(self, device_id: str, window_ms: int, now_ms: int) -> dict[str, Any]:
         return latency_summary(self.sketches.get(device_id) or WindowedSketch(), window_ms, now_ms)
 

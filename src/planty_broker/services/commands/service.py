@@ -23,7 +23,7 @@ from planty_broker.domain.models import Reading
 from planty_broker.ports.link import Publisher
 from planty_broker.ports.store import CommandStore
 from planty_broker.protocol import Ack, ErrorKind, ProtocolError, Topics
-from planty_broker.services.bus import AckReceived, Bus
+from planty_broker.services.bus import AckReceived, Bus, DevicesChanged
 from planty_broker.services.commands.outbox import CommandChanged, Live, Outbox
 from planty_broker.services.commands.ping import PING_PREFIX, RttBook, RttSink
 from planty_broker.services.presence import PresenceService
@@ -53,6 +53,11 @@ class CommandConflictError(cmds.CommandError):
     """A server-chosen id that already names a different command."""
 
 
+def _forget_removed(book: RttBook, event: DevicesChanged) -> None:
+    if event.change == "removed":
+        book.forget(event.device_id)
+
+
 class CommandService:
     """Submit, cancel and follow commands; `handle_ack` is ingest's ack hook."""
 
@@ -76,6 +81,8 @@ class CommandService:
         self.settings = settings
         book = RttBook()
         self.rtt_book = book if stats is None else None
+        if stats is None:  # a removed device's sketches go with it
+            bus.subscribe(DevicesChanged, lambda e: _forget_removed(book, e))
         self._readings = readings
         self._clock = clock
         self.outbox = Outbox(store, bus, registry, presence, topics, settings, stats or book, clock)

@@ -72,6 +72,14 @@ class PresenceHistory:
             self.before = _STATES[self._state[k - 1]]
             del at[:k], self._state[:k], self._cause[:k]
 
+    def keep_newest(self, n: int) -> int:
+        """Forget all but the newest `n` transitions (a device flapping for a week must not
+        grow without bound); returns how many went."""
+        extra = len(self._at) - n
+        if extra > 0:
+            self.trim(self._at[extra - 1])
+        return max(extra, 0)
+
     @property
     def oldest_ms(self) -> int | None:
         return self._at[0] if self._at else None

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 SNAPSHOT_KEY = "stats.snapshot"
 KEEP_HISTORY_MS = WEEK_MS  # the longest availability window
 _TRIM_SLACK_MS = HOUR_MS  # trim a device's history once it holds this much beyond the window
+# A device flapping all week keeps at most this many transitions (~9 bytes each); older
+# time counts in the state they left in force (availability approximate before them).
+MAX_TRANSITIONS = 20_000
 _AWAY_CAUSE = {
     PresenceCause.LAST_WILL: ReconnectCause.LAST_WILL,
     PresenceCause.SILENCE: ReconnectCause.SILENCE,
@@ -72,6 +75,7 @@ class StatsService:
         self._away: dict[str, ReconnectCause] = {}  # devices offline: what ended the session
         self._loaded: set[str] = set()
         self._summaries: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.history_trimmed = 0  # transitions forgotten early by the per-device bound
         self._tasks: list[asyncio.Task[None]] = []
         self.backfilled = asyncio.Event()
         self._started_ms = clock()
@@ -178,6 +182,8 @@ class StatsService:
         oldest = h.oldest_ms
         if oldest is not None and oldest < t.at_ms - KEEP_HISTORY_MS - _TRIM_SLACK_MS:
             h.trim(t.at_ms - KEEP_HISTORY_MS)
+        if len(h) > MAX_TRANSITIONS + MAX_TRANSITIONS // 10:
+            self.history_trimmed += h.keep_newest(MAX_TRANSITIONS)
         if t.state is PresenceState.OFFLINE:
             self._away[t.device_id] = _AWAY_CAUSE.get(t.cause, ReconnectCause.OTHER)
         elif (
@@ -218,6 +224,7 @@ class StatsService:
         h = self.history.setdefault(device_id, PresenceHistory())
         h.load(rows, before)
         h.trim(cutoff)
+        self.history_trimmed += h.keep_newest(MAX_TRANSITIONS)
         self._loaded.add(device_id)
 
     async def _backfill(self) -> None:
