@@ -47,6 +47,7 @@ from planty_broker.services.queue import start_firmware, start_message_queue
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.services.rules.service import start_rules
 from planty_broker.services.stats.service import StatsService
+from planty_broker.storage.backup import lock_data_dir
 from planty_broker.storage.sql import SqlStore
 from planty_broker.storage.sql_identity import SqlIdentityStore
 from planty_broker.transport.mqtt import LinkConfig, MqttConnectError, MqttLink
@@ -142,6 +143,13 @@ class Gateway:
             raise StartupError(
                 f"cannot create the data folder {data_dir}: {exc.strerror}"
             ) from exc
+        lock = lock_data_dir(data_dir)
+        if lock is None:
+            raise StartupError(
+                f"another gateway is running on the data folder {data_dir}; stop it, "
+                "or give this one another --data-dir"
+            )
+        self._stack.callback(lock.close)
         check_port_free(
             s.api.host, s.api.port, "api.port", "pick another with --api-port or PLANTY_API_PORT"
         )

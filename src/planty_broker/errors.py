@@ -50,6 +50,7 @@ PlantyError
 ├── RuleNotFoundError (LookupError)          [services.rules.service]
 ├── RuleExistsError (ValueError)             [services.rules.service]
 ├── CursorError (ValueError)                 [services.events] an event-log cursor
+├── BackupError                              [storage.backup] a backup or restore refused
 ├── ReleaseError (ValueError)                [domain.firmware] a release that cannot be stored
 ├── RolloutError (ValueError)                [domain.firmware] a rollout request or action refused
 │   └── RolloutNotFoundError, ReleaseNotFoundError (LookupError) [services.firmware.engine]

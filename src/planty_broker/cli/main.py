@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from planty_broker.cli import identity, status
+from planty_broker.cli import backup, identity, status
 from planty_broker.cli.client import ApiClient, ConfigOpt, DataDirOpt, UrlOpt, fail, settings_from
 from planty_broker.cli.commands import commands_app, events_app
 from planty_broker.cli.devices import devices_app
@@ -130,6 +130,8 @@ app.add_typer(firmware_app, name="firmware")
 app.command()(identity.pair)
 app.command()(identity.unpair)
 app.command()(status.status)
+app.command()(backup.backup)
+app.command()(backup.restore)
 
 
 def main() -> None:
