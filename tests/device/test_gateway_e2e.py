@@ -289,7 +289,10 @@ async def test_ten_second_cut_every_reading_reaches_the_api_in_order_once(
     assert gone["presence"]["cause"] == "last_will"
     assert back["presence"]["cause"] in ("status_online", "message")
     assert stored_during == sent_before  # nothing got through while the link was down
-    assert kept >= 25  # ~33 readings were taken during the 10 s
+    # ~33 readings are taken in the 10 s; on a loaded 2-core machine the device's thread gets
+    # fewer turns (23 seen once), so ask for a real pile-up, not a rate: that nothing of it is
+    # lost is what the checks below prove (dropped 0, every seq once, in order)
+    assert kept >= 15
     assert dev.dropped == 0
     seqs = [t["seq"] for t in tele]
     assert seqs == list(range(published))  # all of them, in order, none twice
