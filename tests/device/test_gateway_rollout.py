@@ -276,3 +276,34 @@ async def test_the_cli_adds_the_device_folder_as_a_release_and_rolls_it_out(
     events = [e for e in await _firmware_events(api) if e["data"].get("rollout") == int(rid)]
     actions = [e["data"]["action"] for e in events if "action" in e["data"]]
     assert actions == ["rollout_started", "pause", "abort"]
+
+
+async def test_a_wave_of_vm_boards_whose_release_crashes_halts_the_rollout(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The same halt with the device code in the real MicroPython VM: boot.py's guard there."""
+    if node() is None:
+        pytest.skip("node is not installed: the MicroPython VM runs on Node")
+    devices = await _register(api, 4, "vmhalt")
+    ids = [d["id"] for d in devices]
+    m = devices[0]["mqtt"]
+    version = await _add_release(
+        api, "6.0.0-bad", body="raise ImportError('no module named ds18x20')", kb=2
+    )
+    async with VmFleet(
+        tmp_path, m["host"], m["port"], m["ca_pem"], [(d["id"], d["token"]) for d in devices]
+    ) as vm:
+        await _all_take_updates(api, ids)
+        r = await api.post(f"/firmware/{version}/rollouts", json={"devices": ids, "first_wave": 1})
+        rid = r.json()["id"]
+        halted = await _rollout_until(api, rid, lambda b: b["state"] == "halted", 120)
+        assert halted["reason"] == "wave 1: 1 of 1 failed or rolled back (more than 20%)"
+        assert halted["counts"] == {"rolled_back": 1, "pending": 3}
+        (first,) = [t for t in halted["targets"] if t["wave"] == 1]
+        assert first["reason"] == "not online after 2 boots"
+    crashed = [b for b in vm.result["boards"] if b["crashes"]]
+    assert [b["id"] for b in crashed] == [first["device_id"]]
+    assert len(crashed[0]["crashes"]) == 2 and "ds18x20" in crashed[0]["crashes"][0]
+    assert all(b["fw"] == "1.0.0" for b in vm.result["boards"])
+    r = await api.post(f"/rollouts/{rid}/abort")
+    assert r.json()["counts"] == {"rolled_back": 1, "failed": 3}
