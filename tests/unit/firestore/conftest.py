@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 2.0) -> Any:
-    """Poll `check` until truthy; fail with its last value."""
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll `check` until truthy; fail with its last value (generous: a loaded 2-core CI
+    machine once took over 2 s for a heartbeat; a pass returns at once)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
