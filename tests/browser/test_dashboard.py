@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from typing import Any
@@ -78,7 +79,10 @@ async def test_device_page_charts_timeline_and_windows(
     await page.wait_for_selector("#readings-charts .chart[data-series=temperature]", timeout=15_000)
     assert await page.locator("#readings-charts .chart canvas").count() >= 3
     assert await page.locator("svg.timeline rect.online").count() >= 1
-    assert await page.text_content("#device h2") == "Presence over 1h: 100.0% online"
+    # 100.0 %, or a blip of lateness when a loaded CI machine delays a 1 s reading (99.9 %
+    # once, at load average 8): the page's headline is what is checked here
+    headline = await page.text_content("#device h2") or ""
+    assert re.fullmatch(r"Presence over 1h: (100\.0|99\.\d)% online", headline), headline
     # buttons for what the device declared
     for action in ("read", "ping", "pump.on", "pump.off", "lamp.on", "lamp.off"):
         assert await page.locator(f"#actions button[data-action='{action}']").count() == 1
