@@ -354,6 +354,7 @@ class Gateway:
         say = self._announce
         say(f"Planty Broker {__version__} is running (broker id {svc.broker_id})")
         say(f"  data folder:   {s.data_dir}")
+        say(f"  dashboard:     {self.api_url}/dashboard")
         say(f"  HTTP API:      {self.api_url}/api/v1   docs: {self.api_url}/docs")
         if self._token_file:
             say(f"  admin token:   in {self._token_file} (mode 0600)")
@@ -364,6 +365,8 @@ class Gateway:
             f"  devices MQTT:  {'mqtts' if e.tls else 'mqtt'}://{e.host}:{e.port}"
             f"  ({len(svc.registry)} registered)"
         )
+        if e.x509_port:
+            say(f"  X.509 devices: mqtts://{e.host}:{e.x509_port}")
         if self.identity is not None:
             for line in self.identity.announcement(show_code=self._show_secrets):
                 say(line)

@@ -57,8 +57,9 @@ class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bind: str = "0.0.0.0"  # noqa: S104 - devices connect over the network; TLS + auth
     port: Port = 8883  # devices connect here over TLS
     public_host: str = ""  # host name devices use; empty: this machine's host name
-    # Loopback-only listener for the gateway's own privileged connection.
-    internal_port: Port = 18830
+    # Loopback-only listener for the gateway's own privileged connection; 0: a free port
+    # picked on the first start and recorded in the data folder (ports.json).
+    internal_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     mosquitto_bin: str = "mosquitto"  # the Mosquitto binary (name on PATH or a path)
     # Plaintext device listener, only on loopback and only when asked (0 = none).
     plaintext_loopback_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
@@ -73,16 +74,11 @@ class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # session's backlog, so a gateway restart under load would lose readings.
     max_queued_messages: PositiveInt = 1_000_000
     # Devices with an X.509 client certificate (CN = device id) log in on this TLS listener
-    # (docs/security.md); 0 = mqtt.port + 1. `x509 = false` opens no such listener.
+    # (docs/security.md). `x509 = false` opens no such listener.
     x509: bool = True
+    # 0: a free port picked on the first start and recorded in the data folder (ports.json);
+    # set it when a firewall must know the port.
     x509_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
-
-    @property
-    def x509_effective_port(self) -> int:
-        """The X.509 listener's port, 0 when there is none."""
-        if not self.x509:
-            return 0
-        return self.x509_port or self.port + 1
 
 
 class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -354,14 +350,13 @@ def _check(s: Settings) -> None:
         raise ConfigError("config: api.port: must differ from mqtt.port and mqtt.internal_port")
     if s.supervised_mqtt and s.mqtt.port == s.mqtt.internal_port:
         raise ConfigError("config: mqtt.internal_port: must differ from mqtt.port")
-    x509_port = s.mqtt.x509_effective_port
+    x509_port = s.mqtt.x509_port if s.mqtt.x509 else 0
     if (
         s.supervised_mqtt
         and x509_port
         and (
             x509_port in (s.mqtt.port, s.mqtt.internal_port, s.api.port)
             or x509_port == s.mqtt.plaintext_loopback_port
-            or x509_port > 65535
         )
     ):
         raise ConfigError(

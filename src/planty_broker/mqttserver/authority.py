@@ -32,6 +32,7 @@ from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
 from planty_broker.mqttserver.login_watch import LoginAccepted, LoginLogParser, LogTail
 from planty_broker.mqttserver.passwords import hash_token, new_token, verify_token
 from planty_broker.mqttserver.pki import cert_info, issue_client_cert
+from planty_broker.mqttserver.ports import resolve_ports
 from planty_broker.mqttserver.probe import CONNACK_ACCEPTED, mqtt_connect
 from planty_broker.mqttserver.supervisor import MosquittoSupervisor
 from planty_broker.ports.device_authority import (
@@ -91,8 +92,8 @@ class MosquittoAuthority:
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
-        layout = self._layout
-        layout.data_dir.mkdir(parents=True, exist_ok=True)
+        self._layout.data_dir.mkdir(parents=True, exist_ok=True)
+        self._layout = layout = await asyncio.to_thread(resolve_ports, self._layout)
         self._claim_secret = load_or_create_secret(layout.data_dir / CLAIM_SECRET_FILE)
         wanted = self._source()
         accounts = [MqttAccount(a.username, "", a.grants) for a in wanted.accounts]

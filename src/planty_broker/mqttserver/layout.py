@@ -51,10 +51,11 @@ class MosquittoLayout:
 
     data_dir: Path
     port: int  # device TLS listener
-    internal_port: int  # loopback plaintext listener for the gateway's own connection
+    internal_port: int  # loopback plaintext listener for the gateway's own connection; 0: pick
     bind: str = "0.0.0.0"  # noqa: S104 - device listener; TLS + auth
     plaintext_loopback_port: int = 0  # 0: no plaintext device listener
-    x509_port: int = 0  # 0: no X.509 client-certificate listener for devices
+    x509_port: int = 0  # 0: no X.509 client-certificate listener for devices (or pick_x509)
+    pick_x509: bool = False  # an X.509 listener on a port picked and recorded (ports.py)
     public_host: str = "localhost"  # the host name devices use (first SAN of the cert)
     extra_hostnames: tuple[str, ...] = ()
     topic_prefix: str = "planty/v1"
@@ -77,7 +78,8 @@ class MosquittoLayout:
             internal_port=m.internal_port,
             bind=m.bind,
             plaintext_loopback_port=m.plaintext_loopback_port,
-            x509_port=m.x509_effective_port,
+            x509_port=m.x509_port if m.x509 else 0,
+            pick_x509=m.x509 and not m.x509_port,
             public_host=public,
             extra_hostnames=extra,
             topic_prefix=m.topic_prefix,

@@ -38,6 +38,7 @@ from planty_broker.mqttserver.layout import (
 )
 from planty_broker.mqttserver.passwords import hash_token, new_token
 from planty_broker.mqttserver.pki import Pki, build_crl, ensure_pki
+from planty_broker.mqttserver.ports import resolve_ports
 from planty_broker.mqttserver.probe import CONNACK_ACCEPTED, mqtt_connect
 from planty_broker.mqttserver.process import MosquittoProcess
 
@@ -160,6 +161,7 @@ class MosquittoSupervisor:
 
     async def __aenter__(self) -> Self:
         self._binary = process.find_mosquitto(self._layout.mosquitto_bin)
+        self._layout = await asyncio.to_thread(resolve_ports, self._layout)
         await asyncio.to_thread(self._prepare)
         self._devices = dict(await self._users_provider())
         if self._crl_provider is not None:
