@@ -92,10 +92,15 @@ class OtaSupport(msgspec.Struct, frozen=True, omit_defaults=True):
     last: OtaLast | None = None
 
 
+SHUTDOWN_REASON = "shutdown"
+
+
 class Status(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Retained `status`: `{"online": false}` is the last will; the rest is optional."""
+    """Retained `status`: `{"online": false}` is the last will, `{"online": false, "reason":
+    "shutdown"}` a clean goodbye; the rest is optional."""
 
     online: bool
+    reason: str | None = None
     fw: str | None = None
     boot: int | None = None
     sensors: tuple[str, ...] = ()
@@ -272,6 +277,11 @@ def encode(msg: Status | Telemetry | Command | Ack) -> bytes:
 def offline_will() -> bytes:
     """The retained last will every device sets at CONNECT."""
     return encode(Status(online=False))
+
+
+def goodbye() -> bytes:
+    """The retained status a device publishes itself before a clean shutdown."""
+    return encode(Status(online=False, reason=SHUTDOWN_REASON))
 
 
 def split_action(action: str) -> tuple[str | None, str]:

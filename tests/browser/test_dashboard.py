@@ -160,3 +160,63 @@ async def test_long_windows_draw_from_hourly_rollups_after_the_raw_readings_are_
     )
     assert await page.get_attribute("#readings-charts", "data-source") == "hourly"
     await shot(page, "device-7d-hourly")
+
+
+async def test_presence_states_never_seen_clean_offline_and_what_unknown_time_means(
+    page: Any, dash_gateway: Gateway, fleet: Fleet
+) -> None:
+    """A device never connected is shown apart and not counted; a goodbye is a clean offline
+    (not last_will); the device page says how its availability figure is computed."""
+    from tests.integration.core.conftest import RawDevice
+
+    base = dash_gateway.api_url
+    never_id, bye_id = f"never-{uuid.uuid4().hex[:6]}", f"bye-{uuid.uuid4().hex[:6]}"
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}) as api:
+        assert (await api.post("/api/v1/devices", json={"id": never_id})).status_code in (200, 201)
+        creds = (await api.post("/api/v1/devices", json={"id": bye_id})).json()
+    bye = RawDevice(bye_id, creds["token"], {**creds["mqtt"], "host": "localhost"})
+    await bye.connect()
+    bye.publish("status", b'{"online": true, "interval_s": 60}', retain=True)
+    try:
+        await log_in(page, base)
+        await page.wait_for_selector(f"#row-{never_id}[data-state=never_seen]", timeout=15_000)
+        assert (await page.text_content(f"#row-{never_id} .badge") or "").strip() == "never seen"
+        assert "not counted" in (await page.text_content(f"#row-{never_id}") or "")
+        assert int(await page.text_content("#count-never-seen") or "0") >= 1
+        # shown apart: after every device that has been seen
+        states = await page.eval_on_selector_all(
+            "#fleet-rows tr[data-state]", "rows => rows.map(r => r.dataset.state)"
+        )
+        assert states.index("never_seen") > max(
+            i for i, s in enumerate(states) if s != "never_seen"
+        )
+        # the round-trip p99 comes with its sample count and maximum
+        assert "max" in (await page.text_content("#fleet-latency-n") or "")
+
+        await page.wait_for_selector(f"#row-{bye_id}[data-state=online]", timeout=15_000)
+        bye.publish("status", b'{"online": false, "reason": "shutdown"}', retain=True)
+        await page.wait_for_selector(f"#row-{bye_id}[data-state=offline]", timeout=15_000)
+        row_text = await page.text_content(f"#row-{bye_id}") or ""
+        assert "shutdown" in row_text and "last_will" not in row_text
+        await shot(page, "presence-states")
+
+        await page.goto(f"{base}/dashboard/devices/{never_id}")
+        await page.wait_for_selector("#availability-note")
+        assert "Never seen" in (await page.text_content("#availability-note") or "")
+        assert (await page.text_content("#presence") or "").strip() == "never seen"
+
+        dev = fleet.devices[0]
+        await page.goto(f"{base}/dashboard/devices/{dev.device_id}")
+        note = await page.wait_for_selector("#availability-note")
+        text = (await note.text_content()) or ""
+        assert "online time / (online + late + offline time)" in text, text
+        # a round trip the outbox would report: the page shows its count and maximum
+        assert dash_gateway.services.stats is not None
+        dash_gateway.services.stats.record_rtt(dev.device_id, 4743.0)
+        await page.reload()
+        await page.wait_for_selector("#latency-count")
+        assert int((await page.text_content("#latency-count") or "0").strip()) >= 1
+        assert (await page.text_content("#latency-max") or "").strip() == "4743 ms"
+        await shot(page, "device-availability-note")
+    finally:
+        await bye.close()

@@ -8,24 +8,32 @@ from typing import Any
 
 
 class PresenceState(StrEnum):
-    """Presence as the broker knows it; `unknown` covers the time the broker itself was down."""
+    """Presence as the broker knows it; `unknown` covers the time the broker itself was down.
+
+    `never_seen`: registered but never heard from. It is never stored as a transition
+    (a device with no stored transition is never seen), and such a device is left out
+    of availability, its own and the fleet's.
+    """
 
     UNKNOWN = "unknown"
     ONLINE = "online"
     LATE = "late"
     OFFLINE = "offline"
+    NEVER_SEEN = "never_seen"
 
 
 class PresenceCause(StrEnum):
     """Why presence last changed."""
 
     STATUS_ONLINE = "status_online"  # retained status online=true
-    LAST_WILL = "last_will"  # status online=false from the last will (or a clean goodbye)
+    LAST_WILL = "last_will"  # status online=false: the last will (the connection died)
     SILENCE = "silence"  # nothing heard for the silence bound
     MESSAGE = "message"  # any message from a device thought offline/late
     GATEWAY_RESTART = "gateway_restart"  # state rebuilt after the broker itself was down
     REMOVED = "removed"
     REVOKED = "revoked"
+    SHUTDOWN = "shutdown"  # the device said goodbye: status online=false, reason "shutdown"
+    REGISTERED = "registered"  # never seen since it was registered
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from prometheus_client import Histogram
 from planty_broker.domain.models import Reading
 from planty_broker.ports.store import Store
 from planty_broker.protocol import (
+    SHUTDOWN_REASON,
     Channel,
     ErrorKind,
     ProtocolError,
@@ -223,7 +224,13 @@ class IngestService:
         status = decode_status(payload, self._max_payload)
         if self._stats is not None:  # before presence: it reads the state the device comes from
             self._stats.on_status(device_id, status, retain, at)
-        self._presence.on_status(device_id, status.online, status.interval_s, at)
+        self._presence.on_status(
+            device_id,
+            status.online,
+            status.interval_s,
+            at,
+            clean=status.reason == SHUTDOWN_REASON,
+        )
         await self._registry.note_status(device_id, status)
         self._bus.publish(DeviceStatusReceived(device_id, status.online, at, status))
 

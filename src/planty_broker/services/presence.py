@@ -1,11 +1,15 @@
-"""Presence: online / late / offline / unknown per device; transitions stored with time and cause.
+"""Presence: online / late / offline / unknown / never seen per device; transitions stored with
+time and cause.
 
 Online comes from the retained `status` (online: true) or any message; offline
-from the last will (`status` online: false) or from silence longer than
-`max(3 x interval_s, 1.5 x keepalive)`; late after 1.5 intervals without a
-message. While the gateway itself is down nobody knows: on start, devices that
-were online get an `unknown` transition at the last heartbeat, and the retained
-statuses (delivered on subscribe) rebuild the truth. Never "everyone online".
+from the last will (`status` online: false, cause `last_will`), a clean goodbye
+(`{"online": false, "reason": "shutdown"}`, cause `shutdown`) or from silence
+longer than `max(3 x interval_s, 1.5 x keepalive)`; late after 1.5 intervals
+without a message. While the gateway itself is down nobody knows: on start,
+devices that were online get an `unknown` transition at the last heartbeat, and
+the retained statuses (delivered on subscribe) rebuild the truth. Never
+"everyone online". A device never heard from is `never_seen` (not stored: no
+stored transition means never seen), never `offline`.
 """
 
 from __future__ import annotations
@@ -90,9 +94,9 @@ class PresenceService:
             prev = last.get(device.id)
             if prev is None:
                 self._presence[device.id] = Presence(
-                    PresenceState.UNKNOWN,
-                    self._started_ms,
-                    PresenceCause.GATEWAY_RESTART,
+                    PresenceState.NEVER_SEEN,
+                    device.created_at_ms,
+                    PresenceCause.REGISTERED,
                     interval_s=device.interval_s,
                 )
             elif prev.state in (PresenceState.ONLINE, PresenceState.LATE):
@@ -127,13 +131,24 @@ class PresenceService:
 
     # ------------------------------------------------------------ inputs
 
-    def on_status(self, device_id: str, online: bool, interval_s: float | None, at_ms: int) -> None:
+    def on_status(
+        self,
+        device_id: str,
+        online: bool,
+        interval_s: float | None,
+        at_ms: int,
+        *,
+        clean: bool = False,
+    ) -> None:
+        """A status: online, or offline by the last will or (`clean`) by a goodbye."""
         p = self._ensure(device_id)
         if interval_s:
             p.interval_s = interval_s
         if online:
             p.last_seen_ms = at_ms
             self._set(device_id, p, PresenceState.ONLINE, PresenceCause.STATUS_ONLINE, at_ms)
+        elif clean:
+            self._set(device_id, p, PresenceState.OFFLINE, PresenceCause.SHUTDOWN, at_ms)
         else:
             self._set(device_id, p, PresenceState.OFFLINE, PresenceCause.LAST_WILL, at_ms)
 
@@ -154,7 +169,7 @@ class PresenceService:
     def _ensure(self, device_id: str) -> Presence:
         p = self._presence.get(device_id)
         if p is None:
-            p = Presence(PresenceState.UNKNOWN, now_ms(), PresenceCause.GATEWAY_RESTART)
+            p = Presence(PresenceState.NEVER_SEEN, now_ms(), PresenceCause.REGISTERED)
             self._presence[device_id] = p
         return p
 
@@ -213,6 +228,8 @@ class PresenceService:
         """Apply silence, lateness and the restart grace period at time `at_ms`."""
         grace_over = at_ms - self._started_ms >= RESTART_GRACE_S * 1000
         for device_id, p in self._presence.items():
+            if p.state is PresenceState.NEVER_SEEN:
+                continue  # until it says something: left out of availability, never offline
             if p.state is PresenceState.UNKNOWN:
                 if grace_over and p.last_seen_ms is None:
                     self._set(

@@ -32,6 +32,7 @@ from planty_broker.protocol import (
     credential_from_args,
     decode_command,
     encode,
+    goodbye,
     offline_will,
 )
 from planty_broker.simulator.firmware import ActuatorState, Execution, Firmware
@@ -205,11 +206,12 @@ class SimDevice:
             ) from None
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        """Graceful shutdown: retained `{"online": false}`, wait for its PUBACK, DISCONNECT."""
+        """Graceful shutdown: retained `{"online": false, "reason": "shutdown"}`, wait for its
+        PUBACK, DISCONNECT (the broker records a clean offline, not the last will)."""
         link = self._link
         await self._halt()
         if link is not None and link.connected:
-            self._publish(link, self._status_topic, offline_will(), Kind.STATUS, retain=True)
+            self._publish(link, self._status_topic, goodbye(), Kind.STATUS, retain=True)
             await link.wait_acked(timeout_s)
             await link.close()
 

@@ -9,6 +9,8 @@ import httpx
 import pytest
 
 from planty_broker.app import Gateway
+from planty_broker.services.presence import RESTART_GRACE_S
+from planty_broker.services.registry import now_ms
 from tests.integration.core.conftest import RawDevice, eventually, unique_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -116,6 +118,49 @@ async def test_last_will_marks_offline(api: httpx.AsyncClient) -> None:
     await dev.kill()
     d = await eventually(lambda: _state(api, dev.device_id, "offline"), timeout=10)
     assert d["presence"]["cause"] == "last_will" and d["online"] is False
+
+
+async def test_a_clean_goodbye_is_a_clean_offline_never_last_will(api: httpx.AsyncClient) -> None:
+    """protocol.md: before a clean shutdown publish {"online": false, "reason": "shutdown"}."""
+    dev = await online_device(api)
+    try:
+        await eventually(lambda: _state(api, dev.device_id, "online"))
+        dev.publish("status", b'{"online": false, "reason": "shutdown"}', retain=True)
+        d = await eventually(lambda: _state(api, dev.device_id, "offline"), timeout=10)
+        assert d["presence"]["cause"] == "shutdown" and d["online"] is False
+    finally:
+        await dev.close()  # a clean DISCONNECT: the will does not fire after the goodbye
+    await asyncio.sleep(0.5)
+    assert (await device_json(api, dev.device_id))["presence"]["cause"] == "shutdown"
+
+
+async def test_a_device_never_connected_is_never_seen_and_left_out_of_availability(
+    api: httpx.AsyncClient, gateway: Gateway
+) -> None:
+    seen = await online_device(api)
+    never = await register(api, unique_id("never"))
+    try:
+        await eventually(lambda: _state(api, seen.device_id, "online"))
+        # past the restart grace period (a device seen before would be offline by now):
+        # still never seen, not offline (gateway_restart)
+        presence = gateway.services.presence
+        await eventually(
+            lambda: now_ms() > presence._started_ms + RESTART_GRACE_S * 1000, timeout=10
+        )
+        presence.check(now_ms())
+        d = await device_json(api, never["id"])
+        assert (d["presence"]["state"], d["presence"]["cause"]) == ("never_seen", "registered")
+        s = (await api.get(f"/api/v1/devices/{never['id']}/stats")).json()
+        assert s["availability"]["share"] is None  # nothing known: no figure, not 0 %
+        fleet = (await api.get("/api/v1/stats", params={"window": "1h"})).json()
+        assert fleet["presence"]["never_seen"] >= 1
+        assert fleet["availability"]["share"] is not None and fleet["availability"]["share"] > 0
+        listed = (await api.get("/api/v1/devices")).json()
+        items = listed["devices"] if isinstance(listed, dict) else listed
+        mine = next(x for x in items if x["id"] == never["id"])
+        assert mine["presence"]["state"] == "never_seen"
+    finally:
+        await seen.close()
 
 
 async def test_silence_marks_offline(api: httpx.AsyncClient, gateway: Gateway) -> None:

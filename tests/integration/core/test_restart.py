@@ -74,9 +74,9 @@ async def test_graceful_restart_rebuilds_presence_without_faking_it(tmp_path: Pa
         assert gw.stop() == 0
         await gw.start()
         async with gw.client() as api:
-            # the device is gone: after the restart it must not be "online" forever
-            d = await eventually(lambda: _state(api, "dev-never", "offline"), timeout=15)
-            assert d["presence"]["cause"] == "gateway_restart"
+            # never connected: never seen, before and after the restart, never "offline"
+            d = await eventually(lambda: _state(api, "dev-never", "never_seen"), timeout=15)
+            assert d["presence"]["cause"] == "registered"
             # its stale retained "online" is believed only until the silence bound
             # (max(3 x 1 s, 1.5 x keepalive 5 s) = 7.5 s) proves otherwise
             d = await eventually(lambda: _state(api, "dev-on", "offline"), timeout=20)

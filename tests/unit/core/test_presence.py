@@ -83,12 +83,15 @@ async def test_silence_just_under_the_bound_stays() -> None:
 async def test_restart_never_fakes_everyone_online_or_an_outage() -> None:
     store = MemoryStore()
     await store.open()
-    for i in ("dev-on", "dev-off", "dev-new"):
+    for i in ("dev-on", "dev-off", "dev-new", "dev-gone"):
         await store.add_device(DeviceRecord(id=i, created_at_ms=0, token_hash="h"))
     await store.append_presence(
         [
             PresenceTransition("dev-on", PresenceState.ONLINE, 1000, PresenceCause.STATUS_ONLINE),
             PresenceTransition("dev-off", PresenceState.OFFLINE, 1000, PresenceCause.LAST_WILL),
+            PresenceTransition(
+                "dev-gone", PresenceState.ONLINE, 1000, PresenceCause.STATUS_ONLINE
+            ),
         ]
     )
     await store.set_meta(HEARTBEAT_KEY, 5000)
@@ -100,17 +103,39 @@ async def test_restart_never_fakes_everyone_online_or_an_outage() -> None:
         "dev-on", PresenceState.UNKNOWN, 5000, PresenceCause.GATEWAY_RESTART
     )
     assert p.get("dev-off").state is PresenceState.OFFLINE
-    assert p.get("dev-new").state is PresenceState.UNKNOWN
+    # never heard from: never seen (not offline, not unknown), and nothing stored for it
+    assert (p.get("dev-new").state, p.get("dev-new").cause) == (
+        PresenceState.NEVER_SEEN,
+        PresenceCause.REGISTERED,
+    )
     # its retained status arrives: online again
     p.on_status("dev-on", True, 60, p._started_ms + 10)
     assert p.get("dev-on").state is PresenceState.ONLINE
-    # no retained status for the new one within the grace period: offline, cause gateway_restart
+    # no retained status within the grace period for one seen before: offline (gateway_restart)
     p.check(p._started_ms + int(RESTART_GRACE_S * 1000) + 1)
-    assert (p.get("dev-new").state, p.get("dev-new").cause) == (
+    assert (p.get("dev-gone").state, p.get("dev-gone").cause) == (
         PresenceState.OFFLINE,
         PresenceCause.GATEWAY_RESTART,
     )
+    assert p.get("dev-new").state is PresenceState.NEVER_SEEN
+    await p.flush()
+    assert await store.presence_history("dev-new", None, None) == []
     assert p.online_count() == 1
+
+
+async def test_a_clean_goodbye_is_a_clean_offline_and_the_will_is_last_will() -> None:
+    p, _, _ = await make()
+    t0 = p._started_ms
+    assert p.get("dev-a").state is PresenceState.NEVER_SEEN  # registered, never heard from
+    p.on_status("dev-a", True, 60, t0)
+    p.on_status("dev-a", False, None, t0 + 10, clean=True)
+    assert (p.get("dev-a").state, p.get("dev-a").cause) == (
+        PresenceState.OFFLINE,
+        PresenceCause.SHUTDOWN,
+    )
+    p.on_status("dev-a", True, 60, t0 + 20)
+    p.on_status("dev-a", False, None, t0 + 30)
+    assert p.get("dev-a").cause is PresenceCause.LAST_WILL
 
 
 async def test_transitions_held_while_the_store_is_down_are_bounded_and_counted() -> None:

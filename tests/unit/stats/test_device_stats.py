@@ -152,7 +152,7 @@ def test_fleet_adds_up_devices_and_keeps_a_fleet_latency() -> None:
     assert snap["errors"]["malformed_payload"] == 2
     assert snap["commands"]["acked"] == 1
     assert snap["latency"]["count"] == 20
-    assert snap["latency"]["p50_ms"] == pytest.approx(10, rel=0.01)
+    assert 10 <= snap["latency"]["p50_ms"] <= 10 * 1.01 / 0.99
     assert snap["latency"]["max_ms"] == 100.0
     # the fleet sketch equals the merge of the device sketches
     merged = a.latency.window(HOUR_MS, T0 + 10)

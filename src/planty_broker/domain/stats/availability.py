@@ -151,5 +151,5 @@ def availability(
         online_ms=totals[PresenceState.ONLINE],
         late_ms=totals[PresenceState.LATE],
         offline_ms=totals[PresenceState.OFFLINE],
-        unknown_ms=totals[PresenceState.UNKNOWN],
+        unknown_ms=totals[PresenceState.UNKNOWN] + totals[PresenceState.NEVER_SEEN],
     )

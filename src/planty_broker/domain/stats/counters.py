@@ -39,6 +39,7 @@ class ReconnectCause(StrEnum):
     SILENCE = "silence"  # it went quiet past the silence bound, then spoke again
     GATEWAY_RESTART = "gateway_restart"  # the broker itself was down
     OTHER = "other"
+    SHUTDOWN = "shutdown"  # it had shut down cleanly (said goodbye), no reboot seen
 
 
 _ERROR_SLOTS = {kind: f"err_{kind.value}" for kind in ErrorKind}

@@ -10,13 +10,19 @@ slot is frozen to one `bytes` object (`to_bytes`): about 80 bytes, plus one byte
 per bucket (dense) or three per non-empty bucket (sparse), whichever is smaller.
 
 The algorithm is DDSketch (Masson, Rim, Lee, VLDB 2019): a value x > 0 goes to
-bucket k = ceil(log_gamma(x)) with gamma = (1 + a) / (1 - a), and bucket k is
-reported as 2 gamma^k / (gamma + 1). That estimate is within a relative error
-`a` of every value in the bucket. The "lower" rank quantile (the element at
-index floor(q (n - 1)) of the sorted samples) is therefore within `a` of the
-exact one, unless the number of buckets hit `max_buckets` and the lowest ones
-were merged into the lowest kept bucket. Merging the lowest keeps the upper
-quantiles exact-within-`a`, and those are the ones latency alerts care about.
+bucket k = ceil(log_gamma(x)) with gamma = (1 + a) / (1 - a), so bucket k holds
+the values in (gamma^(k-1), gamma^k].
+
+Quantiles are nearest-rank and never flattering: with n values, the q-quantile is
+the value of rank ceil(q n) in ascending order (the smallest value that at least
+q n values do not exceed), so fewer than (1 - q) n values lie above it and a
+p99 over four round trips is the slowest of them. The sketch reports the upper
+edge of that value's bucket, clamped to [min, max]: never below the exact
+nearest-rank value, and at most gamma times it (2.02 % above at a = 1 %). When
+the number of buckets hit `max_buckets`, the lowest ones were merged into the
+lowest kept bucket: low quantiles are then over-estimated (still never below),
+the upper quantiles that latency alerts care about keep the bound. Values below
+`min_value` count in a zero bucket reported as `min_value` (clamped).
 """
 
 from __future__ import annotations
@@ -61,8 +67,12 @@ class KeyMapping:
         return math.ceil(math.log(value) * self.multiplier)
 
     def value(self, key: int) -> float:
-        """The value reported for a bucket: within relative_accuracy of all its members."""
+        """The middle of a bucket: within relative_accuracy of all its members."""
         return 2.0 * self.gamma**key / (self.gamma + 1.0)
+
+    def upper(self, key: int) -> float:
+        """The upper edge of a bucket: no member is above it (a hair of slack for rounding)."""
+        return self.gamma**key * (1.0 + 1e-12)
 
 
 DEFAULT_MAPPING = KeyMapping()
@@ -232,11 +242,12 @@ class LatencySketch:
         return self._mapping
 
     def quantile(self, q: float) -> float | None:
-        """The q-quantile (0 <= q <= 1) within the relative accuracy; None if empty."""
+        """The nearest-rank q-quantile (0 <= q <= 1), never below the exact one; None if empty."""
         return self.quantiles((q,))[0]
 
     def quantiles(self, qs: Iterable[float]) -> tuple[float | None, ...]:
-        """Several quantiles in one pass over the buckets, in the order asked."""
+        """Several quantiles in one pass over the buckets, in the order asked (see the module
+        docstring: rank ceil(q n), the upper edge of its bucket, clamped to [min, max])."""
         wanted = tuple(qs)
         for q in wanted:
             if not 0.0 <= q <= 1.0:
@@ -245,22 +256,25 @@ class LatencySketch:
             return tuple(None for _ in wanted)
         order = sorted(range(len(wanted)), key=wanted.__getitem__)
         result: list[float | None] = [None] * len(wanted)
-        rank_of = [wanted[j] * (self._count - 1) for j in order]
+        rank_of = [nearest_rank(wanted[j], self._count) for j in order]
         cum = self._zero
         pos = 0
-        while pos < len(order) and rank_of[pos] < cum:
-            result[order[pos]] = self._clamp(0.0)
+        while pos < len(order) and rank_of[pos] <= cum:
+            result[order[pos]] = self._clamp(self._mapping.min_value)
             pos += 1
-        value_of = self._mapping.value
+        upper = self._mapping.upper
         for i, c in enumerate(self._counts):
             if pos == len(order):
                 break
             if not c:
                 continue
             cum += c
-            while pos < len(order) and rank_of[pos] < cum:
-                result[order[pos]] = self._clamp(value_of(self._offset + i))
+            while pos < len(order) and rank_of[pos] <= cum:
+                result[order[pos]] = self._clamp(upper(self._offset + i))
                 pos += 1
+        while pos < len(order):  # unreachable unless counts disagree: never under-report
+            result[order[pos]] = self._max
+            pos += 1
         return tuple(result)
 
     def _clamp(self, value: float) -> float:
@@ -315,6 +329,15 @@ def key_of(mapping: KeyMapping, value: float) -> int | None:
     if value < mapping.min_value:
         return None
     return math.ceil(math.log(value) * mapping.multiplier)
+
+
+def nearest_rank(q: float, n: int) -> int:
+    """The 1-based rank of the nearest-rank q-quantile of n values: ceil(q n), at least 1.
+
+    q n is computed in floating point (0.07 x 100 = 7.000000000000001): a relative
+    1e-12 is taken off first so an exact product is not pushed to the next rank.
+    """
+    return min(max(math.ceil(q * n * (1.0 - 1e-12)), 1), n)
 
 
 def count_of_bytes(blob: bytes) -> int:

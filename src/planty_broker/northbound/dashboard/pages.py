@@ -58,6 +58,15 @@ def _num(value: float) -> str:
     return f"{value:g}"
 
 
+def _state(state: str) -> str:
+    """A presence state in words: `never_seen` reads "never seen"."""
+    return state.replace("_", " ")
+
+
+def _minutes(ms: int | float) -> str:
+    return f"{ms / 60000:.1f} min"
+
+
 env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
     autoescape=True,
@@ -65,7 +74,7 @@ env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-env.filters.update(clock=_clock, pct=_pct, ms=_ms, num=_num)
+env.filters.update(clock=_clock, pct=_pct, ms=_ms, num=_num, state=_state, minutes=_minutes)
 env.globals["version"] = __version__
 
 

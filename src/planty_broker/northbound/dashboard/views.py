@@ -29,6 +29,8 @@ class Row:
     readings: list[tuple[str, float]]
     availability: float | None
     p99_ms: float | None
+    latency_count: int
+    latency_max_ms: float | None
     errors: int
     messages: int
 
@@ -53,6 +55,8 @@ def row(svc: Services, d: DeviceRecord) -> Row:
         readings=sorted(latest.values.items()) if latest else [],
         availability=summary["availability_1h"] if summary else None,
         p99_ms=summary["latency_p99_ms_1h"] if summary else None,
+        latency_count=summary["latency_count_1h"] if summary else 0,
+        latency_max_ms=summary["latency_max_ms_1h"] if summary else None,
         errors=summary["errors_total"] if summary else 0,
         messages=s.msgs_in if s is not None else 0,
     )
@@ -61,6 +65,7 @@ def row(svc: Services, d: DeviceRecord) -> Row:
 def fleet(svc: Services) -> dict[str, Any]:
     """The fleet table and its headline figures."""
     rows = [row(svc, d) for d in svc.registry.all()]
+    rows.sort(key=lambda r: r.state == PresenceState.NEVER_SEEN.value)  # shown apart, last
     counts = dict.fromkeys((s.value for s in PresenceState), 0)
     for r in rows:
         counts[r.state] += 1
@@ -70,6 +75,8 @@ def fleet(svc: Services) -> dict[str, Any]:
         f = stats.fleet_stats(HOUR_MS)
         headline["availability"] = f["availability"]["share"]
         headline["p99_ms"] = f["latency"]["p99_ms"]
+        headline["latency_count"] = f["latency"]["count"]
+        headline["latency_max_ms"] = f["latency"]["max_ms"]
         headline["errors"] = f["errors_total"]
     return {"rows": rows, "headline": headline}
 

@@ -44,6 +44,7 @@ _AWAY_CAUSE = {
     PresenceCause.LAST_WILL: ReconnectCause.LAST_WILL,
     PresenceCause.SILENCE: ReconnectCause.SILENCE,
     PresenceCause.GATEWAY_RESTART: ReconnectCause.GATEWAY_RESTART,
+    PresenceCause.SHUTDOWN: ReconnectCause.SHUTDOWN,
 }
 _VITALS = ("boot", "fw", "heap", "rssi", "uptime_s", "vitals_ms")
 _TIMES = ("since_ms", "last_message_ms", "last_error_ms")
@@ -272,7 +273,11 @@ class StatsService:
         at = self._clock() if now is None else now
         out = self.fleet.snapshot(at, window_ms)
         start = at - window_ms
-        parts = [h.availability(i, start, at) for i, h in self.history.items()]
+        parts = [
+            h.availability(i, start, at)
+            for i, h in self.history.items()
+            if not self._never_seen(i)  # left out of availability (no time known at all)
+        ]
         out["availability"] = Availability.total(parts, start, at).as_dict()
         by_state = dict.fromkeys((s.value for s in PresenceState), 0)
         for device in self._registry.all():
@@ -282,6 +287,10 @@ class StatsService:
         out["unattributed_errors"] = dict(self.unattributed)
         out["latency_series"] = latency_series(self.fleet.latency, window_ms, at)
         return out
+
+    def _never_seen(self, device_id: str) -> bool:
+        p = self._presence.get(device_id)
+        return p is not None and p.state is PresenceState.NEVER_SEEN
 
     def device_summary(self, device_id: str) -> dict[str, Any]:
         """A few figures for the device list: the `stats` key. Reused for `summary_cache_s`
@@ -294,12 +303,15 @@ class StatsService:
         if s is None:
             return {"stats": None}
         at = self._clock()
-        p99 = s.latency.quantiles((0.99,), HOUR_MS, at)[0] if not s.latency.is_empty() else None
+        hour = s.latency.window(HOUR_MS, at) if not s.latency.is_empty() else None
+        p99 = hour.quantile(0.99) if hour is not None else None
         errors = s.errors()
         summary = {
             "stats": {
                 "availability_1h": self.availability(device_id, HOUR_MS, at).share,
                 "latency_p99_ms_1h": p99,
+                "latency_count_1h": hour.count if hour is not None else 0,
+                "latency_max_ms_1h": hour.max if hour is not None else None,
                 "errors_total": sum(errors.values()),
                 "reconnects_total": sum(s.reconnects().values()),
                 "messages_out": s.msgs_out,

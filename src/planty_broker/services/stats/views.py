@@ -13,7 +13,9 @@ MAX_SPANS = 500  # a timeline longer than this keeps its newest spans
 
 
 def latency_series(sketch: WindowedSketch, window_ms: int, now_ms: int) -> list[dict[str, Any]]:
-    """Per time slot of the window (5 min for 1 h, 1 h for 1 d, 1 d for 7 d): count and quantiles.
+    """Per time slot of the window (5 min for 1 h, 1 h for 1 d, 1 d for 7 d): count, max and
+    nearest-rank quantiles (never below the exact ones: a slot of four with one slow answer
+    has that answer as its p99).
 
     Empty slots are left out, so a chart shows gaps where nothing was measured.
     """
@@ -25,6 +27,7 @@ def latency_series(sketch: WindowedSketch, window_ms: int, now_ms: int) -> list[
                 "t_ms": start_ms,
                 "slot_ms": slot_ms,
                 "count": slot.count,
+                "max_ms": slot.max,
                 "p50_ms": p50,
                 "p95_ms": p95,
                 "p99_ms": p99,
