@@ -1,0 +1,303 @@
+"""`RabbitAuthority`: the device-authority port on a RabbitMQ cluster (`rabbitmq_mqtt`).
+
+How the port maps onto RabbitMQ 3.10 (measured in the spike, docs/scale-out.md):
+- verifiers are RabbitMQ's own `rabbit_password_hashing_sha256` hashes computed here
+  (`rabbit_passwords.py`), so users are created from the store without knowing a token;
+- every account we manage carries the tag `planty`; `apply()` sends what changed since
+  the last apply of *this* instance (the first apply compares with the server and
+  removes `planty` users the store no longer has), so several gateway instances, each
+  applying its own changes, never undo one another's;
+- creations and updates go in one definitions import (any number of users, one call);
+  removals in one bulk delete; a removed or changed account's live connections are
+  closed at once (RabbitMQ keeps a live session through a password change);
+- confinement: each device may configure, read and write only its own MQTT subscription
+  queues (`mqtt-subscription-<id>qos0|1`), and on `amq.topic` read and write only routing
+  keys under its own tree (`planty.v1.devices.<id>.`: RabbitMQ's MQTT plugin maps `/` to
+  `.` and `.` to `/`, so a dot in an id is a slash in the routing key);
+- `kick(username)` closes every connection of that user (management API);
+- logins are not reported (RabbitMQ has no log we tail): `watch_logins` keeps the sink;
+- X.509 device certificates are not offered on the cluster (AuthorityUnavailableError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from planty_broker.mqttserver.atomic import load_or_create_secret
+from planty_broker.mqttserver.authority import Coalescer
+from planty_broker.mqttserver.rabbit_mgmt import RabbitApi, q
+from planty_broker.mqttserver.rabbit_passwords import (
+    ALGORITHM,
+    hash_secret,
+    to_rabbit,
+    verify_secret,
+)
+from planty_broker.ports.device_authority import (
+    AccessSource,
+    AclGrant,
+    AuthorityUnavailableError,
+    DesiredAccess,
+    DeviceEndpoint,
+    IssuedCertificate,
+    LoginSink,
+)
+
+log = logging.getLogger("planty_broker.mqttserver")
+
+TAG = "planty"
+VHOST = "/"
+EXCHANGE = "amq.topic"
+CLAIM_SECRET_FILE = "mqtt-claim.secret"  # noqa: S105 - a file name
+
+
+_SWAP = str.maketrans("/.", "./")
+
+
+def routing_key(topic: str) -> str:
+    """An MQTT topic as the MQTT plugin routes it on amq.topic (`/` <-> `.`)."""
+    return topic.translate(_SWAP)
+
+
+def filter_regex(topic_filter: str) -> str:
+    """An MQTT topic filter (`+`, `#`) as a regex over routing keys."""
+    out: list[str] = []
+    levels = topic_filter.split("/")
+    for n, level in enumerate(levels):
+        if level == "#":
+            out.append(r"(\..*)?$" if n else ".*")
+            break
+        part = "[^.]+" if level == "+" else re.escape(routing_key(level))
+        out.append(("\\." if n else "") + part)
+    else:
+        out.append("$")
+    return "^" + "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class UserSpec:
+    """One RabbitMQ user as we want it: its hash and permissions."""
+
+    name: str
+    password_hash: str
+    configure: str
+    write: str
+    read: str
+    topic_write: str
+    topic_read: str
+
+
+class RabbitAuthority:
+    """The port's RabbitMQ adapter (see the module docstring); an async context manager."""
+
+    def __init__(
+        self,
+        management_urls: Sequence[str],
+        admin_user: str,
+        admin_password: str,
+        endpoint: DeviceEndpoint,
+        *,
+        topic_prefix: str = "planty/v1",
+        secret_dir: Path | None = None,
+    ) -> None:
+        self._api = RabbitApi(management_urls, admin_user, admin_password)
+        self._endpoint = endpoint
+        self._prefix = topic_prefix
+        self._secret_dir = secret_dir
+        self._claim_secret: str | None = None
+        self._source: AccessSource = DesiredAccess
+        self._sinks: list[LoginSink] = []
+        self._applied: dict[str, UserSpec] | None = None  # None: not synced with the server
+        self._apply = Coalescer(self._apply_once)
+        self.applies = 0
+
+    async def __aenter__(self) -> Self:
+        await self._api.__aenter__()
+        if self._secret_dir is not None:
+            self._claim_secret = load_or_create_secret(self._secret_dir / CLAIM_SECRET_FILE)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._api.__aexit__()
+
+    # ------------------------------------------------------------ the port
+
+    @property
+    def managed(self) -> bool:
+        return True
+
+    @property
+    def endpoint(self) -> DeviceEndpoint:
+        return self._endpoint
+
+    @property
+    def claim_secret(self) -> str | None:
+        return self._claim_secret
+
+    @property
+    def restarts(self) -> int | None:
+        return None
+
+    def hash_secret(self, secret: str) -> str:
+        return hash_secret(secret)
+
+    def verify_secret(self, secret: str, verifier: str) -> bool:
+        return verify_secret(secret, verifier)
+
+    async def issue_certificate(self, common_name: str, days: int) -> IssuedCertificate:
+        raise AuthorityUnavailableError(
+            "X.509 device certificates are not offered on the RabbitMQ cluster; use tokens"
+        )
+
+    def set_source(self, source: AccessSource) -> None:
+        self._source = source
+
+    async def apply(self) -> None:
+        await self._apply()
+
+    async def kick(self, username: str) -> None:
+        await self.apply()
+        await self._close_connections([username])
+
+    def watch_logins(self, sink: LoginSink) -> None:
+        self._sinks.append(sink)  # RabbitMQ's logins are not reported here
+
+    # ------------------------------------------------------------ internals
+
+    def _device(self, device_id: str, verifier: str) -> UserSpec | None:
+        raw = to_rabbit(verifier)
+        if raw is None:
+            return None  # a verifier of another adapter: cannot log in here
+        rk = re.escape(routing_key(device_id))
+        queues = f"mqtt-subscription-{rk}qos[01]"
+        tree = f"^{re.escape(routing_key(self._prefix))}\\.devices\\.{rk}\\."
+        return UserSpec(
+            device_id, raw, f"^{queues}$", f"^({queues}|amq\\.topic)$",
+            f"^({queues}|amq\\.topic)$", tree, tree,
+        )  # fmt: skip
+
+    def _account(self, username: str, verifier: str, grants: Sequence[AclGrant]) -> UserSpec | None:
+        raw = to_rabbit(verifier)
+        if raw is None:
+            return None
+        reads = [filter_regex(g.topic) for g in grants if g.access in ("read", "readwrite")]
+        writes = [filter_regex(g.topic) for g in grants if g.access in ("write", "readwrite")]
+        queues = f"mqtt-subscription-{re.escape(routing_key(username))}qos[01]"
+
+        def joined(rs: list[str]) -> str:
+            return "|".join(f"(?:{r})" for r in rs) if rs else "^$"
+
+        return UserSpec(
+            username, raw, f"^{queues}$", f"^({queues}|amq\\.topic)$",
+            f"^({queues}|amq\\.topic)$", joined(writes), joined(reads),
+        )  # fmt: skip
+
+    def _wanted(self) -> dict[str, UserSpec]:
+        wanted = self._source()
+        out: dict[str, UserSpec] = {}
+        for device_id, verifier in wanted.devices.items():
+            spec = self._device(device_id, verifier)
+            if spec is not None:
+                out[device_id] = spec
+        for a in wanted.accounts:
+            if a.verifier:
+                spec = self._account(a.username, a.verifier, a.grants)
+                if spec is not None:
+                    out[a.username] = spec
+        return out
+
+    async def _server_users(self) -> dict[str, str]:
+        """Our users on the server (tag `planty`): name -> password hash."""
+        users = await self._api.call("GET", "/api/users")
+        out: dict[str, str] = {}
+        for u in users or []:
+            tags = u.get("tags") or []
+            if isinstance(tags, str):
+                tags = [t for t in tags.split(",") if t]
+            if TAG in tags:
+                out[str(u["name"])] = str(u.get("password_hash", ""))
+        return out
+
+    async def _apply_once(self) -> None:
+        wanted = self._wanted()
+        self.applies += 1
+        if self._applied is None:  # first apply: against what the server holds
+            server = await self._server_users()
+            changed = [s for s in wanted.values() if server.get(s.name) != s.password_hash]
+            removed = [n for n in server if n not in wanted]
+            kick = [s.name for s in changed if s.name in server]
+        else:
+            before = self._applied
+            changed = [s for s in wanted.values() if before.get(s.name) != s]
+            removed = [n for n in before if n not in wanted]
+            kick = [
+                s.name
+                for s in changed
+                if s.name in before and before[s.name].password_hash != s.password_hash
+            ]
+        if changed:
+            await self._api.call("POST", "/api/definitions", self._definitions(changed))
+        if removed:
+            await self._api.call("POST", "/api/users/bulk-delete", {"users": removed})
+        if removed or kick:
+            await self._close_connections([*removed, *kick])
+        self._applied = wanted
+        if changed or removed:
+            log.info("rabbitmq: %d account(s) written, %d removed", len(changed), len(removed))
+
+    def _definitions(self, specs: Sequence[UserSpec]) -> dict[str, Any]:
+        return {
+            "users": [
+                {
+                    "name": s.name,
+                    "password_hash": s.password_hash,
+                    "hashing_algorithm": ALGORITHM,
+                    "tags": [TAG],
+                    "limits": {},
+                }
+                for s in specs
+            ],
+            "permissions": [
+                {
+                    "user": s.name,
+                    "vhost": VHOST,
+                    "configure": s.configure,
+                    "write": s.write,
+                    "read": s.read,
+                }
+                for s in specs
+            ],
+            "topic_permissions": [
+                {
+                    "user": s.name,
+                    "vhost": VHOST,
+                    "exchange": EXCHANGE,
+                    "write": s.topic_write,
+                    "read": s.topic_read,
+                }
+                for s in specs
+            ],
+        }
+
+    async def _close_connections(self, usernames: Sequence[str]) -> None:
+        results = await asyncio.gather(
+            *(
+                self._api.call("DELETE", f"/api/connections/username/{q(u)}", ok=(404,))
+                for u in usernames
+            ),
+            return_exceptions=True,
+        )
+        for u, r in zip(usernames, results, strict=True):
+            if isinstance(r, BaseException):
+                log.warning("rabbitmq: closing the sessions of %s failed: %s", u, r)
