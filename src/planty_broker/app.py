@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -28,6 +29,8 @@ from planty_broker.errors import PlantyError, StoreError
 from planty_broker.mqttserver.authority import MosquittoAuthority
 from planty_broker.mqttserver.errors import MosquittoError
 from planty_broker.mqttserver.layout import MosquittoLayout
+from planty_broker.mqttserver.rabbit_authority import RabbitAuthority
+from planty_broker.mqttserver.rabbit_mgmt import RabbitApiError
 from planty_broker.mqttserver.supervisor import MosquittoSupervisor
 from planty_broker.mqttserver.unmanaged import UnmanagedAuthority
 from planty_broker.northbound.api.app import create_api
@@ -37,19 +40,34 @@ from planty_broker.northbound.firestore.connector import FirestoreConnector
 from planty_broker.ports.device_authority import DeviceAuthority, DeviceEndpoint
 from planty_broker.ports.store import Store
 from planty_broker.protocol import Channel, Topics
-from planty_broker.services.bus import Bus
+from planty_broker.scaleout import (
+    Leadership,
+    cluster_authority,
+    cluster_link,
+    control_handler,
+    control_subscriptions,
+    refresh_registry,
+)
+from planty_broker.services.bus import Bus, ReadingObserved
 from planty_broker.services.context import Services
 from planty_broker.services.history import HistoryService, policy_of
 from planty_broker.services.identity import Identity
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
-from planty_broker.services.queue import start_firmware, start_message_queue
+from planty_broker.services.queue import (
+    start_commands,
+    start_events,
+    start_firmware,
+    start_message_queue,
+)
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.services.rules.service import start_rules
 from planty_broker.services.stats.service import StatsService
 from planty_broker.storage.backup import lock_data_dir
 from planty_broker.storage.sql import SqlStore
 from planty_broker.storage.sql_identity import SqlIdentityStore
+from planty_broker.tasks import cancel_and_wait
+from planty_broker.transport.amqp import AmqpLink
 from planty_broker.transport.mqtt import LinkConfig, MqttConnectError, MqttLink
 
 log = logging.getLogger(__name__)
@@ -98,7 +116,8 @@ class Gateway:
         self.admin_token = ""
         self.api_url = ""
         self.authority: DeviceAuthority | None = None
-        self.link: MqttLink | None = None
+        self.link: MqttLink | AmqpLink | None = None
+        self.leadership: Leadership | None = None
         self.identity: Identity | None = None
         self.firestore: FirestoreConnector | None = None
         self._show_secrets = announce is not None  # the pairing code goes to a terminal, not a log
@@ -136,13 +155,12 @@ class Gateway:
 
     async def _start(self) -> None:  # noqa: PLR0915 - the composition root: one step a line
         s = self.settings
+        cluster = bool(s.cluster.engine)
         data_dir = s.data_dir
         try:
             data_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         except OSError as exc:
-            raise StartupError(
-                f"cannot create the data folder {data_dir}: {exc.strerror}"
-            ) from exc
+            raise StartupError(f"cannot create the data folder {data_dir}: {exc.strerror}") from exc
         lock = lock_data_dir(data_dir)
         if lock is None:
             raise StartupError(
@@ -168,7 +186,9 @@ class Gateway:
         )
         try:
             await self._stack.enter_async_context(authority)
-        except MosquittoError as exc:
+            if cluster:
+                await authority.apply()  # the first apply syncs the cluster with the store
+        except (MosquittoError, RabbitApiError) as exc:
             raise StartupError(str(exc)) from exc
         registry.credentials_hook = authority.apply
         presence = PresenceService(
@@ -207,8 +227,11 @@ class Gateway:
         )
         self.services = svc
 
-        await presence.start()
-        self._stack.push_async_callback(presence.stop)
+        if cluster:
+            presence.recording = False  # until this instance holds the lease
+        else:
+            await presence.start()
+            self._stack.push_async_callback(presence.stop)
         if stats is not None:
             await stats.start()
             self._stack.push_async_callback(stats.stop)
@@ -218,6 +241,9 @@ class Gateway:
         await history.start()
         self._stack.push_async_callback(history.stop)
         svc.history = history
+        if cluster:
+            await self._start_cluster(svc, identity, ingest, presence)
+            return
         commands, _events = await start_message_queue(svc, self._stack)
         firmware = await start_firmware(svc, commands, self._stack)
         await start_rules(svc, self._stack)  # needs only the store and the devices, no cloud
@@ -241,6 +267,56 @@ class Gateway:
         await self._start_api(svc)
         if self.settings.firestore.enabled:
             await self._start_firestore(svc)
+        self._announce_ready(svc)
+
+    async def _start_cluster(
+        self,
+        svc: Services,
+        identity: Identity,
+        ingest: IngestService,
+        presence: PresenceService,
+    ) -> None:
+        """Scale-out (scaleout.py): telemetry on every instance, the rest on the lease holder."""
+        s = self.settings
+        stack = self._stack
+        await start_events(svc, stack)
+        await identity.start(svc, stack)
+        link = cluster_link(s, svc.topics, ingest.handle)
+        try:
+            await link.connect()
+        except MqttConnectError as exc:
+            raise StartupError(str(exc)) from exc
+        self.link = link
+        svc.link = link
+        stack.push_async_callback(link.close)
+        refresher = asyncio.create_task(refresh_registry(svc.registry), name="registry-refresh")
+        stack.push_async_callback(cancel_and_wait, [refresher])
+
+        svc.role = "worker"
+
+        async def promote() -> None:
+            await svc.registry.refresh()
+            presence.recording = True
+            await presence.start()
+            stack.push_async_callback(presence.stop)
+            commands = await start_commands(svc, stack)
+            firmware = await start_firmware(svc, commands, stack)
+            rules = await start_rules(svc, stack)
+            if rules is not None:
+                rules.engine.reading_event = ReadingObserved
+                rules.engine.durable_fires = True
+            commands.attach(link)
+            firmware.attach(link)
+            handler = control_handler(svc.topics, identity.route(ingest.handle), ingest.observe)
+            subs = control_subscriptions(svc.topics, identity.subscriptions)
+            await link.add_queue(s.cluster.queue + ".control", subs, handler)
+            svc.role = "leader"
+
+        name = f"planty-lease-{s.api.port}-{os.getpid()}"
+        self.leadership = Leadership(s, name, promote, self.stop)
+        self.leadership.start()
+        stack.push_async_callback(self.leadership.stop)
+        await self._start_api(svc)
         self._announce_ready(svc)
 
     async def _start_firestore(self, svc: Services) -> None:
@@ -273,9 +349,11 @@ class Gateway:
         await store.set_meta("gateway.broker_id", new_id)
         return new_id
 
-    def _authority(self) -> MosquittoAuthority | UnmanagedAuthority:
+    def _authority(self) -> MosquittoAuthority | UnmanagedAuthority | RabbitAuthority:
         """The device authority: the supervised Mosquitto, or an external server's no-op."""
         s = self.settings
+        if s.cluster.engine:
+            return cluster_authority(s)
         if s.supervised_mqtt:
             return MosquittoAuthority(MosquittoLayout.from_settings(s))
         u = urlparse(s.mqtt.url)

@@ -81,6 +81,32 @@ class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     x509_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
 
 
+class ClusterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Several gateway instances on a RabbitMQ cluster and one PostgreSQL (docs/scale-out.md)."""
+
+    # "": one gateway, its own MQTT server (the default). "rabbitmq": a RabbitMQ cluster with
+    # rabbitmq_mqtt; then store.url must be PostgreSQL and the mqtt.url/port keys are unused.
+    engine: Literal["", "rabbitmq"] = ""
+    amqp_urls: str = ""  # comma-separated, one per node: amqp://user:password@host:port/
+    management_urls: str = ""  # comma-separated, one per node: http://host:15672
+    admin_user: str = ""  # the management API's user (manages device users)
+    admin_password: str = ""  # never logged
+    # What devices are given: comma-separated host:port of the nodes' MQTT-over-TLS listeners
+    # (a device tries them in turn), and the CA file they must trust.
+    device_endpoints: str = ""
+    ca_file: str = ""
+    # A folder every instance reads: the fleet's claim secret (mqtt-claim.secret) lives there.
+    shared_dir: str = ""
+    queue: str = "planty.ingest"  # the quorum queue every instance consumes
+    prefetch: PositiveInt = 1000  # unacked deliveries per instance at most
+    # The command outbox and the other single-owner loops run on one instance at a time,
+    # the holder of a PostgreSQL lease; another takes over when it dies.
+    lease_s: PositiveFloat = 5.0
+
+    def split(self, value: str) -> list[str]:
+        return [v.strip() for v in value.split(",") if v.strip()]
+
+
 class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: str = ""  # empty: sqlite file in the data folder; else a SQLAlchemy URL
     batch_max: PositiveInt = 500  # readings per transaction at most
@@ -239,6 +265,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     gateway: GatewaySettings = GatewaySettings()
     api: ApiSettings = ApiSettings()
     mqtt: MqttSettings = MqttSettings()
+    cluster: ClusterSettings = ClusterSettings()
     store: StoreSettings = StoreSettings()
     presence: PresenceSettings = PresenceSettings()
     log: LogSettings = LogSettings()
@@ -259,7 +286,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     @property
     def supervised_mqtt(self) -> bool:
-        return not self.mqtt.url
+        return not self.mqtt.url and not self.cluster.engine
 
     def store_url(self) -> str:
         return self.store.url or f"sqlite:///{self.data_dir / 'planty.sqlite3'}"
@@ -362,6 +389,13 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             f"config: mqtt.x509_port: {x509_port} clashes with another port; set mqtt.x509_port"
         )
+    c = s.cluster
+    if c.engine:
+        for key in ("amqp_urls", "management_urls", "admin_user", "device_endpoints"):
+            if not getattr(c, key):
+                raise ConfigError(f"config: cluster.{key}: required with cluster.engine")
+        if not s.store.url.startswith("postgresql"):
+            raise ConfigError("config: store.url: cluster.engine needs a PostgreSQL store.url")
     if s.provisioning.default_window_s > s.provisioning.max_window_s:
         raise ConfigError(
             "config: provisioning.default_window_s: must be <= provisioning.max_window_s"

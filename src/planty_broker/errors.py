@@ -24,6 +24,8 @@ PlantyError
 │   │   ├── MosquittoStartError
 │   │   └── PkiError
 │   ├── ProbeError (OSError)                 [mqttserver.probe] not an MQTT server's answer
+│   ├── RabbitApiError                       [mqttserver.rabbit_mgmt] no node's API did it
+│   ├── RabbitNodeError                      [mqttserver.rabbit_nodes] a RabbitMQ node did not start
 │   └── MqttError                            [transport.mqtt] the gateway's own link
 │       └── MqttConnectError (ConnectionError)
 ├── CredentialError                          device credentials

@@ -13,12 +13,12 @@ from urllib.parse import quote
 
 import httpx
 
-from planty_broker.mqttserver.errors import MosquittoError
+from planty_broker.errors import MqttServerError
 
 log = logging.getLogger("planty_broker.mqttserver")
 
 
-class RabbitApiError(MosquittoError):
+class RabbitApiError(MqttServerError):
     """No node's management API could do the call; the message says what failed."""
 
 

@@ -28,14 +28,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from planty_broker.mqttserver.errors import MosquittoError
+from planty_broker.errors import MqttServerError
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 PLUGINS = "rabbitmq_mqtt,rabbitmq_management"
 ADMIN_USER = "planty-admin"
 
 
-class RabbitNodeError(MosquittoError):
+class RabbitNodeError(MqttServerError):
     """A RabbitMQ node could not be started or did not become ready."""
 
 

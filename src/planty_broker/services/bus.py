@@ -28,6 +28,13 @@ class ReadingStored:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadingObserved:
+    """Scale-out: the lease holder saw a copy of a reading that some instance stores."""
+
+    reading: Reading
+
+
+@dataclass(frozen=True, slots=True)
 class PresenceChanged:
     transition: PresenceTransition
     previous: str

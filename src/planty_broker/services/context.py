@@ -55,6 +55,9 @@ class Services:
     provisioning: ProvisioningService | None = None
     link: Link | None = None  # the gateway's MQTT link, once connected
     firmware: FirmwareService | None = None
+    # Scale-out (docs/scale-out.md): "single" (one gateway), "leader" (holds the lease: outbox,
+    # presence, rules) or "worker" (stores telemetry, serves reads).
+    role: str = "single"
 
     @property
     def endpoint(self) -> DeviceEndpoint:

@@ -36,6 +36,7 @@ from planty_broker.services.bus import (
     DeviceError,
     DevicesChanged,
     DeviceStatusReceived,
+    ReadingObserved,
     ReadingStored,
 )
 from planty_broker.services.presence import PresenceService
@@ -184,6 +185,21 @@ class IngestService:
             ack()
         else:  # `cmd` and `ota` are our own outbound channels; a device cannot publish there
             ack()
+
+    def observe(self, topic: str, payload: bytes, retain: bool, ack: Ack) -> None:
+        """Scale-out, on the lease holder: a copy of a telemetry message that some instance
+        stores. Presence and the rules see it (`ReadingObserved`); nothing is stored here."""
+        try:
+            parsed = self._topics.parse(topic)
+            if parsed.channel is Channel.TELEMETRY and parsed.device_id in self._registry:
+                tel, _ = decode_telemetry(payload, self._max_payload)
+                at = now_ms()
+                self._presence.on_activity(parsed.device_id, at)
+                reading = Reading(parsed.device_id, tel.seq, tel.ts or at, at, tel.readings)
+                self._bus.publish(ReadingObserved(reading))
+        except ProtocolError:
+            pass  # counted by the instance that stores it
+        ack()
 
     async def _append_timed(self, readings: Sequence[Reading]) -> None:
         started = time.perf_counter()

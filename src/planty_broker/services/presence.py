@@ -75,6 +75,10 @@ class PresenceService:
         self._started_ms = 0
         bus.subscribe(DevicesChanged, self._on_devices_changed)
 
+    # False on a cluster instance that does not hold the lease: its view is partial, so it
+    # neither stores nor announces transitions (docs/scale-out.md).
+    recording = True
+
     def get(self, device_id: str) -> Presence | None:
         return self._presence.get(device_id)
 
@@ -181,6 +185,8 @@ class PresenceService:
         previous = p.state
         p.state, p.since_ms, p.cause = state, at_ms, cause
         t = PresenceTransition(device_id, state, at_ms, cause)
+        if not self.recording:  # a cluster instance that does not own presence (scale-out)
+            return
         self._pending.append(t)
         if len(self._pending) > self._max_pending:
             self._drop_oldest()

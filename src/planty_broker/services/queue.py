@@ -19,10 +19,24 @@ async def start_message_queue(
     """Start the event log and the outbox (before the MQTT link connects, so acks that
     arrive at once find their commands); set them on `svc` and hook the outbox into
     ingest. Call `commands.attach(link)` once the link exists."""
-    store: Any = svc.store  # SqlStore / MemoryStore: also a CommandStore and an EventStore
+    events = await start_events(svc, stack)
+    commands = await start_commands(svc, stack)
+    return commands, events
+
+
+async def start_events(svc: Services, stack: AsyncExitStack) -> EventService:
+    """The event log (every instance of a scale-out deployment runs one)."""
+    store: Any = svc.store  # SqlStore / MemoryStore: also an EventStore
     events = EventService(store, svc.bus, svc.settings.events)
     await events.start()
     stack.push_async_callback(events.stop)
+    svc.events = events
+    return events
+
+
+async def start_commands(svc: Services, stack: AsyncExitStack) -> CommandService:
+    """The command outbox (in a scale-out deployment: on the lease holder only)."""
+    store: Any = svc.store  # SqlStore / MemoryStore: also a CommandStore
     commands = CommandService(
         store,
         svc.bus,
@@ -37,8 +51,7 @@ async def start_message_queue(
     stack.push_async_callback(commands.stop)
     svc.ingest.ack_handler = commands.handle_ack
     svc.commands = commands
-    svc.events = events
-    return commands, events
+    return commands
 
 
 async def start_firmware(

@@ -70,6 +70,20 @@ class DeviceRegistry:
     async def load(self) -> None:
         self._devices = {d.id: d for d in await self._store.list_devices()}
 
+    async def refresh(self) -> int:
+        """Re-read the store (several gateway instances share it): devices another instance
+        added or removed appear here too, with their bus events. Returns how many changed."""
+        fresh = {d.id: d for d in await self._store.list_devices()}
+        old = self._devices
+        added = [d for d in fresh if d not in old]
+        removed = [d for d in old if d not in fresh]
+        self._devices = fresh
+        for device_id in added:
+            self._bus.publish(DevicesChanged(device_id, "added"))
+        for device_id in removed:
+            self._bus.publish(DevicesChanged(device_id, "removed"))
+        return len(added) + len(removed)
+
     def __contains__(self, device_id: object) -> bool:
         return device_id in self._devices
 

@@ -120,6 +120,8 @@ class SimDevice:
         self._credential_acks: dict[str, Ack] = {}
         self.credential_id: str | None = None  # the id of the last credential received
         self._switch_task: asyncio.Task[None] | None = None
+        self._endpoint = 0  # which of the credentials' endpoints to try next
+        self.acked_seqs: list[int] = []  # telemetry seqs PUBACKed (profile.track_acks)
 
     # ------------------------------------------------------------ read-only views
 
@@ -283,12 +285,12 @@ class SimDevice:
                 on_message=self._on_message,
                 on_acked=self._on_acked,
                 on_lost=self._on_lost,
+                on_tag_acked=self.acked_seqs.append if self.profile.track_acks else None,
             )
             try:
                 async with self._gate if self._gate is not None else contextlib.nullcontext():
                     await link.connect(
-                        creds.host,
-                        creds.port,
+                        *creds.endpoint(self._endpoint),
                         tls,
                         self.profile.keepalive_s,
                         self.profile.connect_timeout_s,
@@ -299,6 +301,7 @@ class SimDevice:
             except LinkError as exc:
                 self.last_error = str(exc)
                 self._counts["connect_failures"] += 1
+                self._endpoint += 1  # a cluster: try the next node
                 if self._fallback is not None:  # a rotation: alternate new and previous
                     self._use_fallback = not self._use_fallback
                 attempt += 1
@@ -322,8 +325,13 @@ class SimDevice:
             finally:
                 ticker.cancel()
                 self._online.clear()
-            self._counts["disconnects"] += 1
-            self._link = None
+            self._lost_link(creds)
+
+    def _lost_link(self, creds: DeviceCredentials) -> None:
+        self._counts["disconnects"] += 1
+        self._link = None
+        if creds.alternates:
+            self._endpoint += 1  # the node may be gone: the next one first
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(
@@ -334,9 +342,16 @@ class SimDevice:
     # ------------------------------------------------------------ publishing
 
     def _publish(
-        self, link: MqttLink, topic: str, payload: bytes, kind: Kind, *, retain: bool = False
+        self,
+        link: MqttLink,
+        topic: str,
+        payload: bytes,
+        kind: Kind,
+        *,
+        retain: bool = False,
+        tag: int | None = None,
     ) -> bool:
-        sent = link.publish(topic, payload, kind, retain=retain)
+        sent = link.publish(topic, payload, kind, retain=retain, tag=tag)
         if sent:
             self._counts[f"{_COUNTER_NAME.get(kind, kind.value)}_published"] += 1
         return sent
@@ -393,7 +408,7 @@ class SimDevice:
             return None
         ts = int(self._clock() * 1000) if self.profile.send_ts else None
         msg = Telemetry(seq=seq, readings=self._fw.readings(), ts=ts)
-        self._publish(link, self._telemetry_topic, encode(msg), Kind.TELEMETRY)
+        self._publish(link, self._telemetry_topic, encode(msg), Kind.TELEMETRY, tag=seq)
         return seq
 
     async def burst(self, ticks: int) -> int:

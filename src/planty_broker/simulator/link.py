@@ -55,16 +55,20 @@ class _CountingStorage(QosStorage):
     def __init__(self, on_acked: AckedCallback) -> None:
         super().__init__()
         self.next_kind = Kind.STATUS
-        self._sent: dict[int, tuple[Kind, float]] = {}
+        self.next_tag: int | None = None  # the telemetry seq of the next publish
+        self.tag_acked: Callable[[int], None] | None = None
+        self._sent: dict[int, tuple[Kind, float, int | None]] = {}
         self._report = on_acked
 
     def on_push(self, mid: int) -> None:
-        self._sent.setdefault(mid, (self.next_kind, time.monotonic()))
+        self._sent.setdefault(mid, (self.next_kind, time.monotonic(), self.next_tag))
 
     def on_acked(self, mid: int) -> None:
         entry = self._sent.pop(mid, None)
         if entry is not None:
             self._report(entry[0], time.monotonic() - entry[1])
+            if entry[2] is not None and self.tag_acked is not None:
+                self.tag_acked(entry[2])
 
     def on_clear(self) -> None:
         self._sent.clear()
@@ -88,10 +92,12 @@ class MqttLink:
         on_message: MessageCallback,
         on_acked: AckedCallback,
         on_lost: Callable[[], None] | None = None,
+        on_tag_acked: Callable[[int], None] | None = None,
     ) -> None:
         self.lost = asyncio.Event()
         self._lost_callback = on_lost
         self._storage = _CountingStorage(on_acked)
+        self._storage.tag_acked = on_tag_acked
         self._on_message = on_message
         self._client = ReportingClient(
             client_id,
@@ -146,11 +152,21 @@ class MqttLink:
     def subscribe(self, topic: str) -> None:
         self._client.subscribe(topic, qos=1)
 
-    def publish(self, topic: str, payload: bytes, kind: Kind, *, retain: bool = False) -> bool:
-        """Publish at QoS 1; False when the link is already down (nothing was sent)."""
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        kind: Kind,
+        *,
+        retain: bool = False,
+        tag: int | None = None,
+    ) -> bool:
+        """Publish at QoS 1; False when the link is already down (nothing was sent).
+        `tag` (a telemetry seq) is handed to `on_tag_acked` with its PUBACK."""
         if not self.connected:
             return False
         self._storage.next_kind = kind
+        self._storage.next_tag = tag
         self._client.publish(topic, payload, qos=1, retain=retain)
         return True
 

@@ -31,6 +31,14 @@ class DeviceCredentials:
     # the token (on the broker's X.509 listener, `port`).
     cert_pem: str | None = field(default=None, repr=False)
     key_pem: str | None = field(default=None, repr=False)
+    # More nodes of the same MQTT cluster (scale-out): a device that cannot reach one, or
+    # loses it, moves to the next (host, port), round robin.
+    alternates: tuple[tuple[str, int], ...] = ()
+
+    def endpoint(self, n: int) -> tuple[str, int]:
+        """The `n`-th endpoint to try (the first is host:port), round robin."""
+        every = ((self.host, self.port), *self.alternates)
+        return every[n % len(every)]
 
     @property
     def kind(self) -> str:
@@ -152,6 +160,7 @@ class DeviceProfile:
     reconnect_max_s: float = 30.0
     max_inflight: int = 20
     dedup_memory: int = 256
+    track_acks: bool = False  # keep every PUBACKed telemetry seq in `acked_seqs` (checks)
     time_scale: float = 1.0
     first_boot: int = 1
     faults: Faults = Faults()

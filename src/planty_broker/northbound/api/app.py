@@ -55,6 +55,7 @@ def create_api(
             "status": "ok",
             "version": __version__,
             "mqtt_connected": bool(getattr(link, "connected", False)),
+            "role": svc.role,
         }
 
     protected = (

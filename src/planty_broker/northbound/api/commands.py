@@ -65,7 +65,13 @@ class ReadRequest(BaseModel):
 def commands_of(svc: Services) -> CommandService:
     found = svc.commands
     if not isinstance(found, CommandService):
-        raise ApiError(503, "unavailable", "the command service is not running")
+        detail = (
+            "this instance does not hold the lease: send commands through the leader "
+            "(GET /healthz says role: leader)"
+            if svc.role == "worker"
+            else "the command service is not running"
+        )
+        raise ApiError(503, "unavailable", detail)
     return found
 
 

@@ -27,7 +27,12 @@ from planty_broker.domain.rules.eval import Decision, Outcome, human_ms
 from planty_broker.domain.rules.index import RuleIndex
 from planty_broker.domain.rules.records import ORIGIN_RULE, HistoryOutcome, RuleEvent
 from planty_broker.ports.store import RuleStore
-from planty_broker.services.bus import Bus, DeviceStatusReceived, ReadingStored
+from planty_broker.services.bus import (
+    Bus,
+    DeviceStatusReceived,
+    ReadingObserved,
+    ReadingStored,
+)
 from planty_broker.services.commands.outbox import CommandChanged
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.services.writer import BatchWriter
@@ -116,7 +121,7 @@ class RuleEngine:
         await self.history.start()
         bus = self._bus
         self._unsubscribe = [
-            bus.subscribe(ReadingStored, self._on_reading),
+            bus.subscribe(self.reading_event, self._on_reading),
             bus.subscribe(CommandChanged, self._on_command),
             bus.subscribe(DeviceStatusReceived, self._on_status),
         ]
@@ -150,7 +155,14 @@ class RuleEngine:
 
     # ------------------------------------------------------------ readings (hot path)
 
-    def _on_reading(self, event: ReadingStored) -> None:
+    # Scale-out: the lease holder evaluates the copies of every reading (ReadingObserved),
+    # since the readings themselves are stored by whichever instance consumed them.
+    reading_event: type[ReadingStored] | type[ReadingObserved] = ReadingStored
+    # Scale-out: a fire's history line is committed before its command is submitted, so the
+    # next lease holder restores it (cooldown, budget) even if this instance dies right then.
+    durable_fires = False
+
+    def _on_reading(self, event: ReadingStored | ReadingObserved) -> None:
         r = event.reading
         decisions = self.index.evaluate(r.device_id, r.values, r.ts_ms, self._clock())
         if decisions:
@@ -163,7 +175,9 @@ class RuleEngine:
                 self.counts["fires"] += 1
                 data = d.to_event()
                 data["command_id"] = new_command_id()  # the line is written now, in order
-                self.record(RuleEvent(d.rule_id, d.device_id, d.at_ms, d.outcome, data))
+                line = RuleEvent(d.rule_id, d.device_id, d.at_ms, d.outcome, data)
+                if not self.durable_fires:
+                    self.record(line)
                 task = asyncio.get_running_loop().create_task(self._fire(d, data))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -176,6 +190,13 @@ class RuleEngine:
         """Submit a fire's command (its line is already written, with the command id);
         a refused command adds an `error` line saying why it was not sent."""
         error = None
+        if self.durable_fires:  # the fire's line first: whoever takes over knows it fired
+            try:
+                line = RuleEvent(d.rule_id, d.device_id, d.at_ms, d.outcome, data)
+                await self.record_now([line])
+            except Exception as exc:
+                log.warning("rule %s: fire not recorded, not sent: %s", d.rule_id, exc)
+                return
         if self.commands is None:
             error = "no command service in this broker"
         else:

@@ -1,0 +1,139 @@
+"""Scale-out composition (issue 15): a gateway instance among several, on a RabbitMQ
+cluster and one PostgreSQL. `app.py` uses this when `cluster.engine = "rabbitmq"`.
+
+Every instance:
+- consumes the quorum queue `cluster.queue` (telemetry) as a competing consumer and
+  stores what it gets, acking each message to RabbitMQ only after its commit;
+- serves the HTTP API, appends to the event log, re-reads the device registry every
+  `REGISTRY_EVERY_S` (another instance may have added or removed a device).
+
+One instance at a time, the holder of the PostgreSQL lease (`storage/sql_lease.py`),
+also runs what must run once: the command outbox, presence, the rules and updates. It
+consumes a second quorum queue, `<queue>.control`: status, acks, update acks, claim
+requests, and a copy of every telemetry message (presence and the rules see every
+reading; the copy is not stored). When it dies its session ends, PostgreSQL frees the
+lock, and the next instance takes the lease, reloads the outbox (unacked commands are
+re-sent with the same id), today's rule fires (cooldowns, budgets) and presence from the
+store, and starts consuming the control queue, where the dead holder's unacked messages
+wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from planty_broker.config import Settings
+from planty_broker.mqttserver.rabbit_authority import RabbitAuthority
+from planty_broker.ports.device_authority import DeviceEndpoint
+from planty_broker.protocol import Channel, Topics
+from planty_broker.services.registry import DeviceRegistry
+from planty_broker.storage.sql_lease import PgLease
+from planty_broker.transport.amqp import AmqpLink
+from planty_broker.transport.mqtt import MessageHandler
+
+log = logging.getLogger(__name__)
+
+REGISTRY_EVERY_S = 2.0
+INGEST_CHANNELS = (Channel.TELEMETRY,)
+CONTROL_CHANNELS = (Channel.STATUS, Channel.ACK, Channel.OTA_ACK)
+
+
+def cluster_authority(settings: Settings) -> RabbitAuthority:
+    c = settings.cluster
+    first = c.split(c.device_endpoints)[0]
+    host, _, port = first.rpartition(":")
+    ca_pem = Path(c.ca_file).read_text() if c.ca_file else None
+    return RabbitAuthority(
+        c.split(c.management_urls),
+        c.admin_user,
+        c.admin_password,
+        DeviceEndpoint(host or first, int(port or 8883), True, ca_pem),
+        topic_prefix=settings.mqtt.topic_prefix,
+        secret_dir=Path(c.shared_dir) if c.shared_dir else settings.data_dir,
+    )
+
+
+def cluster_link(settings: Settings, topics: Topics, handler: MessageHandler) -> AmqpLink:
+    c = settings.cluster
+    subs = [(topics.subscription(ch), 1) for ch in INGEST_CHANNELS]
+    return AmqpLink(c.split(c.amqp_urls), c.queue, subs, handler, prefetch=c.prefetch)
+
+
+def control_subscriptions(
+    topics: Topics, extra: Sequence[tuple[str, int]]
+) -> list[tuple[str, int]]:
+    """What the lease holder's control queue is bound to (telemetry: a copy)."""
+    channels = (*CONTROL_CHANNELS, *INGEST_CHANNELS)
+    return [(topics.subscription(ch), 1) for ch in channels] + list(extra)
+
+
+def control_handler(
+    topics: Topics, handle: MessageHandler, observe: MessageHandler
+) -> MessageHandler:
+    """Telemetry copies to `observe`; everything else (status, acks, claims) to `handle`."""
+    telemetry = "/" + Channel.TELEMETRY.value
+
+    def route(topic: str, payload: bytes, retain: bool, ack: Callable[[], None]) -> None:
+        if topic.endswith(telemetry) and topic.startswith(topics.prefix + "/"):
+            observe(topic, payload, retain, ack)
+        else:
+            handle(topic, payload, retain, ack)
+
+    return route
+
+
+class Leadership:
+    """Takes the lease when it can, then `promote()`; `on_lost()` if it is ever lost."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        promote: Callable[[], Awaitable[None]],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self._lease = PgLease(settings.store.url, name, every_s=min(settings.cluster.lease_s, 1.0))
+        self._promote = promote
+        self._on_lost = on_lost
+        self._task: asyncio.Task[None] | None = None
+        self.held = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="cluster-lease")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._lease.release()
+
+    async def _run(self) -> None:
+        await self._lease.acquire()
+        self.held = True
+        try:
+            await self._promote()
+        except Exception:
+            log.exception("scale-out: taking over the single-owner services failed")
+            self.held = False
+            self._on_lost()
+            return
+        log.info("scale-out: this instance holds the lease (outbox, presence, rules)")
+        await self._lease.lost()
+        self.held = False
+        log.error("scale-out: the lease is lost; stopping this instance (restart it)")
+        self._on_lost()
+
+
+async def refresh_registry(registry: DeviceRegistry) -> None:
+    """Every instance: devices added or removed through another instance show up here."""
+    while True:
+        await asyncio.sleep(REGISTRY_EVERY_S)
+        try:
+            await registry.refresh()
+        except Exception as exc:
+            log.warning("registry refresh failed (%s); retrying", exc)
