@@ -131,11 +131,16 @@ class Device:
         rssi=None,
         on_event=None,
         log=print,
+        endpoints=None,
     ):
         self.device_id = device_id
         self.token = token
         self.host = host
         self.port = port
+        # A cluster (docs/scale-out.md): more (host, port) pairs; a connect that cannot reach
+        # one moves to the next, round robin.
+        self._eps = [(host, port)] + [(e[0], int(e[1])) for e in (endpoints or ())]
+        self._ep = 0
         self.ca_der = pem_to_der(ca_pem) if ca_pem else None
         base = prefix + "/devices/" + device_id + "/"
         self.t_status = (base + "status").encode()
@@ -185,6 +190,8 @@ class Device:
     def from_secrets(cls, secrets, **opts):
         """A Device from the dict `load_secrets()` returns; `opts` are the other arguments."""
         m = secrets["mqtt"]
+        if "endpoints" not in opts:
+            opts["endpoints"] = m.get("endpoints")  # more nodes of a cluster: [[host, port]]
         return cls(
             secrets["device_id"],
             secrets["token"],
@@ -384,6 +391,8 @@ class Device:
             self.log("planty: cannot reach %s:%s (%s)" % (self.host, self.port, _why(e)))
             self._event("unreachable")
             self._drop(c)
+            self._ep = (self._ep + 1) % len(self._eps)
+            self.host, self.port = self._eps[self._ep]
             return False
         except Exception as e:  # ImportError, MemoryError, a library bug: never fatal
             self.log(

@@ -222,3 +222,24 @@ async def test_a_broker_with_another_ca_is_not_trusted(
     )
     assert dev.connect() is False
     assert any("cannot reach" in line and "CERTIFICATE_VERIFY_FAILED" in line for line in dev.logs)
+
+
+def test_a_device_given_several_endpoints_moves_to_the_next_when_one_is_gone(
+    make_device: Callable[..., Any], device_endpoint: DeviceEndpoint
+) -> None:
+    """A cluster (docs/scale-out.md): the first node is gone, the device goes on to the next."""
+    from tests.conftest import free_port
+
+    dead = DeviceEndpoint(
+        device_endpoint.host,
+        free_port(),  # nothing listens there: a node that died
+        device_endpoint.ca_pem,
+        device_endpoint.device_id,
+        device_endpoint.token,
+    )
+    dev = make_device(dead, endpoints=[(device_endpoint.host, device_endpoint.port)])
+    assert dev.connect() is False  # the dead node
+    assert any("cannot reach" in line for line in dev.logs)
+    assert dev.connect() is True  # the next one
+    assert dev.port == device_endpoint.port
+    dev._drop()
