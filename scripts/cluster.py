@@ -387,8 +387,9 @@ async def _commands_loop(
     headers = {"Authorization": f"Bearer {cluster.token}"}
     async with httpx.AsyncClient(timeout=10, headers=headers) as client:
         while not stop_at.is_set():
-            try:
-                gw = await leader(cluster.gateways, timeout_s=30)
+            try:  # any live instance: a worker forwards to the lease holder
+                live = [g for g in cluster.gateways if g.alive()]
+                gw = rng.choice(live) if live else await leader(cluster.gateways, timeout_s=30)
                 device = rng.choice(ids)
                 r = await client.post(
                     f"{gw.url}/api/v1/devices/{device}/commands",
@@ -402,11 +403,11 @@ async def _commands_loop(
                 await asyncio.wait_for(stop_at.wait(), every_s)
 
 
-async def _median_light(pg: str) -> float:
+async def _median_temperature(pg: str) -> float:
     async with await psycopg.AsyncConnection.connect(pg) as conn:
         cur = await conn.execute(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY (\"values\"->>'light')::float) "
-            "FROM readings"
+            "SELECT percentile_cont(0.5) WITHIN GROUP "
+            "(ORDER BY (\"values\"->>'temperature')::float) FROM readings"
         )
         row = await cur.fetchone()
     return float(row[0]) if row and row[0] is not None else 0.0
@@ -422,9 +423,10 @@ async def _count(pg: str, fleet: list[SimDevice], sent: list[str], cooldown_ms: 
         stored = {(d, int(s)): int(n) for d, s, n in await cur.fetchall()}
         cur = await conn.execute("SELECT id, state FROM commands WHERE id = ANY(%s)", (sent,))
         states = dict(await cur.fetchall())
-        cur = await conn.execute(
-            "SELECT device_id, created_ms FROM commands WHERE origin = 'rule' "
-            "ORDER BY device_id, created_ms"
+        cur = await conn.execute(  # the fire's decision time, on the broker's clock
+            "SELECT device_id, at_ms FROM rule_history WHERE outcome = 'fire' AND rule_id = %s "
+            "ORDER BY device_id, at_ms",
+            (RULE_ID,),
         )
         fires = await cur.fetchall()
     acked = {(d.device_id, s) for d in fleet for s in d.acked_seqs}
@@ -495,20 +497,20 @@ async def _scenario(  # noqa: PLR0915 - one scenario, step by step
     )
     try:
         await asyncio.sleep(min(8.0, seconds / 6))
-        threshold = await _median_light(pg)
+        threshold = await _median_temperature(pg)
         async with httpx.AsyncClient(
             timeout=10, headers={"Authorization": f"Bearer {cluster.token}"}
         ) as client:
             gw = await leader(cluster.gateways)
-            r = await client.post(
-                f"{gw.url}/api/v1/rules",
+            r = await client.put(
+                f"{gw.url}/api/v1/rules/{RULE_ID}",
                 json={
-                    "id": RULE_ID, "devices": "*", "reading": "light", "op": ">",
+                    "id": RULE_ID, "devices": "*", "reading": "temperature", "op": ">",
                     "threshold": threshold, "action": "lamp.on", "args": {"seconds": 1},
                     "cooldown_s": RULE_COOLDOWN_S, "stale_after_s": 3600,
                 },
             )  # fmt: skip
-            say(f"rule {RULE_ID}: light > {threshold:.1f} -> lamp.on, cooldown "
+            say(f"rule {RULE_ID}: temperature > {threshold:.2f} -> lamp.on, cooldown "
                 f"{RULE_COOLDOWN_S} s ({r.status_code})")  # fmt: skip
         step = seconds / 6
         await asyncio.sleep(step)

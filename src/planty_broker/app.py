@@ -35,6 +35,7 @@ from planty_broker.mqttserver.supervisor import MosquittoSupervisor
 from planty_broker.mqttserver.unmanaged import UnmanagedAuthority
 from planty_broker.northbound.api.app import create_api
 from planty_broker.northbound.api.auth import Authenticator, ensure_admin_token
+from planty_broker.northbound.api.forward import LEADER_API_KEY
 from planty_broker.northbound.api.tokens import token_lookup
 from planty_broker.northbound.firestore.connector import FirestoreConnector
 from planty_broker.ports.device_authority import DeviceAuthority, DeviceEndpoint
@@ -42,6 +43,7 @@ from planty_broker.ports.store import Store
 from planty_broker.protocol import Channel, Topics
 from planty_broker.scaleout import (
     Leadership,
+    UnknownDeviceRefresh,
     cluster_authority,
     cluster_link,
     control_handler,
@@ -281,7 +283,9 @@ class Gateway:
         stack = self._stack
         await start_events(svc, stack)
         await identity.start(svc, stack)
-        link = cluster_link(s, svc.topics, ingest.handle)
+        link = cluster_link(
+            s, svc.topics, UnknownDeviceRefresh(svc.registry, svc.topics, ingest.handle)
+        )
         try:
             await link.connect()
         except MqttConnectError as exc:
@@ -307,9 +311,14 @@ class Gateway:
                 rules.engine.durable_fires = True
             commands.attach(link)
             firmware.attach(link)
-            handler = control_handler(svc.topics, identity.route(ingest.handle), ingest.observe)
+            handler = control_handler(
+                svc.topics,
+                UnknownDeviceRefresh(svc.registry, svc.topics, identity.route(ingest.handle)),
+                UnknownDeviceRefresh(svc.registry, svc.topics, ingest.observe),
+            )
             subs = control_subscriptions(svc.topics, identity.subscriptions)
             await link.add_queue(s.cluster.queue + ".control", subs, handler)
+            await svc.store.set_meta(LEADER_API_KEY, s.cluster.api_url or self._own_api_url())
             svc.role = "leader"
 
         name = f"planty-lease-{s.api.port}-{os.getpid()}"
@@ -424,8 +433,12 @@ class Gateway:
                 await asyncio.wait_for(task, 5)
 
         self._stack.push_async_callback(stop_api)
+        self.api_url = self._own_api_url()
+
+    def _own_api_url(self) -> str:
+        s = self.settings
         host = s.api.host if s.api.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
-        self.api_url = f"http://{host}:{s.api.port}"
+        return f"http://{host}:{s.api.port}"
 
     def _announce_ready(self, svc: Services) -> None:
         s = self.settings

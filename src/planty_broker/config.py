@@ -102,6 +102,9 @@ class ClusterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The command outbox and the other single-owner loops run on one instance at a time,
     # the holder of a PostgreSQL lease; another takes over when it dies.
     lease_s: PositiveFloat = 5.0
+    # How the other instances reach this one's HTTP API (they forward the lease holder's
+    # routes to it); empty: http://<api.host>:<api.port> (127.0.0.1 for 0.0.0.0).
+    api_url: str = ""
 
     def split(self, value: str) -> list[str]:
         return [v.strip() for v in value.split(",") if v.strip()]

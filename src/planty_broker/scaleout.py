@@ -57,6 +57,51 @@ def cluster_authority(settings: Settings) -> RabbitAuthority:
     )
 
 
+class UnknownDeviceRefresh:
+    """A message from a device this instance does not know yet may come from one another
+    instance just registered: re-read the registry first (at most every `MIN_EVERY_S`,
+    one read for every message waiting on it), then handle the message as usual."""
+
+    MIN_EVERY_S = 0.5
+
+    def __init__(self, registry: DeviceRegistry, topics: Topics, handle: MessageHandler) -> None:
+        self._registry = registry
+        self._topics = topics
+        self._handle = handle
+        self._pending: asyncio.Task[None] | None = None
+        self._last = 0.0
+        self.refreshes = 0
+
+    def __call__(self, topic: str, payload: bytes, retain: bool, ack: Callable[[], None]) -> None:
+        try:
+            device_id = self._topics.parse(topic).device_id
+        except ValueError:
+            device_id = None  # a bad topic: the handler counts it
+        if device_id is None or device_id in self._registry:
+            self._handle(topic, payload, retain, ack)
+            return
+        task = self._pending
+        if task is None or task.done():
+            task = self._pending = asyncio.get_running_loop().create_task(self._refresh())
+
+        def then(_t: asyncio.Task[None]) -> None:
+            self._handle(topic, payload, retain, ack)
+
+        task.add_done_callback(then)
+
+    async def _refresh(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._last + self.MIN_EVERY_S - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._last = loop.time()
+        self.refreshes += 1
+        try:
+            await self._registry.refresh()
+        except Exception as exc:
+            log.warning("registry refresh failed (%s)", exc)
+
+
 def cluster_link(settings: Settings, topics: Topics, handler: MessageHandler) -> AmqpLink:
     c = settings.cluster
     subs = [(topics.subscription(ch), 1) for ch in INGEST_CHANNELS]

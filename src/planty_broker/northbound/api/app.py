@@ -27,6 +27,7 @@ from planty_broker.northbound.api import (
 from planty_broker.northbound.api.auth import Authenticator
 from planty_broker.northbound.api.deps import principal
 from planty_broker.northbound.api.errors import install_error_handlers
+from planty_broker.northbound.api.forward import install_forwarding
 from planty_broker.northbound.dashboard.pages import install_dashboard
 from planty_broker.northbound.metrics import install_metrics
 from planty_broker.services.context import Services
@@ -46,6 +47,8 @@ def create_api(
     app.state.services = svc
     app.state.authenticator = authenticator
     install_error_handlers(app)
+    if svc.settings.cluster.engine:  # one gateway (the default) has nothing to forward
+        install_forwarding(app, svc)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:

@@ -1,0 +1,67 @@
+"""Scale-out: a worker instance hands what only the lease holder serves to the lease holder.
+
+In a deployment of several instances (docs/scale-out.md) the command outbox, the rules,
+updates, pairing and the claim window run on the instance holding the PostgreSQL lease.
+Any instance's API takes those requests all the same: a worker forwards them over HTTP
+to the lease holder's API (its address is in the store, `cluster.leader_api`, written
+when it took the lease) and returns the answer as it came, status and body. Everything
+else (devices, telemetry, events, statistics) a worker answers itself from the store.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+import httpx
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from planty_broker.northbound.api.errors import error_body
+from planty_broker.services.context import Services
+
+LEADER_API_KEY = "cluster.leader_api"
+FORWARD_TIMEOUT_S = 330.0  # longer than any `wait_s` a command request may ask for
+_HEADERS = ("authorization", "content-type", "accept", "x-request-id")
+LEADER_ONLY = re.compile(
+    r"^/api/v1/(?:"
+    r"(?:commands|rules|firmware|rollouts|pairing|provisioning)(?:/.*)?"
+    r"|devices/[^/]+/(?:commands|read|latency|thresholds|firmware|rotate|credentials|revoke)"
+    r"(?:/.*)?"
+    r")$"
+)
+
+
+def install_forwarding(app: FastAPI, svc: Services) -> None:
+    """On a worker (`svc.role == "worker"`), forward the lease holder's routes to it."""
+    client: list[httpx.AsyncClient] = []
+
+    @app.middleware("http")
+    async def forward(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if svc.role != "worker" or not LEADER_ONLY.match(request.url.path):
+            return await call_next(request)
+        leader = await svc.store.get_meta(LEADER_API_KEY)
+        if not isinstance(leader, str) or not leader:
+            return _unavailable("no instance holds the lease yet; retry in a moment")
+        if not client:
+            client.append(httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S))
+        headers = {k: v for k, v in request.headers.items() if k.lower() in _HEADERS}
+        try:
+            r = await client[0].request(
+                request.method,
+                leader.rstrip("/") + request.url.path,
+                params=request.url.query,
+                content=await request.body(),
+                headers=headers,
+            )
+        except httpx.HTTPError as exc:
+            return _unavailable(f"the lease holder at {leader} did not answer ({exc!r})")
+        out = Response(r.content, r.status_code, media_type=r.headers.get("content-type"))
+        out.headers["x-planty-served-by"] = leader
+        return out
+
+
+def _unavailable(message: str) -> Response:
+    return JSONResponse(error_body("unavailable", message), 503, headers={"retry-after": "1"})
