@@ -24,14 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from planty_broker.mqttserver.atomic import load_or_create_secret
-from planty_broker.mqttserver.authority import Coalescer
 from planty_broker.mqttserver.rabbit_mgmt import RabbitApi, q
 from planty_broker.mqttserver.rabbit_passwords import (
     ALGORITHM,
@@ -93,6 +92,25 @@ class UserSpec:
     topic_read: str
 
 
+class _Coalescer:
+    """Run an async job; concurrent requests during a run share the next run."""
+
+    def __init__(self, job: Callable[[], Awaitable[None]]) -> None:
+        self._job = job
+        self._lock = asyncio.Lock()
+        self._started = 0
+        self._completed = 0
+
+    async def __call__(self) -> None:
+        need = self._started + 1
+        async with self._lock:
+            if self._completed >= need:
+                return
+            self._started += 1
+            await self._job()
+            self._completed = self._started
+
+
 class RabbitAuthority:
     """The port's RabbitMQ adapter (see the module docstring); an async context manager."""
 
@@ -114,7 +132,7 @@ class RabbitAuthority:
         self._source: AccessSource = DesiredAccess
         self._sinks: list[LoginSink] = []
         self._applied: dict[str, UserSpec] | None = None  # None: not synced with the server
-        self._apply = Coalescer(self._apply_once)
+        self._apply = _Coalescer(self._apply_once)
         self.applies = 0
 
     async def __aenter__(self) -> Self:
