@@ -240,9 +240,10 @@ class Gateway:
         await ingest.start()
         self._stack.push_async_callback(ingest.stop)
         history = HistoryService(store, policy_of(s), every_s=s.store.housekeeping_every_s)
-        await history.start()
-        self._stack.push_async_callback(history.stop)
         svc.history = history
+        if not cluster:  # in a cluster: housekeeping (rollups, pruning) on the lease holder
+            await history.start()
+            self._stack.push_async_callback(history.stop)
         if cluster:
             await self._start_cluster(svc, identity, ingest, presence)
             return
@@ -303,6 +304,9 @@ class Gateway:
             presence.recording = True
             await presence.start()
             stack.push_async_callback(presence.stop)
+            if svc.history is not None:
+                await svc.history.start()
+                stack.push_async_callback(svc.history.stop)
             commands = await start_commands(svc, stack)
             firmware = await start_firmware(svc, commands, stack)
             rules = await start_rules(svc, stack)
