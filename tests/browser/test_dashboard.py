@@ -220,3 +220,25 @@ async def test_presence_states_never_seen_clean_offline_and_what_unknown_time_me
         await shot(page, "device-availability-note")
     finally:
         await bye.close()
+
+
+async def test_root_opens_the_dashboard_and_the_latency_axis_reads_round_numbers(
+    page: Any, dash_gateway: Gateway, fleet: Fleet
+) -> None:
+    base = dash_gateway.api_url
+    missing: list[str] = []
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    await page.goto(base + "/")
+    await page.wait_for_selector("#login:not([hidden])")
+    assert page.url == base + "/dashboard/"
+    await log_in(page, base, path=f"/dashboard/devices/{fleet.devices[0].device_id}")
+    assert dash_gateway.services.stats is not None
+    for ms in (1.995, 1.998, 2.0):  # the newcomer's flat two milliseconds
+        dash_gateway.services.stats.record_rtt(fleet.devices[0].device_id, ms)
+    await page.reload()
+    await page.wait_for_selector("#latency-chart .chart[data-series=latency] canvas")
+    # a y range from 0 to a round number above the slowest point, ticks without noise digits
+    assert await page.evaluate("window.plantyCharts.latencyRange(null, 1.995, 2.0)") == [0, 2.5]
+    ticks = await page.evaluate("window.plantyCharts.latencyTicks(null, [0, 0.5, 1.5, 2.5, 20])")
+    assert ticks == ["0", "0.5", "1.5", "2.5", "20"]
+    assert not [u for u in missing if u.endswith("favicon.ico") or "/static/" in u], missing

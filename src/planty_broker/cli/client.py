@@ -1,7 +1,19 @@
-"""What every `planty` command group shares: options, one-line failures, the API client."""
+"""What every `planty` command group shares: options, one-line failures, the API client.
+
+Everything is printed literally: the consoles interpret no markup, so a message like
+`pip install 'planty-broker[postgres]'` keeps its brackets; colour is given as a style.
+
+Exit codes, the same for every command (docs/commands.md, "Exit codes"):
+0 done; 1 an error (one line on stderr says why); 2 a bad option (usage);
+3 the awaited outcome is final but not a success (a command failed, expired, ...);
+4 `--wait` ended before the outcome was final (still queued or sent).
+"""
 
 from __future__ import annotations
 
+import errno
+import socket
+import ssl
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -9,11 +21,18 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from planty_broker.config import ConfigError, Settings, load_settings
 
-console = Console()
-err = Console(stderr=True)
+console = Console(markup=False, highlight=False)
+err = Console(stderr=True, markup=False, highlight=False)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # typer's own code for a bad option
+EXIT_NOT_DONE = 3  # final, but not a success
+EXIT_WAIT_ENDED = 4  # --wait ended before a final state
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")]
 DataDirOpt = Annotated[
@@ -22,9 +41,33 @@ DataDirOpt = Annotated[
 UrlOpt = Annotated[str | None, typer.Option("--url", help="gateway API URL (default from config)")]
 
 
-def fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """One line on stderr, printed literally, then exit with `code`."""
+    err.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """A literal warning line on stderr."""
+    err.print(Text(message, style="yellow"), soft_wrap=True)
+
+
+def connect_failure(url: str, exc: BaseException) -> str:
+    """Why a connection to `url` failed, in words: name resolution, refused, TLS, or else."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host of {url} ({cause.strerror})"
+        if isinstance(cause, ConnectionRefusedError) or (
+            isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED
+        ):
+            return f"{url} refused the connection: nothing listens there (is `planty run` running?)"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS with {url} failed: {cause}"
+        if isinstance(cause, (TimeoutError, httpx.TimeoutException)):
+            return f"no answer from {url} in time"
+        cause = cause.__cause__ or cause.__context__
+    return f"cannot connect to {url}: {exc}"
 
 
 def settings_from(
@@ -67,10 +110,8 @@ class ApiClient:
     def call(self, method: str, path: str, **kw: Any) -> Any:
         try:
             r = self._client.request(method, f"/api/v1{path}", **kw)
-        except httpx.ConnectError:
-            fail(
-                f"cannot reach the gateway at {self.url}: is `planty run` running? (or pass --url)"
-            )
+        except httpx.ConnectError as exc:
+            fail(f"cannot reach the gateway: {connect_failure(self.url, exc)} (or pass --url)")
         except httpx.HTTPError as exc:
             fail(f"request to {self.url} failed: {exc}")
         if r.status_code >= 400:

@@ -10,9 +10,21 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.table import Table
+from rich.text import Text
 
-from planty_broker.cli.client import ConfigOpt, DataDirOpt, UrlOpt, ago, client, console, fail
+from planty_broker.cli.client import (
+    EXIT_NOT_DONE,
+    EXIT_WAIT_ENDED,
+    ConfigOpt,
+    DataDirOpt,
+    UrlOpt,
+    ago,
+    client,
+    console,
+    fail,
+    warn,
+)
+from planty_broker.cli.tables import Column, cell, fit_table
 
 commands_app = typer.Typer(help="Send commands to devices and follow them to their outcome.")
 events_app = typer.Typer(help="Read the event log, follow it live, manage consumers.")
@@ -52,21 +64,21 @@ def parse_args(pairs: list[str], raw: str | None) -> dict[str, Any]:
     return out
 
 
-def _state(state: str) -> str:
-    color = STATE_COLOR.get(state, "white")
-    return f"[{color}]{state}[/{color}]"
+def _state(state: str) -> Text:
+    return cell(state, STATE_COLOR.get(state, ""))
 
 
-def _line(c: dict[str, Any]) -> str:
+def _line(c: dict[str, Any]) -> Text:
     extra = ""
     if c.get("error"):
         extra = f": {c['error']}"
     elif c.get("result") is not None:
         extra = f": {json.dumps(c['result'])}"
     rtt = f" in {c['rtt_ms']:.0f} ms" if c.get("rtt_ms") is not None else ""
-    return (
-        f"{c['id']} {c['action']} on {c['device_id']}: {_state(c['state'])}"
-        f" (attempts {c['attempts']}){rtt}{extra}"
+    return Text.assemble(
+        f"{c['id']} {c['action']} on {c['device_id']}: ",
+        _state(c["state"]),
+        f" (attempts {c['attempts']}){rtt}{extra}",
     )
 
 
@@ -85,7 +97,11 @@ def send(
     data_dir: DataDirOpt = None,
     url: UrlOpt = None,
 ) -> None:
-    """Queue a command for a device (sent when it is online); `--wait 10` waits for the ack."""
+    """Queue a command for a device (sent when it is online); `--wait 10` waits for the ack.
+
+    With `--wait`, the exit code says how it ended: 0 acked, 3 final but not acked
+    (failed, expired, cancelled, superseded), 4 the wait ended first (still queued or
+    sent: it goes on in the gateway)."""
     body: dict[str, Any] = {"action": action, "args": parse_args(arg or [], args), "wait_s": wait}
     if ttl is not None:
         body["ttl_s"] = ttl
@@ -93,9 +109,16 @@ def send(
     if as_json:
         console.print_json(json.dumps(c))
     else:
-        console.print(_line(c), highlight=False)
-    if wait and c["final"] and c["state"] != "acked":
-        raise typer.Exit(2)
+        console.print(_line(c))
+    if wait and not c["final"]:
+        if not as_json:
+            warn(
+                f"no outcome within --wait {wait:g} s: the command is {c['state']} and stays "
+                f"in the gateway (`planty commands show {c['id']}`)"
+            )
+        raise typer.Exit(EXIT_WAIT_ENDED)
+    if wait and c["state"] != "acked":
+        raise typer.Exit(EXIT_NOT_DONE)
 
 
 @commands_app.command("read")
@@ -131,12 +154,18 @@ def list_commands(
     if as_json:
         console.print_json(json.dumps(data))
         return
-    t = Table(title=f"{data['count']} commands")
-    for col in ("id", "device", "action", "state", "attempts", "created", "rtt", "outcome"):
-        t.add_column(col, overflow="fold")
-    for c in data["commands"]:
-        outcome = c.get("error") or (json.dumps(c["result"]) if c.get("result") else "")
-        t.add_row(
+    columns = [
+        Column("id", shrink=10),
+        Column("device", 1, shrink=10),
+        Column("action"),
+        Column("state"),
+        Column("tries", 5, "right"),
+        Column("created", 3),
+        Column("rtt", 4, "right"),
+        Column("outcome", 2, shrink=10),
+    ]
+    rows = [
+        [
             c["id"],
             c["device_id"],
             c["action"],
@@ -144,9 +173,12 @@ def list_commands(
             str(c["attempts"]),
             ago(c["created_at"]),
             f"{c['rtt_ms']:.0f} ms" if c.get("rtt_ms") is not None else "-",
-            outcome,
-        )
-    console.print(t)
+            c.get("error") or (json.dumps(c["result"]) if c.get("result") else ""),
+        ]
+        for c in data["commands"]
+    ]
+    n = data["count"]
+    console.print(fit_table(columns, rows, console, title=f"{n} command{'' if n == 1 else 's'}"))
 
 
 @commands_app.command("show")
@@ -165,7 +197,7 @@ def cancel(
 ) -> None:
     """Cancel a command that was not sent yet."""
     c = client(config, data_dir, url).call("DELETE", f"/commands/{command_id}")
-    console.print(_line(c), highlight=False)
+    console.print(_line(c))
 
 
 # ---------------------------------------------------------------- events
@@ -199,10 +231,10 @@ def tail(
     if body.get("missed"):
         m = body["missed"]
         console.print(
-            f"[yellow]events {m['after'] + 1}..{m['through']} were deleted by retention[/yellow]"
+            cell(f"events {m['after'] + 1}..{m['through']} were deleted by retention", "yellow")
         )
     for e in body["events"]:
-        console.print(_event_line(e), highlight=False, markup=False)
+        console.print(_event_line(e))
     if not follow:
         return
     headers = {"Authorization": f"Bearer {api.token}", "Last-Event-ID": str(body["next_after"])}
@@ -219,9 +251,9 @@ def tail(
                 if line.startswith("data:"):
                     data = json.loads(line[5:])
                     if "id" in data:
-                        console.print(_event_line(data), highlight=False, markup=False)
+                        console.print(_event_line(data))
                     else:
-                        console.print(f"[yellow]gap: {data}[/yellow]")
+                        console.print(cell(f"gap: {data}", "yellow"))
     except httpx.HTTPError as exc:
         fail(f"the event stream from {api.url} ended: {exc}")
     except KeyboardInterrupt:
@@ -241,16 +273,28 @@ def consumers(
         console.print_json(json.dumps(data))
         return
     log = data["log"]
-    t = Table(
-        title=f"event log: ids {log['first_id'] or '-'}..{log['last_id']}, "
+    columns = [
+        Column("consumer", shrink=12),
+        Column("acked", 0, "right"),
+        Column("lag", 0, "right"),
+        Column("dropped", 1, "right"),
+        Column("updated", 2),
+    ]
+    rows = [
+        [
+            c["name"],
+            str(c["acked"]),
+            str(c["lag"]),
+            cell(c["dropped"], "red") if c["dropped"] else "0",
+            ago(c["updated_at"]),
+        ]
+        for c in data["consumers"]
+    ]
+    title = (
+        f"event log: ids {log['first_id'] or '-'}..{log['last_id']}, "
         f"{log['deleted_unconfirmed']} deleted unconfirmed"
     )
-    for col in ("consumer", "acked", "lag", "dropped", "updated"):
-        t.add_column(col)
-    for c in data["consumers"]:
-        dropped = f"[red]{c['dropped']}[/red]" if c["dropped"] else "0"
-        t.add_row(c["name"], str(c["acked"]), str(c["lag"]), dropped, ago(c["updated_at"]))
-    console.print(t)
+    console.print(fit_table(columns, rows, console, title=title))
 
 
 @events_app.command("confirm")

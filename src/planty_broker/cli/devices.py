@@ -9,19 +9,31 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
-from planty_broker.cli.client import ConfigOpt, DataDirOpt, UrlOpt, ago, client, console, err
+from planty_broker.cli.client import (
+    ConfigOpt,
+    DataDirOpt,
+    UrlOpt,
+    ago,
+    client,
+    console,
+    fail,
+    warn,
+)
+from planty_broker.cli.tables import Column, cell, fit_table
 
 devices_app = typer.Typer(
     help="Register, list, show and remove devices.", invoke_without_command=True
 )
 
 
-def _presence_cell(d: dict[str, Any]) -> str:
-    state = d["presence"]["state"]
-    color = {"online": "green", "late": "yellow", "offline": "red"}.get(state, "dim")
-    return f"[{color}]{state}[/{color}]"
+STATE_COLOR = {"online": "green", "late": "yellow", "offline": "red"}
+
+
+def presence_cell(state: str) -> Text:
+    """A presence state in words and colour (`never_seen` reads "never seen")."""
+    return cell(state.replace("_", " "), STATE_COLOR.get(state, "dim"))
 
 
 def _readings_cell(d: dict[str, Any]) -> str:
@@ -52,29 +64,32 @@ def list_devices(
     if as_json:
         console.print_json(json.dumps(data))
         return
-    t = Table(title=f"{data['count']} devices, {data['online']} online")
-    for col in (
-        "id",
-        "presence",
-        "since (cause)",
-        "last seen",
-        "latest readings",
-        "msgs",
-        "errors",
-    ):
-        t.add_column(col, overflow="fold")
-    for d in data["devices"]:
-        p = d["presence"]
-        t.add_row(
+    columns = [
+        Column("id"),
+        Column("presence"),
+        Column("since", 4),
+        Column("cause", 5),
+        Column("last seen", 3),
+        Column("latest readings", 1, shrink=16),
+        Column("msgs", 6, "right"),
+        Column("errors", 2, "right"),
+    ]
+    rows = [
+        [
             d["id"],
-            _presence_cell(d),
-            f"{ago(p['since'])} ({p['cause'] or '-'})",
+            presence_cell(d["presence"]["state"]),
+            ago(d["presence"]["since"]),
+            d["presence"]["cause"] or "-",
             ago(d["last_seen"]),
             _readings_cell(d),
             str(d["counts"]["messages"]),
             str(d["counts"]["errors"]),
-        )
-    console.print(t)
+        ]
+        for d in data["devices"]
+    ]
+    n = data["count"]
+    title = f"{n} device{'' if n == 1 else 's'}, {data['online']} online"
+    console.print(fit_table(columns, rows, console, title=title))
 
 
 @devices_app.command("add")
@@ -90,15 +105,45 @@ def add_device(
     ] = None,
     wifi_ssid: Annotated[str, typer.Option(help="Wi-Fi SSID to put in secrets.json")] = "",
     wifi_password: Annotated[str, typer.Option(help="Wi-Fi password to put in secrets.json")] = "",
+    sensor: Annotated[
+        list[str] | None,
+        typer.Option("--sensor", help="a sensor it has, before it first connects (repeat)"),
+    ] = None,
+    actuator: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--actuator", help="an actuator it has (repeat): commands work before first contact"
+        ),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="a named set of sensors and actuators: pot, greenhouse, sensor"),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option("--ca-file", help="also write the CA certificate (PEM) for MQTT clients"),
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     url: UrlOpt = None,
 ) -> None:
-    """Register a device; prints its credentials once."""
+    """Register a device; prints its credentials once.
+
+    `--actuator pump --sensor soil_moisture` (or `--profile pot`) declare what it has
+    up front, so commands and rules can be set before it first connects; what the
+    device declares on connect replaces them."""
     body: dict[str, Any] = {"id": device_id}
     if name:
         body["name"] = name
+    if sensor:
+        body["sensors"] = sensor
+    if actuator:
+        body["actuators"] = actuator
+    if profile:
+        body["profile"] = profile
     creds = client(config, data_dir, url).call("POST", "/devices", json=body)
+    if ca_file is not None:
+        _write_ca(ca_file, creds["mqtt"].get("ca_pem"))
     if export_device_config:
         secrets_doc = {
             "wifi": {"ssid": wifi_ssid, "password": wifi_password},
@@ -115,7 +160,35 @@ def add_device(
         )
         return
     console.print_json(json.dumps(creds))
-    err.print("[yellow]the token is shown only once: store it on the device now[/yellow]")
+    warn("the token is shown only once: store it on the device now")
+
+
+def _write_ca(path: Path, ca_pem: str | None) -> None:
+    if not ca_pem:
+        warn(f"no CA to write to {path}: this gateway's MQTT server does not use our CA")
+        return
+    path.write_text(ca_pem)
+    warn(f"CA certificate written to {path}")
+
+
+@devices_app.command("ca")
+def ca(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write it to this file (default: stdout)")
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """The CA certificate (PEM) MQTT clients must trust: `planty devices ca > ca.pem`, then
+    `mosquitto_sub --cafile ca.pem ...`."""
+    data = client(config, data_dir, url).call("GET", "/mqtt")
+    if out is not None:
+        _write_ca(out, data["ca_pem"])
+        return
+    if not data["ca_pem"]:
+        fail("this gateway's MQTT server does not use the gateway's CA (mqtt.url is set)")
+    typer.echo(data["ca_pem"], nl=False)
 
 
 @devices_app.command("show")

@@ -12,9 +12,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
-from planty_broker.cli.client import ConfigOpt, DataDirOpt, UrlOpt, ago, client, console, fail
+from planty_broker.cli.client import (
+    EXIT_NOT_DONE,
+    ConfigOpt,
+    DataDirOpt,
+    UrlOpt,
+    ago,
+    client,
+    console,
+    fail,
+)
+from planty_broker.cli.tables import Column, cell, fit_table
 from planty_broker.protocol import OTA_PROTECTED_FILES
 
 firmware_app = typer.Typer(
@@ -55,9 +65,8 @@ def release_files(folder: Path) -> dict[str, bytes]:
     return out
 
 
-def _colored(state: str) -> str:
-    color = STATE_COLOR.get(state, "white")
-    return f"[{color}]{state}[/{color}]"
+def _colored(state: str) -> Text:
+    return cell(state, STATE_COLOR.get(state, ""))
 
 
 @firmware_app.command("add")
@@ -100,14 +109,19 @@ def list_releases(
     if as_json:
         console.print_json(json.dumps(data))
         return
-    t = Table(title=f"{len(data['releases'])} releases")
-    for col in ("version", "files", "bytes", "added", "notes"):
-        t.add_column(col, overflow="fold")
-    for r in data["releases"]:
-        t.add_row(
-            r["version"], str(len(r["files"])), f"{r['size']:,}", ago(r["created_at"]), r["notes"]
-        )
-    console.print(t)
+    columns = [
+        Column("version"),
+        Column("files", 3, "right"),
+        Column("bytes", 2, "right"),
+        Column("added", 1),
+        Column("notes", 4, shrink=10),
+    ]
+    rows = [
+        [r["version"], str(len(r["files"])), f"{r['size']:,}", ago(r["created_at"]), r["notes"]]
+        for r in data["releases"]
+    ]
+    n = len(data["releases"])
+    console.print(fit_table(columns, rows, console, title=f"{n} release{'' if n == 1 else 's'}"))
 
 
 @firmware_app.command("rollout")
@@ -124,7 +138,10 @@ def rollout(
     threshold: Annotated[
         float | None, typer.Option(help="failed share of a wave that halts (0.2 = 20 %)")
     ] = None,
-    wait: Annotated[bool, typer.Option(help="follow it until it ends or halts")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(help="follow it until it ends (exit 0 done, 3 halted or aborted)"),
+    ] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     url: UrlOpt = None,
@@ -155,15 +172,19 @@ def _follow(api: Any, rollout_id: int) -> None:
     last = ""
     while True:
         r = api.call("GET", f"/rollouts/{rollout_id}")
-        line = f"{_colored(r['state'])} wave {r['wave']}/{len(r['wave_sizes'])} " + ", ".join(
-            f"{k} {v}" for k, v in sorted(r["counts"].items())
+        line = Text.assemble(
+            _colored(r["state"]),
+            f" wave {r['wave']}/{len(r['wave_sizes'])} "
+            + ", ".join(f"{k} {v}" for k, v in sorted(r["counts"].items())),
         )
-        if line != last:
+        if line.plain != last:
             console.print(line)
-            last = line
+            last = line.plain
         if r["state"] in ("done", "aborted", "halted"):
             if r["reason"]:
                 console.print(f"  {r['reason']}")
+            if r["state"] != "done":
+                raise typer.Exit(EXIT_NOT_DONE)
             return
         time.sleep(1)
 
@@ -183,45 +204,61 @@ def status(
         if as_json:
             console.print_json(json.dumps(data))
             return
-        t = Table(title="rollouts")
-        for col in ("id", "version", "state", "wave", "started", "reason"):
-            t.add_column(col, overflow="fold")
-        for r in data["rollouts"]:
-            t.add_row(
+        columns = [
+            Column("id", 0, "right"),
+            Column("version"),
+            Column("state"),
+            Column("wave", 2),
+            Column("started", 3),
+            Column("reason", 1, shrink=10),
+        ]
+        rows = [
+            [
                 str(r["id"]),
                 r["version"],
                 _colored(r["state"]),
                 f"{r['wave']}/{len(r['wave_sizes'])}",
                 ago(r["created_at"]),
                 r["reason"] or "",
-            )
-        console.print(t)
+            ]
+            for r in data["rollouts"]
+        ]
+        console.print(fit_table(columns, rows, console, title="rollouts"))
         return
     r = api.call("GET", f"/rollouts/{rollout_id}")
     if as_json:
         console.print_json(json.dumps(r))
         return
-    t = Table(title=f"rollout {r['id']} of {r['version']}: {r['state']} {r['reason'] or ''}")
-    for col in ("device", "wave", "state", "progress", "reason", "changed"):
-        t.add_column(col, overflow="fold")
+    columns = [
+        Column("device"),
+        Column("wave", 3, "right"),
+        Column("state"),
+        Column("progress", 2, "right"),
+        Column("reason", 1, shrink=10),
+        Column("changed", 4),
+    ]
+    rows = []
     for d in r["targets"]:
         prog = ""
         if "bytes_confirmed" in d:
             prog = f"{d['bytes_confirmed'] * 100 // max(1, d['bytes_total'])} %"
-        t.add_row(
-            d["device_id"],
-            str(d["wave"]),
-            _colored(d["state"]),
-            prog,
-            d["reason"] or "",
-            ago(d["updated_at"]),
+        rows.append(
+            [
+                d["device_id"],
+                str(d["wave"]),
+                _colored(d["state"]),
+                prog,
+                d["reason"] or "",
+                ago(d["updated_at"]),
+            ]
         )
-    console.print(t)
+    title = f"rollout {r['id']} of {r['version']}: {r['state']} {r['reason'] or ''}".rstrip()
+    console.print(fit_table(columns, rows, console, title=title))
 
 
 def _admin(action: str, rollout_id: int, config: Any, data_dir: Any, url: Any) -> None:
     r = client(config, data_dir, url).call("POST", f"/rollouts/{rollout_id}/{action}")
-    console.print(f"rollout {r['id']}: {_colored(r['state'])}")
+    console.print(Text.assemble(f"rollout {r['id']}: ", _colored(r["state"])))
 
 
 @firmware_app.command("pause")

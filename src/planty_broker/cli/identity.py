@@ -14,10 +14,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
-from planty_broker.cli.client import ConfigOpt, DataDirOpt, UrlOpt, ago, client, console, err, fail
+from planty_broker.cli.client import (
+    ConfigOpt,
+    DataDirOpt,
+    UrlOpt,
+    ago,
+    client,
+    console,
+    fail,
+    warn,
+)
 from planty_broker.cli.devices import devices_app
+from planty_broker.cli.tables import Column, fit_table
 
 tokens_app = typer.Typer(help="Create, list and revoke API tokens (admin, server, read).")
 
@@ -53,11 +63,14 @@ def pair(
         return
     if data["paired"]:
         console.print(
-            f"paired with account [bold]{data['account_id']}[/bold] "
-            f"since {ago(data['paired_at'])} (API token {data['token_id']})"
+            Text.assemble(
+                "paired with account ",
+                (str(data["account_id"]), "bold"),
+                f" since {ago(data['paired_at'])} (API token {data['token_id']})",
+            )
         )
         return
-    console.print(f"pairing code: [bold]{data.get('code', '?')}[/bold]")
+    console.print(Text.assemble("pairing code: ", (str(data.get("code", "?")), "bold")))
     console.print(
         f"  single use, valid until {data['expires_at']}; claim it from the Planty app or "
         'with POST /api/v1/pairing/claim {"code", "account_id"}'
@@ -89,10 +102,8 @@ def create_token(
     data = client(config, data_dir, url).call(
         "POST", "/tokens", json={"name": name, "scope": scope}
     )
-    console.print(data["token"], highlight=False)
-    err.print(
-        f"[yellow]token {data['id']} ({data['scope']}): shown only once, store it now[/yellow]"
-    )
+    console.print(data["token"])
+    warn(f"token {data['id']} ({data['scope']}): shown only once, store it now")
 
 
 @tokens_app.command("list")
@@ -110,11 +121,17 @@ def list_tokens(
     if as_json:
         _json(data)
         return
-    t = Table(title=f"{data['count']} API tokens")
-    for col in ("id", "name", "scope", "origin", "created", "last used", "revoked"):
-        t.add_column(col)
-    for tok in data["tokens"]:
-        t.add_row(
+    columns = [
+        Column("id"),
+        Column("name", 1, shrink=10),
+        Column("scope"),
+        Column("origin", 5),
+        Column("created", 4),
+        Column("last used", 2),
+        Column("revoked", 3),
+    ]
+    rows = [
+        [
             tok["id"],
             tok["name"],
             tok["scope"],
@@ -122,8 +139,11 @@ def list_tokens(
             ago(tok["created_at"]),
             ago(tok["last_used_at"]),
             ago(tok["revoked_at"]) if tok["revoked_at"] else "-",
-        )
-    console.print(t)
+        ]
+        for tok in data["tokens"]
+    ]
+    n = data["count"]
+    console.print(fit_table(columns, rows, console, title=f"{n} API token{'' if n == 1 else 's'}"))
 
 
 @tokens_app.command("revoke")
@@ -208,21 +228,28 @@ def credentials(
     if as_json:
         _json(data)
         return
-    t = Table(title=f"credentials of {device_id}")
-    for col in ("id", "type", "state", "origin", "created", "first used", "ended (why)"):
-        t.add_column(col)
-    for c in data["credentials"]:
-        ended = f"{ago(c['ended_at'])} ({c['end_reason']})" if c["ended_at"] else "-"
-        t.add_row(
+    columns = [
+        Column("id", shrink=10),
+        Column("type"),
+        Column("state"),
+        Column("origin", 4),
+        Column("created", 3),
+        Column("first used", 2),
+        Column("ended (why)", 1, shrink=12),
+    ]
+    rows = [
+        [
             c["id"],
             c["type"],
             c["state"],
             c["origin"],
             ago(c["created_at"]),
             ago(c["first_used_at"]),
-            ended,
-        )
-    console.print(t)
+            f"{ago(c['ended_at'])} ({c['end_reason']})" if c["ended_at"] else "-",
+        ]
+        for c in data["credentials"]
+    ]
+    console.print(fit_table(columns, rows, console, title=f"credentials of {device_id}"))
     for e in data["events"][-10:]:
         console.print(f"  {e['at']}  {e['event']}  {e.get('reason') or e.get('credential_id')}")
 

@@ -82,8 +82,18 @@ def simulate(
     url: UrlOpt = None,
     mqtt_host: Annotated[
         str | None,
-        typer.Option("--mqtt-host", help="host devices connect to (default: from the API)"),
+        typer.Option(
+            "--mqtt-host",
+            help="host devices connect to (default: the API's host when it is loopback, "
+            "else the host the gateway advertises)",
+        ),
     ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh", help="replace the simulated devices (new tokens) instead of reusing them"
+        ),
+    ] = False,
     update_failures: Annotated[
         float,
         typer.Option(
@@ -99,9 +109,14 @@ def simulate(
     The devices take updates over the air: `planty firmware rollout` shows on them."""
     from planty_broker.simulator.fleet import run_simulation
     from planty_broker.simulator.profile import DeviceProfile, Faults
-    from planty_broker.simulator.provision import SimulatorError
+    from planty_broker.simulator.provision import TOKENS_FILE, SimulatorError
 
-    client = ApiClient(settings_from(config, data_dir), url)
+    settings = settings_from(config, data_dir)
+    client = ApiClient(settings, url)
+    # The tokens of the simulated devices, kept for the next run (devices reused, not replaced).
+    tokens_file = settings.data_dir / TOKENS_FILE if settings.data_dir.is_dir() else None
+    if fresh and tokens_file is not None:
+        tokens_file.unlink(missing_ok=True)
     try:
         asyncio.run(
             run_simulation(
@@ -112,6 +127,7 @@ def simulate(
                 prefix=prefix,
                 mqtt_host=mqtt_host,
                 profile=DeviceProfile(faults=Faults(update_crash_rate=update_failures)),
+                tokens_file=tokens_file,
             )
         )
     except SimulatorError as exc:

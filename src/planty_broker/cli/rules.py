@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
 from planty_broker.cli.client import ConfigOpt, DataDirOpt, UrlOpt, ago, client, console, fail
 from planty_broker.cli.commands import parse_args
+from planty_broker.cli.tables import Column, cell, fit_table
 
 rules_app = typer.Typer(
     help="Threshold rules that run in the broker: water when dry, light when dark, cool when hot."
@@ -85,24 +86,36 @@ def list_rules(
     if as_json:
         console.print_json(json.dumps(data))
         return
-    t = Table(title=f"{data['count']} rules (broker time zone {data['time_zone']})")
-    for col in ("id", "devices", "when", "then", "guards", "on", "origin", "updated"):
-        t.add_column(col, overflow="fold")
-    for r in data["rules"]:
-        args = " " + json.dumps(r["args"]) if r["args"] else ""
-        t.add_row(
+    columns = [
+        Column("id", shrink=8),
+        Column("devices", 2, shrink=10),
+        Column("when"),
+        Column("then", 1, shrink=10),
+        Column("guards", 4, shrink=8),
+        Column("on"),
+        Column("origin", 5),
+        Column("updated", 3),
+    ]
+    rows = [
+        [
             r["id"],
             _devices(r),
             f"{r['reading']} {r['op']} {r['threshold']:g}",
-            r["action"] + args,
+            r["action"] + (" " + json.dumps(r["args"]) if r["args"] else ""),
             _guards(r),
-            "yes" if r["enabled"] else "[dim]no[/dim]",
+            "yes" if r["enabled"] else cell("no", "dim"),
             r["origin"],
             ago(r["updated_at"]),
-        )
-    console.print(t)
+        ]
+        for r in data["rules"]
+    ]
+    n = data["count"]
+    title = f"{n} rule{'' if n == 1 else 's'} (broker time zone {data['time_zone']})"
+    console.print(fit_table(columns, rows, console, title=title))
     for rule_id, reasons in data.get("unusable", {}).items():
-        console.print(f"[red]stored rule {rule_id} is not used:[/red] {'; '.join(reasons)}")
+        console.print(
+            Text.assemble((f"stored rule {rule_id} is not used:", "red"), " ", "; ".join(reasons))
+        )
 
 
 @rules_app.command("show")
@@ -225,22 +238,29 @@ def history(
     if as_json:
         console.print_json(json.dumps(data))
         return
-    t = Table(title=f"history of rule {rule_id}")
-    for col in ("at", "device", "outcome", "value", "detail", "command"):
-        t.add_column(col, overflow="fold")
+    columns = [
+        Column("at", 2),
+        Column("device", 3, shrink=10),
+        Column("outcome"),
+        Column("value", 4, "right"),
+        Column("detail", 1, shrink=10),
+        Column("command", 5, shrink=10),
+    ]
+    rows = []
     for e in reversed(data["events"]):
-        color = OUTCOME_COLOR.get(e["outcome"], "white")
         cmd = e.get("command") or {}
         value = e.get("value")
-        t.add_row(
-            e["at"],
-            e.get("device_id") or "-",
-            f"[{color}]{e['outcome']}[/{color}]",
-            "-" if value is None else f"{value:g}",
-            e.get("detail") or "",
-            f"{cmd['id']} {cmd['state']}" if cmd else (e.get("command_id") or ""),
+        rows.append(
+            [
+                e["at"],
+                e.get("device_id") or "-",
+                cell(e["outcome"], OUTCOME_COLOR.get(e["outcome"], "")),
+                "-" if value is None else f"{value:g}",
+                e.get("detail") or "",
+                f"{cmd['id']} {cmd['state']}" if cmd else (e.get("command_id") or ""),
+            ]
         )
-    console.print(t)
+    console.print(fit_table(columns, rows, console, title=f"history of rule {rule_id}"))
 
 
 @rules_app.command("thresholds")

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from planty_broker.cli.client import ConfigOpt, DataDirOpt, UrlOpt, ago, client, console
-
-STATE_COLOR = {"online": "green", "late": "yellow", "offline": "red"}
+from planty_broker.cli.devices import presence_cell
+from planty_broker.cli.tables import Column, cell, fit_table
 
 
 def _pct(share: float | None) -> str:
@@ -23,11 +24,6 @@ def _ms(value: float | None) -> str:
     return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
 
 
-def _state(state: str) -> str:
-    color = STATE_COLOR.get(state, "dim")
-    return f"[{color}]{state}[/{color}]"
-
-
 def _readings(d: dict[str, Any]) -> str:
     latest = d.get("latest")
     if not latest:
@@ -35,50 +31,65 @@ def _readings(d: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:g}" for k, v in sorted(latest["readings"].items()))
 
 
-def headline(fleet: dict[str, Any]) -> str:
+def headline(fleet: dict[str, Any]) -> Text:
     p = fleet["presence"]
     lat = fleet["latency"]
-    return (
-        f"{fleet['devices']} devices: [green]{p['online']} online[/green], "
-        f"[yellow]{p['late']} late[/yellow], [red]{p['offline']} offline[/red], "
-        f"{p['unknown']} unknown | available {_pct(fleet['availability']['share'])} "
-        f"over {fleet['window']} | round trip p50 {_ms(lat['p50_ms'])} p99 {_ms(lat['p99_ms'])} "
-        f"| errors {fleet['errors_total']} | reconnects {fleet['reconnects_total']}"
+    n = fleet["devices"]
+    never = p.get("never_seen", 0)
+    return Text.assemble(
+        f"{n} device{'' if n == 1 else 's'}: ",
+        (f"{p['online']} online", "green"),
+        ", ",
+        (f"{p['late']} late", "yellow"),
+        ", ",
+        (f"{p['offline']} offline", "red"),
+        f", {p['unknown']} unknown",
+        f", {never} never seen" if never else "",
+        f" | available {_pct(fleet['availability']['share'])} over {fleet['window']}",
+        f" | round trip p50 {_ms(lat['p50_ms'])} p99 {_ms(lat['p99_ms'])}"
+        f" (of {lat['count']}, max {_ms(lat['max_ms'])})",
+        f" | errors {fleet['errors_total']} | reconnects {fleet['reconnects_total']}",
     )
 
 
-def fleet_table(devices: list[dict[str, Any]]) -> Table:
-    t = Table(show_edge=False, pad_edge=False)
-    for col, justify in (
-        ("device", "left"),
-        ("presence", "left"),
-        ("since (cause)", "left"),
-        ("last seen", "left"),
-        ("latest readings", "left"),
-        ("avail 1h", "right"),
-        ("p99 1h", "right"),
-        ("errors", "right"),
-        ("msgs", "right"),
-        ("rssi", "right"),
-    ):
-        t.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
+COLUMNS = (
+    Column("device"),
+    Column("presence"),
+    Column("since", 6),
+    Column("cause", 7),
+    Column("last seen", 3),
+    Column("latest readings", 4, shrink=16),
+    Column("avail 1h", 1, "right"),
+    Column("p99 1h", 2, "right"),
+    Column("errors", 5, "right"),
+    Column("msgs", 8, "right"),
+    Column("rssi", 9, "right"),
+)
+
+
+def fleet_table(devices: list[dict[str, Any]], width: int | None = None) -> Table:
+    """The fleet table, fitted to `width` (default: the console's; 80 when piped)."""
+    rows = []
     for d in devices:
         s = d.get("stats") or {}
         p = d["presence"]
         errors = s.get("errors_total", d["counts"]["errors"])
-        t.add_row(
-            d["id"],
-            _state(p["state"]),
-            f"{ago(p['since'])} ({p['cause'] or '-'})",
-            ago(d["last_seen"]),
-            _readings(d),
-            _pct(s.get("availability_1h")),
-            _ms(s.get("latency_p99_ms_1h")),
-            f"[red]{errors}[/red]" if errors else "0",
-            str(d["counts"]["messages"]),
-            "-" if s.get("rssi") is None else str(s["rssi"]),
+        rows.append(
+            [
+                d["id"],
+                presence_cell(p["state"]),
+                ago(p["since"]),
+                p["cause"] or "-",
+                ago(d["last_seen"]),
+                _readings(d),
+                _pct(s.get("availability_1h")),
+                _ms(s.get("latency_p99_ms_1h")),
+                cell(errors, "red") if errors else "0",
+                str(d["counts"]["messages"]),
+                "-" if s.get("rssi") is None else str(s["rssi"]),
+            ]
         )
-    return t
+    return fit_table(COLUMNS, rows, console, width=width)
 
 
 def status(
@@ -97,5 +108,5 @@ def status(
     if as_json:
         console.print_json(json.dumps({"fleet": fleet, "devices": devices}))
         return
-    console.print(headline(fleet), highlight=False)
+    console.print(headline(fleet))
     console.print(fleet_table(devices))

@@ -194,7 +194,8 @@ def prepare(
         declared = (
             f"it declared actuators {', '.join(actuators)}"
             if actuators
-            else "it has not declared any actuator yet (its status lists none)"
+            else "it has not declared any actuator yet: its status lists none, and none were "
+            "given when it was registered (POST /api/v1/devices with `actuators` or `profile`)"
         )
         raise InvalidActionError(
             f"action {action!r} is not valid for this device ({declared}); "

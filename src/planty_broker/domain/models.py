@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+# A sensor or actuator name a device may declare (`pump`, `soil_moisture`), at most this many.
+DECLARED_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+MAX_DECLARED = 16
+# Named sets of (sensors, actuators) to register a device with before it first connects.
+DEVICE_PROFILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "pot": (("temperature", "soil_moisture", "light"), ("pump", "lamp")),
+    "greenhouse": (("temperature", "soil_moisture", "light", "humidity"), ("pump", "lamp", "fan")),
+    "sensor": (("temperature", "soil_moisture", "light"), ()),
+}
+
+
+def check_declared(names: list[str] | tuple[str, ...], what: str) -> tuple[str, ...]:
+    """Declared sensor or actuator names, validated (ValueError saying which and why)."""
+    if len(names) > MAX_DECLARED:
+        raise ValueError(f"{what}: at most {MAX_DECLARED} names")
+    for name in names:
+        if not DECLARED_NAME_RE.fullmatch(name):
+            raise ValueError(
+                f"{what}: {name!r} is not a valid name (lower-case a-z, 0-9 and '_', starting "
+                "with a letter, at most 32 characters)"
+            )
+    return tuple(dict.fromkeys(names))
 
 
 class PresenceState(StrEnum):

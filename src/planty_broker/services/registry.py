@@ -116,11 +116,15 @@ class DeviceRegistry:
         *,
         token: str | None = None,
         attrs: dict[str, object] | None = None,
+        sensors: tuple[str, ...] = (),
+        actuators: tuple[str, ...] = (),
     ) -> tuple[DeviceRecord, str]:
         """Register a device; returns its record and its token (shown once, stored hashed).
 
         `token`: the token to use (a device-chosen one); "" registers it without a token
-        (a certificate-only device). None (the default) makes a new one.
+        (a certificate-only device). None (the default) makes a new one. `sensors` and
+        `actuators`: what it has, declared ahead of its first contact (its own status
+        replaces them).
         """
         if (
             not valid_device_id(device_id)
@@ -140,6 +144,8 @@ class DeviceRegistry:
             created_at_ms=now_ms(),
             token_hash=self._hash(token) if token else "",
             name=name,
+            sensors=sensors,
+            actuators=actuators,
             attrs=dict(attrs or {}),
         )
         try:
@@ -180,6 +186,19 @@ class DeviceRegistry:
         device = self._devices.get(device_id)
         if device is None or not status.online:
             return
+        for what, before, now in (
+            ("sensors", device.sensors, tuple(status.sensors)),
+            ("actuators", device.actuators, tuple(status.actuators)),
+        ):
+            if before and now and now != before:
+                log.warning(
+                    "device %s declares %s %s, replacing %s (registered or declared before)",
+                    device_id,
+                    what,
+                    ", ".join(now),
+                    ", ".join(before),
+                    extra={"device_id": device_id},
+                )
         updated = dataclasses.replace(
             device,
             sensors=tuple(status.sensors) or device.sensors,

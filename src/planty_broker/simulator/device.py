@@ -80,7 +80,8 @@ class SimDevice:
         self._rng = random.Random(seed)  # noqa: S311 - simulation noise, not security
         self._clock = clock
         plant_rng = random.Random(None if seed is None else seed + 1)  # noqa: S311
-        plant = PlantModel(rng=plant_rng, time_scale=self.profile.time_scale)
+        # Each device is a pot of its own (moisture, drying, warmth, light), as in a real fleet.
+        plant = PlantModel.varied(plant_rng, time_scale=self.profile.time_scale)
         self._fw = Firmware(
             self.profile.sensors,
             self.profile.actuators,

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Self
 
 import httpx
@@ -26,7 +27,9 @@ from planty_broker.simulator.provision import (
     OnConflict,
     SimulatorError,
     device_ids,
+    load_tokens,
     provision_devices,
+    save_tokens,
 )
 
 
@@ -41,6 +44,7 @@ class FleetStats:
     devices: int
     online: int
     total: DeviceStats
+    last_error: str | None = None  # why the last failed connection failed, if one did
 
     def line(self, *, rate_per_s: float | None = None) -> str:
         """One human line: the periodic summary of `planty simulate`."""
@@ -57,7 +61,10 @@ class FleetStats:
             line += (
                 f" | updates {t.updates_applied:,} applied, {t.updates_rolled_back:,} rolled back"
             )
-        return line + (f" | connect failures {t.connect_failures:,}" if t.connect_failures else "")
+        if t.connect_failures:
+            why = f" (last: {self.last_error})" if self.last_error else ""
+            line += f" | connect failures {t.connect_failures:,}{why}"
+        return line
 
 
 def sum_stats(stats: Sequence[DeviceStats]) -> DeviceStats:
@@ -93,6 +100,7 @@ class Fleet:
         )
         self._by_id = {d.device_id: d for d in self.devices}
         self.replaced: tuple[str, ...] = ()  # set by `provision`: ids deleted and added again
+        self.reused: tuple[str, ...] = ()  # set by `provision`: existing ids, kept tokens
         if len(self._by_id) != len(self.devices):
             raise ValueError("fleet credentials contain the same device id twice")
 
@@ -113,8 +121,12 @@ class Fleet:
         connect_concurrency: int = 32,
         seed: int | None = None,
         wait_online_s: float | None = 60.0,
+        tokens_file: Path | None = None,
     ) -> Fleet:
-        """Register `prefix-0001`.. through the gateway API and build a fleet from the answers."""
+        """Register `prefix-0001`.. through the gateway API and build a fleet from the answers.
+
+        With `tokens_file`, devices whose token it keeps are reused (not replaced), and
+        the tokens of this fleet are written to it for the next run."""
         ids = device_ids(prefix, count)
         task = progress.add_task("provisioning", total=count) if progress is not None else None
 
@@ -123,6 +135,7 @@ class Fleet:
                 progress.advance(task)
 
         replaced: list[str] = []
+        reused: list[str] = []
         creds = await provision_devices(
             api_url,
             admin_token,
@@ -132,7 +145,11 @@ class Fleet:
             transport=transport,
             on_progress=advance,
             replaced=replaced,
+            kept=load_tokens(tokens_file) if tokens_file is not None else None,
+            reused=reused,
         )
+        if tokens_file is not None:
+            save_tokens(tokens_file, creds)
         fleet = cls(
             creds,
             profile,
@@ -142,6 +159,7 @@ class Fleet:
             wait_online_s=wait_online_s,
         )
         fleet.replaced = tuple(replaced)
+        fleet.reused = tuple(reused)
         return fleet
 
     def __len__(self) -> int:
@@ -198,7 +216,13 @@ class Fleet:
         return [d for d in self.devices if d.state != DeviceState.ONLINE]
 
     def stats(self) -> FleetStats:
-        return FleetStats(len(self), self.online, sum_stats([d.stats for d in self.devices]))
+        errors = [d.last_error for d in self.devices if d.last_error]
+        return FleetStats(
+            len(self),
+            self.online,
+            sum_stats([d.stats for d in self.devices]),
+            errors[-1] if errors else None,
+        )
 
 
 def _progress(console: Console) -> Progress:
@@ -228,15 +252,18 @@ async def run_simulation(
     progress: bool = True,
     console: Console | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    tokens_file: Path | None = None,
 ) -> FleetStats:
     """Provision `devices` devices through the API, run them until cancelled (or `duration_s`).
+
+    With `tokens_file`, devices kept from an earlier run are reused (see `provision`).
 
     Prints a progress bar while provisioning and connecting, then one summary line
     every `summary_every_s`. On cancellation (Ctrl-C) the devices stop gracefully.
     Raises `SimulatorError` (one clear line) when provisioning fails or no device
     can connect. `profile` overrides the device profile; `interval_s` wins over it.
     """
-    out = console or Console(stderr=True)
+    out = console or Console(stderr=True, markup=False, highlight=False)
     # gmqtt logs each lost connection with a stack trace; a fleet loses hundreds on purpose.
     logging.getLogger("gmqtt").setLevel(logging.ERROR)
     prof = replace(profile or DeviceProfile(), interval_s=interval_s)
@@ -256,6 +283,7 @@ async def run_simulation(
             progress=bar,
             connect_concurrency=connect_concurrency,
             wait_online_s=wait_online_s,
+            tokens_file=tokens_file,
         )
     except BaseException:
         if bar is not None:
@@ -267,6 +295,11 @@ async def run_simulation(
         finally:
             if bar is not None:
                 bar.stop()
+        if fleet.reused:
+            out.print(
+                f"reused {len(fleet.reused)} simulated device(s) from an earlier run "
+                f"({fleet.reused[0]}, …) with their tokens; --fresh replaces them"
+            )
         if fleet.replaced:
             out.print(
                 f"replaced {len(fleet.replaced)} device(s) that already existed "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -139,13 +140,27 @@ class MqttLink:
             raise LinkError(f"no CONNACK from {host}:{port} within {timeout_s:g} s") from None
         except gmqtt.MQTTConnectError as exc:
             self.abort()
-            raise LinkError(f"{host}:{port} refused the connection: {exc}") from None
+            raise LinkError(
+                f"{host}:{port} refused the login ({exc}): check the device id and its token"
+            ) from None
+        except socket.gaierror as exc:
+            raise LinkError(
+                f"cannot resolve {host!r} ({exc.strerror}): pass --mqtt-host, or set "
+                "mqtt.public_host to a name or address devices can resolve"
+            ) from None
+        except ConnectionRefusedError:
+            raise LinkError(
+                f"{host}:{port} refused the connection: nothing listens there (is the gateway "
+                "running, and is this its device port?)"
+            ) from None
         except ssl.SSLCertVerificationError as exc:
             raise LinkError(
                 f"TLS to {host}:{port} failed: certificate verify failed ({exc.verify_message}); "
                 "is this the gateway's CA and the host name in its certificate?"
             ) from None
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
+            raise LinkError(f"TLS to {host}:{port} failed: {exc}") from None
+        except OSError as exc:
             raise LinkError(f"cannot connect to {host}:{port}: {exc}") from None
         self._open = True
 

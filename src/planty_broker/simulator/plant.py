@@ -35,9 +35,28 @@ class PlantModel:
     rng: random.Random = field(default_factory=random.Random)
     soil_moisture: float = 0.45
     time_scale: float = 1.0
+    # What makes one pot unlike the next (`varied`): how fast it dries (pot size, plant),
+    # where it stands (warmer or cooler, sunnier or shadier), and its sensor's noise.
+    dry_factor: float = 1.0
+    temp_offset_c: float = 0.0
+    light_factor: float = 1.0
+    soil_noise: float = 0.0
     _origin: float | None = None
     _last: float | None = None
     _sim_last: float = 0.0
+
+    @classmethod
+    def varied(cls, rng: random.Random, time_scale: float = 1.0) -> PlantModel:
+        """A pot of its own, drawn from `rng`: starting moisture 0.25..0.70, drying 0.6..1.6x
+        the mean rate, -2..+2 deg C from the room, 0.3..1.2x the window's light."""
+        return cls(
+            rng=rng,
+            soil_moisture=round(rng.uniform(0.25, 0.70), 3),
+            time_scale=time_scale,
+            dry_factor=rng.uniform(0.6, 1.6),
+            temp_offset_c=rng.uniform(-2.0, 2.0),
+            light_factor=rng.uniform(0.3, 1.2),
+        )
 
     def sim_time(self, now: float) -> float:
         """Plant time for a wall-clock time: real time, sped up by `time_scale` since start."""
@@ -56,7 +75,8 @@ class PlantModel:
         pump = levels.get("pump", 0.0)
         # Water soaks in with diminishing returns as the soil nears saturation.
         gain = PUMP_PER_S * pump * dt * (1.0 - self.soil_moisture)
-        self.soil_moisture = min(1.0, max(0.0, self.soil_moisture - DRY_PER_S * dt + gain))
+        dry = DRY_PER_S * self.dry_factor * dt
+        self.soil_moisture = min(1.0, max(0.0, self.soil_moisture - dry + gain))
 
     def readings(
         self, now: float, levels: Mapping[str, float], sensors: tuple[str, ...]
@@ -71,15 +91,19 @@ class PlantModel:
             if name == "temperature":
                 day = 4.0 * math.sin(2 * math.pi * (hour - 9.0) / 24.0)
                 noise = self.rng.gauss(0.0, 0.15)
-                values[name] = round(21.0 + day + LAMP_HEAT_C * lamp - FAN_COOL_C * fan + noise, 2)
+                base = 21.0 + self.temp_offset_c + day
+                values[name] = round(base + LAMP_HEAT_C * lamp - FAN_COOL_C * fan + noise, 2)
             elif name == "soil_moisture":
-                values[name] = round(self.soil_moisture, 4)
+                noise = self.rng.gauss(0.0, self.soil_noise) if self.soil_noise else 0.0
+                values[name] = round(min(1.0, max(0.0, self.soil_moisture + noise)), 4)
             elif name == "light":
                 sun = (
                     max(0.0, math.sin(math.pi * (hour - 6.0) / 12.0)) if 6.0 < hour < 18.0 else 0.0
                 )
                 noise = self.rng.uniform(0.97, 1.03)
-                values[name] = round((SUN_LUX * sun + LAMP_LUX * lamp) * noise, 1)
+                values[name] = round(
+                    (SUN_LUX * self.light_factor * sun + LAMP_LUX * lamp) * noise, 1
+                )
             elif name == "humidity":
                 values[name] = round(
                     min(1.0, 0.45 + 0.2 * self.soil_moisture + self.rng.gauss(0, 0.01)), 3

@@ -1,19 +1,25 @@
 """Provision simulated devices through the gateway's HTTP API, like an operator would.
 
 `POST /api/v1/devices {"id"}` with the admin bearer token returns the device's
-credentials once. When the id already exists (409), the default policy
-`replace` deletes it (`DELETE /api/v1/devices/{id}`) and adds it again: the old
-token was shown only once and cannot be read back, and stable ids (`sim-0001`
-...) keep a re-run of `planty simulate` from growing the registry forever. The
-price: whatever the gateway keeps for the old device goes with it. `fail`
-stops with a clear error instead.
+credentials once. `planty simulate` keeps the tokens it was given in a file of
+the data folder (`simulator-tokens.json`, mode 0600) and, on a re-run, reuses the
+devices it finds there: same ids, same tokens, their history kept. A device that
+exists without a kept token (409) is, by the default policy `replace`, deleted
+(`DELETE /api/v1/devices/{id}`) and added again: its old token was shown only once
+and cannot be read back. `fail` stops with a clear error instead. `--fresh`
+replaces every device.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -67,6 +73,20 @@ def api_root(api_url: str) -> str:
     return url.removesuffix("/api/v1")
 
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def device_host(api_url: str, advertised: str, ca_pem: str | None) -> str:
+    """Where a local tool reaches the gateway's MQTT server: on loopback when the API was
+    reached on loopback and the gateway runs its own MQTT server (our CA: its certificate
+    covers localhost, 127.0.0.1 and ::1), not on the advertised host name, which may not
+    resolve here. Otherwise the advertised host (pass --mqtt-host to choose)."""
+    host = urlsplit(api_url).hostname or ""
+    if ca_pem and host in LOOPBACK:
+        return host
+    return advertised
+
+
 def _error_text(response: httpx.Response) -> str:
     try:
         err = response.json()["error"]
@@ -90,6 +110,9 @@ class Provisioner:
     ) -> None:
         self.url = api_root(api_url)
         self.replaced: list[str] = []  # ids that existed and were deleted and added again
+        self.reused: list[str] = []  # ids that existed and whose kept token was used again
+        self._kept: Mapping[str, str] = {}
+        self._endpoint: _Mqtt | None = None
         self._on_conflict = on_conflict
         self._mqtt_host = mqtt_host
         self._http = httpx.AsyncClient(
@@ -105,8 +128,19 @@ class Provisioner:
     async def __aexit__(self, *exc: object) -> None:
         await self._http.aclose()
 
+    def keep(self, tokens: Mapping[str, str]) -> None:
+        """Tokens kept from an earlier run (device id -> token): those devices are reused."""
+        self._kept = tokens
+
     async def add(self, device_id: str) -> DeviceCredentials:
-        """Register one device and return its credentials (replacing it on 409 if so configured)."""
+        """Register one device and return its credentials: reused when its token was kept and
+        it still exists, else added (replacing it on 409 if so configured)."""
+        token = self._kept.get(device_id)
+        if token is not None:
+            found = await self._request("GET", f"/api/v1/devices/{device_id}")
+            if found.status_code == 200:
+                self.reused.append(device_id)
+                return self._credentials(device_id, token, await self._mqtt())
         response = await self._request("POST", "/api/v1/devices", json={"id": device_id})
         if response.status_code == 409 and self._on_conflict == "replace":
             removed = await self._request("DELETE", f"/api/v1/devices/{device_id}")
@@ -132,15 +166,26 @@ class Provisioner:
             issued = _issued.decode(response.content)
         except msgspec.MsgspecError as exc:
             raise ProvisioningError(f"unexpected answer to POST /api/v1/devices: {exc}") from None
-        mqtt = issued.mqtt
+        return self._credentials(issued.id, issued.token, issued.mqtt)
+
+    def _credentials(self, device_id: str, token: str, mqtt: _Mqtt) -> DeviceCredentials:
         return DeviceCredentials(
-            device_id=issued.id,
-            token=issued.token,
-            host=self._mqtt_host or mqtt.host,
+            device_id=device_id,
+            token=token,
+            host=self._mqtt_host or device_host(self.url, mqtt.host, mqtt.ca_pem),
             port=mqtt.port,
             tls=mqtt.tls,
             ca_pem=mqtt.ca_pem,
         )
+
+    async def _mqtt(self) -> _Mqtt:
+        """Where devices connect (GET /api/v1/mqtt), asked once."""
+        if self._endpoint is None:
+            r = await self._request("GET", "/api/v1/mqtt")
+            if r.status_code != 200:
+                raise ProvisioningError(f"GET /api/v1/mqtt failed: {_error_text(r)}")
+            self._endpoint = msgspec.json.decode(r.content, type=_Mqtt)
+        return self._endpoint
 
     async def _request(
         self, method: str, path: str, json: dict[str, str] | None = None
@@ -167,16 +212,21 @@ async def provision_devices(
     transport: httpx.AsyncBaseTransport | None = None,
     on_progress: Callable[[str], None] | None = None,
     replaced: list[str] | None = None,
+    kept: Mapping[str, str] | None = None,
+    reused: list[str] | None = None,
 ) -> list[DeviceCredentials]:
     """Provision every id (at most `concurrency` requests at once), in the order given.
 
-    Ids that already existed and were replaced are appended to `replaced` if given.
+    Ids that already existed and were replaced are appended to `replaced` if given;
+    `kept` tokens (device id -> token) are reused for devices that still exist, and
+    those ids are appended to `reused`.
     """
     gate = asyncio.Semaphore(concurrency)
 
     async with Provisioner(
         api_url, admin_token, on_conflict=on_conflict, mqtt_host=mqtt_host, transport=transport
     ) as prov:
+        prov.keep(kept or {})
 
         async def one(device_id: str) -> DeviceCredentials:
             async with gate:
@@ -195,4 +245,33 @@ async def provision_devices(
             raise
         if replaced is not None:
             replaced.extend(sorted(prov.replaced))
+        if reused is not None:
+            reused.extend(sorted(prov.reused))
     return [t.result() for t in tasks]
+
+
+TOKENS_FILE = "simulator-tokens.json"
+
+
+def load_tokens(path: Path) -> dict[str, str]:
+    """Device tokens kept by an earlier `planty simulate` (empty when none or unreadable)."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def save_tokens(path: Path, creds: Sequence[DeviceCredentials]) -> None:
+    """Keep the simulated devices' tokens (mode 0600) for the next run, beside older ones."""
+    tokens = load_tokens(path)
+    tokens.update({c.device_id: c.token for c in creds if c.token})
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(tokens, f, indent=1, sort_keys=True)
+    tmp.replace(path)

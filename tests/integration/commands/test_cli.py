@@ -63,3 +63,24 @@ async def test_events_tail_and_consumers(qgw: Gateway) -> None:
     assert r.returncode == 0 and "cli-consumer" in r.stdout
     r = await planty("events", "confirm", "cli-consumer", "0", "--url", url)
     assert r.returncode == 1 and "only moves forward" in r.stderr
+
+
+async def test_wait_ending_without_an_outcome_exits_4_and_says_so(
+    qapi: httpx.AsyncClient, qgw: Gateway
+) -> None:
+    """Scripts tell the outcomes apart: 0 acked, 3 final but not acked, 4 --wait ran out."""
+    offline = await register(qapi, "cliwait")  # never connects: the command stays queued
+    r = await planty(
+        "commands", "send", offline.device_id, "read", "--wait", "1", "--url", qgw.api_url
+    )
+    assert r.returncode == 4, (r.returncode, r.stdout, r.stderr)
+    assert "queued" in r.stdout and "no outcome within --wait 1 s" in r.stderr
+
+
+async def test_messages_are_printed_literally(qapi: httpx.AsyncClient, qgw: Gateway) -> None:
+    """Square brackets in a message are text, not console markup (`pip install 'x[postgres]'`)."""
+    async with sim_device(qapi, prefix="clilit") as dev:
+        r = await planty("commands", "send", dev.device_id, "valve[postgres].on", "--url",
+                         qgw.api_url)
+    assert r.returncode == 1
+    assert "valve[postgres].on" in r.stderr, r.stderr

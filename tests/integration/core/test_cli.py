@@ -109,3 +109,38 @@ async def test_run_with_a_bad_config_value_names_the_key(tmp_path: Path) -> None
     cfg.write_text("[mqtt]\nkeepalive_s = -1\n")
     r = await planty("run", "-c", str(cfg), "--data-dir", str(tmp_path))
     assert r.returncode == 1 and "mqtt.keepalive_s" in r.stderr and "Traceback" not in r.stderr
+
+
+async def test_devices_add_declares_up_front_and_writes_the_ca(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    url = gateway.api_url
+    device_id = unique_id("decl")
+    ca_file = tmp_path / "ca.pem"
+    r = await planty(
+        "devices", "add", device_id, "--actuator", "pump", "--sensor", "soil_moisture",
+        "--ca-file", str(ca_file), "--url", url,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "BEGIN CERTIFICATE" in ca_file.read_text()
+    r = await planty("devices", "show", device_id, "--url", url)
+    shown = json.loads(r.stdout)
+    assert shown["actuators"] == ["pump"] and shown["sensors"] == ["soil_moisture"]
+    r = await planty("commands", "send", device_id, "pump.on", "--url", url)
+    assert r.returncode == 0 and "queued" in r.stdout, r.stdout + r.stderr  # before first contact
+    r = await planty("devices", "add", unique_id("prof"), "--profile", "greenhouse", "--url", url)
+    assert r.returncode == 0, r.stderr
+    r = await planty("devices", "add", unique_id("bad"), "--profile", "castle", "--url", url)
+    assert r.returncode == 1 and "no profile 'castle'" in r.stderr
+
+    r = await planty("devices", "ca", "--url", url)  # `planty devices ca > ca.pem`
+    assert r.returncode == 0 and r.stdout == ca_file.read_text()
+
+
+async def test_an_unreachable_gateway_says_why(tmp_path: Path) -> None:
+    refused = await planty("devices", "--url", f"http://127.0.0.1:{free_port()}")
+    assert refused.returncode == 1
+    assert "refused the connection" in refused.stderr, refused.stderr
+    unresolved = await planty("devices", "--url", "http://no-such-host.invalid:8080")
+    assert unresolved.returncode == 1
+    assert "cannot resolve the host" in unresolved.stderr, unresolved.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import httpx
 import pytest
@@ -337,3 +338,62 @@ async def test_api_requires_a_valid_token(gateway: Gateway) -> None:
         assert (await anon.get("/healthz")).status_code == 200
         spec = (await anon.get("/openapi.json")).json()
         assert "/api/v1/devices" in spec["paths"]
+
+
+async def test_declared_up_front_commands_work_before_first_contact_then_the_device_wins(
+    api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server registering devices before they are installed can queue their first
+    commands; what the device declares on connect replaces the registration (logged)."""
+    device_id = unique_id("ahead")
+    r = await api.post(
+        "/api/v1/devices",
+        json={"id": device_id, "sensors": ["soil_moisture"], "actuators": ["pump", "lamp"]},
+    )
+    assert r.status_code == 201, r.text
+    registered = r.json()
+    d = await device_json(api, device_id)
+    assert (d["sensors"], d["actuators"]) == (["soil_moisture"], ["pump", "lamp"])
+    assert d["presence"]["state"] == "never_seen"
+    r = await api.post(
+        f"/api/v1/devices/{device_id}/commands", json={"action": "pump.on", "args": {"seconds": 5}}
+    )
+    assert r.status_code in (200, 201, 202), r.text
+    assert r.json()["state"] == "queued"
+    assert (
+        await api.post(f"/api/v1/devices/{device_id}/commands", json={"action": "fan.on"})
+    ).status_code == 422  # not declared at registration
+
+    # a profile, and bad names refused with the reason
+    r = await api.post("/api/v1/devices", json={"id": unique_id("prof"), "profile": "pot"})
+    assert r.status_code == 201, r.text
+    assert (await device_json(api, r.json()["id"]))["actuators"] == ["pump", "lamp"]
+    bad = await api.post("/api/v1/devices", json={"id": unique_id("bad"), "actuators": ["Pump!"]})
+    assert bad.status_code == 422 and "Pump!" in bad.text
+    unknown = await api.post("/api/v1/devices", json={"id": unique_id("bad"), "profile": "x"})
+    assert unknown.status_code == 422 and "pot" in unknown.text
+
+    caplog.set_level(logging.WARNING, logger="planty_broker.services.registry")
+    # the device connects and declares what it really has: that replaces the registration
+    dev = RawDevice(device_id, registered["token"], registered["mqtt"])
+    await dev.connect()
+    dev.client.subscribe(f"{dev.base}/cmd", qos=1)
+    try:
+        dev.publish("status", json.dumps({**STATUS, "actuators": ["pump", "fan"]}).encode(),
+                    retain=True)
+
+        async def replaced() -> dict | None:
+            d = await device_json(api, device_id)
+            return d if d["actuators"] == ["pump", "fan"] else None
+
+        d = await eventually(replaced)
+        assert d["sensors"] == ["temperature", "soil_moisture", "light"]
+        logged = [r.getMessage() for r in caplog.records if device_id in r.getMessage()]
+        assert any("pump, fan" in m and "pump, lamp" in m for m in logged), logged
+        # the queued pump.on went out once the device was there
+        async def delivered() -> bool:
+            return any(t.endswith("/cmd") for t, _ in dev.received)
+
+        await eventually(delivered)
+    finally:
+        await dev.close()

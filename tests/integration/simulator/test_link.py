@@ -151,7 +151,7 @@ async def test_wrong_token_is_refused_and_reported(tmp_path: Path) -> None:
         bad = replace(good, token="wrong-token")
         dev = SimDevice(bad, QUICK, topics=Topics("auth/v1"))
         await dev.start()
-        with pytest.raises(DeviceOfflineError, match="refused the connection") as info:
+        with pytest.raises(DeviceOfflineError, match="refused the login") as info:
             await dev.wait_online(1.0)
         await dev.stop()
     finally:

@@ -33,6 +33,21 @@ async def test_pages_are_open_but_hold_no_data(api: httpx.AsyncClient, gateway: 
         assert bad.status_code == 404
 
 
+async def test_root_takes_a_browser_to_the_dashboard_and_there_is_a_favicon(
+    gateway: Gateway,
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway.api_url) as anonymous:
+        browser = await anonymous.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
+        assert browser.status_code == 307 and browser.headers["location"] == "/dashboard/"
+        script = await anonymous.get("/", headers={"Accept": "application/json"})
+        assert script.status_code == 200
+        assert script.json()["dashboard"] == "/dashboard/" and script.json()["api"] == "/api/v1"
+        icon = await anonymous.get("/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg")
+        page = (await anonymous.get("/dashboard/")).text
+        assert 'rel="icon"' in page
+
+
 async def test_fragments_render_the_fleet_and_a_device(api: httpx.AsyncClient) -> None:
     creds = await register(api, "web")
     dev = await connect(creds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -213,3 +214,10 @@ def test_device_ids(device_id: str, ok: bool) -> None:
 def test_split_action() -> None:
     assert split_action("pump.on") == ("pump", "on")
     assert split_action("ping") == (None, "ping")
+
+
+def test_protocol_md_lists_every_error_kind() -> None:
+    """Firmware authors read the error counters by these names: each one is documented."""
+    text = (Path(__file__).resolve().parents[3] / "docs" / "protocol.md").read_text()
+    missing = [k.value for k in ErrorKind if f"| `{k.value}` |" not in text]
+    assert not missing, f"docs/protocol.md does not list the error kinds {missing}"

@@ -152,3 +152,16 @@ def test_lamp_adds_light(clock: Clock) -> None:
     dark = PlantModel(rng=random.Random(3)).readings(clock.t, {}, ("light",))["light"]
     lit = PlantModel(rng=random.Random(3)).readings(clock.t, {"lamp": 1.0}, ("light",))["light"]
     assert lit > dark + 2000
+
+
+def test_varied_pots_differ_like_real_ones() -> None:
+    pots = [PlantModel.varied(random.Random(seed)) for seed in range(20)]
+    start = [p.soil_moisture for p in pots]
+    assert len(set(start)) == 20 and max(start) - min(start) > 0.2
+    for p in pots:
+        p.advance(0.0, {})
+        p.advance(3600.0, {})
+    dried = [s - p.soil_moisture for s, p in zip(start, pots, strict=True)]
+    assert max(dried) > 1.5 * min(dried)  # some dry faster than others
+    temps = [p.readings(3600.0, {}, ("temperature",))["temperature"] for p in pots]
+    assert max(temps) - min(temps) > 1.0

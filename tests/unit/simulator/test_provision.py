@@ -160,7 +160,8 @@ async def test_fleet_provision_builds_devices_from_the_answers() -> None:
 async def test_run_simulation_fails_in_one_line_when_no_device_can_connect() -> None:
     gw = FakeGateway(mqtt_port=free_port(), tls=False)  # nothing listens there
     with pytest.raises(
-        FleetOfflineError, match=r"no simulated device came online .* cannot connect"
+        FleetOfflineError,
+        match=r"no simulated device came online .* refused the connection: nothing listens there",
     ):
         await run_simulation(
             "http://gw:8080",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from planty_broker import __version__
 from planty_broker.northbound.api import (
@@ -60,6 +61,23 @@ def create_api(
             "mqtt_connected": bool(getattr(link, "connected", False)),
             "role": svc.role,
         }
+
+    @app.get("/", include_in_schema=False)
+    async def root(request: Request) -> Response:
+        """A browser goes to the dashboard; anything else gets where things are."""
+        dashboard = svc.settings.dashboard.enabled
+        if dashboard and "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/dashboard/", status_code=307)
+        return JSONResponse(
+            {
+                "name": "Planty Broker",
+                "version": __version__,
+                "dashboard": "/dashboard/" if dashboard else None,
+                "api": "/api/v1",
+                "docs": "/docs",
+                "health": "/healthz",
+            }
+        )
 
     protected = (
         devices.router,

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from planty_broker.domain.history import DAY_MS, HourlyRollup, hour_of
-from planty_broker.domain.models import DeviceRecord, PresenceState, Reading
+from planty_broker.domain.models import (
+    DEVICE_PROFILES,
+    MAX_DECLARED,
+    DeviceRecord,
+    PresenceState,
+    Reading,
+    check_declared,
+)
 from planty_broker.northbound.api.auth import Scope
 from planty_broker.northbound.api.deps import SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
@@ -26,6 +33,25 @@ class NewDevice(BaseModel):
         description="device id: 3-64 characters a-z, 0-9, '-'", examples=["greenhouse-1"]
     )
     name: str | None = Field(default=None, max_length=200)
+    sensors: list[str] | None = Field(
+        default=None,
+        max_length=MAX_DECLARED,
+        description="what the device has, before it first connects (its status replaces it)",
+        examples=[["temperature", "soil_moisture"]],
+    )
+    actuators: list[str] | None = Field(
+        default=None,
+        max_length=MAX_DECLARED,
+        description="its actuators: commands and rules for them are accepted before it first "
+        "connects (its status replaces the list)",
+        examples=[["pump", "lamp"]],
+    )
+    profile: str | None = Field(
+        default=None,
+        description=f"a named set of sensors and actuators: {', '.join(DEVICE_PROFILES)}; "
+        "`sensors` or `actuators` given beside it win",
+        examples=["pot"],
+    )
 
 
 class MqttEndpoint(BaseModel):
@@ -92,11 +118,55 @@ def device_json(svc: Services, d: DeviceRecord) -> dict[str, Any]:
     return out
 
 
+def declared(body: NewDevice) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The sensors and actuators a registration declares (422 when a name is bad)."""
+    sensors: tuple[str, ...] = ()
+    actuators: tuple[str, ...] = ()
+    if body.profile is not None:
+        if body.profile not in DEVICE_PROFILES:
+            raise ApiError(
+                422,
+                "unknown_profile",
+                f"no profile {body.profile!r}; known: {', '.join(DEVICE_PROFILES)}",
+            )
+        sensors, actuators = DEVICE_PROFILES[body.profile]
+    try:
+        if body.sensors is not None:
+            sensors = check_declared(body.sensors, "sensors")
+        if body.actuators is not None:
+            actuators = check_declared(body.actuators, "actuators")
+    except ValueError as exc:
+        raise ApiError(422, "invalid_declaration", str(exc)) from None
+    return sensors, actuators
+
+
+@router.get("/mqtt")
+async def mqtt_endpoint(svc: SvcDep) -> dict[str, Any]:
+    """Where devices connect and the CA certificate (PEM) MQTT clients must trust
+    (`planty devices ca > ca.pem`)."""
+    e = svc.endpoint
+    return {
+        "host": e.host,
+        "port": e.port,
+        "tls": e.tls,
+        "x509_port": e.x509_port or None,
+        "ca_pem": e.ca_pem,
+        "prefix": svc.settings.mqtt.topic_prefix,
+    }
+
+
 @router.post("/devices", status_code=201, response_model=DeviceCredentials, dependencies=[Writer])
 async def add_device(body: NewDevice, svc: SvcDep) -> dict[str, Any]:
-    """Register a device. The response holds its token, once: store it on the device."""
+    """Register a device. The response holds its token, once: store it on the device.
+
+    `sensors` and `actuators` (or a `profile`) say what it has before it first
+    connects, so commands and rules can be set at once; what it declares in its
+    status replaces them (a difference is logged)."""
+    sensors, actuators = declared(body)
     try:
-        record, token = await svc.registry.add(body.id, body.name)
+        record, token = await svc.registry.add(
+            body.id, body.name, sensors=sensors, actuators=actuators
+        )
     except InvalidDeviceIdError as exc:
         raise ApiError(422, "invalid_device_id", str(exc)) from None
     except DeviceAlreadyExistsError as exc:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import jinja2
 from fastapi import APIRouter, Depends, FastAPI, Query
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from planty_broker import __version__
@@ -182,6 +182,11 @@ async def rollout_fragment(rollout_id: int, svc: SvcDep) -> HTMLResponse:
 
 
 router.include_router(fragments)
+
+
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
 
 def install_dashboard(app: FastAPI) -> None:

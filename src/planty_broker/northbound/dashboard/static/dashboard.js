@@ -439,6 +439,21 @@
     }
   }
 
+  // The latency y axis starts at 0 and ends on a round number at least 10 % above the slowest
+  // point, so two milliseconds read "2", not "1.995 / 1.998 / 2" zoomed into a flat line.
+  function latencyRange(_u, _min, max) {
+    const top = Math.max((max || 0) * 1.1, 1);
+    const step = Math.pow(10, Math.floor(Math.log10(top)));
+    const nice = [1, 2, 2.5, 5, 10].map((k) => k * step).find((v) => v >= top);
+    return [0, nice];
+  }
+
+  function latencyTicks(_u, values) {
+    return values.map((v) => (v >= 10 ? v.toFixed(0) : String(Number(v.toFixed(2)))));
+  }
+
+  window.plantyCharts = { latencyRange, latencyTicks }; // for the browser tests
+
   function latencyChart(series, xRange) {
     const holder = $("latency-chart");
     holder.replaceChildren();
@@ -456,16 +471,25 @@
         title: "round trip (ms) per slot",
         width: width(holder),
         height: 180,
-        scales: { x: { time: true, range: xRange } },
+        scales: { x: { time: true, range: xRange }, y: { range: latencyRange } },
         series: [
           {},
           { label: "p50", stroke: "#2f7d4f", width: 1.5 },
           { label: "p95", stroke: "#c98a00", width: 1.5 },
           { label: "p99", stroke: "#b3261e", width: 1.5 },
+          { label: "max", stroke: "#8a8f8c", width: 1, dash: [4, 4] },
+          { label: "samples", scale: "n", show: false },
         ],
-        axes: [{}, { size: 60 }],
+        axes: [{}, { size: 60, values: latencyTicks }],
       },
-      [xs, series.map((p) => p.p50_ms), series.map((p) => p.p95_ms), series.map((p) => p.p99_ms)],
+      [
+        xs,
+        series.map((p) => p.p50_ms),
+        series.map((p) => p.p95_ms),
+        series.map((p) => p.p99_ms),
+        series.map((p) => p.max_ms),
+        series.map((p) => p.count),
+      ],
       div,
     );
   }
