@@ -9,10 +9,11 @@ everywhere else: a payload that cannot be trusted raises `ProtocolError` with a
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -43,8 +44,11 @@ class Channel(StrEnum):
 class ErrorKind(StrEnum):
     """Why a device message was refused; each kind is counted per device."""
 
-    MALFORMED = "malformed_payload"  # not JSON, or not an object
+    MALFORMED = "malformed_payload"  # not JSON, not UTF-8, or not an object
     SCHEMA = "bad_field_type"  # JSON, but a field has the wrong type or is missing
+    OUT_OF_RANGE = "out_of_range"  # a number past its limit (64 bits, the ts window, finite)
+    BAD_TEXT = "bad_text"  # a NUL character in a string
+    OVER_LIMIT = "over_limit"  # too many readings, a name too long, nesting too deep
     OVERSIZE = "oversize"
     BAD_TOPIC = "bad_topic"
     BAD_READING = "bad_reading"  # one reading value was not a number; the others are kept
@@ -60,6 +64,32 @@ class ProtocolError(PlantyError, ValueError):
     def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+# ---------------------------------------------------------------- limits
+#
+# What the store can hold, checked at the edge (docs/protocol.md, "Limits"): these were
+# never valid v1 (a 65-bit integer, a NUL byte) but used to get as far as the database.
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+TS_MIN_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: a device clock before that is not set
+TS_MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+MAX_READINGS = 64  # readings in one telemetry message
+MAX_NAME_CHARS = 64  # a reading, sensor or actuator name
+MAX_NAMES = 64  # sensors or actuators declared in one status
+MAX_TEXT_CHARS = 1024  # any other string field (fw, an ack's id or error, ...)
+MAX_DEPTH = 8  # nesting of an ack's `result` (objects and arrays inside it)
+
+_NO_NUL = "^[^\\x00]*$"
+Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+Count64 = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+TimestampMs = Annotated[int, msgspec.Meta(ge=TS_MIN_MS, le=TS_MAX_MS)]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS, pattern=_NO_NUL)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS, pattern=_NO_NUL)]
+Names = Annotated[tuple[Name, ...], msgspec.Meta(max_length=MAX_NAMES)]
+ReadingValue = float | str | bool | None  # an object or array where a number goes: refused
+Readings = Annotated[dict[Name, ReadingValue], msgspec.Meta(max_length=MAX_READINGS)]
 
 
 # ---------------------------------------------------------------- payloads
@@ -78,17 +108,17 @@ OTA_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$")
 class OtaLast(msgspec.Struct, frozen=True, omit_defaults=True):
     """How a device's last update ended (`status.ota.last`); `result` kept as sent."""
 
-    t: int | None = None
-    release: str | None = None
-    result: str | None = None  # applied | rolled_back | failed (newer values pass through)
-    reason: str | None = None
+    t: Int64 | None = None
+    release: Text | None = None
+    result: Text | None = None  # applied | rolled_back | failed (newer values pass through)
+    reason: Text | None = None
 
 
 class OtaSupport(msgspec.Struct, frozen=True, omit_defaults=True):
     """`status.ota`: the device takes updates over the air (docs/protocol.md, Updates)."""
 
-    v: int = 1
-    chunk: int = 1024
+    v: Int64 = 1
+    chunk: Int64 = 1024
     last: OtaLast | None = None
 
 
@@ -100,15 +130,15 @@ class Status(msgspec.Struct, frozen=True, omit_defaults=True):
     "shutdown"}` a clean goodbye; the rest is optional."""
 
     online: bool
-    reason: str | None = None
-    fw: str | None = None
-    boot: int | None = None
-    sensors: tuple[str, ...] = ()
-    actuators: tuple[str, ...] = ()
-    interval_s: float | None = None
-    rssi: int | None = None
-    heap: int | None = None
-    uptime_s: int | None = None
+    reason: Text | None = None
+    fw: Text | None = None
+    boot: Int64 | None = None
+    sensors: Names = ()
+    actuators: Names = ()
+    interval_s: float | None = None  # finite: 1e999 is refused (out_of_range)
+    rssi: Int64 | None = None
+    heap: Int64 | None = None
+    uptime_s: Int64 | None = None
     ota: OtaSupport | None = None
 
 
@@ -132,16 +162,16 @@ class Command(msgspec.Struct, frozen=True, omit_defaults=True):
 class Ack(msgspec.Struct, frozen=True, omit_defaults=True):
     """A device's answer to a command, on `ack`."""
 
-    id: str
+    id: Text
     ok: bool
-    result: dict[str, Any] | None = None
-    error: str | None = None
+    result: dict[str, Any] | None = None  # checked by `_check_tree` (depth, NUL, 64 bits)
+    error: Text | None = None
 
 
 class _RawTelemetry(msgspec.Struct, frozen=True):
-    seq: int
-    readings: dict[str, Any]
-    ts: int | None = None
+    seq: Count64
+    readings: Readings
+    ts: TimestampMs | None = None
 
 
 _status_decoder = msgspec.json.Decoder(Status)
@@ -222,20 +252,62 @@ def _check_size(payload: bytes, max_bytes: int) -> None:
         )
 
 
-def _decode(decoder: msgspec.json.Decoder[Any], payload: bytes, what: str) -> Any:
+_RANGE_RE = re.compile(r"^(Number out of range|Expected `(int|float)` [<>]=?)")
+_LIMIT_RE = re.compile(r"^Expected `(str|object|array)` of length")
+
+
+def validation_kind(message: str) -> ErrorKind:
+    """The error kind of a msgspec validation message (the limits above are Meta constraints)."""
+    if _RANGE_RE.match(message):
+        return ErrorKind.OUT_OF_RANGE
+    if message.startswith("Expected `str` matching regex"):
+        return ErrorKind.BAD_TEXT
+    if _LIMIT_RE.match(message):
+        return ErrorKind.OVER_LIMIT
+    return ErrorKind.SCHEMA
+
+
+def decode_json(decoder: msgspec.json.Decoder[Any], payload: bytes, what: str) -> Any:
+    """Decode with `decoder`; every failure becomes a `ProtocolError` with its kind."""
     try:
         return decoder.decode(payload)
     except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorKind.SCHEMA, f"{what}: {exc}") from exc
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(ErrorKind.MALFORMED, f"{what}: {exc}") from exc
+        raise ProtocolError(validation_kind(str(exc)), f"{what}: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorKind.MALFORMED, f"{what}: {exc}") from None
+    except RecursionError:  # nesting deeper than the interpreter's stack, even in an unknown field
+        raise ProtocolError(ErrorKind.OVER_LIMIT, f"{what}: JSON nested too deep") from None
+
+
+def _check_tree(value: Any, what: str, depth: int = 0) -> None:
+    """Free-form JSON (an ack's `result`): nesting, NUL characters, 64-bit integers."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ProtocolError(ErrorKind.BAD_TEXT, f"{what}: a string holds a NUL character")
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ProtocolError(ErrorKind.OUT_OF_RANGE, f"{what}: integer outside 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):  # msgspec refuses these already; kept for other callers
+            raise ProtocolError(ErrorKind.OUT_OF_RANGE, f"{what}: number is not finite")
+    elif depth >= MAX_DEPTH:
+        raise ProtocolError(ErrorKind.OVER_LIMIT, f"{what}: nested deeper than {MAX_DEPTH}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_tree(key, what, depth)
+            _check_tree(item, what, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_tree(item, what, depth + 1)
 
 
 def decode_status(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Status:
     _check_size(payload, max_bytes)
     if not payload:  # an empty retained message clears status: treat as offline
         return Status(online=False)
-    status: Status = _decode(_status_decoder, payload, "status")
+    status: Status = decode_json(_status_decoder, payload, "status")
     return status
 
 
@@ -244,29 +316,30 @@ def decode_telemetry(
 ) -> tuple[Telemetry, list[str]]:
     """Decode telemetry; returns it with the names of readings dropped for a non-number value."""
     _check_size(payload, max_bytes)
-    raw: _RawTelemetry = _decode(_telemetry_decoder, payload, "telemetry")
+    raw: _RawTelemetry = decode_json(_telemetry_decoder, payload, "telemetry")
     readings: dict[str, float] = {}
     dropped: list[str] = []
     for name, value in raw.readings.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            readings[name] = float(value)
+        if isinstance(value, float):  # msgspec decodes every JSON number here as a finite float
+            readings[name] = value
         else:
             dropped.append(name)
-    if raw.seq < 0:
-        raise ProtocolError(ErrorKind.SCHEMA, "telemetry: seq must be >= 0")
     return Telemetry(seq=raw.seq, readings=readings, ts=raw.ts), dropped
 
 
 def decode_ack(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Ack:
     _check_size(payload, max_bytes)
-    ack: Ack = _decode(_ack_decoder, payload, "ack")
+    ack: Ack = decode_json(_ack_decoder, payload, "ack")
+    if ack.result is not None:
+        _check_tree(ack.result, "ack result")
     return ack
 
 
 def decode_command(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Command:
     """Used by the simulator (the device side)."""
     _check_size(payload, max_bytes)
-    cmd: Command = _decode(_command_decoder, payload, "cmd")
+    cmd: Command = decode_json(_command_decoder, payload, "cmd")
+    _check_tree(cmd.args, "cmd args")
     return cmd
 
 
@@ -319,7 +392,7 @@ class ClaimRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     serial: str
     type: str = "token"
     id: str | None = None
-    name: str | None = None
+    name: Text | None = None
     token: str | None = None
 
 
@@ -377,7 +450,7 @@ def parse_provision_topic(prefix: str, topic: str) -> str | None:
 def decode_claim_request(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> ClaimRequest:
     """Decode and check a claim request; `ProtocolError` if it cannot be used."""
     _check_size(payload, max_bytes)
-    req: ClaimRequest = _decode(_claim_request_decoder, payload, "claim request")
+    req: ClaimRequest = decode_json(_claim_request_decoder, payload, "claim request")
     if not _REQ_RE.fullmatch(req.req):
         raise ProtocolError(ErrorKind.SCHEMA, "claim request: req must be 1-64 of A-Za-z0-9._-")
     if not 1 <= len(req.serial) <= 64 or not req.serial.isprintable():
@@ -404,7 +477,7 @@ def decode_claim_request(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -
 def decode_claim_reply(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> ClaimReply:
     """Used by the simulator (the device side)."""
     _check_size(payload, max_bytes)
-    reply: ClaimReply = _decode(_claim_reply_decoder, payload, "claim reply")
+    reply: ClaimReply = decode_json(_claim_reply_decoder, payload, "claim reply")
     return reply
 
 

@@ -13,7 +13,14 @@ import struct
 
 import msgspec
 
-from planty_broker.protocol import DEFAULT_MAX_PAYLOAD, ErrorKind, ProtocolError
+from planty_broker.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    ErrorKind,
+    Int64,
+    ProtocolError,
+    Text,
+    decode_json,
+)
 
 CHUNK_HEADER = struct.Struct("!BIBI8s")  # kind 1, t, file index, offset, sha256(data)[:8]
 CHUNK_KIND = 1
@@ -46,13 +53,13 @@ class Abort(msgspec.Struct, frozen=True, tag_field="op", tag="abort"):
 class OtaAck(msgspec.Struct, frozen=True, omit_defaults=True):
     """A device's answer on `ota_ack`."""
 
-    t: int
-    op: str
-    file: int | None = None
-    offset: int | None = None
-    err: str | None = None
-    reason: str | None = None
-    fw: str | None = None
+    t: Int64
+    op: Text
+    file: Int64 | None = None
+    offset: Int64 | None = None
+    err: Text | None = None
+    reason: Text | None = None
+    fw: Text | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -88,12 +95,7 @@ def decode_ota_ack(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> OtaA
         raise ProtocolError(
             ErrorKind.OVERSIZE, f"payload of {len(payload)} bytes exceeds {max_bytes}"
         )
-    try:
-        ack = _ack_decoder.decode(payload)
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorKind.SCHEMA, f"ota_ack: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(ErrorKind.MALFORMED, f"ota_ack: {exc}") from None
+    ack: OtaAck = decode_json(_ack_decoder, payload, "ota_ack")
     if ack.op == "next" and (
         ack.file is None or ack.offset is None or ack.file < 0 or ack.offset < 0
     ):
