@@ -23,6 +23,7 @@ from planty_broker.domain.stats.counters import latency_summary, parse_window
 from planty_broker.northbound.api.auth import Scope
 from planty_broker.northbound.api.deps import SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
+from planty_broker.northbound.api.limits import MAX_SECONDS
 from planty_broker.northbound.api.timefmt import iso
 from planty_broker.services.commands.service import (
     CommandConflictError,
@@ -47,7 +48,10 @@ class NewCommand(BaseModel):
     )
     args: dict[str, Any] = Field(default_factory=dict, examples=[{"seconds": 30}])
     ttl_s: float | None = Field(
-        default=None, description="deadline from now, s (default commands.default_ttl_s)"
+        default=None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="deadline from now, s (default commands.default_ttl_s)",
     )
     wait_s: float = Field(
         default=0, ge=0, le=MAX_WAIT_S, description="answer once final, or after this long"

@@ -11,6 +11,7 @@ from planty_broker.domain.identity import CredentialKind, DeviceCredential
 from planty_broker.northbound.api.auth import Scope
 from planty_broker.northbound.api.deps import SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
+from planty_broker.northbound.api.limits import MAX_SECONDS
 from planty_broker.northbound.api.timefmt import iso
 from planty_broker.protocol import CLAIM_SLOT_PREFIX
 from planty_broker.services.context import Services
@@ -97,7 +98,9 @@ class Rotation(BaseModel):
 
 class Window(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    duration_s: float | None = Field(default=None, gt=0, description="default: 300 s")
+    duration_s: float | None = Field(
+        default=None, gt=0, le=MAX_SECONDS, description="default: 300 s"
+    )
 
 
 @router.get("/devices/{device_id}/credentials")

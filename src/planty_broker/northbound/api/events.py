@@ -20,6 +20,7 @@ from planty_broker.domain.events import EVENT_TYPES, Consumer, Event, LogBounds
 from planty_broker.northbound.api.auth import Scope
 from planty_broker.northbound.api.deps import SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
+from planty_broker.northbound.api.limits import INT64_MAX
 from planty_broker.northbound.api.timefmt import iso
 from planty_broker.services.context import Services
 from planty_broker.services.events import CursorError, EventPage, EventService
@@ -32,7 +33,9 @@ STREAM_BATCH = 500
 
 class CursorBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    acked: int = Field(ge=0, description="the id of the last event this consumer has taken")
+    acked: int = Field(
+        ge=0, le=INT64_MAX, description="the id of the last event this consumer has taken"
+    )
 
 
 def events_of(svc: Services) -> EventService:
@@ -102,7 +105,9 @@ TypesQuery = Annotated[str | None, Query(description=f"comma-separated: {', '.jo
 @router.get("/events")
 async def read_events(
     svc: SvcDep,
-    after: Annotated[int, Query(ge=0, description="return events with id > after")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=INT64_MAX, description="return events with id > after")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     types: TypesQuery = None,
 ) -> dict[str, Any]:
@@ -151,7 +156,9 @@ async def _stream(
 async def stream_events(
     svc: SvcDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    after: Annotated[int | None, Query(ge=0, description="start after this id")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=INT64_MAX, description="start after this id")
+    ] = None,
     consumer: Annotated[
         str | None, Query(description="start after this consumer's confirmed cursor")
     ] = None,
@@ -170,6 +177,8 @@ async def stream_events(
         try:
             start = int(last_event_id)
         except ValueError:
+            start = -1
+        if not 0 <= start <= INT64_MAX:
             raise ApiError(422, "invalid", "Last-Event-ID must be an event id") from None
     elif after is not None:
         start = after

@@ -19,6 +19,7 @@ from planty_broker.errors import StoreError
 from planty_broker.northbound.api.auth import Scope
 from planty_broker.northbound.api.deps import SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
+from planty_broker.northbound.api.limits import IdPath
 from planty_broker.northbound.api.timefmt import iso
 from planty_broker.ports.store import ReleaseExistsError
 from planty_broker.services.context import Services
@@ -202,7 +203,7 @@ async def list_rollouts(
 
 
 @router.get("/rollouts/{rollout_id}")
-async def get_rollout(rollout_id: int, svc: SvcDep) -> dict[str, Any]:
+async def get_rollout(rollout_id: IdPath, svc: SvcDep) -> dict[str, Any]:
     """A rollout with every device's state: pending, sending, applied, failed, rolled_back."""
     fw = firmware_of(svc)
     try:
@@ -227,19 +228,19 @@ async def _act(svc: Services, rollout_id: int, action: str) -> dict[str, Any]:
 
 
 @router.post("/rollouts/{rollout_id}/pause", dependencies=[Admin])
-async def pause_rollout(rollout_id: int, svc: SvcDep) -> dict[str, Any]:
+async def pause_rollout(rollout_id: IdPath, svc: SvcDep) -> dict[str, Any]:
     """No new device starts; transfers under way finish."""
     return await _act(svc, rollout_id, "pause")
 
 
 @router.post("/rollouts/{rollout_id}/resume", dependencies=[Admin])
-async def resume_rollout(rollout_id: int, svc: SvcDep) -> dict[str, Any]:
+async def resume_rollout(rollout_id: IdPath, svc: SvcDep) -> dict[str, Any]:
     """Go on after a pause, or after the rollout halted itself."""
     return await _act(svc, rollout_id, "resume")
 
 
 @router.post("/rollouts/{rollout_id}/abort", dependencies=[Admin])
-async def abort_rollout(rollout_id: int, svc: SvcDep) -> dict[str, Any]:
+async def abort_rollout(rollout_id: IdPath, svc: SvcDep) -> dict[str, Any]:
     """Stop for good: devices not yet switched drop what they received (`failed`)."""
     return await _act(svc, rollout_id, "abort")
 

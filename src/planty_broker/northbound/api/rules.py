@@ -18,6 +18,7 @@ from planty_broker.errors import StoreError
 from planty_broker.northbound.api.auth import Scope
 from planty_broker.northbound.api.deps import SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
+from planty_broker.northbound.api.limits import INT64_MAX
 from planty_broker.northbound.api.timefmt import iso, parse_time
 from planty_broker.services.context import Services
 from planty_broker.services.registry import UnknownDeviceError, now_ms
@@ -263,7 +264,9 @@ async def rule_history(
     device: Annotated[str | None, Query(description="only this device")] = None,
     since: Annotated[str | None, Query(description="ISO 8601 or unix ms, inclusive")] = None,
     until: Annotated[str | None, Query(description="ISO 8601 or unix ms, inclusive")] = None,
-    before: Annotated[int | None, Query(ge=1, description="page back: ids below this")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=INT64_MAX, description="page back: ids below this")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Why did the pump run at 03:12? Every fire, every first suppression (cooldown,

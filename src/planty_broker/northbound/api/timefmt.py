@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from planty_broker.northbound.api.limits import TIME_MAX_MS, TIME_MIN_MS
+
 
 def iso(ms: int | None) -> str | None:
     if ms is None:
@@ -20,7 +22,10 @@ def parse_time(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
     if value.lstrip("-").isdigit():
-        return int(value)
+        ms = int(value) if len(value) <= 20 else TIME_MAX_MS + 1
+        if not TIME_MIN_MS <= ms <= TIME_MAX_MS:
+            raise ValueError(f"{name}: unix milliseconds out of range, got {value[:24]!r}")
+        return ms
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
