@@ -9,6 +9,12 @@ from __future__ import annotations
 from typing import Protocol
 
 
+def no_ack() -> None:
+    """The `ack` handed with a QoS 0 message: nothing to acknowledge. A handler tells QoS 0
+    apart by identity (`ack is no_ack`), e.g. to drop it, counted, when its queue is full."""
+    return None
+
+
 class Publisher(Protocol):
     """What sending to devices needs: publish, and whether the link is up."""
 

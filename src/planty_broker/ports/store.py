@@ -15,6 +15,7 @@ from planty_broker.errors import PermanentStoreError, TransientStoreError
 
 if TYPE_CHECKING:
     from planty_broker.domain.commands import CommandChange, CommandRecord, CommandTransition
+    from planty_broker.domain.dead_letters import DeadLetter
     from planty_broker.domain.events import (
         Consumer,
         Event,
@@ -297,3 +298,25 @@ class FirmwareStore(Protocol):
 
     async def device_targets(self, device_id: str, limit: int = 20) -> list[Target]:
         """A device's targets, newest rollout first."""
+
+
+class DeadLetterStore(Protocol):
+    """Messages the store refused for good (issue 11); adapters: SqlDeadLetterStore (on the
+    SQL store's connection) and MemoryDeadLetterStore."""
+
+    async def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Append in one transaction; durable on return."""
+
+    async def list_dead_letters(
+        self, device_id: str | None, before_id: int | None, limit: int
+    ) -> list[DeadLetter]:
+        """Newest first; `device_id` None = every device; `before_id` pages back."""
+
+    async def purge_dead_letters(self, device_id: str | None, through_id: int | None) -> int:
+        """Delete (one device's, or all) with id <= through_id (None: every one); how many."""
+
+    async def prune_dead_letters(self, before_ms: int, limit: int) -> int:
+        """Delete up to `limit` of those older than the time; returns how many."""
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        """How many are held per device (a letter without a device counts under "")."""

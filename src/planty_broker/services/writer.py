@@ -3,10 +3,17 @@
 `writer.submit(item, done)` calls `done()` only once the batch holding `item`
 is committed, so the MQTT PUBACK sent from it is honest; `await writer.write(item)`
 is the same for async callers. `after_commit(items)` runs once per committed
-batch (before the callbacks) for the bookkeeping that must follow durability. If the store is down
-(disk full, database gone) the batch is kept and retried with backoff: callers
-wait (which back-pressures the MQTT server through unacked messages) and
-nothing is dropped.
+batch (before the callbacks) for the bookkeeping that must follow durability.
+
+Failures are told apart on purpose (errors.py):
+- transient (`TransientStoreError`: disk full, database gone, locked): the batch is kept
+  and retried with backoff; callers wait (which back-pressures the MQTT server through
+  unacked messages) and nothing is dropped or acknowledged;
+- permanent (`PermanentStoreError`, or any error that is not a store error: retrying the
+  same write cannot succeed): the batch is split in halves (bisect) until the items
+  that fail alone are found. Each of those goes to `dead_letter(item, error)` (a dead
+  letter table), then its `done()` runs, so one bad item never holds up the others.
+  Without a `dead_letter` sink such an item is logged and dropped, counted.
 """
 
 from __future__ import annotations
@@ -15,14 +22,24 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from planty_broker.backoff import Backoff
+from planty_broker.errors import StoreError, TransientStoreError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+DeadLetterSink = Callable[[T, Exception], Awaitable[None]]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Hold and retry (True), or set aside (False). Only the store knows a failure is
+    transient: anything else (a refused value, a bug) would fail the same way again."""
+    return isinstance(exc, TransientStoreError)
 
 
 class BatchWriter(Generic[T]):
@@ -36,9 +53,11 @@ class BatchWriter(Generic[T]):
         max_wait_ms: float = 5.0,
         name: str = "writer",
         after_commit: Callable[[Sequence[T]], None] | None = None,
+        dead_letter: DeadLetterSink[T] | None = None,
     ) -> None:
         self._sink = sink
         self._after_commit = after_commit
+        self._dead_letter = dead_letter
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000
         self._name = name
@@ -49,8 +68,11 @@ class BatchWriter(Generic[T]):
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.items_written = 0
+        self.dead_lettered = 0  # items set aside (permanent failure), dead letter or not
+        self.splits = 0  # batches bisected after a permanent failure
         self.last_commit_s = 0.0
-        self.failing_since: float | None = None
+        self.last_commit_at: float | None = None  # time.monotonic() of the last commit
+        self.failing_since: float | None = None  # time.monotonic() of the first failure
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"{self._name}-flush")
@@ -63,8 +85,13 @@ class BatchWriter(Generic[T]):
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        if self._items:
+        while self._items:
             await self._flush_once()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The flush loop (None when stopped), for health checks."""
+        return self._task
 
     def pending(self) -> int:
         return len(self._items)
@@ -79,7 +106,7 @@ class BatchWriter(Generic[T]):
             self._full.set()
 
     async def write(self, item: T) -> None:
-        """Queue `item` and return once it is committed."""
+        """Queue `item` and return once it is committed (or set aside as a dead letter)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def done() -> None:
@@ -106,43 +133,112 @@ class BatchWriter(Generic[T]):
             self._full.clear()
         if not items:
             return
+        # Work list of (items, callbacks) slices, in order; a slice that fails for good is
+        # replaced by its two halves. Slices already committed are acknowledged at once.
+        work: deque[tuple[list[T], list[Callable[[], None]]]] = deque([(items, callbacks)])
+        try:
+            await self._drain(work)
+        except asyncio.CancelledError:
+            self._requeue(work)
+            raise
+
+    async def _drain(self, work: deque[tuple[list[T], list[Callable[[], None]]]]) -> None:
         backoff = Backoff(0.1, 5.0)
-        while True:
+        while work:
+            part, dones = work[0]
             started = time.perf_counter()
             try:
-                await self._sink(items)
+                await self._sink(part)
             except asyncio.CancelledError:
-                self._items[:0], self._callbacks[:0] = items, callbacks
-                self._wakeup.set()
                 raise
             except Exception as exc:
-                if self.failing_since is None:
-                    self.failing_since = time.monotonic()
+                if is_transient(exc):
+                    self._failing(len(part), exc)
+                    await backoff.sleep()
+                    continue
+                if len(part) > 1:
+                    work.popleft()
+                    self.splits += 1
+                    half = len(part) // 2
+                    work.appendleft((part[half:], dones[half:]))
+                    work.appendleft((part[:half], dones[:half]))
+                    continue
+                await self._set_aside(part[0], exc)
+                work.popleft()
+                self._run_callbacks(dones)
+                continue
+            work.popleft()
+            self._recovered()
+            self.last_commit_s = time.perf_counter() - started
+            self.last_commit_at = time.monotonic()
+            backoff.reset()
+            self.batches += 1
+            self.items_written += len(part)
+            if self._after_commit is not None:
+                try:
+                    self._after_commit(part)
+                except Exception:
+                    log.exception("%s: after-commit bookkeeping failed", self._name)
+            self._run_callbacks(dones)
+
+    def _requeue(self, work: deque[tuple[list[T], list[Callable[[], None]]]]) -> None:
+        """Put what is not written yet back in front, in order (on cancel)."""
+        items = [i for part, _ in work for i in part]
+        callbacks = [c for _, dones in work for c in dones]
+        self._items[:0], self._callbacks[:0] = items, callbacks
+        if self._items:
+            self._wakeup.set()
+
+    async def _set_aside(self, item: T, exc: Exception) -> None:
+        """One item that cannot be stored: to the dead letters (holding while *that* store
+        is unavailable), else logged and dropped."""
+        self.dead_lettered += 1
+        if not isinstance(exc, StoreError):  # not classified by the store: show where
+            log.error("%s: unexpected error storing one item; set aside", self._name, exc_info=exc)
+        if self._dead_letter is None:
+            log.error("%s: dropped one item the store refuses: %s", self._name, exc)
+            return
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            try:
+                await self._dead_letter(item, exc)
+                return
+            except asyncio.CancelledError:
+                self.dead_lettered -= 1
+                raise
+            except Exception as dl_exc:
+                if not is_transient(dl_exc):
                     log.error(
-                        "%s: cannot store %d item(s): %s; holding them and retrying "
-                        "(nothing is acknowledged to devices until this succeeds)",
+                        "%s: could not keep a dead letter (%s); dropped the item: %s",
                         self._name,
-                        len(items),
+                        dl_exc,
                         exc,
                     )
+                    return
+                self._failing(1, dl_exc)
                 await backoff.sleep()
-                continue
-            if self.failing_since is not None:
-                log.warning(
-                    "%s: store is writable again after %.1f s",
-                    self._name,
-                    time.monotonic() - self.failing_since,
-                )
-                self.failing_since = None
-            self.last_commit_s = time.perf_counter() - started
-            break
-        self.batches += 1
-        self.items_written += len(items)
-        if self._after_commit is not None:
-            try:
-                self._after_commit(items)
-            except Exception:
-                log.exception("%s: after-commit bookkeeping failed", self._name)
+
+    def _failing(self, n: int, exc: Exception) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            log.error(
+                "%s: cannot store %d item(s): %s; holding them and retrying "
+                "(nothing is acknowledged to devices until this succeeds)",
+                self._name,
+                n,
+                exc,
+            )
+
+    def _recovered(self) -> None:
+        if self.failing_since is not None:
+            log.warning(
+                "%s: store is writable again after %.1f s",
+                self._name,
+                time.monotonic() - self.failing_since,
+            )
+            self.failing_since = None
+
+    def _run_callbacks(self, callbacks: list[Callable[[], None]]) -> None:
         for done in callbacks:
             try:
                 done()

@@ -26,6 +26,7 @@ from planty_broker.ports.store import (
     HistoryStore,
     RuleStore,
     Store,
+    StoreRejectedError,
     StoreUnavailableError,
 )
 from planty_broker.storage.memory_firmware import MemoryFirmwareMixin
@@ -34,6 +35,8 @@ from planty_broker.storage.memory_queue import MemoryQueueMixin
 from planty_broker.storage.memory_rules import MemoryRulesMixin
 
 log = logging.getLogger(__name__)
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _json_copy(value: Any) -> Any:
@@ -134,8 +137,17 @@ class MemoryStore(MemoryQueueMixin, MemoryRulesMixin, MemoryFirmwareMixin, Memor
         return ids - unknown
 
     async def append_readings(self, readings: Sequence[Reading]) -> None:
-        """Readings of devices removed meanwhile are dropped, the others kept."""
+        """Readings of devices removed meanwhile are dropped, the others kept; a batch
+        holding what a database cannot (an int past 64 bits, a lone surrogate) is refused
+        whole, as SqlStore refuses it (StoreRejectedError)."""
         self._check()
+        for r in readings:
+            if not all(_INT64_MIN <= n <= _INT64_MAX for n in (r.seq, r.ts_ms, r.received_ms)):
+                raise StoreRejectedError(f"refused the data: {r.device_id} int past 64 bits")
+            try:
+                msgspec.json.encode(r.values)
+            except UnicodeError as exc:
+                raise StoreRejectedError(f"refused the data: {exc}") from exc
         known = self._known({r.device_id for r in readings}, "readings")
         for r in readings:
             if r.device_id in known:

@@ -45,7 +45,7 @@ from planty_broker.storage.schema import devices, meta, presence
 from planty_broker.storage.schema import readings as readings_table
 from planty_broker.storage.sql_commands import SqlCommandsMixin
 from planty_broker.storage.sql_engine import check_synchronous, create_store_engine, normalize_url
-from planty_broker.storage.sql_errors import Target, driver_error
+from planty_broker.storage.sql_errors import REFUSED_PYTHON, Target, driver_error, refused
 from planty_broker.storage.sql_events import (
     SqlEventsMixin,
     insert_events,
@@ -59,10 +59,16 @@ from planty_broker.storage.sql_rules import SqlRulesMixin
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+# SQLAlchemy's wrappers of the DB-API classes that always mean "this data / this statement".
+_REFUSED_SA = (
+    sa_exc.IntegrityError,
+    sa_exc.ProgrammingError,
+    sa_exc.DataError,
+    sa_exc.NotSupportedError,
+)
 
-class SqlStore(
-    SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin, SqlHistoryMixin
-):
+
+class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin, SqlHistoryMixin):
     """The `Store` port on SQLite or PostgreSQL; an async context manager (open/close).
 
     The command outbox and the event log (`CommandStore`, `EventStore`) come from the mixins,
@@ -169,8 +175,11 @@ class SqlStore(
         Each reading's `reading` event is appended in the same transaction.
         """
         if readings:
-            params = [rows.reading_params(r) for r in readings]
-            events = [reading_event_params(r) for r in readings]
+            try:  # JSON of the values: a lone surrogate in a name cannot be encoded
+                params = [rows.reading_params(r) for r in readings]
+                events = [reading_event_params(r) for r in readings]
+            except REFUSED_PYTHON as exc:
+                raise self._rejected(exc) from exc
             await self._call(self._append, self._insert_readings, params, events)
 
     async def query_readings(
@@ -273,25 +282,27 @@ class SqlStore(
         return await self._submit(partial(fn, self._engine, *args))
 
     def _guarded(self, fn: Callable[[], T]) -> T:
-        """Run `fn`, turning driver failures into our store errors (one clear line each):
-        refused data or SQL -> StoreRejectedError (permanent), everything else the database
-        says -> StoreUnavailableError (transient: the same call may succeed later)."""
+        """Run `fn`, turning driver failures into our store errors (one clear line each),
+        classified by `sql_errors.refused`: data or SQL the database refuses for good ->
+        StoreRejectedError (permanent), everything else it says -> StoreUnavailableError
+        (transient: the same call may succeed later)."""
         try:
             return fn()
-        except (
-            sa_exc.IntegrityError,
-            sa_exc.ProgrammingError,
-            sa_exc.DataError,
-            sa_exc.NotSupportedError,
-        ) as exc:  # a bug or bad input, not an unavailable database
-            raise StoreRejectedError(
-                f"the store {self.safe_url} refused the operation: "
-                f"{self._target.scrub(str(exc.orig or exc))}"
-            ) from exc
         except sa_exc.DBAPIError as exc:
             orig = exc.orig if exc.orig is not None else exc
+            if isinstance(exc, _REFUSED_SA) or refused(self._target, orig):
+                raise self._rejected(orig) from exc
             raise driver_error(self._target, orig, lost=exc.connection_invalidated) from exc
+        except sa_exc.StatementError as exc:  # a non-driver error while binding, wrapped
+            inner: BaseException = exc.orig if exc.orig is not None else exc
+            if refused(self._target, inner):
+                raise self._rejected(inner) from exc
+            raise
+        except REFUSED_PYTHON as exc:  # raised by the driver while binding
+            raise self._rejected(exc) from exc
         except sqlite3.Error as exc:
+            if refused(self._target, exc):
+                raise self._rejected(exc) from exc
             raise driver_error(self._target, exc) from exc
         except CommandError as exc:
             raise StoreConfigError(
@@ -300,8 +311,15 @@ class SqlStore(
             ) from exc
         except Exception as exc:
             if type(exc).__module__.startswith("psycopg"):
+                if refused(self._target, exc):
+                    raise self._rejected(exc) from exc
                 raise driver_error(self._target, exc) from exc
             raise
+
+    def _rejected(self, orig: BaseException) -> StoreRejectedError:
+        return StoreRejectedError(
+            f"the store {self.safe_url} refused the data: {self._target.scrub(str(orig))}"
+        )
 
     @staticmethod
     def _in_tx(engine: Engine, fn: Callable[[Connection], T]) -> T:

@@ -1,7 +1,12 @@
-"""Turn SQLite / PostgreSQL driver errors into `StoreUnavailableError` with a next step.
+"""Turn SQLite / PostgreSQL driver errors into our store errors, with a next step.
 
-Each message is one line: what happened, where, and what to do. The URL's password
-never appears (it is scrubbed from driver messages too).
+Each failure is classified on purpose, by error class (`refused`): data the database
+refuses for good (an integer past 64 bits, a NUL in PostgreSQL text, a broken
+constraint) is permanent, `StoreRejectedError`: retrying the same write cannot succeed,
+so writers set it aside (dead letters). Everything else the database says (disk full,
+locked, read-only, connection lost, server down) is transient, `StoreUnavailableError`:
+writers hold the data and retry. Each message is one line: what happened, where, and what
+to do. The URL's password never appears (it is scrubbed from driver messages too).
 """
 
 from __future__ import annotations
@@ -13,6 +18,18 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from planty_broker.ports.store import StoreUnavailableError
+
+# Refused for good, by class. Raised by the drivers themselves (not wrapped by SQLAlchemy)
+# while binding: sqlite3 for an int past 64 bits (OverflowError), both for a lone surrogate.
+REFUSED_PYTHON = (OverflowError, UnicodeError)
+# SQLite primary codes that say the data is at fault: too big, constraint, type, range.
+_SQLITE_REFUSED = frozenset({18, 19, 20, 25})
+# PostgreSQL SQLSTATE classes that say the data or statement is at fault: 22 data exception
+# (out of range, NUL in text, bad encoding), 23 integrity, 42 syntax or access rule,
+# 54 program limit exceeded (a row too large for an index), 0A feature not supported.
+_PG_REFUSED = ("22", "23", "42", "54", "0A")
+# Driver exception class names that mean "this data / this statement", on both drivers.
+_REFUSED_NAMES = frozenset({"DataError", "IntegrityError", "ProgrammingError", "NotSupportedError"})
 
 # SQLite primary result codes (https://sqlite.org/rescode.html).
 _SQLITE_PERM = 3
@@ -132,6 +149,22 @@ def postgres_error(target: Target, orig: BaseException, *, lost: bool) -> StoreU
     else:
         msg = f"{where} failed ({sqlstate}): {reason}"
     return StoreUnavailableError(msg)
+
+
+def refused(target: Target, orig: BaseException) -> bool:
+    """True if the database refused this data or statement for good (see the module doc)."""
+    if isinstance(orig, REFUSED_PYTHON):
+        return True
+    name = type(orig).__name__
+    if target.is_sqlite:
+        if name in _REFUSED_NAMES or name == "InterfaceError":  # InterfaceError: cannot bind
+            return True
+        code = getattr(orig, "sqlite_errorcode", None)
+        return isinstance(code, int) and code & 0xFF in _SQLITE_REFUSED
+    sqlstate = str(getattr(orig, "sqlstate", None) or "")
+    if sqlstate:
+        return sqlstate.startswith(_PG_REFUSED)
+    return name in _REFUSED_NAMES
 
 
 def driver_error(

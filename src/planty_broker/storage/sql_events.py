@@ -116,9 +116,7 @@ def prune(conn: Connection, through_id: int, keep: KeepRule | None = None) -> Pr
     lowest = min((cursor for _, cursor in consumers), default=None)
     unconfirmed = 0
     if lowest is not None:
-        unconfirmed = conn.execute(
-            select(func.count()).where(doomed, c.id > lowest)
-        ).scalar_one()
+        unconfirmed = conn.execute(select(func.count()).where(doomed, c.id > lowest)).scalar_one()
     for name, cursor in consumers:
         n = conn.execute(select(func.count()).where(doomed, c.id > cursor)).scalar_one()
         if n:

@@ -30,6 +30,7 @@ from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 
 from planty_broker.backoff import Backoff
 from planty_broker.errors import MqttServerError
+from planty_broker.ports.link import no_ack
 from planty_broker.transport.gmqtt_hooks import QosStorage, puback_for, take_over_qos1
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ class MqttLink:
     ) -> int:
         """QoS 0 (and anything not QoS 1): nothing to acknowledge."""
         self.messages_in += 1
-        self._dispatch(topic, payload, bool(properties.get("retain", 0)), _no_ack)
+        self._dispatch(topic, payload, bool(properties.get("retain", 0)), no_ack)
         return 0
 
     def _on_qos1(self, mid: int, payload: bytes, topic: str, properties: dict[str, Any]) -> None:
@@ -222,6 +223,3 @@ class MqttLink:
         except Exception:
             log.exception("message handler failed on %s; it will be redelivered", topic)
 
-
-def _no_ack() -> None:
-    return None

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from planty_broker.ports.store import StoreRejectedError, StoreUnavailableError
 from planty_broker.services.writer import BatchWriter
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -23,7 +24,7 @@ class FlakySink:
         await asyncio.sleep(0)
         if self.failures:
             self.failures -= 1
-            raise OSError("database or disk is full")
+            raise StoreUnavailableError("database or disk is full")
         self.batches.append(list(items))
 
 
@@ -60,3 +61,89 @@ async def test_stop_flushes_pending() -> None:
     await w.stop()
     await t
     assert sink.batches == [[7]]
+
+
+class PoisonSink:
+    """Refuses for good any batch holding a negative number; fails transiently `outage` times."""
+
+    def __init__(self, outage: int = 0) -> None:
+        self.stored: list[int] = []
+        self.outage = outage
+        self.calls = 0
+
+    async def __call__(self, items: Sequence[int]) -> None:
+        self.calls += 1
+        await asyncio.sleep(0)
+        if self.outage:
+            self.outage -= 1
+            raise StoreUnavailableError("database gone")
+        if any(i < 0 for i in items):
+            raise StoreRejectedError("integer out of range")
+        self.stored.extend(items)
+
+
+async def test_a_poison_item_is_bisected_out_dead_lettered_and_the_rest_stored() -> None:
+    sink = PoisonSink()
+    letters: list[tuple[int, str]] = []
+
+    async def dead(item: int, exc: Exception) -> None:
+        letters.append((item, type(exc).__name__))
+
+    w: BatchWriter[int] = BatchWriter(sink, max_batch=64, max_wait_ms=1, dead_letter=dead)
+    await w.start()
+    items = [*range(30), -1, *range(30, 60), -2]
+    await asyncio.wait_for(asyncio.gather(*(w.write(i) for i in items)), 5)
+    assert sorted(sink.stored) == list(range(60))  # every good one, exactly once
+    assert sorted(letters) == [(-2, "StoreRejectedError"), (-1, "StoreRejectedError")]
+    assert w.dead_lettered == 2 and w.splits > 0 and w.failing_since is None
+    await w.stop()
+
+
+async def test_unclassified_errors_are_set_aside_too_never_retried_forever() -> None:
+    async def sink(items: Sequence[int]) -> None:
+        if 13 in items:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+    w: BatchWriter[int] = BatchWriter(sink, max_batch=10, max_wait_ms=1)  # no dead letter sink
+    await w.start()
+    await asyncio.wait_for(asyncio.gather(*(w.write(i) for i in range(20))), 5)
+    assert w.dead_lettered == 1 and w.items_written == 19
+    await w.stop()
+
+
+async def test_transient_failure_holds_everything_and_dead_letters_nothing() -> None:
+    sink = PoisonSink(outage=4)
+    letters: list[int] = []
+
+    async def dead(item: int, exc: Exception) -> None:
+        letters.append(item)
+
+    w: BatchWriter[int] = BatchWriter(sink, max_batch=8, max_wait_ms=1, dead_letter=dead)
+    await w.start()
+    writes = asyncio.gather(*(w.write(i) for i in range(20)))
+    while w.failing_since is None:
+        await asyncio.sleep(0.001)
+    while sink.outage:  # the store is down: nothing is acknowledged meanwhile
+        assert not writes.done() and sink.stored == []
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(writes, 10)
+    assert sorted(sink.stored) == list(range(20)) and letters == [] and w.dead_lettered == 0
+    await w.stop()
+
+
+async def test_dead_letter_store_down_holds_the_item_until_it_is_kept() -> None:
+    sink = PoisonSink()
+    outage = [3]
+    letters: list[int] = []
+
+    async def dead(item: int, exc: Exception) -> None:
+        if outage[0]:
+            outage[0] -= 1
+            raise StoreUnavailableError("database gone")
+        letters.append(item)
+
+    w: BatchWriter[int] = BatchWriter(sink, max_batch=8, max_wait_ms=1, dead_letter=dead)
+    await w.start()
+    await asyncio.wait_for(asyncio.gather(*(w.write(i) for i in (1, -1, 2))), 10)
+    assert letters == [-1] and sorted(sink.stored) == [1, 2]
+    await w.stop()
