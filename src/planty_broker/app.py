@@ -52,6 +52,7 @@ from planty_broker.scaleout import (
 )
 from planty_broker.services.bus import Bus, ReadingObserved
 from planty_broker.services.context import Services
+from planty_broker.services.dead_letters import DeadLetterService
 from planty_broker.services.history import HistoryService, policy_of
 from planty_broker.services.identity import Identity
 from planty_broker.services.ingest import IngestService
@@ -67,6 +68,7 @@ from planty_broker.services.rules.service import start_rules
 from planty_broker.services.stats.service import StatsService
 from planty_broker.storage.backup import lock_data_dir
 from planty_broker.storage.sql import SqlStore
+from planty_broker.storage.sql_dead_letters import SqlDeadLetterStore
 from planty_broker.storage.sql_identity import SqlIdentityStore
 from planty_broker.tasks import cancel_and_wait
 from planty_broker.transport.amqp import AmqpLink
@@ -203,6 +205,10 @@ class Gateway:
             max_pending=s.presence.max_pending,
         )
         stats = StatsService(store, bus, registry, presence, s.stats) if s.stats.enabled else None
+        dead_letters = DeadLetterService(
+            SqlDeadLetterStore(store), bus, keep_days=s.store.dead_letters_keep_days
+        )
+        await dead_letters.start()
         ingest = IngestService(
             store,
             bus,
@@ -213,6 +219,8 @@ class Gateway:
             batch_max=s.store.batch_max,
             batch_wait_ms=s.store.batch_wait_ms,
             stats=stats,
+            dead_letters=dead_letters,
+            max_pending_qos0=s.mqtt.max_pending_qos0,
         )
         svc = Services(
             settings=s,
@@ -226,6 +234,7 @@ class Gateway:
             broker_id=broker_id,
             started_ms=now_ms(),
             stats=stats,
+            dead_letters=dead_letters,
         )
         self.services = svc
 
@@ -239,6 +248,8 @@ class Gateway:
             self._stack.push_async_callback(stats.stop)
         await ingest.start()
         self._stack.push_async_callback(ingest.stop)
+        dead_letters.prune_loop()
+        self._stack.push_async_callback(dead_letters.stop)
         history = HistoryService(store, policy_of(s), every_s=s.store.housekeeping_every_s)
         svc.history = history
         if not cluster:  # in a cluster: housekeeping (rollups, pruning) on the lease holder

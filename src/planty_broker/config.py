@@ -70,6 +70,9 @@ class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keepalive_s: PositiveInt = 60  # MQTT keepalive; devices should use the same (presence)
     max_payload_bytes: PositiveInt = 64 * 1024  # larger device messages count as `oversize`
     max_inflight: PositiveInt = 1000  # our own cap on unacked QoS 1 publishes
+    # QoS 0 device messages waiting for the store at most (QoS 1 ones are bounded by the
+    # in-flight window above); more are dropped and counted (/metrics).
+    max_pending_qos0: PositiveInt = 10_000
     # Mosquitto's per-client queue; its default (1000) silently drops a persistent
     # session's backlog, so a gateway restart under load would lose readings.
     max_queued_messages: PositiveInt = 1_000_000
@@ -122,6 +125,9 @@ class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     readings_keep_days: PositiveFloat = 90.0
     rollups_keep_days: PositiveFloat = 5 * 366.0  # the hourly rollups: years of history
     housekeeping_every_s: PositiveFloat = 60.0  # how often readings are rolled up and pruned
+    # Messages the store refused for good (dead letters: GET /api/v1/dead-letters) are kept
+    # this long, then deleted (once an hour).
+    dead_letters_keep_days: PositiveFloat = 30.0
 
 
 class PresenceSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -4,30 +4,45 @@ decode at the edge (protocol.py) -> unknown devices and bad payloads counted,
 never a crash -> presence updated -> readings stored in batches (the PUBACK is
 sent from the batch's commit, so it follows durability) -> events published on
 the bus. Telemetry, the hot path, is handled without a task or a future per
-message; status and acks (rare) run as a task each and are acknowledged when done.
+message; status and acks (rare) wait in one bounded queue served by a few workers
+and are acknowledged when done.
+
+Nothing one device sends can stop the others (issue 11): a reading the store refuses
+for good is bisected out of its batch and kept as a dead letter, then acknowledged; a
+status or ack whose handling fails is retried while the store is unavailable
+(transient: held, not acknowledged) and set aside as a dead letter when it can never
+succeed. QoS 0 messages (nothing to acknowledge, so no MQTT window bounds them) are
+dropped, counted, once `max_pending_qos0` of them wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import Histogram
 
+from planty_broker.backoff import Backoff
 from planty_broker.domain.models import Reading
+from planty_broker.errors import PlantyError, TransientStoreError
+from planty_broker.ports.link import no_ack
 from planty_broker.ports.store import Store
 from planty_broker.protocol import (
     SHUTDOWN_REASON,
     Channel,
     ErrorKind,
     ProtocolError,
+    Telemetry,
     Topics,
     decode_ack,
     decode_status,
     decode_telemetry,
+    encode,
 )
 from planty_broker.protocol_ota import OtaAck, decode_ota_ack
 from planty_broker.services.bus import (
@@ -42,8 +57,10 @@ from planty_broker.services.bus import (
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.services.writer import BatchWriter
+from planty_broker.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
+    from planty_broker.services.dead_letters import DeadLetterService
     from planty_broker.services.stats.service import StatsService
 
 # Seconds; a batch commit on SQLite takes ~1-20 ms, a stalled disk or remote database far more.
@@ -64,10 +81,25 @@ def store_write_histogram(buckets: tuple[float, ...] = STORE_WRITE_BUCKETS) -> H
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 60.0  # a given (device, error kind) is logged at most once a minute
+SLOW_WORKERS = 4  # status and ack messages handled at once
+SLOW_RETRY_MAX_S = 5.0  # backoff cap while the store is unavailable for a status or ack
 
 AckHandler = Callable[[AckReceived], Awaitable[None]]
 OtaHandler = Callable[[str, OtaAck, int], None]  # device id, the ack, arrival (unix ms)
 Ack = Callable[[], None]  # sends the MQTT PUBACK of the message being handled
+
+
+@dataclass(frozen=True, slots=True)
+class _SlowItem:
+    """A status or ack message waiting for a worker."""
+
+    channel: Channel
+    device_id: str
+    topic: str
+    payload: bytes
+    at: int
+    retain: bool
+    ack: Ack
 
 
 class IngestService:
@@ -85,8 +117,11 @@ class IngestService:
         batch_max: int = 500,
         batch_wait_ms: float = 5.0,
         stats: StatsService | None = None,
+        dead_letters: DeadLetterService | None = None,
+        max_pending_qos0: int = 10_000,
     ) -> None:
-        """`stats` None: no per-device statistics (errors still go out as `DeviceError`)."""
+        """`stats` None: no per-device statistics (errors still go out as `DeviceError`).
+        `dead_letters` None: what the store refuses for good is logged and dropped."""
         self._store = store
         self._stats = stats
         self._stats_of = stats.fleet.device if stats is not None else None  # bound once
@@ -102,24 +137,44 @@ class IngestService:
             max_wait_ms=batch_wait_ms,
             name="readings",
             after_commit=self._committed,
+            dead_letter=self._dead_reading,
         )
+        self.dead_letters = dead_letters
+        self._max_pending_qos0 = max_pending_qos0
+        self.dropped_qos0 = 0  # QoS 0 messages dropped because too many waited
+        self.slow_dead_lettered = 0  # status and ack messages set aside
+        self.slow_retries = 0  # status and ack attempts that failed transiently
+        self._slow: asyncio.Queue[_SlowItem] = asyncio.Queue()
+        self._slow_qos0 = 0  # QoS 0 entries in `_slow`
+        self._slow_busy = 0
         self.latest: dict[str, Reading] = {}
         self.unknown_device_messages = 0
         self.bad_topic_messages = 0
         self.ack_handler: AckHandler | None = None
         self.ota_handler: OtaHandler | None = None  # the firmware service, when it runs
         self._last_logged: dict[tuple[str | None, str], float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._workers: list[asyncio.Task[None]] = []
         bus.subscribe(DevicesChanged, self._on_devices_changed)
 
     async def start(self) -> None:
         self.latest = await self._store.latest_readings()
         await self.writer.start()
+        self._workers = [
+            asyncio.create_task(self.slow_worker(), name=f"ingest-slow-{i}")
+            for i in range(SLOW_WORKERS)
+        ]
 
     async def stop(self) -> None:
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=5)
+        if not self._slow.empty() or self._slow_busy:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slow.join(), 5)
+        await cancel_and_wait(self._workers)
+        self._workers = []
         await self.writer.stop()
+
+    def slow_pending(self) -> int:
+        """Status and ack messages waiting or being handled."""
+        return self._slow.qsize() + self._slow_busy
 
     def _on_devices_changed(self, event: DevicesChanged) -> None:
         if event.change == "removed":
@@ -165,14 +220,20 @@ class IngestService:
                     ErrorKind.BAD_READING,
                     f"non-numeric value for {', '.join(dropped)}; kept the rest",
                 )
+            if ack is no_ack and self.writer.pending() >= self._max_pending_qos0:
+                self.dropped_qos0 += 1  # QoS 0: nothing bounds these but us
+                return
             self._presence.on_activity(device_id, at)
-            self.writer.submit(Reading(device_id, tel.seq, tel.ts or at, at, tel.readings), ack)
+            reading = Reading(device_id, tel.seq, tel.ts or at, at, tel.readings)
+            self.writer.submit(reading, ack, payload)
         elif channel is Channel.STATUS or channel is Channel.ACK:
-            task = asyncio.get_running_loop().create_task(
-                self._slow(channel, device_id, payload, at, retain, ack)
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            qos0 = ack is no_ack
+            if qos0 and self._slow_qos0 >= self._max_pending_qos0:
+                self.dropped_qos0 += 1
+                return
+            self._slow_qos0 += qos0
+            # QoS 1 entries are bounded by the MQTT server's in-flight window to us.
+            self._slow.put_nowait(_SlowItem(channel, device_id, topic, payload, at, retain, ack))
         elif channel is Channel.OTA_ACK:  # an update's progress: small, handled at once
             self._presence.on_activity(device_id, at)
             try:
@@ -220,21 +281,73 @@ class IngestService:
                 latest[r.device_id] = r
             publish(ReadingStored(r))
 
-    async def _slow(
-        self, channel: Channel, device_id: str, payload: bytes, at: int, retain: bool, ack: Ack
-    ) -> None:
-        try:
-            if channel is Channel.STATUS:
-                await self._status(device_id, payload, at, retain)
-            else:
-                await self._ack(device_id, payload, at)
-        except ProtocolError as exc:
-            self._report(device_id, exc.kind, str(exc))
-        except Exception:
-            # e.g. the store is down: no PUBACK, so the MQTT server redelivers it later
-            log.exception("could not handle %s from %s; it will be redelivered", channel, device_id)
+    async def _dead_reading(self, r: Reading, source: bytes | None, exc: Exception) -> None:
+        """A reading the store refuses for good: keep it as a dead letter (then it is acked)."""
+        if self.dead_letters is None:
+            log.error("device %s: reading refused by the store, dropped: %s", r.device_id, exc)
             return
-        ack()
+        payload = source if source is not None else encode(Telemetry(r.seq, r.values, r.ts_ms))
+        topic = self._topics.device(r.device_id, Channel.TELEMETRY)
+        await self.dead_letters.record(r.device_id, topic, payload, exc)
+
+    async def slow_worker(self) -> None:
+        """Serve the status/ack queue (a few of these run; each is supervised)."""
+        while True:
+            item = await self._slow.get()
+            self._slow_qos0 -= item.ack is no_ack
+            self._slow_busy += 1
+            try:
+                await self._handle_slow(item)
+            finally:
+                self._slow_busy -= 1
+                self._slow.task_done()
+
+    async def _handle_slow(self, item: _SlowItem) -> None:
+        """Handle one status or ack: retried while the store is unavailable (held, not
+        acked); set aside as a dead letter if it can never succeed; then acknowledged."""
+        backoff = Backoff(0.1, SLOW_RETRY_MAX_S)
+        while True:
+            try:
+                if item.channel is Channel.STATUS:
+                    await self._status(item.device_id, item.payload, item.at, item.retain)
+                else:
+                    await self._ack(item.device_id, item.payload, item.at)
+            except ProtocolError as exc:
+                self._report(item.device_id, exc.kind, str(exc))
+            except TransientStoreError as exc:
+                self.slow_retries += 1
+                if self.slow_retries == 1 or backoff.current >= SLOW_RETRY_MAX_S:
+                    log.warning(
+                        "could not handle %s from %s (%s); holding it and retrying",
+                        item.channel,
+                        item.device_id,
+                        exc,
+                    )
+                await backoff.sleep()
+                continue
+            except Exception as exc:  # permanent: this message can never be handled
+                if not await self._dead_slow(item, exc):
+                    continue  # the dead letter itself could not be written yet: retry
+            item.ack()
+            return
+
+    async def _dead_slow(self, item: _SlowItem, exc: Exception) -> bool:
+        """Set a status or ack aside; False if the store is unavailable for that too."""
+        if not isinstance(exc, PlantyError):
+            log.error("%s from %s failed unexpectedly", item.channel, item.device_id, exc_info=exc)
+        self.slow_dead_lettered += 1
+        if self.dead_letters is None:
+            log.error("%s from %s set aside: %s", item.channel, item.device_id, exc)
+            return True
+        try:
+            await self.dead_letters.record(item.device_id, item.topic, item.payload, exc)
+        except TransientStoreError:
+            self.slow_dead_lettered -= 1
+            await asyncio.sleep(SLOW_RETRY_MAX_S / 5)
+            return False
+        except Exception as dl_exc:
+            log.error("could not keep a dead letter (%s); dropped: %s", dl_exc, exc)
+        return True
 
     async def _status(self, device_id: str, payload: bytes, at: int, retain: bool) -> None:
         status = decode_status(payload, self._max_payload)

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
+
+import msgspec
+
+from planty_broker.domain.commands import CommandChange
+from planty_broker.domain.events import NewEvent
+from planty_broker.protocol import Channel
 
 from planty_broker.services.commands.service import CommandService
 from planty_broker.services.context import Services
@@ -47,6 +54,24 @@ async def start_commands(svc: Services, stack: AsyncExitStack) -> CommandService
         stats=svc.stats,
         readings=svc.ingest.writer.write,
     )
+    dead = svc.dead_letters
+    if dead is not None:
+
+        async def dead_changes(changes: Sequence[CommandChange], exc: Exception) -> None:
+            device_id = changes[0].record.device_id
+            try:
+                payload = msgspec.json.encode(list(changes))
+            except (TypeError, UnicodeError):
+                payload = repr(list(changes)).encode("utf-8", "backslashreplace")
+            await dead.record(device_id, svc.topics.device(device_id, Channel.CMD), payload, exc)
+
+        commands.outbox.journal.set_dead_letter(dead_changes)
+
+        async def dead_event(event: NewEvent, _src: bytes | None, exc: Exception) -> None:
+            payload = msgspec.json.encode(event)
+            await dead.record(event.device_id, f"events/{event.type}", payload, exc)
+
+        events.writer.set_dead_letter(dead_event)
     await commands.start()
     stack.push_async_callback(commands.stop)
     svc.ingest.ack_handler = commands.handle_ack

@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DeadLetterSink = Callable[[T, Exception], Awaitable[None]]
+# dead_letter(item, its raw source bytes or None, the error)
+DeadLetterSink = Callable[[T, bytes | None, Exception], Awaitable[None]]
+Done = Callable[[], None]
+Work = deque[tuple[list[T], list[Done], list[bytes | None]]]
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -62,7 +65,8 @@ class BatchWriter(Generic[T]):
         self._max_wait_s = max_wait_ms / 1000
         self._name = name
         self._items: list[T] = []
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: list[Done] = []
+        self._sources: list[bytes | None] = []  # what each item was decoded from, if given
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -93,13 +97,19 @@ class BatchWriter(Generic[T]):
         """The flush loop (None when stopped), for health checks."""
         return self._task
 
+    def set_dead_letter(self, sink: DeadLetterSink[T] | None) -> None:
+        """Where an item the store refuses for good goes (None: logged and dropped)."""
+        self._dead_letter = sink
+
     def pending(self) -> int:
         return len(self._items)
 
-    def submit(self, item: T, done: Callable[[], None]) -> None:
-        """Queue `item`; `done()` is called once it is committed (the hot path: no future)."""
+    def submit(self, item: T, done: Done, source: bytes | None = None) -> None:
+        """Queue `item`; `done()` is called once it is committed (the hot path: no future).
+        `source` (the raw message) is what a dead letter keeps if the item is refused."""
         self._items.append(item)
         self._callbacks.append(done)
+        self._sources.append(source)
         if len(self._items) == 1:
             self._wakeup.set()
         if len(self._items) >= self._max_batch:
@@ -125,8 +135,9 @@ class BatchWriter(Generic[T]):
             await self._flush_once()
 
     async def _flush_once(self) -> None:
-        items, callbacks = self._items[: self._max_batch], self._callbacks[: self._max_batch]
-        del self._items[: len(items)], self._callbacks[: len(callbacks)]
+        n = self._max_batch
+        items, callbacks, sources = self._items[:n], self._callbacks[:n], self._sources[:n]
+        del self._items[:n], self._callbacks[:n], self._sources[:n]
         if not self._items:
             self._wakeup.clear()
         if len(self._items) < self._max_batch:
@@ -135,17 +146,17 @@ class BatchWriter(Generic[T]):
             return
         # Work list of (items, callbacks) slices, in order; a slice that fails for good is
         # replaced by its two halves. Slices already committed are acknowledged at once.
-        work: deque[tuple[list[T], list[Callable[[], None]]]] = deque([(items, callbacks)])
+        work: Work[T] = deque([(items, callbacks, sources)])
         try:
             await self._drain(work)
         except asyncio.CancelledError:
             self._requeue(work)
             raise
 
-    async def _drain(self, work: deque[tuple[list[T], list[Callable[[], None]]]]) -> None:
+    async def _drain(self, work: Work[T]) -> None:
         backoff = Backoff(0.1, 5.0)
         while work:
-            part, dones = work[0]
+            part, dones, srcs = work[0]
             started = time.perf_counter()
             try:
                 await self._sink(part)
@@ -160,10 +171,10 @@ class BatchWriter(Generic[T]):
                     work.popleft()
                     self.splits += 1
                     half = len(part) // 2
-                    work.appendleft((part[half:], dones[half:]))
-                    work.appendleft((part[:half], dones[:half]))
+                    work.appendleft((part[half:], dones[half:], srcs[half:]))
+                    work.appendleft((part[:half], dones[:half], srcs[:half]))
                     continue
-                await self._set_aside(part[0], exc)
+                await self._set_aside(part[0], srcs[0], exc)
                 work.popleft()
                 self._run_callbacks(dones)
                 continue
@@ -181,15 +192,15 @@ class BatchWriter(Generic[T]):
                     log.exception("%s: after-commit bookkeeping failed", self._name)
             self._run_callbacks(dones)
 
-    def _requeue(self, work: deque[tuple[list[T], list[Callable[[], None]]]]) -> None:
+    def _requeue(self, work: Work[T]) -> None:
         """Put what is not written yet back in front, in order (on cancel)."""
-        items = [i for part, _ in work for i in part]
-        callbacks = [c for _, dones in work for c in dones]
-        self._items[:0], self._callbacks[:0] = items, callbacks
+        self._items[:0] = [i for part, _, _ in work for i in part]
+        self._callbacks[:0] = [c for _, dones, _ in work for c in dones]
+        self._sources[:0] = [x for _, _, srcs in work for x in srcs]
         if self._items:
             self._wakeup.set()
 
-    async def _set_aside(self, item: T, exc: Exception) -> None:
+    async def _set_aside(self, item: T, source: bytes | None, exc: Exception) -> None:
         """One item that cannot be stored: to the dead letters (holding while *that* store
         is unavailable), else logged and dropped."""
         self.dead_lettered += 1
@@ -201,7 +212,7 @@ class BatchWriter(Generic[T]):
         backoff = Backoff(0.1, 5.0)
         while True:
             try:
-                await self._dead_letter(item, exc)
+                await self._dead_letter(item, source, exc)
                 return
             except asyncio.CancelledError:
                 self.dead_lettered -= 1
@@ -238,7 +249,7 @@ class BatchWriter(Generic[T]):
             )
             self.failing_since = None
 
-    def _run_callbacks(self, callbacks: list[Callable[[], None]]) -> None:
+    def _run_callbacks(self, callbacks: list[Done]) -> None:
         for done in callbacks:
             try:
                 done()

@@ -86,7 +86,7 @@ async def test_a_poison_item_is_bisected_out_dead_lettered_and_the_rest_stored()
     sink = PoisonSink()
     letters: list[tuple[int, str]] = []
 
-    async def dead(item: int, exc: Exception) -> None:
+    async def dead(item: int, source: bytes | None, exc: Exception) -> None:
         letters.append((item, type(exc).__name__))
 
     w: BatchWriter[int] = BatchWriter(sink, max_batch=64, max_wait_ms=1, dead_letter=dead)
@@ -115,7 +115,7 @@ async def test_transient_failure_holds_everything_and_dead_letters_nothing() -> 
     sink = PoisonSink(outage=4)
     letters: list[int] = []
 
-    async def dead(item: int, exc: Exception) -> None:
+    async def dead(item: int, source: bytes | None, exc: Exception) -> None:
         letters.append(item)
 
     w: BatchWriter[int] = BatchWriter(sink, max_batch=8, max_wait_ms=1, dead_letter=dead)
@@ -136,7 +136,7 @@ async def test_dead_letter_store_down_holds_the_item_until_it_is_kept() -> None:
     outage = [3]
     letters: list[int] = []
 
-    async def dead(item: int, exc: Exception) -> None:
+    async def dead(item: int, source: bytes | None, exc: Exception) -> None:
         if outage[0]:
             outage[0] -= 1
             raise StoreUnavailableError("database gone")

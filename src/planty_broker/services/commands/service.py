@@ -140,6 +140,14 @@ class CommandService:
         )
         if command_id is not None:
             existing = await self._existing(command_id, device_id, action)
+            twin = box.live.get(command_id)  # a call racing with this one created it meanwhile
+            if existing is None and twin is not None:
+                if twin.rec.device_id != device_id or twin.rec.action != action:
+                    raise CommandConflictError(
+                        f"command id {command_id!r} already names {twin.rec.action} for "
+                        f"{twin.rec.device_id}; use a new id"
+                    )
+                existing = twin.rec
             if existing is not None:
                 return await self.wait(existing.id, wait_s) if wait_s > 0 else existing
         now = self._clock()
