@@ -56,6 +56,7 @@ class ErrorKind(StrEnum):
     UNKNOWN_COMMAND = "unknown_command_id"
     ACK_TIMEOUT = "ack_timeout"
     AUTH_REFUSED = "auth_refused"
+    DEAD_LETTER = "dead_letter"  # decoded, but the store refused it for good: set aside
 
 
 class ProtocolError(PlantyError, ValueError):

@@ -17,6 +17,7 @@ import typer
 from planty_broker.cli import backup, identity, status
 from planty_broker.cli.client import ApiClient, ConfigOpt, DataDirOpt, UrlOpt, fail, settings_from
 from planty_broker.cli.commands import commands_app, events_app
+from planty_broker.cli.dead_letters import dead_letters_app
 from planty_broker.cli.devices import devices_app
 from planty_broker.cli.firmware import firmware_app
 from planty_broker.cli.identity import tokens_app
@@ -143,6 +144,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(rules_app, name="rules")
 app.add_typer(firmware_app, name="firmware")
+app.add_typer(dead_letters_app, name="dead-letters")
 app.command()(identity.pair)
 app.command()(identity.unpair)
 app.command()(status.status)

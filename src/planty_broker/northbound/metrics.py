@@ -139,7 +139,35 @@ class GatewayCollector(Collector):
         )
         dropped.add_metric(["unknown_device"], ingest.unknown_device_messages)
         dropped.add_metric(["bad_topic"], ingest.bad_topic_messages)
+        dropped.add_metric(["qos0_queue_full"], ingest.dropped_qos0)
         yield dropped
+        yield _gauge(
+            "planty_ingest_slow_pending",
+            "Status and ack messages waiting or being handled",
+            ingest.slow_pending(),
+        )
+        yield _counter(
+            "planty_ingest_slow_retries",
+            "Status and ack handling attempts that failed while the store was unavailable",
+            ingest.slow_retries,
+        )
+        aside = CounterMetricFamily(
+            "planty_store_set_aside",
+            "Items the store refused for good, set aside (dead letters) so nothing waits on them",
+            labels=["writer"],
+        )
+        aside.add_metric(["readings"], writer.dead_lettered)
+        aside.add_metric(["status_ack"], ingest.slow_dead_lettered)
+        commands = self._svc.commands
+        if commands is not None:
+            aside.add_metric(["commands"], commands.outbox.journal.dead_lettered)
+        yield aside
+        dead = self._svc.dead_letters
+        if dead is not None:
+            yield _gauge("planty_dead_letters", "Dead letters kept", dead.total_held)
+            yield _counter(
+                "planty_dead_letters_recorded", "Dead letters kept since start", dead.recorded
+            )
 
     def _totals_cached(self, stats: Any) -> dict[str, int]:
         t = time.monotonic()

@@ -12,7 +12,7 @@ from typing import Protocol
 def no_ack() -> None:
     """The `ack` handed with a QoS 0 message: nothing to acknowledge. A handler tells QoS 0
     apart by identity (`ack is no_ack`), e.g. to drop it, counted, when its queue is full."""
-    return None
+    return
 
 
 class Publisher(Protocol):

@@ -20,9 +20,9 @@ from planty_broker.services.bus import Bus
 from planty_broker.services.commands.service import CommandService
 from planty_broker.services.credentials.provisioning import ProvisioningService
 from planty_broker.services.credentials.service import CredentialService
+from planty_broker.services.dead_letters import DeadLetterService
 from planty_broker.services.events import EventService
 from planty_broker.services.firmware.service import FirmwareService
-from planty_broker.services.dead_letters import DeadLetterService
 from planty_broker.services.history import HistoryService
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService

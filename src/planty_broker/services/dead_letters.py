@@ -20,12 +20,13 @@ from collections.abc import Callable
 from planty_broker.domain.dead_letters import DeadLetter, dead_letter
 from planty_broker.domain.history import DAY_MS
 from planty_broker.ports.store import DeadLetterStore
+from planty_broker.protocol import ErrorKind
 from planty_broker.services.bus import Bus, DeviceError
 from planty_broker.services.registry import now_ms
 
 log = logging.getLogger(__name__)
 
-DEAD_LETTER_KIND = "dead_letter"  # the device error kind a dead letter counts as
+DEAD_LETTER_KIND = ErrorKind.DEAD_LETTER.value  # the device error kind it counts as
 PRUNE_CHUNK = 10_000
 LOG_EVERY_S = 60.0
 MAX_COUNTED_DEVICES = 100_000  # per-device counts held at most (then only the total grows)

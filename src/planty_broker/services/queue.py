@@ -13,7 +13,6 @@ import msgspec
 from planty_broker.domain.commands import CommandChange
 from planty_broker.domain.events import NewEvent
 from planty_broker.protocol import Channel
-
 from planty_broker.services.commands.service import CommandService
 from planty_broker.services.context import Services
 from planty_broker.services.events import EventService

@@ -222,4 +222,3 @@ class MqttLink:
             self._handler(topic, payload, retain, ack)
         except Exception:
             log.exception("message handler failed on %s; it will be redelivered", topic)
-

@@ -17,6 +17,7 @@ from planty_broker import __version__
 from planty_broker.northbound.api import (
     commands,
     credentials,
+    dead_letters,
     devices,
     events,
     firmware,
@@ -89,6 +90,7 @@ def create_api(
         pairing.router,
         credentials.router,
         firmware.router,
+        dead_letters.router,
     )
     for router in protected:
         app.include_router(router, prefix="/api/v1", dependencies=[Depends(principal)])

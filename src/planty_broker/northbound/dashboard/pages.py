@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from planty_broker import __version__
+from planty_broker.errors import StoreError
 from planty_broker.northbound.api.deps import SvcDep, principal
 from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.dashboard import updates, views
@@ -179,6 +180,19 @@ async def rollout_fragment(rollout_id: int, svc: SvcDep) -> HTMLResponse:
     if found is None:
         raise ApiError(503, "unavailable", "this gateway does not send updates")
     return render("_rollout.html", **found)
+
+
+@fragments.get("/attention")
+async def attention_fragment(svc: SvcDep) -> HTMLResponse:
+    """Dead letters (the newest few), shown above the fleet when there are any."""
+    dead = svc.dead_letters
+    try:
+        newest = await dead.list(limit=5) if dead is not None and dead.total_held else []
+    except StoreError:  # the store is down: the count alone
+        newest = []
+    return render(
+        "_attention.html", dead=newest, dead_total=dead.total_held if dead is not None else 0
+    )
 
 
 router.include_router(fragments)
