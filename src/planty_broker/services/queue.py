@@ -11,7 +11,6 @@ from typing import Any
 import msgspec
 
 from planty_broker.domain.commands import CommandChange
-from planty_broker.domain.events import NewEvent
 from planty_broker.protocol import Channel
 from planty_broker.services.commands.service import CommandService
 from planty_broker.services.context import Services
@@ -65,12 +64,6 @@ async def start_commands(svc: Services, stack: AsyncExitStack) -> CommandService
             await dead.record(device_id, svc.topics.device(device_id, Channel.CMD), payload, exc)
 
         commands.outbox.journal.set_dead_letter(dead_changes)
-
-        async def dead_event(event: NewEvent, _src: bytes | None, exc: Exception) -> None:
-            payload = msgspec.json.encode(event)
-            await dead.record(event.device_id, f"events/{event.type}", payload, exc)
-
-        events.writer.set_dead_letter(dead_event)
     await commands.start()
     stack.push_async_callback(commands.stop)
     svc.ingest.ack_handler = commands.handle_ack
