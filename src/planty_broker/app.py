@@ -53,6 +53,7 @@ from planty_broker.scaleout import (
 from planty_broker.services.bus import Bus, ReadingObserved
 from planty_broker.services.context import Services
 from planty_broker.services.dead_letters import DeadLetterService
+from planty_broker.services.health import HealthService
 from planty_broker.services.history import HistoryService, policy_of
 from planty_broker.services.identity import Identity
 from planty_broker.services.ingest import IngestService
@@ -70,7 +71,7 @@ from planty_broker.storage.backup import lock_data_dir
 from planty_broker.storage.sql import SqlStore
 from planty_broker.storage.sql_dead_letters import SqlDeadLetterStore
 from planty_broker.storage.sql_identity import SqlIdentityStore
-from planty_broker.tasks import cancel_and_wait
+from planty_broker.tasks import Supervisor, cancel_and_wait, use_supervisor
 from planty_broker.transport.amqp import AmqpLink
 from planty_broker.transport.mqtt import LinkConfig, MqttConnectError, MqttLink
 
@@ -126,6 +127,7 @@ class Gateway:
         self.firestore: FirestoreConnector | None = None
         self._show_secrets = announce is not None  # the pairing code goes to a terminal, not a log
         self._api_server: uvicorn.Server | None = None
+        self.supervisor_of_loops: Supervisor | None = None
 
     async def __aenter__(self) -> Gateway:
         try:
@@ -177,6 +179,11 @@ class Gateway:
         )
         self.admin_token, token_file = ensure_admin_token(data_dir, s.gateway.admin_token)
         self._token_file = token_file
+        # Every long-running loop started from here on runs under this one supervisor.
+        h = s.health
+        loops = Supervisor(initial_s=h.restart_min_s, max_s=max(h.restart_max_s, h.restart_min_s))
+        self.supervisor_of_loops = loops
+        use_supervisor(loops)
 
         store = await self._open_store()
         bus = Bus()
@@ -237,6 +244,12 @@ class Gateway:
             dead_letters=dead_letters,
         )
         self.services = svc
+        svc.health = HealthService(
+            svc,
+            loops,
+            store_failing_s=s.health.store_failing_s,
+            ingest_stuck_s=s.health.ingest_stuck_s,
+        )
 
         if cluster:
             presence.recording = False  # until this instance holds the lease

@@ -265,6 +265,17 @@ class FirmwareSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2  # a wave's failed share that halts
 
 
+class HealthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Readiness (/readyz, docs/operations.md) turns false when a writer has failed to commit
+    # for longer than this (the data is held meanwhile) ...
+    store_failing_s: PositiveFloat = 10.0
+    # ... or when messages are pending and nothing was committed or handled for this long.
+    ingest_stuck_s: PositiveFloat = 30.0
+    # A background loop that dies is restarted after this delay, doubling up to the max.
+    restart_min_s: PositiveFloat = 0.5
+    restart_max_s: PositiveFloat = 30.0
+
+
 class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json: bool = False  # one JSON object per line, with device_id / command_id fields
@@ -288,6 +299,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     firestore: FirestoreSettings = FirestoreSettings()
     rules: RuleSettings = RuleSettings()
     firmware: FirmwareSettings = FirmwareSettings()
+    health: HealthSettings = HealthSettings()
 
     @property
     def data_dir(self) -> Path:

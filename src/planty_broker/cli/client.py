@@ -123,6 +123,19 @@ class ApiClient:
         return r.json() if r.content else None
 
 
+def readiness(api: ApiClient) -> dict[str, Any]:
+    """The gateway's /readyz body (200 ready, 503 not ready with reasons)."""
+    try:
+        r = api._client.get("/readyz")
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the gateway at {api.url}: {exc}")
+    try:
+        body: dict[str, Any] = r.json()
+    except ValueError:
+        fail(f"{r.status_code} from the gateway's /readyz: {r.text[:200]}")
+    return body
+
+
 def client(
     config: Path | None = None, data_dir: Path | None = None, url: str | None = None
 ) -> ApiClient:

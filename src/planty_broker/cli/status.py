@@ -6,10 +6,19 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from planty_broker.cli.client import ConfigOpt, DataDirOpt, UrlOpt, ago, client, console
+from planty_broker.cli.client import (
+    ConfigOpt,
+    DataDirOpt,
+    UrlOpt,
+    ago,
+    client,
+    console,
+    readiness,
+)
 from planty_broker.cli.devices import presence_cell
 from planty_broker.cli.tables import Column, cell, fit_table
 
@@ -103,10 +112,17 @@ def status(
 ) -> None:
     """Fleet health: presence, last seen, readings, availability, p99 latency and errors."""
     api = client(config, data_dir, url)
+    ready = readiness(api)
     fleet = api.call("GET", "/stats", params={"window": window})
     devices = api.call("GET", "/devices")["devices"]
     if as_json:
-        console.print_json(json.dumps({"fleet": fleet, "devices": devices}))
+        console.print_json(json.dumps({"ready": ready, "fleet": fleet, "devices": devices}))
         return
     console.print(headline(fleet))
+    if ready.get("ready"):
+        console.print("gateway: [green]ready[/green]", highlight=False)
+    else:
+        console.print("gateway: [red]NOT READY[/red]", highlight=False)
+        for reason in ready.get("reasons", []):
+            console.print(f"  [red]-[/red] {escape(reason)}", highlight=False)
     console.print(fleet_table(devices))

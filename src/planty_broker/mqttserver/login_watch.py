@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from planty_broker.tasks import spawn
+
 log = logging.getLogger(__name__)
 
 _LINE = re.compile(r"^\S+?: (?P<msg>.*)$")
@@ -143,7 +145,7 @@ class LogTail:
             self._inode, self._offset = st.st_ino, st.st_size
         except FileNotFoundError:
             self._inode, self._offset = None, 0
-        self._task = asyncio.create_task(self._run(), name="mosquitto-log-tail")
+        self._task = spawn("mosquitto-log-tail", self._run)
 
     async def stop(self) -> None:
         if self._task is not None:

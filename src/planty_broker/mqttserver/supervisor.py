@@ -27,7 +27,7 @@ from typing import Self
 from planty_broker.backoff import Backoff
 from planty_broker.mqttserver import process
 from planty_broker.mqttserver.atomic import load_or_create_secret
-from planty_broker.mqttserver.errors import MosquittoError, MosquittoStartError
+from planty_broker.mqttserver.errors import MosquittoStartError
 from planty_broker.mqttserver.files import FileOwner, render_passwords, write_mosquitto_files
 from planty_broker.mqttserver.layout import (
     GATEWAY_USERNAME,
@@ -41,6 +41,7 @@ from planty_broker.mqttserver.pki import Pki, build_crl, ensure_pki
 from planty_broker.mqttserver.ports import resolve_ports
 from planty_broker.mqttserver.probe import CONNACK_ACCEPTED, mqtt_connect
 from planty_broker.mqttserver.process import MosquittoProcess
+from planty_broker.tasks import spawn
 
 log = logging.getLogger("planty_broker.mqttserver")
 
@@ -176,7 +177,7 @@ class MosquittoSupervisor:
         except BaseException:
             await self._shutdown()
             raise
-        self._watch_task = asyncio.create_task(self._watch(), name="mosquitto-supervisor")
+        self._watch_task = spawn("mosquitto-supervisor", self._watch)
         return self
 
     async def __aexit__(
@@ -347,7 +348,8 @@ class MosquittoSupervisor:
             await asyncio.sleep(0.05)
 
     async def _watch(self) -> None:
-        """Restart Mosquitto with exponential backoff whenever it dies."""
+        """Restart Mosquitto with exponential backoff whenever it dies. Runs under the
+        gateway's supervisor (tasks.spawn): if this loop itself fails, it is restarted."""
         backoff = Backoff(self._backoff_initial_s, self._backoff_max_s)
         while True:
             running = self._running
@@ -371,7 +373,7 @@ class MosquittoSupervisor:
             async with self._lock:
                 try:
                     await self._spawn_and_wait()
-                except MosquittoError as exc:
+                except Exception as exc:  # not only MosquittoError: an OSError must not end us
                     log.error(
                         "Mosquitto did not restart: %s; next try in %.1f s", exc, backoff.current
                     )

@@ -162,6 +162,31 @@ class GatewayCollector(Collector):
         if commands is not None:
             aside.add_metric(["commands"], commands.outbox.journal.dead_lettered)
         yield aside
+        health = self._svc.health
+        if health is not None:
+            r = health.readiness()
+            yield _gauge("planty_ready", "1 when ready (/readyz answers 200)", 1 if r.ready else 0)
+            failing = GaugeMetricFamily(
+                "planty_not_ready",
+                "1 for each readiness check failing now (the reason is in /readyz)",
+                labels=["check"],
+            )
+            for check, bad in r.failing.items():
+                failing.add_metric([check], 1 if bad else 0)
+            yield failing
+        sup = health.supervisor if health is not None else None
+        loops = sup.loops if sup is not None else {}
+        restarts = CounterMetricFamily(
+            "planty_background_loop_restarts",
+            "Restarts of supervised background loops after they died",
+            labels=["loop"],
+        )
+        down = 0
+        for state in loops.values():
+            restarts.add_metric([state.name], state.restarts)
+            down += state.down_since is not None
+        yield restarts
+        yield _gauge("planty_background_loops_down", "Supervised loops dead, restarting", down)
         dead = self._svc.dead_letters
         if dead is not None:
             yield _gauge("planty_dead_letters", "Dead letters kept", dead.total_held)

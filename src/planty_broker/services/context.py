@@ -23,6 +23,7 @@ from planty_broker.services.credentials.service import CredentialService
 from planty_broker.services.dead_letters import DeadLetterService
 from planty_broker.services.events import EventService
 from planty_broker.services.firmware.service import FirmwareService
+from planty_broker.services.health import HealthService
 from planty_broker.services.history import HistoryService
 from planty_broker.services.ingest import IngestService
 from planty_broker.services.presence import PresenceService
@@ -49,6 +50,7 @@ class Services:
     events: EventService | None = None
     history: HistoryService | None = None
     dead_letters: DeadLetterService | None = None  # messages the store refused for good
+    health: HealthService | None = None  # readiness (/readyz)
     commands: CommandService | None = None
     rules: RulesService | None = None  # None with [rules] enabled = false
     tokens: TokenService | None = None

@@ -23,6 +23,7 @@ from planty_broker.ports.store import DeadLetterStore
 from planty_broker.protocol import ErrorKind
 from planty_broker.services.bus import Bus, DeviceError
 from planty_broker.services.registry import now_ms
+from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class DeadLetterService:
             log.warning("dead letters: could not count them yet: %s", exc)
 
     def prune_loop(self) -> asyncio.Task[None]:
-        self._task = asyncio.create_task(self._prune_loop(), name="dead-letters-prune")
+        self._task = spawn("dead-letters-prune", self._prune_loop)
         return self._task
 
     async def stop(self) -> None:

@@ -39,7 +39,7 @@ from planty_broker.services.commands.outbox import CommandChanged
 from planty_broker.services.device_errors import ErrorCoalescer
 from planty_broker.services.registry import now_ms
 from planty_broker.services.writer import BatchWriter
-from planty_broker.tasks import cancel_and_wait
+from planty_broker.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ class EventService:
     async def start(self) -> None:
         await self.writer.start()
         self._tasks = [
-            asyncio.create_task(self._prune_loop(), name="events-retention"),
-            asyncio.create_task(self._errors_loop(), name="events-device-errors"),
+            spawn("events-retention", self._prune_loop),
+            spawn("events-device-errors", self._errors_loop),
         ]
 
     async def stop(self) -> None:

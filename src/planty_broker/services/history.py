@@ -24,7 +24,7 @@ from planty_broker.domain.history import DAY_MS, HOUR_MS, HourlyRollup, Retentio
 from planty_broker.errors import PlantyError
 from planty_broker.ports.store import HistoryStore
 from planty_broker.services.registry import now_ms
-from planty_broker.tasks import cancel_and_wait
+from planty_broker.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class HistoryService:
         self.totals = HousekeepingTotals()
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._loop(), name="history-housekeeping")]
+        self._tasks = [spawn("history-housekeeping", self._loop)]
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)

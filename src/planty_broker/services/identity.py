@@ -33,6 +33,7 @@ from planty_broker.services.credentials.provisioning import ProvisioningService
 from planty_broker.services.credentials.service import CredentialService
 from planty_broker.services.registry import DeviceRegistry
 from planty_broker.services.registry import now_ms as _now_ms
+from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class Identity:
         for service in (self.tokens, self.pairing, self.credentials, self.provisioning):
             await service.start()
             stack.push_async_callback(service.stop)
-        self._login_task = asyncio.create_task(self._login_loop(), name="login-events")
+        self._login_task = spawn("login-events", self._login_loop)
         stack.push_async_callback(self._stop_watch)
 
     async def _stop_watch(self) -> None:

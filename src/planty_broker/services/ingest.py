@@ -57,7 +57,7 @@ from planty_broker.services.bus import (
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.services.writer import BatchWriter
-from planty_broker.tasks import cancel_and_wait
+from planty_broker.tasks import cancel_and_wait, spawn
 
 if TYPE_CHECKING:
     from planty_broker.services.dead_letters import DeadLetterService
@@ -147,6 +147,8 @@ class IngestService:
         self._slow: asyncio.Queue[_SlowItem] = asyncio.Queue()
         self._slow_qos0 = 0  # QoS 0 entries in `_slow`
         self._slow_busy = 0
+        self._slow_busy_since = 0.0  # time.monotonic() when status/acks started to wait
+        self._slow_done_at = 0.0  # time.monotonic() of the last status/ack handled
         self.latest: dict[str, Reading] = {}
         self.unknown_device_messages = 0
         self.bad_topic_messages = 0
@@ -160,7 +162,7 @@ class IngestService:
         self.latest = await self._store.latest_readings()
         await self.writer.start()
         self._workers = [
-            asyncio.create_task(self.slow_worker(), name=f"ingest-slow-{i}")
+            spawn(f"ingest-slow-{i}", self.slow_worker)
             for i in range(SLOW_WORKERS)
         ]
 
@@ -175,6 +177,16 @@ class IngestService:
     def slow_pending(self) -> int:
         """Status and ack messages waiting or being handled."""
         return self._slow.qsize() + self._slow_busy
+
+    def total_pending(self) -> int:
+        return self.writer.total_pending() + self.slow_pending()
+
+    def stuck_for(self, now: float) -> float:
+        """Seconds messages have waited with nothing committed or handled (0: none wait)."""
+        slow = 0.0
+        if self.slow_pending():
+            slow = now - max(self._slow_busy_since, self._slow_done_at)
+        return max(self.writer.stuck_for(now), slow)
 
     def _on_devices_changed(self, event: DevicesChanged) -> None:
         if event.change == "removed":
@@ -227,13 +239,7 @@ class IngestService:
             reading = Reading(device_id, tel.seq, tel.ts or at, at, tel.readings)
             self.writer.submit(reading, ack, payload)
         elif channel is Channel.STATUS or channel is Channel.ACK:
-            qos0 = ack is no_ack
-            if qos0 and self._slow_qos0 >= self._max_pending_qos0:
-                self.dropped_qos0 += 1
-                return
-            self._slow_qos0 += qos0
-            # QoS 1 entries are bounded by the MQTT server's in-flight window to us.
-            self._slow.put_nowait(_SlowItem(channel, device_id, topic, payload, at, retain, ack))
+            self._enqueue_slow(_SlowItem(channel, device_id, topic, payload, at, retain, ack))
         elif channel is Channel.OTA_ACK:  # an update's progress: small, handled at once
             self._presence.on_activity(device_id, at)
             try:
@@ -281,6 +287,18 @@ class IngestService:
                 latest[r.device_id] = r
             publish(ReadingStored(r))
 
+    def _enqueue_slow(self, item: _SlowItem) -> None:
+        """Queue a status or ack for the workers. QoS 1 entries are bounded by the MQTT
+        server's in-flight window to us; QoS 0 ones by `max_pending_qos0` (then dropped)."""
+        qos0 = item.ack is no_ack
+        if qos0 and self._slow_qos0 >= self._max_pending_qos0:
+            self.dropped_qos0 += 1
+            return
+        self._slow_qos0 += qos0
+        if not self.slow_pending():
+            self._slow_busy_since = time.monotonic()
+        self._slow.put_nowait(item)
+
     async def _dead_reading(self, r: Reading, source: bytes | None, exc: Exception) -> None:
         """A reading the store refuses for good: keep it as a dead letter (then it is acked)."""
         if self.dead_letters is None:
@@ -300,6 +318,7 @@ class IngestService:
                 await self._handle_slow(item)
             finally:
                 self._slow_busy -= 1
+                self._slow_done_at = time.monotonic()
                 self._slow.task_done()
 
     async def _handle_slow(self, item: _SlowItem) -> None:

@@ -27,7 +27,7 @@ from planty_broker.domain.models import (
 from planty_broker.ports.store import Store
 from planty_broker.services.bus import Bus, DevicesChanged, PresenceChanged
 from planty_broker.services.registry import DeviceRegistry, now_ms
-from planty_broker.tasks import cancel_and_wait
+from planty_broker.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ class PresenceService:
         await self.flush()
         await self._store.set_meta(HEARTBEAT_KEY, self._started_ms)
         self._tasks = [
-            asyncio.create_task(self._check_loop(), name="presence-check"),
-            asyncio.create_task(self._heartbeat_loop(), name="presence-heartbeat"),
+            spawn("presence-check", self._check_loop),
+            spawn("presence-heartbeat", self._heartbeat_loop),
         ]
 
     async def stop(self) -> None:

@@ -28,6 +28,7 @@ from typing import Generic, TypeVar
 
 from planty_broker.backoff import Backoff
 from planty_broker.errors import StoreError, TransientStoreError
+from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,11 @@ class BatchWriter(Generic[T]):
         self.last_commit_s = 0.0
         self.last_commit_at: float | None = None  # time.monotonic() of the last commit
         self.failing_since: float | None = None  # time.monotonic() of the first failure
-
+        self.last_error = ""  # the last transient failure, for readiness
+        self.busy_since = 0.0  # time.monotonic() when items last started to wait
+        self._writing = 0  # items taken for the batch being written
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"{self._name}-flush")
+        self._task = spawn(f"{self._name}-flush", self._run)
 
     async def stop(self) -> None:
         """Flush what is pending, then stop."""
@@ -104,9 +107,21 @@ class BatchWriter(Generic[T]):
     def pending(self) -> int:
         return len(self._items)
 
+    def total_pending(self) -> int:
+        """Waiting, plus being written now (held while the store fails)."""
+        return len(self._items) + self._writing
+
+    def stuck_for(self, now: float) -> float:
+        """Seconds items have waited with nothing committed (0 when nothing waits)."""
+        if not self._items and not self._writing:
+            return 0.0
+        return now - max(self.busy_since, self.last_commit_at or 0.0)
+
     def submit(self, item: T, done: Done, source: bytes | None = None) -> None:
         """Queue `item`; `done()` is called once it is committed (the hot path: no future).
         `source` (the raw message) is what a dead letter keeps if the item is refused."""
+        if not self._items and not self._writing:
+            self.busy_since = time.monotonic()
         self._items.append(item)
         self._callbacks.append(done)
         self._sources.append(source)
@@ -147,11 +162,14 @@ class BatchWriter(Generic[T]):
         # Work list of (items, callbacks) slices, in order; a slice that fails for good is
         # replaced by its two halves. Slices already committed are acknowledged at once.
         work: Work[T] = deque([(items, callbacks, sources)])
+        self._writing = len(items)
         try:
             await self._drain(work)
         except asyncio.CancelledError:
             self._requeue(work)
             raise
+        finally:
+            self._writing = 0
 
     async def _drain(self, work: Work[T]) -> None:
         backoff = Backoff(0.1, 5.0)
@@ -230,6 +248,7 @@ class BatchWriter(Generic[T]):
                 await backoff.sleep()
 
     def _failing(self, n: int, exc: Exception) -> None:
+        self.last_error = str(exc)[:300]
         if self.failing_since is None:
             self.failing_since = time.monotonic()
             log.error(

@@ -242,9 +242,15 @@ async def test_odd_payloads_never_stop_another_device(
 async def test_transient_store_failure_loses_nothing_and_sets_nothing_aside(
     tmp_path: Path, api_of: Any
 ) -> None:
-    async with running_gateway(gateway_settings(tmp_path / "gw")) as gw:
+    settings = gateway_settings(tmp_path / "gw", health={"store_failing_s": 0.2})
+    async with running_gateway(settings) as gw:
         api = api_of(gw)
         port = inject(gw)
+        assert (await api.get("/readyz")).json() == {
+            "ready": True,
+            "reasons": [],
+            "checks": {"store": True, "ingest": True, "mqtt": True, "loops": True},
+        }
         dev = await register(api, "outage-1")
         port.down = True
         for seq in range(50):
@@ -255,6 +261,15 @@ async def test_transient_store_failure_loses_nothing_and_sets_nothing_aside(
         await eventually(lambda: port.calls_while_down >= 4, timeout=30)
         assert writer.failing_since is not None and writer.dead_lettered == 0
         assert await readings_of(api, "outage-1") == []
+
+        async def not_ready() -> dict[str, Any] | None:
+            r = await api.get("/readyz")
+            return r.json() if r.status_code == 503 else None
+
+        body = await eventually(not_ready, timeout=30)
+        assert body["checks"]["store"] is False
+        assert "readings writer has failed to commit" in body["reasons"][0]
+        assert "disk is full (injected)" in body["reasons"][0]
         port.down = False
 
         async def all_stored() -> bool:
@@ -264,6 +279,51 @@ async def test_transient_store_failure_loses_nothing_and_sets_nothing_aside(
         await eventually(lambda: dev.client._persistent_storage.is_empty, timeout=30)
         assert writer.failing_since is None and writer.dead_lettered == 0
         assert (await api.get("/api/v1/dead-letters")).json()["total"] == 0
+
+        async def ready() -> bool:
+            return (await api.get("/readyz")).status_code == 200
+
+        await eventually(ready, timeout=30)
+        await dev.close()
+
+
+async def test_a_killed_background_loop_is_restarted_and_not_ready_meanwhile(
+    tmp_path: Path, api_of: Any
+) -> None:
+    settings = gateway_settings(tmp_path / "gw", health={"restart_min_s": 5.0})
+    async with running_gateway(settings) as gw:
+        api = api_of(gw)
+        loops = gw.supervisor_of_loops
+        assert loops is not None and "readings-flush" in loops.loops
+        dev = await register(api, "killed-1")
+        assert loops.kill("readings-flush")
+
+        async def not_ready() -> dict[str, Any] | None:
+            r = await api.get("/readyz")
+            return r.json() if r.status_code == 503 else None
+
+        body = await eventually(not_ready, timeout=30)
+        assert body["checks"]["loops"] is False
+        assert "background loop readings-flush died" in " ".join(body["reasons"])
+        metrics = (await api.get("/metrics")).text
+        assert "planty_background_loops_down 1.0" in metrics
+        assert 'planty_not_ready{check="loops"} 1.0' in metrics
+
+        async def ready() -> bool:
+            return (await api.get("/readyz")).status_code == 200
+
+        await eventually(ready, timeout=30)
+        assert loops.loops["readings-flush"].restarts == 1
+        for seq in range(20):  # the restarted loop stores as before
+            dev.publish("telemetry", json.dumps({"seq": seq, "readings": {"t": seq}}).encode())
+
+        async def stored() -> bool:
+            return await readings_of(api, "killed-1") == list(range(20))
+
+        await eventually(stored, timeout=30)
+        assert 'planty_background_loop_restarts_total{loop="readings-flush"} 1.0' in (
+            await api.get("/metrics")
+        ).text
         await dev.close()
 
 

@@ -80,6 +80,22 @@ def create_api(
             }
         )
 
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={503: {"description": "not ready: `reasons` says why, one line per check"}},
+    )
+    async def readyz() -> JSONResponse:
+        """Readiness without authentication (for orchestrators, docs/operations.md): 200 when
+        the gateway does its job; 503 with `reasons` when the store has failed to commit for
+        `health.store_failing_s`, ingest is stuck, the MQTT link is down or a background
+        loop died."""
+        health = svc.health
+        if health is None:
+            return JSONResponse({"ready": True, "reasons": [], "checks": {}})
+        r = health.readiness()
+        return JSONResponse(r.as_json(), 200 if r.ready else 503)
+
     protected = (
         devices.router,
         stats.router,

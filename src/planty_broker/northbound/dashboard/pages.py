@@ -184,14 +184,19 @@ async def rollout_fragment(rollout_id: int, svc: SvcDep) -> HTMLResponse:
 
 @fragments.get("/attention")
 async def attention_fragment(svc: SvcDep) -> HTMLResponse:
-    """Dead letters (the newest few), shown above the fleet when there are any."""
+    """Readiness problems and dead letters (the newest few), above the fleet when any."""
     dead = svc.dead_letters
     try:
         newest = await dead.list(limit=5) if dead is not None and dead.total_held else []
     except StoreError:  # the store is down: the count alone
         newest = []
+    health = svc.health.readiness() if svc.health is not None else None
     return render(
-        "_attention.html", dead=newest, dead_total=dead.total_held if dead is not None else 0
+        "_attention.html",
+        ready=health is None or health.ready,
+        reasons=health.reasons if health is not None else [],
+        dead=newest,
+        dead_total=dead.total_held if dead is not None else 0,
     )
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from planty_broker.domain.identity import ApiToken, TokenScope
 from planty_broker.errors import AccessError, StoreError
 from planty_broker.ports.store import IdentityStore
+from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class TokenService:
         for t in await self._store.list_tokens():
             if t.active:
                 self._by_digest[t.digest] = _Cached(t, now)
-        self._flush_task = asyncio.create_task(self._flush_loop(), name="api-token-last-used")
+        self._flush_task = spawn("api-token-last-used", self._flush_loop)
 
     async def stop(self) -> None:
         if self._flush_task is not None:

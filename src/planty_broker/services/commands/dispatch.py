@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from planty_broker.domain.commands import TokenBucket
 from planty_broker.ports.link import Publisher
+from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class Dispatcher:
         return len(self._ready)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="commands-dispatch")
+        self._task = spawn("commands-dispatch", self._run)
 
     async def stop(self) -> None:
         task, self._task = self._task, None

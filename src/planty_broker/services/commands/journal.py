@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from planty_broker.backoff import Backoff
 from planty_broker.domain.commands import CommandChange
 from planty_broker.services.writer import is_transient
+from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Journal:
         self._dead_letter = dead_letter
         self._last_refusal: Exception = RuntimeError("refused")
         self.dead_lettered = 0  # changes set aside because the store refuses them for good
+        self.last_error = ""  # the last transient failure, for readiness
         self._max_batch = max_batch
         self._lazy_wait_s = lazy_wait_s
         self._items: list[CommandChange] = []
@@ -63,7 +65,7 @@ class Journal:
         self.failing_since: float | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="commands-journal")
+        self._task = spawn("commands-journal", self._run)
 
     async def stop(self) -> None:
         """Write what is pending, then stop."""
@@ -169,6 +171,7 @@ class Journal:
                         log.warning("commands: the store refused %d change(s): %s", len(items), exc)
                     self._last_refusal = exc
                     return False
+                self.last_error = str(exc)[:300]
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
                     log.error(

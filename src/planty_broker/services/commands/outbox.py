@@ -36,6 +36,7 @@ from planty_broker.services.commands.ping import Pinger, RttSink
 from planty_broker.services.commands.timers import TimerKind, Timers
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry
+from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class Outbox:
         await self.timers.start()
         await self.dispatcher.start()
         await self.pinger.start()
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="commands-sweep")
+        self._sweeper = spawn("commands-sweep", self._sweep_loop)
 
     async def stop(self) -> None:
         if self._sweeper is not None:

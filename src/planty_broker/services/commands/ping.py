@@ -22,6 +22,7 @@ from planty_broker.domain.stats.windowed import WindowedSketch
 from planty_broker.protocol import Channel, Command, ErrorKind, Topics, encode
 from planty_broker.services.bus import Bus, DeviceError
 from planty_broker.services.commands.dispatch import Dispatcher
+from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class Pinger:
 
     async def start(self) -> None:
         if self._interval_ms > 0:
-            self._task = asyncio.create_task(self._run(), name="commands-ping")
+            self._task = spawn("commands-ping", self._run)
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -28,6 +28,7 @@ from planty_broker.services.commands.outbox import CommandChanged, Live, Outbox
 from planty_broker.services.commands.ping import PING_PREFIX, RttBook, RttSink
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, UnknownDeviceError, now_ms
+from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class CommandService:
 
     async def start(self) -> None:
         await self.outbox.start()
-        self._pruner = asyncio.create_task(self._prune_loop(), name="commands-prune")
+        self._pruner = spawn("commands-prune", self._prune_loop)
 
     async def stop(self) -> None:
         if self._pruner is not None:

@@ -17,6 +17,8 @@ import logging
 from collections.abc import Callable
 from enum import StrEnum
 
+from planty_broker.tasks import spawn
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +45,7 @@ class Timers:
         return len(self._heap)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="commands-timers")
+        self._task = spawn("commands-timers", self._run)
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -52,7 +52,7 @@ from planty_broker.services.credentials.types import (
     new_cred_id,
 )
 from planty_broker.services.registry import DeviceRegistry, now_ms
-from planty_broker.tasks import cancel_and_wait
+from planty_broker.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class CredentialService(RotationMixin):
             for c in self._in_progress():
                 await self._end(c, CredentialState.REVOKED, "undeliverable_after_restart")
             await self._apply()
-        self._ticker = asyncio.create_task(self._tick_loop(), name="credentials-timer")
+        self._ticker = spawn("credentials-timer", self._tick_loop)
 
     async def stop(self) -> None:
         await cancel_and_wait(t for t in (self._ticker, *self._tasks) if t is not None)

@@ -41,6 +41,7 @@ from planty_broker.services.bus import Bus, DevicesChanged, DeviceStatusReceived
 from planty_broker.services.firmware.transfer import Transfers
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, now_ms
+from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class RolloutEngine:
         for r in await self._store.list_rollouts(limit=1000):
             if r.active:
                 await self._load(r)
-        self._task = asyncio.create_task(self._run(), name="firmware-engine")
+        self._task = spawn("firmware-engine", self._run)
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -36,6 +36,7 @@ from planty_broker.services.bus import (
 from planty_broker.services.commands.outbox import CommandChanged
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.services.writer import BatchWriter
+from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,8 @@ class RuleEngine:
             bus.subscribe(DeviceStatusReceived, self._on_status),
         ]
         self._loops = [
-            asyncio.create_task(self._silence_loop(), name="rules-silence"),
-            asyncio.create_task(self._prune_loop(), name="rules-history-prune"),
+            spawn("rules-silence", self._silence_loop),
+            spawn("rules-history-prune", self._prune_loop),
         ]
 
     async def stop(self) -> None:

@@ -30,7 +30,7 @@ from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, now_ms
 from planty_broker.services.stats.history import PresenceHistory
 from planty_broker.services.stats.views import latency_series, spans_json
-from planty_broker.tasks import cancel_and_wait
+from planty_broker.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class StatsService:
         await self._restore()
         self._tasks = [
             asyncio.create_task(self._backfill(), name="stats-backfill"),
-            asyncio.create_task(self._snapshot_loop(), name="stats-snapshot"),
+            spawn("stats-snapshot", self._snapshot_loop),
         ]
 
     async def stop(self) -> None:
