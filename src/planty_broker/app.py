@@ -216,6 +216,7 @@ class Gateway:
             SqlDeadLetterStore(store), bus, keep_days=s.store.dead_letters_keep_days
         )
         await dead_letters.start()
+        presence.dead_letters = dead_letters
         ingest = IngestService(
             store,
             bus,

@@ -15,8 +15,10 @@ stored transition means never seen), never `offline`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from planty_broker.domain.models import (
     PresenceCause,
@@ -27,7 +29,11 @@ from planty_broker.domain.models import (
 from planty_broker.ports.store import Store
 from planty_broker.services.bus import Bus, DevicesChanged, PresenceChanged
 from planty_broker.services.registry import DeviceRegistry, now_ms
+from planty_broker.services.writer import is_transient
 from planty_broker.tasks import cancel_and_wait, spawn
+
+if TYPE_CHECKING:
+    from planty_broker.services.dead_letters import DeadLetterService
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,8 @@ class PresenceService:
         self._presence: dict[str, Presence] = {}
         self._pending: list[PresenceTransition] = []
         self._max_pending = max_pending
+        self.refused = 0  # transitions the store refused for good (set aside)
+        self.dead_letters: DeadLetterService | None = None  # set by the gateway
         self.dropped = 0  # transitions never stored: the store was down and the backlog full
         self._flushed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -224,11 +232,31 @@ class PresenceService:
             batch, self._pending = self._pending, []
             try:
                 await self._store.append_presence(batch)
-            except Exception:
+            except Exception as exc:
+                if not is_transient(exc):  # refused for good: one by one, never wedged
+                    await self._set_aside(batch)
+                    return
                 self._pending[:0] = batch  # keep them; retried on the next check
                 while len(self._pending) > self._max_pending:
                     self._drop_oldest()
                 raise
+
+    async def _set_aside(self, batch: list[PresenceTransition]) -> None:
+        """Store what the store takes alone; the rest are refused transitions, counted and
+        kept as dead letters when the gateway keeps them (a transient error: kept, retried)."""
+        for i, t in enumerate(batch):
+            try:
+                await self._store.append_presence([t])
+            except Exception as exc:
+                if is_transient(exc):
+                    self._pending[:0] = batch[i:]
+                    return
+                self.refused += 1
+                log.error("presence of %s refused by the store: %s", t.device_id, exc)
+                if self.dead_letters is not None:
+                    payload = f"{t.state} {t.cause} at {t.at_ms}".encode()
+                    with contextlib.suppress(Exception):
+                        await self.dead_letters.record(t.device_id, "presence", payload, exc)
 
     def check(self, at_ms: int) -> None:
         """Apply silence, lateness and the restart grace period at time `at_ms`."""
