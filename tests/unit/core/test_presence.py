@@ -154,3 +154,23 @@ async def test_transitions_held_while_the_store_is_down_are_bounded_and_counted(
     await p.flush()
     last = await store.last_presence()
     assert last["dev-a"].at_ms == t0 + 999  # the newest survive: the state is right
+
+
+async def test_transitions_the_store_refuses_for_good_are_set_aside_never_retried_forever() -> None:
+    from planty_broker.ports.store import StoreRejectedError
+
+    p, store, _ = await make(ids=("dev-a", "dev-b"))
+    real = store.append_presence
+
+    async def refusing(transitions):  # type: ignore[no-untyped-def]
+        if any(t.device_id == "dev-b" for t in transitions):
+            raise StoreRejectedError("value out of range")
+        await real(transitions)
+
+    store.append_presence = refusing  # type: ignore[method-assign]
+    t0 = p._started_ms
+    p.on_status("dev-a", True, 10, t0 + 1)
+    p.on_status("dev-b", True, 10, t0 + 2)
+    await p.flush()  # no exception, nothing held
+    assert p._pending == [] and p.refused == 1
+    assert (await store.last_presence())["dev-a"].at_ms == t0 + 1
