@@ -58,7 +58,8 @@ class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: Port = 8883  # devices connect here over TLS
     public_host: str = ""  # host name devices use; empty: this machine's host name
     # Loopback-only listener for the gateway's own privileged connection; 0: a free port
-    # picked on the first start and recorded in the data folder (ports.json).
+    # picked on the first start and recorded in the data folder (ports.json); a data
+    # folder from before ports.json keeps 18830 (docs/operations.md, Upgrading).
     internal_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     mosquitto_bin: str = "mosquitto"  # the Mosquitto binary (name on PATH or a path)
     # Plaintext device listener, only on loopback and only when asked (0 = none).
@@ -80,7 +81,8 @@ class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # (docs/security.md). `x509 = false` opens no such listener.
     x509: bool = True
     # 0: a free port picked on the first start and recorded in the data folder (ports.json);
-    # set it when a firewall must know the port.
+    # a data folder from before ports.json keeps mqtt.port + 1, which its devices were given
+    # (docs/operations.md, Upgrading). Set it when a firewall must know the port.
     x509_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
 
 

@@ -12,6 +12,14 @@ gateway keeps listening there (it is adopted, see supervisor.py), and devices
 with a certificate were told the X.509 port. If the recorded internal port was
 taken meanwhile, another is picked; a taken X.509 port is an error naming the
 setting, because devices already use it.
+
+A data folder from a version before ports.json (one that already holds the broker's
+CA, `pki/ca.pem`, or Mosquitto's config, `mosquitto/mosquitto.conf`, both made after
+the ports are resolved on a first start, but no ports.json; the CA is also in every
+backup) keeps that version's fixed ports instead of picking: X.509 on `mqtt.port + 1`,
+which devices in the field were given, and the internal listener on 18830 (picked
+afresh if that one is taken, since nobody outside knows it). They are then recorded
+like picked ones.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from planty_broker.mqttserver.process import find_adoptable
 log = logging.getLogger("planty_broker.mqttserver")
 
 PORTS_FILE = "ports.json"
+# The fixed ports of versions before ports.json: internal 18830, X.509 mqtt.port + 1.
+LEGACY_INTERNAL_PORT = 18830
 LOWEST_PICK = 20000  # picked ports are in LOWEST_PICK .. the ephemeral range's start
 _PICK_TRIES = 200
 
@@ -58,7 +68,9 @@ def assign_ports(layout: MosquittoLayout, *, adopting: bool = False) -> Mosquitt
     if not pick_internal and not layout.pick_x509:
         return layout
     path = ports_path(layout.data_dir)
-    recorded = _read(path)
+    on_disk = _read(path)
+    legacy = not on_disk and not path.exists() and _used_before(layout)
+    recorded = _legacy_ports(layout) if legacy else on_disk
     taken = {layout.port, layout.plaintext_loopback_port, layout.internal_port, layout.x509_port}
     taken.discard(0)
     internal = layout.internal_port
@@ -71,23 +83,47 @@ def assign_ports(layout: MosquittoLayout, *, adopting: bool = False) -> Mosquitt
     if layout.pick_x509:
         kept = recorded.get("mqtt.x509_port")
         if kept and not adopting and (kept in taken or not port_free(layout.bind, kept)):
+            origin = (
+                "mqtt.port + 1, this data folder's X.509 port since before ports.json"
+                if legacy
+                else f"picked on the first start, recorded in {path}"
+            )
             raise PortInUseError(
-                f"mqtt.x509_port {kept} (picked on the first start, recorded in {path}, and "
-                "given to devices with certificates) is now in use by another program; free "
-                "it, or set PLANTY_MQTT_X509_PORT (devices with certificates must then be told)",
+                f"mqtt.x509_port {kept} ({origin}, and given to devices with certificates) is "
+                "now in use by another program; free it, or set PLANTY_MQTT_X509_PORT (devices "
+                "with certificates must then be told)",
                 setting="mqtt.x509_port",
                 port=kept,
             )
         x509 = kept or _pick(layout.bind, taken)
-    chosen = dict(recorded)
+    chosen = dict(on_disk)
     if pick_internal:
         chosen["mqtt.internal_port"] = internal
     if layout.pick_x509:
         chosen["mqtt.x509_port"] = x509
-    if chosen != recorded:
+    if chosen != on_disk:
         _write(path, chosen)
-        log.info("ports picked for this data folder (recorded in %s): %s", path, chosen)
+        if legacy:
+            log.info(
+                "data folder from before ports.json: its ports are kept (X.509 on mqtt.port + 1)"
+                " and recorded in %s: %s", path, chosen,
+            )
+        else:
+            log.info("ports picked for this data folder (recorded in %s): %s", path, chosen)
     return dataclasses.replace(layout, internal_port=internal, x509_port=x509, pick_x509=False)
+
+
+def _used_before(layout: MosquittoLayout) -> bool:
+    """True if a supervised Mosquitto ran on this data folder before (or was restored)."""
+    return (layout.pki_dir / "ca.pem").exists() or layout.conf_path.exists()
+
+
+def _legacy_ports(layout: MosquittoLayout) -> dict[str, int]:
+    """The ports a version before ports.json used on this data folder (its defaults)."""
+    ports = {"mqtt.internal_port": LEGACY_INTERNAL_PORT}
+    if layout.port < 65535:
+        ports["mqtt.x509_port"] = layout.port + 1
+    return ports
 
 
 def port_free(host: str, port: int) -> bool:

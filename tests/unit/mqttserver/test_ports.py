@@ -10,7 +10,14 @@ import pytest
 
 from planty_broker.mqttserver.errors import PortInUseError
 from planty_broker.mqttserver.layout import MosquittoLayout
-from planty_broker.mqttserver.ports import LOWEST_PICK, assign_ports, ports_path
+from planty_broker.mqttserver.ports import (
+    LEGACY_INTERNAL_PORT,
+    LOWEST_PICK,
+    assign_ports,
+    port_free,
+    ports_path,
+)
+from tests.conftest import free_port
 
 
 def layout(tmp_path: Path, **kw: object) -> MosquittoLayout:
@@ -65,3 +72,70 @@ def test_a_recorded_x509_port_taken_meanwhile_stops_the_start_naming_the_setting
 def test_a_broken_record_is_ignored(tmp_path: Path) -> None:
     ports_path(tmp_path).write_text("{not json")
     assert assign_ports(layout(tmp_path)).internal_port
+
+
+def old_data_folder(tmp_path: Path, restored: bool = False) -> None:
+    """A data folder a version before ports.json ran on: its CA and Mosquitto's config.
+
+    `restored`: from a backup, which holds the CA but not Mosquitto's generated folder.
+    """
+    files = [layout(tmp_path).pki_dir / "ca.pem"]
+    if not restored:
+        files.append(layout(tmp_path).conf_path)
+    for path in files:
+        path.parent.mkdir(parents=True)
+        path.write_text("# written by an earlier version\n")
+
+
+def port_with_the_next_free() -> int:
+    for _ in range(200):
+        port = free_port()
+        if port < 65535 and port_free("127.0.0.1", port + 1):
+            return port
+    raise AssertionError("no two free ports in a row")
+
+
+def test_a_new_data_folder_picks(tmp_path: Path) -> None:
+    picked = assign_ports(layout(tmp_path, port=free_port()))
+    assert picked.x509_port >= LOWEST_PICK and picked.internal_port >= LOWEST_PICK
+
+
+@pytest.mark.parametrize("restored", [False, True], ids=["in-place", "restored-backup"])
+def test_an_old_data_folder_keeps_mqtt_port_plus_one_and_the_old_internal_port(
+    tmp_path: Path, restored: bool
+) -> None:
+    old_data_folder(tmp_path, restored)
+    device_port = port_with_the_next_free()
+    kept = assign_ports(layout(tmp_path, port=device_port))
+    assert kept.x509_port == device_port + 1  # what devices in the field were given
+    if port_free("127.0.0.1", LEGACY_INTERNAL_PORT):
+        assert kept.internal_port == LEGACY_INTERNAL_PORT
+    recorded = json.loads(ports_path(tmp_path).read_text())
+    assert recorded == {"mqtt.internal_port": kept.internal_port,
+                        "mqtt.x509_port": device_port + 1}
+    # Recorded from now on: a later start keeps them, whatever mqtt.port becomes.
+    again = assign_ports(layout(tmp_path, port=device_port + 7))
+    assert again.x509_port == device_port + 1
+
+
+def test_an_old_data_folder_whose_internal_port_is_taken_picks_another(tmp_path: Path) -> None:
+    old_data_folder(tmp_path)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", LEGACY_INTERNAL_PORT))
+            s.listen()
+        except OSError:
+            pass  # taken anyway (another gateway on this machine)
+        kept = assign_ports(layout(tmp_path, port=port_with_the_next_free()))
+    assert kept.internal_port != LEGACY_INTERNAL_PORT
+
+
+def test_an_old_data_folder_whose_x509_port_is_taken_stops_the_start(tmp_path: Path) -> None:
+    old_data_folder(tmp_path)
+    device_port = port_with_the_next_free()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", device_port + 1))
+        s.listen()
+        with pytest.raises(PortInUseError, match=r"mqtt\.x509_port .*mqtt\.port \+ 1"):
+            assign_ports(layout(tmp_path, port=device_port))
+    assert not ports_path(tmp_path).exists()  # nothing recorded: the next start tries again
