@@ -15,6 +15,7 @@ from planty_broker.config import Settings
 from planty_broker.storage.backup import BackupError
 from planty_broker.storage.backup import backup as take_backup
 from planty_broker.storage.backup import restore as do_restore
+from planty_broker.text import plural
 
 FileArg = Annotated[Path, typer.Argument(help="the archive (.tar.gz)")]
 
@@ -39,7 +40,7 @@ def backup(file: FileArg, config: ConfigOpt = None, data_dir: DataDirOpt = None)
         fail(f"cannot write {file}: {exc.strerror or exc}")
     store = f"store {r.store_bytes / 1e6:.1f} MB, " if r.store == "sqlite" else ""
     console.print(
-        f"backup written to {r.path}: {store}{r.files} other files, "
+        f"backup written to {r.path}: {store}{plural(r.files, 'other file')}, "
         f"{r.archive_bytes / 1e6:.1f} MB compressed, {r.seconds:.1f} s",
         highlight=False,
     )
@@ -69,7 +70,7 @@ def restore(
         fail(f"cannot restore {file}: {exc.strerror or exc}")
     m = done["manifest"]
     console.print(
-        f"restored {len(m['files'])} files"
+        f"restored {plural(len(m['files']), 'file')}"
         f"{' and the store' if m['store'] == 'sqlite' else ''} into {settings.data_dir} "
         f"(backup of version {m['version']})",
         highlight=False,

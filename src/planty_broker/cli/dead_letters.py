@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from planty_broker.cli.client import ConfigOpt, DataDirOpt, UrlOpt, ago, client, console
+from planty_broker.text import plural
 
 dead_letters_app = typer.Typer(
     help="Messages the store refused for good: set aside (and acknowledged) so nothing "
@@ -44,7 +45,7 @@ def dead_letters(
         console.print_json(json.dumps(data))
         return
     held = ", ".join(f"{d or '(none)'}: {n}" for d, n in data["held"].items()) or "none"
-    t = Table(title=f"{data['total']} dead letters kept ({held})")
+    t = Table(title=f"{plural(data['total'], 'dead letter')} kept ({held})")
     for col in ("id", "device", "topic", "when", "bytes", "error", "payload"):
         t.add_column(col, overflow="fold")
     for d in data["dead_letters"]:

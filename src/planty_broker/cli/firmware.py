@@ -26,6 +26,7 @@ from planty_broker.cli.client import (
 )
 from planty_broker.cli.tables import Column, cell, fit_table
 from planty_broker.protocol import OTA_PROTECTED_FILES
+from planty_broker.text import plural
 
 firmware_app = typer.Typer(
     help="Update the device app over the air: add a release, roll it out wave by wave."
@@ -90,7 +91,7 @@ def add(
     r = client(config, data_dir, url).call("POST", "/firmware", json=body)
     skipped = sorted(n for n in OTA_PROTECTED_FILES if (folder / n).exists())
     console.print(
-        f"release {r['version']}: {len(r['files'])} files, {r['size']:,} bytes"
+        f"release {r['version']}: {plural(len(r['files']), 'file')}, {r['size']:,} bytes"
         + (f" (left out, never sent over the air: {', '.join(skipped)})" if skipped else "")
     )
     for f in r["files"]:
@@ -161,7 +162,8 @@ def rollout(
     api = client(config, data_dir, url)
     r = api.call("POST", f"/firmware/{version}/rollouts", json=body)
     console.print(
-        f"rollout {r['id']}: {version} to {len(r['targets'])} devices, waves {r['wave_sizes']}, "
+        f"rollout {r['id']}: {version} to {plural(len(r['targets']), 'device')}, "
+        f"waves {r['wave_sizes']}, "
         f"halts above {r['threshold']:.0%} failed per wave"
     )
     if wait:

@@ -46,6 +46,7 @@ from planty_broker.simulator.profile import (
     Faults,
 )
 from planty_broker.simulator.stats import DeviceOfflineError, DeviceState, DeviceStats
+from planty_broker.text import plural
 
 __all__ = ["DeviceOfflineError", "DeviceState", "DeviceStats", "SimDevice"]
 
@@ -531,7 +532,7 @@ class SimDevice:
         if crash:
             await asyncio.sleep(self.profile.boot_s * staged.max_boots)
             self._boot += staged.max_boots + 1
-            reason = f"not online after {staged.max_boots} boots"
+            reason = f"not online after {plural(staged.max_boots, 'boot')}"
             self._ota_last = OtaLast(staged.t, staged.version, "rolled_back", reason)
             self._counts["updates_rolled_back"] += 1
             return

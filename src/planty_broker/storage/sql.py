@@ -55,6 +55,7 @@ from planty_broker.storage.sql_events import (
 from planty_broker.storage.sql_firmware import SqlFirmwareMixin
 from planty_broker.storage.sql_history import SqlHistoryMixin
 from planty_broker.storage.sql_rules import SqlRulesMixin
+from planty_broker.text import plural
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -363,8 +364,8 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
                 if events:
                     insert_events(conn, [events[i] for i in kept])
         log.warning(
-            "dropped %d rows of unknown (removed) devices: %s",
-            len(params) - len(keep),
+            "dropped %s of unknown (removed) devices: %s",
+            plural(len(params) - len(keep), "row"),
             ", ".join(sorted(ids - known)[:10]),
         )
 

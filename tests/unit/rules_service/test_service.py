@@ -205,7 +205,7 @@ async def test_a_refused_command_is_a_fire_with_the_error_in_the_history() -> No
         assert [x.outcome for x in lines] == ["changed", "fire", "error"]
         fire, error = lines[1].data, lines[2].data
         assert error["command_id"] == fire["command_id"] and error["reason"] == "command_refused"
-        assert "already has 1 commands waiting" in error["error"]
+        assert "already has 1 command waiting" in error["error"]
         assert await r.h.service.get(fire["command_id"]) is None  # it was never queued
         assert r.rules.engine.counts["command_errors"] == 1
 

@@ -27,6 +27,7 @@ from planty_broker.northbound.firestore.buffer import DocBuffer
 from planty_broker.northbound.firestore.port import FirestorePort
 from planty_broker.northbound.firestore.rollup import Bucket, Rollups
 from planty_broker.ports.store import EventStore
+from planty_broker.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,9 @@ class EventSink:
             )
         elif existing.dropped:
             log.warning(
-                "firestore: the event log's retention dropped %d events before Firestore "
+                "firestore: the event log's retention dropped %s before Firestore "
                 "took them; their readings are missing from the history documents",
-                existing.dropped,
+                plural(existing.dropped, "event"),
             )
         self.folded = self.confirmed = existing.cursor
 

@@ -37,6 +37,7 @@ from planty_broker.services.commands.timers import TimerKind, Timers
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry
 from planty_broker.tasks import spawn
+from planty_broker.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ class Outbox:
                 )
             )
         if rec.attempts >= s.max_attempts:
-            reason = f"no ack after {rec.attempts} attempts ({s.ack_timeout_s:g} s each)"
+            reason = f"no ack after {plural(rec.attempts, 'attempt')} ({s.ack_timeout_s:g} s each)"
             self.close(live, cmds.ended(rec, CommandState.FAILED, now, reason))
         elif now >= rec.exp_ms:
             reason = "deadline passed without an ack"

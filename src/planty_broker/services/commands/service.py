@@ -29,6 +29,7 @@ from planty_broker.services.commands.ping import PING_PREFIX, RttBook, RttSink
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, UnknownDeviceError, now_ms
 from planty_broker.tasks import spawn
+from planty_broker.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class CommandService:
         waiting = sum(1 for v in mine.values() if not v.closing) - len(victims)
         if waiting >= s.max_queue_per_device:
             raise QueueFullError(
-                f"device {device_id} already has {waiting} commands waiting or unacked "
+                f"device {device_id} already has {plural(waiting, 'command')} waiting or unacked "
                 f"(commands.max_queue_per_device = {s.max_queue_per_device}); wait for them "
                 "to finish or cancel some (DELETE /api/v1/commands/<id>)"
             )

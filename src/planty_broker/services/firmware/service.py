@@ -31,6 +31,7 @@ from planty_broker.services.firmware.engine import (
     RolloutEngine,
     RolloutNotFoundError,
 )
+from planty_broker.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,9 @@ class FirmwareService(RolloutEngine):
         )
         await self._store.add_release(release, contents, [event])
         log.info(
-            "firmware: release %s added (%d files, %d bytes)",
+            "firmware: release %s added (%s, %d bytes)",
             version,
-            len(release.files),
+            plural(len(release.files), "file"),
             release.size,
         )
         return release
@@ -133,10 +134,10 @@ class FirmwareService(RolloutEngine):
             for d in chosen:
                 self._device_rollout[d] = created.id
         log.info(
-            "firmware: rollout %d of %s to %d devices in waves %s",
+            "firmware: rollout %d of %s to %s in waves %s",
             created.id,
             version,
-            len(chosen),
+            plural(len(chosen), "device"),
             sizes,
         )
         self._wake.set()

@@ -18,6 +18,7 @@ from planty_broker.config import FirmwareSettings
 from planty_broker.domain.firmware import Release
 from planty_broker.protocol import Channel, Topics
 from planty_broker.protocol_ota import Abort, Offer, OfferFile, OtaAck, chunk_frame, encode_offer
+from planty_broker.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class Transfers:
                 self._outcome(
                     device_id,
                     "failed",
-                    f"no answer from the device to {self._s.max_silences} offers",
+                    f"no answer from the device to {plural(self._s.max_silences, 'offer')}",
                 )
                 continue
             await self.offer(session)
