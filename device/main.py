@@ -247,17 +247,21 @@ def main():
         dev.deep_sleep(int(dev.interval_s * 1000))
     wdt = machine.WDT(timeout=cfg["watchdog_s"] * 1000)
     clock_at = time.ticks_ms()
-    while True:
-        try:
-            dev.step()
-        except Exception as e:  # a bug in one pass must not stop the board: say it, go on
-            print("planty: loop error %s %s; continuing" % (e.__class__.__name__, e))
-            time.sleep_ms(1000)
-        wdt.feed()
-        if time.ticks_diff(time.ticks_ms(), clock_at) > 6 * 3600 * 1000 and wlan.isconnected():
-            clock_at = time.ticks_ms()
-            set_clock(cfg["ntp_host"])  # the RTC drifts a few seconds a day
-        time.sleep_ms(dev.poll_ms)
+    try:
+        while True:
+            try:
+                dev.step()
+            except Exception as e:  # a bug in one pass must not stop the board: say it, go on
+                print("planty: loop error %s %s; continuing" % (e.__class__.__name__, e))
+                time.sleep_ms(1000)
+            wdt.feed()
+            if time.ticks_diff(time.ticks_ms(), clock_at) > 6 * 3600 * 1000 and wlan.isconnected():
+                clock_at = time.ticks_ms()
+                set_clock(cfg["ntp_host"])  # the RTC drifts a few seconds a day
+            time.sleep_ms(dev.poll_ms)
+    except KeyboardInterrupt:  # stopped on purpose (Ctrl-C, mpremote): a clean shutdown
+        dev.shutdown()
+        raise
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ _REFUSED = {
     4: "bad device_id or token",
     5: "not authorized",
 }
+# The clean-shutdown goodbye (docs/protocol.md, status): retained, so it replaces the
+# "online" status; the broker records a clean offline, never the last will.
+_GOODBYE = b'{"online": false, "reason": "shutdown"}'
 _NET_ERRORS = (OSError, MQTTException, AssertionError, IndexError, TypeError, ValueError)
 
 
@@ -437,6 +440,20 @@ class Device:
             except OSError:
                 pass
 
+    def shutdown(self):
+        """Clean shutdown (docs/protocol.md): the retained goodbye, its PUBACK, DISCONNECT.
+
+        The broker then records a clean offline (cause `shutdown`) instead of the last
+        will. True when the goodbye was acknowledged. `run()` ends with it; call it
+        yourself before powering down on purpose (not before deep sleep: a sleeping board
+        stays "online" and is judged by interval_s).
+        """
+        said = self._c is not None and self._publish(self.t_status, _GOODBYE, retain=True)
+        if said:
+            self.log("planty: said goodbye, disconnecting")
+        self.disconnect()
+        return said
+
     def disconnect(self):
         """Clean DISCONNECT: the will does not fire (use before deep sleep)."""
         if self._c:
@@ -530,10 +547,12 @@ class Device:
                 self._publish(self.t_ack, ack)
 
     def run(self):
-        """Forever (until `running` is False): sample every interval_s, send, obey commands."""
+        """Until `running` is False: sample every interval_s, send, obey commands; then say
+        goodbye (`shutdown()`), so the broker records a clean offline."""
         while self.running:
             self.step()
             time.sleep_ms(self.poll_ms)
+        self.shutdown()
 
     def run_once(self, listen_ms=2000, tries=3):
         """A deep-sleep wake: sample, connect, send all, take commands for listen_ms, disconnect.

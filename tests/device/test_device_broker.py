@@ -243,3 +243,25 @@ def test_a_device_given_several_endpoints_moves_to_the_next_when_one_is_gone(
     assert dev.connect() is True  # the next one
     assert dev.port == device_endpoint.port
     dev._drop()
+
+
+async def test_a_clean_stop_says_goodbye_retained_and_the_will_never_fires(
+    make_device: Callable[..., Any], device_endpoint: DeviceEndpoint, backend: MqttBackend
+) -> None:
+    """docs/protocol.md: before a clean shutdown, `{"online": false, "reason": "shutdown"}`
+    retained, then DISCONNECT; the broker records a clean offline, not the last will."""
+    dev = make_device(device_endpoint, keepalive=2)
+    did = device_endpoint.device_id
+    with DeviceThread(dev):
+        await backend.wait_for(lambda: backend.of(did, "status"), what="status")
+    # DeviceThread.stop(): running = False, so run() ends with shutdown()
+    goodbye = {"online": False, "reason": "shutdown"}
+    await backend.wait_for(lambda: goodbye in backend.of(did, "status"), what="goodbye")
+    assert not dev.connected()
+    assert any("said goodbye" in line for line in dev.logs)
+    status, retained = await backend.retained_status(did)
+    assert (status, retained) == (goodbye, True)
+    # Well past 1.5 keepalives: a will would have replaced the retained goodbye by now.
+    await asyncio.sleep(4)
+    assert {"online": False} not in backend.of(did, "status")
+    assert (await backend.retained_status(did)) == (goodbye, True)

@@ -113,6 +113,13 @@ def test_device_logic_runs_on_micropython(node: str, ca_file: Path) -> None:
     ] in events
     assert r["first_connect"] is False and r["backlog2"] == 0 and r["run_once"] is True
     assert kinds[-1] == "disconnect"
+    # a clean shutdown: the retained goodbye protocol.md asks for, then DISCONNECT
+    assert r["goodbye"] == [
+        ["publish", "planty/v1/devices/plant-mp-2/status",
+         '{"online": false, "reason": "shutdown"}', True, 1],
+        ["disconnect"],
+    ]
+    assert r["goodbye_said"] is True and r["goodbye_connected"] is False
     # a reboot: boot count, interval and the dedup memory survive; the backlog is renumbered
     assert (r["boot2"], r["interval2"]) == (2, 30)
     assert r["restored"] == list(range(32))

@@ -121,6 +121,22 @@ async def test_device_comes_online_and_its_status_and_telemetry_show_in_the_api(
     assert d["latest"]["seq"] == tele[-1]["seq"]
 
 
+async def test_a_board_stopped_on_purpose_is_a_clean_offline_never_the_last_will(
+    make_device: Callable[..., Any],
+    gateway_endpoint: DeviceEndpoint,
+    gateway_api: httpx.AsyncClient,
+) -> None:
+    did = gateway_endpoint.device_id
+    dev = make_device(gateway_endpoint, interval_s=0.3)
+    _plant(dev)
+    with DeviceThread(dev):
+        await _presence(gateway_api, did, "online")
+    # run() ended with shutdown(): the retained goodbye, then DISCONNECT
+    gone = await _presence(gateway_api, did, "offline")
+    assert gone["presence"]["cause"] == "shutdown"
+    assert not dev.connected()
+
+
 async def _at_least(api: httpx.AsyncClient, device_id: str, n: int) -> bool:
     return len(await _telemetry(api, device_id)) >= n
 

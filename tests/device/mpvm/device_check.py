@@ -157,6 +157,14 @@ R["events"] = MQTTClient.events
 R["backlog2"] = dev2.backlog()
 R["run_once"] = dev2.run_once(listen_ms=5)
 
+# A clean shutdown: the retained goodbye (acked: QoS 1), then DISCONNECT; the will never fires.
+MQTTClient.events = []
+dev2.connect()
+MQTTClient.events = []
+R["goodbye_said"] = dev2.shutdown()
+R["goodbye"] = MQTTClient.events
+R["goodbye_connected"] = dev2.connected()
+
 # A reboot: boot count, the remembered interval and dedup survive; a saved backlog is renumbered.
 dev._save_backlog()
 again = planty_device.Device("plant-mp-1", "tok", "gw.local", state_dir="/flash", log=logs.append)
