@@ -161,6 +161,12 @@ class GatewayCollector(Collector):
         commands = self._svc.commands
         if commands is not None:
             aside.add_metric(["commands"], commands.outbox.journal.dead_lettered)
+        events = self._svc.events
+        if events is not None:
+            aside.add_metric(["events"], events.writer.dead_lettered)
+        rules = self._svc.rules
+        if rules is not None:
+            aside.add_metric(["rule_history"], rules.engine.history.dead_lettered)
         yield aside
         health = self._svc.health
         if health is not None:

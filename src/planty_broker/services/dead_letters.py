@@ -1,10 +1,11 @@
 """Dead letters: messages that can never be stored, set aside so nothing else waits on them.
 
-Every writer (the readings writer, the command journal, status and ack handling) hands a
-message the store refused for good (`PermanentStoreError`, see errors.py) to `record`; it
-is kept in the dead letter table with its device, topic, raw payload (bounded), error and
-time, counted per device (and as a `dead_letter` device error, so it shows in the
-device's `errors_by_kind`), then the caller acknowledges the message. Listed and purged
+Every writer (the readings writer, the command journal, status and ack handling, presence,
+the event log and the rule history) hands a message the store refused for good
+(`PermanentStoreError`, see errors.py) to `record`; it is kept in the dead letter table
+with its device, topic, raw payload (bounded), error and time, counted per device (and as
+a `dead_letter` device error, so it shows in the device's `errors_by_kind`; not for the
+event log's own refusals), then the caller acknowledges the message. Listed and purged
 through the API (`/api/v1/dead-letters`) and `planty dead-letters`; kept
 `store.dead_letters_keep_days`, pruned on the injected clock.
 """
@@ -15,7 +16,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
 
 from planty_broker.domain.dead_letters import DeadLetter, dead_letter
 from planty_broker.domain.history import DAY_MS
@@ -79,10 +83,18 @@ class DeadLetterService:
         return sum(self.held.values())
 
     async def record(
-        self, device_id: str | None, topic: str, payload: bytes, error: BaseException | str
+        self,
+        device_id: str | None,
+        topic: str,
+        payload: bytes,
+        error: BaseException | str,
+        *,
+        report: bool = True,
     ) -> DeadLetter:
         """Keep one refused message; raises what the store raises (a transient error: the
-        caller holds the message and retries)."""
+        caller holds the message and retries). `report`: also publish it as a device error
+        (which the event log appends): False for the event log's own refusals, so a refused
+        event can never lead to another event (and another refusal)."""
         at = self._clock()
         why = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         letter = dead_letter(device_id, topic, payload, why, at)
@@ -91,9 +103,10 @@ class DeadLetterService:
         key = letter.device_id or ""
         if key in self.held or len(self.held) < MAX_COUNTED_DEVICES:
             self.held[key] = self.held.get(key, 0) + 1
-        self._bus.publish(
-            DeviceError(device_id, DEAD_LETTER_KIND, f"set aside on {topic}: {why}", at)
-        )
+        if report:
+            self._bus.publish(
+                DeviceError(device_id, DEAD_LETTER_KIND, f"set aside on {topic}: {why}", at)
+            )
         t = time.monotonic()
         if t - self._last_logged >= LOG_EVERY_S:
             self._last_logged = t
@@ -106,6 +119,19 @@ class DeadLetterService:
                 letter.error,
             )
         return letter
+
+    def writer_sink(
+        self, topic_of: Callable[[Any], str], *, report: bool = True
+    ) -> Callable[[Any, bytes | None, Exception], Awaitable[None]]:
+        """A `BatchWriter` dead-letter sink for structured items (an event, a rule history
+        line): the item's device (its `device_id`), `topic_of(item)`, the item as JSON."""
+
+        async def sink(item: Any, source: bytes | None, exc: Exception) -> None:
+            payload = source if source is not None else item_payload(item)
+            device_id = getattr(item, "device_id", None)
+            await self.record(device_id, topic_of(item), payload, exc, report=report)
+
+        return sink
 
     async def list(
         self, device_id: str | None = None, before_id: int | None = None, limit: int = 100
@@ -138,3 +164,12 @@ class DeadLetterService:
             except Exception as exc:  # the store is down: the next pass retries
                 log.warning("dead letters: retention pass failed: %s", exc)
             await asyncio.sleep(self._prune_every_s)
+
+
+def item_payload(item: object) -> bytes:
+    """A structured item as JSON for its dead letter; its repr where JSON cannot hold it
+    (an integer past 64 bits, a lone surrogate: often why the store refused it)."""
+    try:
+        return msgspec.json.encode(item)
+    except Exception:
+        return repr(item).encode("utf-8", "backslashreplace")

@@ -33,6 +33,11 @@ async def start_events(svc: Services, stack: AsyncExitStack) -> EventService:
     """The event log (every instance of a scale-out deployment runs one)."""
     store: Any = svc.store  # SqlStore / MemoryStore: also an EventStore
     events = EventService(store, svc.bus, svc.settings.events)
+    dead = svc.dead_letters
+    if dead is not None:  # not reported as a device error: that would be another event
+        events.writer.set_dead_letter(
+            dead.writer_sink(lambda e: f"events/{e.type}", report=False)
+        )
     await events.start()
     stack.push_async_callback(events.stop)
     svc.events = events

@@ -74,3 +74,60 @@ async def test_dead_letters_contract(store: Store) -> None:
     assert await dead.purge_dead_letters("a", None) == 1
     assert await dead.purge_dead_letters(None, None) == 1
     assert await dead.list_dead_letters(None, None, 10) == []
+
+
+async def test_events_and_rule_history_the_store_refuses_go_to_dead_letters(store: Store) -> None:
+    """The event log's and the rule history's writers set a refused item aside as a dead
+    letter (wired as the gateway wires them: start_events, start_rules), store the rest,
+    and a refused event is not reported as a device error (that would be another event)."""
+    from contextlib import AsyncExitStack
+    from types import SimpleNamespace
+
+    from planty_broker.config import Settings
+    from planty_broker.domain.events import NewEvent
+    from planty_broker.domain.rules.records import RuleEvent
+    from planty_broker.services.bus import Bus, DeviceError
+    from planty_broker.services.dead_letters import DeadLetterService
+    from planty_broker.services.queue import start_events
+    from planty_broker.services.registry import DeviceRegistry
+    from planty_broker.services.rules.service import start_rules
+
+    if isinstance(store, MemoryStore):
+        port: SqlDeadLetterStore | MemoryDeadLetterStore = MemoryDeadLetterStore()
+    else:
+        assert isinstance(store, SqlStore)
+        port = SqlDeadLetterStore(store)
+    await store.add_device(DeviceRecord("dev-1", 1, "h"))
+    bus = Bus()
+    reported: list[DeviceError] = []
+    bus.subscribe(DeviceError, reported.append)
+    dead = DeadLetterService(port, bus, keep_days=30)
+    svc = SimpleNamespace(
+        store=store, bus=bus, settings=Settings(), dead_letters=dead, events=None,
+        commands=None, registry=DeviceRegistry(store, bus, lambda s: s),
+    )
+    at = 1_764_000_000_000
+    async with AsyncExitStack() as stack:
+        events = await start_events(svc, stack)  # type: ignore[arg-type]
+        svc.events = events
+        rules = await start_rules(svc, stack)
+        assert rules is not None
+        await events.writer.write(NewEvent(2**63, "device_error", "dev-1", {"n": 1}))
+        await events.writer.write(NewEvent(at, "device_error", "dev-1", {"n": 2}))
+        await rules.engine.history.write(RuleEvent("r-1", "dev-1", 2**63, "fired"))
+        await rules.engine.history.write(RuleEvent("r-1", "dev-1", at, "fired"))
+        if isinstance(store, MemoryStore) and not events.writer.dead_lettered:
+            pytest.skip("the memory store holds integers past 64 bits")
+        assert (events.writer.dead_lettered, rules.engine.history.dead_lettered) == (1, 1)
+        letters = sorted(await dead.list(), key=lambda d: d.topic)
+        assert [(d.device_id, d.topic) for d in letters] == [
+            ("dev-1", "events/device_error"),
+            ("dev-1", "rules/r-1/history"),
+        ]
+        assert b"9223372036854775808" in letters[0].payload  # the item, as JSON
+        assert all("refused" in d.error.lower() or "overflow" in d.error.lower()
+                   or "range" in d.error.lower() for d in letters), [d.error for d in letters]
+        # Only the rule history's is reported (and so appended to the event log).
+        assert [e.message.split(":")[0] for e in reported] == ["set aside on rules/r-1/history"]
+        stored = await store.read_events(0, 100)
+        assert [e.data.get("n") for e in stored if e.type == "device_error"][:1] == [2]

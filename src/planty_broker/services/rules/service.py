@@ -418,6 +418,11 @@ async def start_rules(svc: Any, stack: AsyncExitStack) -> RulesService | None:
         max_on_seconds=s.commands.max_on_seconds,
         max_on_by_actuator=s.commands.max_on_seconds_by_actuator,
     )
+    dead = getattr(svc, "dead_letters", None)
+    if dead is not None:
+        rules.engine.history.set_dead_letter(
+            dead.writer_sink(lambda e: f"rules/{e.rule_id}/history")
+        )
     await rules.start(restore_holds_from=svc.store)
     stack.push_async_callback(rules.stop)
     svc.rules = rules
