@@ -83,3 +83,46 @@ async def test_a_slow_handler_bounds_the_queue_and_reads_the_whole_state_again()
         want = {f"d{i % 7}": i for i in range(50)}
         await eventually(lambda: seen == want, timeout=3)
         assert lst.attaches >= 2
+
+
+async def test_listener_closes_that_block_never_starve_the_default_executor() -> None:
+    """A library listener's close() joins threads and can block (for good, with a known
+    lock re-entry in the library). Detached listeners are closed on threads of their own:
+    with closes that all hang, `asyncio.to_thread` still runs at once. (Before, they went
+    to the default executor: more hung closes than its workers and every to_thread of the
+    process waited for ever; a Firestore test once hung to its timeout so.)"""
+    import threading
+
+    release = threading.Event()
+    started: list[str] = []
+
+    class StuckListener:
+        active = True
+
+        def close(self) -> None:
+            started.append(threading.current_thread().name)
+            release.wait(30)
+
+    class StuckPort(MemoryFirestore):
+        def listen_collection(self, path, on_changes):  # type: ignore[no-untyped-def,override]
+            return StuckListener()
+
+    async def handler(snap: Snapshot) -> None:
+        pass
+
+    fs = StuckPort()
+    lists = [
+        SupervisedListener(fs, f"c{i}", handler, collection=True, name=f"l{i}")
+        for i in range(40)  # more than any default executor has workers (at most 32)
+    ]
+    try:
+        for lst in lists:
+            await lst.start()
+        await eventually(lambda: all(lst.attaches for lst in lists), timeout=5)
+        for lst in lists:
+            await lst.stop()  # each close now hangs
+        await eventually(lambda: len(started) == len(lists), timeout=5)
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 5) == 42
+        assert all(name.startswith("firestore-close-") for name in started)
+    finally:
+        release.set()

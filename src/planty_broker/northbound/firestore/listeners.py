@@ -11,6 +11,12 @@ The hand-over queue is bounded (`MAX_QUEUED` snapshots): if the handler falls th
 far behind, the queue is emptied, counted in `overflows`, and the listener is
 re-attached, whose first snapshot is the whole current state: nothing is lost,
 memory stays bounded. Snapshots of a detached listener are ignored.
+
+Closing a library listener joins its threads and can block for seconds, or for good
+(a known lock re-entry in the library's watch). It runs on a daemon thread of its own,
+never in the event loop's default executor: there, a few stuck closes would take every
+worker (6 on a 2-core machine) and every `asyncio.to_thread` of the process (the
+gateway's, a test's) would wait behind them for ever.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 
 from planty_broker.backoff import Backoff
@@ -128,9 +135,7 @@ class SupervisedListener:
     def _detach(self) -> None:
         if self._listener is not None:
             old, self._listener = self._listener, None
-            # Closing a library watch joins its threads: keep that off the loop.
-            with contextlib.suppress(RuntimeError):
-                self._loop.run_in_executor(None, old.close)
+            close_off_loop(old, self.name)
 
     async def _supervise(self) -> None:
         backoff = Backoff(1.0, MAX_BACKOFF_S)
@@ -158,3 +163,19 @@ class SupervisedListener:
             except Exception:
                 log.exception("firestore: handling a change of %s failed", self.name)
             self.delivered += len(snapshot.changes)
+
+
+def close_off_loop(listener: Listener, name: str) -> threading.Thread:
+    """Close `listener` on a daemon thread of its own (see the module doc): neither the
+    loop nor the default executor waits on it, and a close that never returns only keeps
+    its own thread (a daemon: it does not hold up the process's exit either)."""
+
+    def close() -> None:
+        try:
+            listener.close()
+        except Exception as exc:
+            log.warning("firestore: closing listener %s failed: %s", name, exc)
+
+    thread = threading.Thread(target=close, name=f"firestore-close-{name}", daemon=True)
+    thread.start()
+    return thread
