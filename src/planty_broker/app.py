@@ -71,7 +71,13 @@ from planty_broker.storage.backup import lock_data_dir
 from planty_broker.storage.sql import SqlStore
 from planty_broker.storage.sql_dead_letters import SqlDeadLetterStore
 from planty_broker.storage.sql_identity import SqlIdentityStore
-from planty_broker.tasks import Supervisor, cancel_and_wait, use_supervisor
+from planty_broker.tasks import (
+    Supervisor,
+    cancel_and_wait,
+    current_supervisor,
+    spawn,
+    use_supervisor,
+)
 from planty_broker.transport.amqp import AmqpLink
 from planty_broker.transport.mqtt import LinkConfig, MqttConnectError, MqttLink
 
@@ -99,6 +105,10 @@ def check_port_free(host: str, port: int, what: str, how: str) -> None:
             raise StartupError(
                 f"cannot listen on {host}:{port} for {what}: {exc.strerror}"
             ) from None
+
+
+class ApiServerError(RuntimeError):
+    """The HTTP server ended without being asked to (its supervised loop restarts it)."""
 
 
 class _ApiServer(uvicorn.Server):
@@ -319,7 +329,7 @@ class Gateway:
         self.link = link
         svc.link = link
         stack.push_async_callback(link.close)
-        refresher = asyncio.create_task(refresh_registry(svc.registry), name="registry-refresh")
+        refresher = spawn("registry-refresh", lambda: refresh_registry(svc.registry))
         stack.push_async_callback(cancel_and_wait, [refresher])
 
         svc.role = "worker"
@@ -447,19 +457,44 @@ class Gateway:
             access_log=False,
             limit_concurrency=s.api.max_connections,
         )
-        server = _ApiServer(config)
-        self._api_server = server
-        task = asyncio.create_task(server.serve(), name="http-api")
-        while not server.started:
-            if task.done():
-                exc = task.exception()
-                raise StartupError(f"HTTP API could not start on {s.api.host}:{s.api.port}: {exc}")
+        stopping = False
+
+        async def serve() -> None:
+            """One run of the HTTP server; under the supervisor, which starts it again
+            (with backoff, /readyz saying so) if it ends without being asked to."""
+            server = _ApiServer(config)
+            self._api_server = server
+            try:
+                await server.serve()
+            except SystemExit:  # uvicorn's way of saying it could not start (e.g. bind)
+                raise ApiServerError(f"could not listen on {s.api.host}:{s.api.port}") from None
+            finally:  # ended some other way (cancelled): free the port for the next run
+                for listener in getattr(server, "servers", ()):
+                    listener.close()
+                for connection in list(server.server_state.connections):
+                    connection.shutdown()
+            if not stopping:
+                raise ApiServerError("the HTTP server stopped by itself")
+
+        task = spawn("http-api", serve)
+        loop_name = task.get_name().removeprefix("supervise-")
+        while (server := self._api_server) is None or not server.started:
+            state = current_supervisor().loops.get(loop_name)
+            if task.done() or (state is not None and state.crashes):
+                why = state.last_error if state is not None else "it ended"
+                await cancel_and_wait([task])
+                raise StartupError(f"HTTP API could not start on {s.api.host}:{s.api.port}: {why}")
             await asyncio.sleep(0.02)
 
         async def stop_api() -> None:
-            server.should_exit = True
-            with contextlib.suppress(Exception):
+            nonlocal stopping
+            stopping = True
+            if self._api_server is not None:
+                self._api_server.should_exit = True
+            try:
                 await asyncio.wait_for(task, 5)
+            except Exception:  # the server did not finish in time: end it
+                await cancel_and_wait([task])
 
         self._stack.push_async_callback(stop_api)
         self.api_url = self._own_api_url()

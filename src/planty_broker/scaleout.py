@@ -32,6 +32,7 @@ from planty_broker.ports.device_authority import DeviceEndpoint
 from planty_broker.protocol import Channel, Topics
 from planty_broker.services.registry import DeviceRegistry
 from planty_broker.storage.sql_lease import PgLease
+from planty_broker.tasks import spawn
 from planty_broker.transport.amqp import AmqpLink
 from planty_broker.transport.mqtt import MessageHandler
 
@@ -148,7 +149,8 @@ class Leadership:
         self.held = False
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="cluster-lease")
+        """The lease loop, under the gateway's supervisor (restarted with backoff if it dies)."""
+        self._task = spawn("cluster-lease", self._run)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -158,17 +160,29 @@ class Leadership:
         await self._lease.release()
 
     async def _run(self) -> None:
-        await self._lease.acquire()
-        self.held = True
+        if self.held:
+            # Restarted after a crash while holding: the single-owner services run already
+            # (promoting again would start them twice); go back to watching the lease.
+            log.warning("scale-out: watching the lease again after a restart of its loop")
+        else:
+            try:
+                await self._lease.acquire()
+            except Exception:
+                await self._lease.release()  # the next run starts on a fresh connection
+                raise
+            self.held = True
+            try:
+                await self._promote()
+            except Exception:
+                log.exception("scale-out: taking over the single-owner services failed")
+                self.held = False
+                self._on_lost()
+                return
+            log.info("scale-out: this instance holds the lease (outbox, presence, rules)")
         try:
-            await self._promote()
-        except Exception:
-            log.exception("scale-out: taking over the single-owner services failed")
-            self.held = False
-            self._on_lost()
-            return
-        log.info("scale-out: this instance holds the lease (outbox, presence, rules)")
-        await self._lease.lost()
+            await self._lease.lost()
+        except Exception:  # cannot tell whether the lease still holds: as if lost
+            log.exception("scale-out: watching the lease failed")
         self.held = False
         log.error("scale-out: the lease is lost; stopping this instance (restart it)")
         self._on_lost()

@@ -32,6 +32,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 
 from planty_broker.backoff import Backoff
+from planty_broker.tasks import spawn
 from planty_broker.transport.mqtt import MessageHandler, MqttConnectError, MqttError
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class AmqpLink:
                 errors.append(f"{_safe(self._urls[(self._next - 1) % len(self._urls)])}: {exc}")
         else:
             raise MqttConnectError("no RabbitMQ node answered: " + "; ".join(errors))
-        self._runner = asyncio.create_task(self._keep_up(), name="amqp-link")
+        self._runner = spawn("amqp-link", self._keep_up)
 
     async def close(self) -> None:
         self._closing = True

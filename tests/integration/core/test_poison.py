@@ -327,6 +327,35 @@ async def test_a_killed_background_loop_is_restarted_and_not_ready_meanwhile(
         await dev.close()
 
 
+async def test_a_killed_http_server_is_restarted_on_its_port(
+    tmp_path: Path, api_of: Any
+) -> None:
+    """The HTTP server runs under the supervisor too: its loop killed, it is started again
+    (with backoff) on the same port, and the API answers as before."""
+    settings = gateway_settings(tmp_path / "gw", health={"restart_min_s": 0.2})
+    async with running_gateway(settings) as gw:
+        api = api_of(gw)
+        loops = gw.supervisor_of_loops
+        assert loops is not None and "http-api" in loops.loops
+        assert (await api.get("/readyz")).status_code == 200
+        assert loops.kill("http-api")
+
+        async def restarted() -> bool:
+            return loops.loops["http-api"].restarts == 1 and loops.loops["http-api"].running
+
+        await eventually(restarted, timeout=30)
+
+        async def answers() -> bool:
+            try:
+                return (await api.get("/api/v1/devices")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(answers, timeout=30)
+        r = await api.post("/api/v1/devices", json={"id": "after-restart-1"})
+        assert r.status_code == 201, r.text
+
+
 async def test_api_calls_racing_to_create_one_command_id_never_wedge_the_journal(
     tmp_path: Path, api_of: Any
 ) -> None:

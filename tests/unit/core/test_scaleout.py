@@ -114,3 +114,69 @@ def test_the_control_queue_sends_telemetry_copies_to_observe_and_the_rest_to_han
         "observe planty/v1/devices/d-1/telemetry",
         "handle planty/v1/devices/d-1/ack",
     ]
+
+
+class FakeLease:
+    """The PostgreSQL lease's shape: acquire fails once, then holds until `gone` is set."""
+
+    def __init__(self) -> None:
+        self.acquires = 0
+        self.releases = 0
+        self.gone = asyncio.Event()
+
+    async def acquire(self) -> None:
+        self.acquires += 1
+        if self.acquires == 1:
+            raise RuntimeError("lease database glitch")
+
+    async def lost(self) -> None:
+        await self.gone.wait()
+
+    async def release(self) -> None:
+        self.releases += 1
+
+
+async def test_the_lease_loop_is_supervised_and_never_promotes_twice() -> None:
+    """A crash before holding the lease: restarted, tries again. Killed while holding: it
+    goes back to watching the lease; the single-owner services are started once only."""
+    from planty_broker.config import Settings, StoreSettings
+    from planty_broker.scaleout import Leadership
+    from planty_broker.tasks import Supervisor, use_supervisor
+
+    async def wait_for(condition: Any) -> None:
+        for _ in range(1000):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition not met")
+
+    async def body() -> None:  # in a task: the supervisor set here stays in its context
+        sup = Supervisor(initial_s=0.01, max_s=0.05)
+        use_supervisor(sup)
+        promoted: list[int] = []
+        lost: list[int] = []
+
+        async def promote() -> None:
+            promoted.append(1)
+
+        lease = FakeLease()
+        settings = Settings(store=StoreSettings(url="postgresql://localhost/planty"))
+        leadership = Leadership(settings, "t", promote, lambda: lost.append(1))
+        leadership._lease = lease  # type: ignore[assignment]
+        try:
+            leadership.start()
+            await wait_for(lambda: leadership.held)
+            assert promoted == [1]
+            assert lease.acquires == 2 and lease.releases == 1  # the failed try, restarted
+            assert sup.loops["cluster-lease"].restarts == 1
+            assert sup.kill("cluster-lease")
+            state = sup.loops["cluster-lease"]
+            await wait_for(lambda: state.restarts == 2 and state.running)
+            assert promoted == [1] and lease.acquires == 2 and leadership.held
+            lease.gone.set()
+            await wait_for(lambda: bool(lost))
+            assert lost == [1] and not leadership.held
+        finally:
+            await leadership.stop()
+
+    await asyncio.create_task(body())

@@ -50,7 +50,7 @@ from planty_broker.services.bus import (
     ReadingStored,
 )
 from planty_broker.services.context import Services
-from planty_broker.tasks import cancel_and_wait
+from planty_broker.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class FirestoreConnector:
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[SupervisedListener] = []
+        self._loops_started = False
         self._unsubscribe: list[Any] = []
         self.buffer: DocBuffer | None = None
         self.sink: EventSink | None = None
@@ -107,7 +108,7 @@ class FirestoreConnector:
             await self.port.close()
             return self._disable(f"firestore: cannot start: {exc}")
         self.running = True
-        self._tasks.append(asyncio.create_task(self._main(), name="firestore-main"))
+        self._tasks.append(spawn("firestore-main", self._main))
         return True
 
     async def _compose(self, port: FirestorePort, paths: model.Paths) -> None:
@@ -186,6 +187,9 @@ class FirestoreConnector:
             log.warning("firestore: could not write the last documents at stop (%s)", exc)
 
     async def _main(self) -> None:
+        """Bring the documents up, then listen and start the loops. Under the supervisor:
+        a run that died is started again, and each step is safe to repeat (a listener or
+        the loops already started are not started twice)."""
         backoff = Backoff(1.0, 30.0)
         while True:
             try:
@@ -201,7 +205,9 @@ class FirestoreConnector:
         await self.listen_to_rule_changes()
         await self.pairing()
         assert self.loops is not None
-        self._tasks += self.loops.start()
+        if not self._loops_started:
+            self._loops_started = True
+            self._tasks += self.loops.start()
 
     def _unreachable(self, exc: BaseException) -> None:
         if self.reachable is not False:
@@ -280,6 +286,8 @@ class FirestoreConnector:
 
     async def _listen(self, path: str, handler: Any, collection: bool, name: str) -> None:
         assert self.port is not None
+        if any(lst.name == name for lst in self._listeners):
+            return  # listening already (a restarted start-up)
         lst = SupervisedListener(self.port, path, handler, collection=collection, name=name)
         await lst.start()
         self._listeners.append(lst)

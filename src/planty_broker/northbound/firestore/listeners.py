@@ -34,6 +34,7 @@ from planty_broker.northbound.firestore.port import (
     Listener,
     Snapshot,
 )
+from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,11 @@ class SupervisedListener:
         await self.stop()
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
+        """Two loops under the gateway's supervisor: (re-)attach, and apply in order."""
+        self._loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._supervise(), name=f"firestore-listen-{self.name}"),
-            loop.create_task(self._consume(), name=f"firestore-apply-{self.name}"),
+            spawn(f"firestore-listen-{self.name}", self._supervise),
+            spawn(f"firestore-apply-{self.name}", self._consume),
         ]
 
     async def stop(self) -> None:

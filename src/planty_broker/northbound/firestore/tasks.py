@@ -23,6 +23,7 @@ from planty_broker.northbound.firestore.port import (
     FirestoreUnavailableError,
 )
 from planty_broker.northbound.firestore.sink import PAGE
+from planty_broker.tasks import spawn
 
 if TYPE_CHECKING:
     from planty_broker.northbound.firestore.connector import FirestoreConnector
@@ -44,13 +45,13 @@ class Loops:
         self._config_error_logged = False
 
     def start(self) -> list[asyncio.Task[None]]:
-        spawn = asyncio.create_task
+        """Each loop under the gateway's supervisor (restarted with backoff if it dies)."""
         return [
-            spawn(self._forward(), name="firestore-forward"),
-            spawn(self._heartbeat(), name="firestore-heartbeat"),
-            spawn(self._stats(), name="firestore-stats"),
-            spawn(self._pairing(), name="firestore-pairing"),
-            spawn(self._reads(), name="firestore-reads"),
+            spawn("firestore-forward", self._forward),
+            spawn("firestore-heartbeat", self._heartbeat),
+            spawn("firestore-stats", self._stats),
+            spawn("firestore-pairing", self._pairing),
+            spawn("firestore-reads", self._reads),
         ]
 
     # ------------------------------------------------------------ store and forward
