@@ -265,7 +265,7 @@ async def test_the_cli_adds_the_device_folder_as_a_release_and_rolls_it_out(
     (d,) = await _register(api, 1, "cli")
     started = await _planty("firmware", "rollout", version, "--devices", d["id"], *url)
     assert started.returncode == 0, started.stderr
-    assert f"{version} to 1 devices, waves [1]" in started.stdout
+    assert f"{version} to 1 device, waves [1]" in started.stdout
     rid = started.stdout.split(":")[0].split()[-1]
     shown = await _planty("firmware", "status", rid, *url)
     assert d["id"] in shown.stdout and "pending" in shown.stdout  # offline: it waits
