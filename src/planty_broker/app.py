@@ -107,7 +107,7 @@ def check_port_free(host: str, port: int, what: str, how: str) -> None:
             ) from None
 
 
-class ApiServerError(RuntimeError):
+class ApiServerError(PlantyError, RuntimeError):
     """The HTTP server ended without being asked to (its supervised loop restarts it)."""
 
 

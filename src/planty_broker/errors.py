@@ -6,6 +6,7 @@ so that `except ValueError` and the like still work):
 PlantyError
 ├── ConfigError (ValueError)                 [config] a setting is wrong: names it, says how to fix
 ├── StartupError                             [app] the gateway cannot start
+├── ApiServerError (RuntimeError)            [app] the HTTP server ended unasked (restarted)
 ├── StoreError                               the store
 │   ├── TransientStoreError                  retrying the same call later may succeed: hold, retry
 │   │   └── StoreUnavailableError            [ports.store] the database cannot be reached or written
