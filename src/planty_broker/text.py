@@ -8,4 +8,9 @@ def plural(n: int, noun: str, many: str = "") -> str:
 
     `many`: the plural when it is not `noun` + "s" ("entry", "entries").
     """
-    return f"{n} {noun if n == 1 else many or noun + 's'}"
+    return f"{n} {number(n, noun, many)}"
+
+
+def number(n: int, noun: str, many: str = "") -> str:
+    """The noun alone, in the number `n` asks for (the count shown apart, e.g. in bold)."""
+    return noun if n == 1 else many or noun + "s"

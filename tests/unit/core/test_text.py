@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from planty_broker.text import plural
+from planty_broker.text import number, plural
 
 
 def test_plural_agrees_with_the_count() -> None:
@@ -11,3 +11,7 @@ def test_plural_agrees_with_the_count() -> None:
     assert plural(1, "dead letter") == "1 dead letter"
     assert plural(2, "entry", "entries") == "2 entries"
     assert plural(-1, "row") == "-1 rows"
+
+
+def test_the_noun_alone_agrees_with_the_count() -> None:
+    assert [number(n, "device") for n in (0, 1, 2)] == ["devices", "device", "devices"]

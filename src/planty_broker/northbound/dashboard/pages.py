@@ -18,6 +18,7 @@ from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.dashboard import updates, views
 from planty_broker.protocol import valid_device_id
 from planty_broker.services.firmware.service import RolloutNotFoundError
+from planty_broker.text import number
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -75,7 +76,9 @@ env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-env.filters.update(clock=_clock, pct=_pct, ms=_ms, num=_num, state=_state, minutes=_minutes)
+env.filters.update(
+    clock=_clock, pct=_pct, ms=_ms, num=_num, state=_state, minutes=_minutes, number=number
+)
 env.globals["version"] = __version__
 
 
