@@ -263,7 +263,11 @@ class Device:
 
     def sample(self, readings=None):
         """Take one reading, give it the next seq (and ts), queue it for sending; returns seq."""
-        msg = {"seq": self.seq, "readings": self.read() if readings is None else readings}
+        msg = {
+            "seq": self.seq,
+            "boot": self.boot,  # with seq, the message's identity: stored once
+            "readings": self.read() if readings is None else readings,
+        }
         ts = self.now_ms()
         if ts is not None:
             msg["ts"] = ts

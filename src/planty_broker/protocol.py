@@ -147,11 +147,14 @@ class Status(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class Telemetry(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One telemetry message: a sequence number, an optional device clock, named numbers."""
+    """One telemetry message: a sequence number, an optional device clock, named numbers,
+    and (v1 addition) the boot counter that `seq` restarts with: (boot, seq) identify the
+    message, so a redelivered one is stored once."""
 
     seq: int
     readings: dict[str, float]
     ts: int | None = None
+    boot: int | None = None
 
 
 class Command(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -176,6 +179,7 @@ class _RawTelemetry(msgspec.Struct, frozen=True):
     seq: Count64
     readings: Readings
     ts: TimestampMs | None = None
+    boot: Count64 | None = None
 
 
 _status_decoder = msgspec.json.Decoder(Status)
@@ -330,7 +334,7 @@ def decode_telemetry(
             readings[name] = value
         else:
             dropped.append(name)
-    return Telemetry(seq=raw.seq, readings=readings, ts=raw.ts), dropped
+    return Telemetry(seq=raw.seq, readings=readings, ts=raw.ts, boot=raw.boot), dropped
 
 
 def decode_ack(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Ack:

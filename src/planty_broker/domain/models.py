@@ -84,6 +84,9 @@ class Reading:
     ts_ms: int  # the device's clock when it sent `ts`, else arrival time
     received_ms: int
     values: dict[str, float]
+    # The device's boot counter: with `seq`, the reading's identity (stored once). None:
+    # unknown (or no seq, as a `read` command's answer): such a reading is never a duplicate.
+    boot: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

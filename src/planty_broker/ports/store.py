@@ -77,8 +77,10 @@ class Store(Protocol):
         """Delete the device and its data; False if it did not exist."""
 
     # telemetry
-    async def append_readings(self, readings: Sequence[Reading]) -> None:
-        """Store a batch in one transaction; durable on return."""
+    async def append_readings(self, readings: Sequence[Reading]) -> list[Reading]:
+        """Store a batch in one transaction; durable on return. A reading whose (device,
+        boot, seq) is already stored is not stored again (nor one of a removed device);
+        returns the readings stored now, in order. `boot` None: never a duplicate."""
 
     async def query_readings(
         self, device_id: str, since_ms: int | None, until_ms: int | None, limit: int

@@ -151,6 +151,7 @@ class IngestService:
         self._slow_done_at = 0.0  # time.monotonic() of the last status/ack handled
         self.latest: dict[str, Reading] = {}
         self.unknown_device_messages = 0
+        self.duplicates = 0  # readings delivered again (or removed devices'), not stored
         self.bad_topic_messages = 0
         self.ack_handler: AckHandler | None = None
         self.ota_handler: OtaHandler | None = None  # the firmware service, when it runs
@@ -236,7 +237,7 @@ class IngestService:
                 self.dropped_qos0 += 1  # QoS 0: nothing bounds these but us
                 return
             self._presence.on_activity(device_id, at)
-            reading = Reading(device_id, tel.seq, tel.ts or at, at, tel.readings)
+            reading = Reading(device_id, tel.seq, tel.ts or at, at, tel.readings, tel.boot)
             self.writer.submit(reading, ack, payload)
         elif channel is Channel.STATUS or channel is Channel.ACK:
             self._enqueue_slow(_SlowItem(channel, device_id, topic, payload, at, retain, ack))
@@ -262,19 +263,25 @@ class IngestService:
                 tel, _ = decode_telemetry(payload, self._max_payload)
                 at = now_ms()
                 self._presence.on_activity(parsed.device_id, at)
-                reading = Reading(parsed.device_id, tel.seq, tel.ts or at, at, tel.readings)
+                reading = Reading(
+                    parsed.device_id, tel.seq, tel.ts or at, at, tel.readings, tel.boot
+                )
                 self._bus.publish(ReadingObserved(reading))
         except ProtocolError:
             pass  # counted by the instance that stores it
         ack()
 
-    async def _append_timed(self, readings: Sequence[Reading]) -> None:
+    async def _append_timed(self, readings: Sequence[Reading]) -> list[Reading]:
+        """Store a batch; returns the readings stored now (not those stored before)."""
         started = time.perf_counter()
-        await self._store.append_readings(readings)
+        stored = await self._store.append_readings(readings)
         self.store_write_seconds.observe(time.perf_counter() - started)
+        self.duplicates += len(readings) - len(stored)
+        return stored
 
     def _committed(self, readings: Sequence[Reading]) -> None:
-        """After a batch commit: counters, latest values, ReadingStored events."""
+        """After a batch commit, for the readings stored now (a duplicate is only
+        acknowledged): counters, latest values, ReadingStored events."""
         latest, publish = self.latest, self._bus.publish
         get_stats = self._stats.fleet.get if self._stats is not None else None
         for r in readings:
@@ -304,9 +311,10 @@ class IngestService:
         if self.dead_letters is None:
             log.error("device %s: reading refused by the store, dropped: %s", r.device_id, exc)
             return
-        payload = source if source is not None else encode(Telemetry(r.seq, r.values, r.ts_ms))
+        if source is None:
+            source = encode(Telemetry(r.seq, r.values, r.ts_ms, r.boot))
         topic = self._topics.device(r.device_id, Channel.TELEMETRY)
-        await self.dead_letters.record(r.device_id, topic, payload, exc)
+        await self.dead_letters.record(r.device_id, topic, source, exc)
 
     async def slow_worker(self) -> None:
         """Serve the status/ack queue (a few of these run; each is supervised)."""

@@ -3,7 +3,9 @@
 `writer.submit(item, done)` calls `done()` only once the batch holding `item`
 is committed, so the MQTT PUBACK sent from it is honest; `await writer.write(item)`
 is the same for async callers. `after_commit(items)` runs once per committed
-batch (before the callbacks) for the bookkeeping that must follow durability.
+batch (before the callbacks) for the bookkeeping that must follow durability; when
+the sink returns the items it actually stored (a store that skips duplicates), only
+those (every item's `done()` still runs: a duplicate is acknowledged too).
 
 Failures are told apart on purpose (errors.py):
 - transient (`TransientStoreError`: disk full, database gone, locked): the batch is kept
@@ -51,7 +53,7 @@ class BatchWriter(Generic[T]):
 
     def __init__(
         self,
-        sink: Callable[[Sequence[T]], Awaitable[None]],
+        sink: Callable[[Sequence[T]], Awaitable[Sequence[T] | None]],
         *,
         max_batch: int = 500,
         max_wait_ms: float = 5.0,
@@ -177,7 +179,7 @@ class BatchWriter(Generic[T]):
             part, dones, srcs = work[0]
             started = time.perf_counter()
             try:
-                await self._sink(part)
+                stored = await self._sink(part)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -205,7 +207,7 @@ class BatchWriter(Generic[T]):
             self.items_written += len(part)
             if self._after_commit is not None:
                 try:
-                    self._after_commit(part)
+                    self._after_commit(part if stored is None else stored)
                 except Exception:
                     log.exception("%s: after-commit bookkeeping failed", self._name)
             self._run_callbacks(dones)

@@ -409,7 +409,7 @@ class SimDevice:
             self._counts["telemetry_dropped"] += 1
             return None
         ts = int(self._clock() * 1000) if self.profile.send_ts else None
-        msg = Telemetry(seq=seq, readings=self._fw.readings(), ts=ts)
+        msg = Telemetry(seq=seq, readings=self._fw.readings(), ts=ts, boot=self._boot)
         self._publish(link, self._telemetry_topic, encode(msg), Kind.TELEMETRY, tag=seq)
         return seq
 

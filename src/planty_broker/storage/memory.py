@@ -70,6 +70,8 @@ class MemoryStore(MemoryQueueMixin, MemoryRulesMixin, MemoryFirmwareMixin, Memor
         self._devices: dict[str, DeviceRecord] = {}
         # Per device, kept sorted by (time, insertion number): ties keep arrival order.
         self._readings: dict[str, list[tuple[int, int, Reading]]] = {}
+        # Per device, the (boot, seq) of its stored readings that have a boot (stored once).
+        self._reading_keys: dict[str, set[tuple[int, int]]] = {}
         self._presence: dict[str, list[tuple[int, int, PresenceTransition]]] = {}
         self._meta: dict[str, Any] = {}
         self._next_id = 0
@@ -119,6 +121,7 @@ class MemoryStore(MemoryQueueMixin, MemoryRulesMixin, MemoryFirmwareMixin, Memor
     async def remove_device(self, device_id: str) -> bool:
         self._check()
         self._readings.pop(device_id, None)
+        self._reading_keys.pop(device_id, None)
         self._presence.pop(device_id, None)
         self._forget_device_commands(device_id)
         self._forget_device_history(device_id)
@@ -136,27 +139,37 @@ class MemoryStore(MemoryQueueMixin, MemoryRulesMixin, MemoryFirmwareMixin, Memor
             )
         return ids - unknown
 
-    async def append_readings(self, readings: Sequence[Reading]) -> None:
-        """Readings of devices removed meanwhile are dropped, the others kept; a batch
+    async def append_readings(self, readings: Sequence[Reading]) -> list[Reading]:
+        """Readings of devices removed meanwhile are dropped, and so are readings already
+        stored (same device, boot and seq); returns those stored now. A batch
         holding what a database cannot (an int past 64 bits, a lone surrogate) is refused
         whole, as SqlStore refuses it (StoreRejectedError)."""
         self._check()
         for r in readings:
-            if not all(_INT64_MIN <= n <= _INT64_MAX for n in (r.seq, r.ts_ms, r.received_ms)):
+            ints = (r.seq, r.ts_ms, r.received_ms, r.boot or 0)
+            if not all(_INT64_MIN <= n <= _INT64_MAX for n in ints):
                 raise StoreRejectedError(f"refused the data: {r.device_id} int past 64 bits")
             try:
                 msgspec.json.encode(r.values)
             except UnicodeError as exc:
                 raise StoreRejectedError(f"refused the data: {exc}") from exc
         known = self._known({r.device_id for r in readings}, "readings")
+        new: list[Reading] = []
         for r in readings:
             if r.device_id in known:
+                if r.boot is not None:
+                    keys = self._reading_keys.setdefault(r.device_id, set())
+                    if (r.boot, r.seq) in keys:
+                        continue
+                    keys.add((r.boot, r.seq))
+                new.append(r)
                 self._next_id += 1
                 stored = replace(r, values=_json_copy(r.values))
                 rows = self._readings.setdefault(r.device_id, [])
                 bisect.insort(rows, (r.ts_ms, self._next_id, stored), key=lambda x: x[:2])
                 data = {"seq": r.seq, "ts_ms": r.ts_ms, "readings": r.values}
                 self._log_events([NewEvent(r.received_ms, "reading", r.device_id, data)])
+        return new
 
     async def query_readings(
         self, device_id: str, since_ms: int | None, until_ms: int | None, limit: int

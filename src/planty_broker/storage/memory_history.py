@@ -21,6 +21,7 @@ class MemoryHistoryMixin:
 
     _devices: dict[str, DeviceRecord]
     _readings: dict[str, list[tuple[int, int, Reading]]]
+    _reading_keys: dict[str, set[tuple[int, int]]]
     _presence: dict[str, list[tuple[int, int, PresenceTransition]]]
     __history: _HistoryState | None = None
 
@@ -86,6 +87,9 @@ class MemoryHistoryMixin:
             ]
             gone += len(rows) - len(kept)
             self._readings[device_id] = kept
+            self._reading_keys[device_id] = {
+                (x[2].boot, x[2].seq) for x in kept if x[2].boot is not None
+            }
         return gone
 
     async def prune_rollups(self, hour_before_ms: int) -> int:

@@ -67,6 +67,8 @@ devices = Table(
 )
 
 # `id` orders readings that share a timestamp by arrival ("newest" is well defined).
+# A reading is stored once: (device, boot, seq) is unique (migration 0008). `boot` NULL
+# (unknown, or a reading without a seq) is never a conflict: such rows are all kept.
 readings = Table(
     "readings",
     metadata,
@@ -76,7 +78,9 @@ readings = Table(
     Column("ts_ms", BigInteger, nullable=False),
     Column("received_ms", BigInteger, nullable=False),
     Column("values", json_type(), nullable=False),
+    Column("boot", BigInteger, nullable=True),
     Index("ix_readings_device_ts", "device_id", "ts_ms"),
+    Index("ux_readings_device_boot_seq", "device_id", "boot", "seq", unique=True),
 )
 
 presence = Table(

@@ -170,18 +170,24 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
 
     # telemetry ----------------------------------------------------------------
 
-    async def append_readings(self, readings: Sequence[Reading]) -> None:
-        """One transaction, one executemany; readings of devices removed meanwhile are dropped.
+    async def append_readings(self, readings: Sequence[Reading]) -> list[Reading]:
+        """One transaction, one executemany; readings of devices removed meanwhile are dropped,
+        and so is a reading already stored (same device, boot and seq: `ON CONFLICT DO
+        NOTHING`). Returns the readings stored now, in order.
 
-        Each reading's `reading` event is appended in the same transaction.
+        Each stored reading's `reading` event is appended in the same transaction.
         """
-        if readings:
-            try:  # JSON of the values: a lone surrogate in a name cannot be encoded
-                params = [rows.reading_params(r) for r in readings]
-                events = [reading_event_params(r) for r in readings]
-            except REFUSED_PYTHON as exc:
-                raise self._rejected(exc) from exc
-            await self._call(self._append, self._insert_readings, params, events)
+        if not readings:
+            return []
+        try:  # JSON of the values: a lone surrogate in a name cannot be encoded
+            params = [rows.reading_params(r) for r in readings]
+            events = [reading_event_params(r) for r in readings]
+        except REFUSED_PYTHON as exc:
+            raise self._rejected(exc) from exc
+        stored = await self._call(self._append_once, self._insert_readings, params, events)
+        if stored is None:
+            return list(readings)
+        return [readings[i] for i in stored]
 
     async def query_readings(
         self, device_id: str, since_ms: int | None, until_ms: int | None, limit: int
@@ -190,7 +196,7 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
         if limit <= 0:
             return []
         c = readings_table.c
-        q = select(c.device_id, c.seq, c.ts_ms, c.received_ms, c["values"]).where(
+        q = select(c.device_id, c.seq, c.ts_ms, c.received_ms, c["values"], c.boot).where(
             c.device_id == device_id
         )
         if since_ms is not None:
@@ -211,7 +217,7 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
             .correlate(devices)
             .scalar_subquery()
         )
-        q = select(c.device_id, c.seq, c.ts_ms, c.received_ms, c["values"]).join_from(
+        q = select(c.device_id, c.seq, c.ts_ms, c.received_ms, c["values"], c.boot).join_from(
             devices, readings_table, c.id == newest
         )
         found = await self._call(self._in_tx, lambda conn: conn.execute(q).all())
@@ -369,6 +375,42 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
             ", ".join(sorted(ids - known)[:10]),
         )
 
+    @staticmethod
+    def _append_once(
+        engine: Engine, sql: str, params: list[tuple[Any, ...]], events: list[tuple[Any, ...]]
+    ) -> list[int] | None:
+        """`_append` for rows with a unique key and `ON CONFLICT DO NOTHING` in `sql`: the
+        indexes of the rows inserted (None: all of them, the usual case).
+
+        One executemany; only if it inserted fewer rows than given (a row already stored,
+        twice in the batch, or of a removed device) is it rolled back and done row by row,
+        so that only the inserted rows get their event.
+        """
+        try:
+            with engine.connect() as conn, conn.begin() as tx:
+                if conn.exec_driver_sql(sql, params).rowcount == len(params):
+                    insert_events(conn, events)
+                    return None  # committed on leaving the block
+                tx.rollback()
+        except sa_exc.IntegrityError:
+            pass  # a device was removed while its rows were queued: keep the others
+        with engine.begin() as conn:
+            ids = {p[0] for p in params}
+            known = set(conn.scalars(select(devices.c.id).where(devices.c.id.in_(ids))))
+            stored = [
+                i
+                for i, p in enumerate(params)
+                if p[0] in known and conn.exec_driver_sql(sql, p).rowcount
+            ]
+            if stored:
+                insert_events(conn, [events[i] for i in stored])
+        if ids - known:
+            log.warning(
+                "dropped readings of unknown (removed) devices: %s",
+                ", ".join(sorted(ids - known)[:10]),
+            )
+        return stored
+
     def _open_sync(self) -> Engine:
         engine = create_store_engine(self._target, self._synchronous)
         try:
@@ -378,7 +420,7 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
             engine.dispose()
             raise
         self._insert_readings = rows.insert_sql(
-            engine.dialect, readings_table, rows.READING_COLUMNS
+            engine.dialect, readings_table, rows.READING_COLUMNS, skip_conflicts=True
         )
         self._insert_presence = rows.insert_sql(engine.dialect, presence, rows.PRESENCE_COLUMNS)
         return engine

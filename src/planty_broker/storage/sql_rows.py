@@ -51,12 +51,16 @@ _encode = msgspec.json.Encoder().encode
 
 # Hot path: batches are inserted as plain tuples with the driver's executemany,
 # skipping SQLAlchemy's per-row parameter processing (measured 2.5-3x faster).
-READING_COLUMNS = ("device_id", "seq", "ts_ms", "received_ms", "values")
+READING_COLUMNS = ("device_id", "seq", "ts_ms", "received_ms", "values", "boot")
 PRESENCE_COLUMNS = ("device_id", "state", "at_ms", "cause")
 
 
-def insert_sql(dialect: Dialect, table: Table, columns: Sequence[str]) -> str:
-    """`INSERT INTO t (cols) VALUES (...)` in the driver's placeholder style; JSON as text."""
+def insert_sql(
+    dialect: Dialect, table: Table, columns: Sequence[str], *, skip_conflicts: bool = False
+) -> str:
+    """`INSERT INTO t (cols) VALUES (...)` in the driver's placeholder style; JSON as text.
+    `skip_conflicts`: a row that breaks a unique key is not inserted (`ON CONFLICT DO
+    NOTHING`, SQLite and PostgreSQL alike), the others are."""
     quote = dialect.identifier_preparer.quote
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
     marks = [
@@ -67,17 +71,20 @@ def insert_sql(dialect: Dialect, table: Table, columns: Sequence[str]) -> str:
     ]
     names = ", ".join(quote(n) for n in columns)
     # Only our own schema's table and column names go into the text; values are bound.
-    return f"INSERT INTO {quote(table.name)} ({names}) VALUES ({', '.join(marks)})"  # noqa: S608
+    sql = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({', '.join(marks)})"  # noqa: S608
+    return sql + " ON CONFLICT DO NOTHING" if skip_conflicts else sql
 
 
 def reading_params(r: Reading) -> tuple[Any, ...]:
     """Parameters in READING_COLUMNS order; values as JSON text (what the JSON type stores)."""
-    return (r.device_id, r.seq, r.ts_ms, r.received_ms, _encode(r.values).decode())
+    return (r.device_id, r.seq, r.ts_ms, r.received_ms, _encode(r.values).decode(), r.boot)
 
 
 def reading(r: Sequence[Any]) -> Reading:
-    """A row of (device_id, seq, ts_ms, received_ms, values)."""
-    return Reading(device_id=r[0], seq=r[1], ts_ms=r[2], received_ms=r[3], values=r[4])
+    """A row of (device_id, seq, ts_ms, received_ms, values, boot)."""
+    return Reading(
+        device_id=r[0], seq=r[1], ts_ms=r[2], received_ms=r[3], values=r[4], boot=r[5]
+    )
 
 
 def presence_params(t: PresenceTransition) -> tuple[Any, ...]:
