@@ -604,6 +604,8 @@ class Device:
             except ValueError:
                 continue
             msg["seq"] = self.seq
+            if "boot" in msg:
+                msg["boot"] = self.boot
             self.seq += 1
             self._push(json.dumps(msg).encode())
         if items:

@@ -2,7 +2,10 @@
 
 Start order: data folder and admin token -> store (migrated) -> registry ->
 supervised Mosquitto (certs, config, credentials) -> services -> MQTT link ->
-HTTP API. Stop is the reverse, so nothing acknowledged is lost on the way down.
+HTTP API. Stop is the reverse, so nothing acknowledged is lost on the way down,
+except that ingest is drained *before* the link closes: the last batches are
+committed and their PUBACKs sent while the link is still up (else the MQTT server
+delivers them again after the restart).
 """
 
 from __future__ import annotations
@@ -301,6 +304,7 @@ class Gateway:
         commands.attach(link)
         firmware.attach(link)
         self._stack.push_async_callback(link.close)
+        self._stack.push_async_callback(ingest.drain)  # unwinds first: flush, PUBACK, close
 
         await self._start_api(svc)
         if self.settings.firestore.enabled:
@@ -329,6 +333,7 @@ class Gateway:
         self.link = link
         svc.link = link
         stack.push_async_callback(link.close)
+        stack.push_async_callback(ingest.drain)  # unwinds first: commit, ack, then close
         refresher = spawn("registry-refresh", lambda: refresh_registry(svc.registry))
         stack.push_async_callback(cancel_and_wait, [refresher])
 

@@ -157,6 +157,7 @@ class IngestService:
         self.ota_handler: OtaHandler | None = None  # the firmware service, when it runs
         self._last_logged: dict[tuple[str | None, str], float] = {}
         self._workers: list[asyncio.Task[None]] = []
+        self._draining = False  # a clean stop began: new messages are left unacknowledged
         bus.subscribe(DevicesChanged, self._on_devices_changed)
 
     async def start(self) -> None:
@@ -166,6 +167,14 @@ class IngestService:
             spawn(f"ingest-slow-{i}", self.slow_worker)
             for i in range(SLOW_WORKERS)
         ]
+
+    async def drain(self) -> None:
+        """A clean stop, while the MQTT link is still open: take no new message (one that
+        arrives now is not acknowledged, so the MQTT server delivers it again after the
+        restart), finish the status and acks waiting, and commit the readings waiting, so
+        that their PUBACKs go out before the link closes (else they are delivered again)."""
+        self._draining = True
+        await self.stop()
 
     async def stop(self) -> None:
         if not self._slow.empty() or self._slow_busy:
@@ -197,6 +206,8 @@ class IngestService:
 
     def handle(self, topic: str, payload: bytes, retain: bool, ack: Ack) -> None:
         """MQTT message handler: never raises for bad input; calls `ack` once it is safe."""
+        if self._draining:
+            return  # stopping: not acknowledged, delivered again after the restart
         try:
             parsed = self._topics.parse(topic)
         except ProtocolError as exc:
@@ -257,6 +268,8 @@ class IngestService:
     def observe(self, topic: str, payload: bytes, retain: bool, ack: Ack) -> None:
         """Scale-out, on the lease holder: a copy of a telemetry message that some instance
         stores. Presence and the rules see it (`ReadingObserved`); nothing is stored here."""
+        if self._draining:
+            return
         try:
             parsed = self._topics.parse(topic)
             if parsed.channel is Channel.TELEMETRY and parsed.device_id in self._registry:

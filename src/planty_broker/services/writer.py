@@ -83,18 +83,25 @@ class BatchWriter(Generic[T]):
         self.last_error = ""  # the last transient failure, for readiness
         self.busy_since = 0.0  # time.monotonic() when items last started to wait
         self._writing = 0  # items taken for the batch being written
+        self._stopping = False  # stop(): the loop writes what waits, then returns
     async def start(self) -> None:
         self._task = spawn(f"{self._name}-flush", self._run)
 
     async def stop(self) -> None:
-        """Flush what is pending, then stop."""
-        if self._task is None:
+        """Flush what is pending, then stop. The loop is not cancelled in the middle of a
+        write: a commit already handed to the store completes whatever its caller does, so
+        requeueing its items would store them twice."""
+        task, self._task = self._task, None
+        if task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-        while self._items:
+        self._stopping = True
+        self._wakeup.set()
+        self._full.set()
+        try:
+            await task
+        finally:
+            self._stopping = False
+        while self._items:  # submitted while the loop was ending
             await self._flush_once()
 
     @property
@@ -144,9 +151,11 @@ class BatchWriter(Generic[T]):
         await fut
 
     async def _run(self) -> None:
-        while True:
+        while not (self._stopping and not self._items):
             await self._wakeup.wait()
-            if self._max_wait_s > 0 and len(self._items) < self._max_batch:
+            if self._stopping:
+                self._full.set()  # no waiting for a fuller batch
+            elif self._max_wait_s > 0 and len(self._items) < self._max_batch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._max_wait_s)
             await self._flush_once()

@@ -147,3 +147,48 @@ async def test_dead_letter_store_down_holds_the_item_until_it_is_kept() -> None:
     await asyncio.wait_for(asyncio.gather(*(w.write(i) for i in (1, -1, 2))), 10)
     assert letters == [-1] and sorted(sink.stored) == [1, 2]
     await w.stop()
+
+
+async def test_stop_during_a_commit_writes_nothing_twice() -> None:
+    """A commit handed to the store completes whatever happens to its caller: stop() lets it
+    finish instead of cancelling it and writing its items again (issue 12)."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    written: list[int] = []
+
+    async def commit(items: Sequence[int]) -> None:
+        entered.set()
+        await release.wait()
+        written.extend(items)
+
+    async def slow_sink(items: Sequence[int]) -> None:
+        # As the store's worker thread: a cancelled caller does not stop the commit.
+        await asyncio.shield(asyncio.ensure_future(commit(items)))
+
+    w: BatchWriter[int] = BatchWriter(slow_sink, max_batch=3, max_wait_ms=0)
+    await w.start()
+    acked: list[int] = []
+    for i in range(7):
+        w.submit(i, lambda i=i: acked.append(i))
+    await entered.wait()
+    stopping = asyncio.create_task(w.stop())
+    await asyncio.sleep(0.01)
+    assert not stopping.done()  # it waits for the commit in flight
+    release.set()
+    await asyncio.wait_for(stopping, 5)
+    assert written == list(range(7))
+    assert acked == list(range(7))
+
+
+async def test_after_commit_sees_only_what_the_sink_stored() -> None:
+    """A sink that skips duplicates returns what it stored: only that is after_commit's,
+    while every item is acknowledged."""
+    seen: list[int] = []
+
+    async def sink(items: Sequence[int]) -> list[int]:
+        return [i for i in items if i % 2 == 0]
+
+    w: BatchWriter[int] = BatchWriter(sink, max_batch=10, max_wait_ms=1, after_commit=seen.extend)
+    await w.start()
+    await asyncio.gather(*(w.write(i) for i in range(6)))
+    await w.stop()
+    assert seen == [0, 2, 4]
