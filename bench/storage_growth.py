@@ -36,7 +36,7 @@ from planty_broker.storage.sql import SqlStore
 
 T0 = 1_900_000_000_000 - 1_900_000_000_000 % DAY_MS
 GROUPS = {
-    "readings": ("readings", "ix_readings_device_ts"),
+    "readings": ("readings", "ix_readings_device_ts", "ux_readings_device_boot_seq"),
     "reading events": ("events", "ix_events_at", "ix_events_type_id"),
     "rollups": ("reading_rollups",),
     "presence": ("presence", "ix_presence_device_at"),
@@ -86,7 +86,7 @@ async def run(devices: int, days: int, interval_s: float) -> None:
                     "light": round(s[2], 1),
                 }
                 ts = t + i * 7
-                batch.append(Reading(d, n // devices, ts, ts + 40, values))
+                batch.append(Reading(d, n // devices, ts, ts + 40, values, boot=1))
                 n += 1
                 if len(batch) >= 500:
                     await store.append_readings(batch)

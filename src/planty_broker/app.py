@@ -295,6 +295,8 @@ class Gateway:
             for ch in (Channel.STATUS, Channel.TELEMETRY, Channel.ACK, Channel.OTA_ACK)
         ] + identity.subscriptions
         link = MqttLink(self._link_config(), subs, identity.route(ingest.handle))
+        if self.supervisor is not None:  # the session is on disk before the next autosave
+            link.on_subscribed = self.supervisor.save_persistence
         try:
             await link.connect()
         except MqttConnectError as exc:

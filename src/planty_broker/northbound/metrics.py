@@ -151,6 +151,11 @@ class GatewayCollector(Collector):
             "Status and ack handling attempts that failed while the store was unavailable",
             ingest.slow_retries,
         )
+        yield _counter(
+            "planty_readings_duplicate",
+            "Readings delivered again (same device, boot and seq): acknowledged, not stored",
+            ingest.duplicates,
+        )
         aside = CounterMetricFamily(
             "planty_store_set_aside",
             "Items the store refused for good, set aside (dead letters) so nothing waits on them",

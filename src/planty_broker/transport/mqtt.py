@@ -113,6 +113,10 @@ class MqttLink:
         self.messages_in = 0
         self.messages_out = 0
         self.on_reconnect: Callable[[], None] | None = None
+        # Called once all subscriptions of a connect are acknowledged (SUBACK).
+        self.on_subscribed: Callable[[], None] | None = None
+        self._subacks_pending = 0
+        self._client.on_subscribe = self._on_subscribe
         self._ever_connected = False
         self._closing = False
 
@@ -189,9 +193,18 @@ class MqttLink:
             if self.on_reconnect:
                 self.on_reconnect()
         self._ever_connected = True
+        self._subacks_pending = len(self._subscriptions)
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos=qos)
         self._connected.set()
+
+    def _on_subscribe(self, client: Client, mid: int, qos: Any, properties: Any) -> None:
+        self._subacks_pending -= 1
+        if self._subacks_pending == 0 and self.on_subscribed is not None:
+            try:
+                self.on_subscribed()
+            except Exception:
+                log.exception("on_subscribed hook failed")
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Exception | None = None) -> None:
         was = self._connected.is_set()

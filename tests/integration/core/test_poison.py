@@ -101,13 +101,13 @@ class RefusingPort:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
 
-    async def append_readings(self, readings: Sequence[Reading]) -> None:
+    async def append_readings(self, readings: Sequence[Reading]) -> list[Reading]:
         if self.down:
             self.calls_while_down += 1
             raise StoreUnavailableError("database or disk is full (injected)")
         if any(r.seq == POISON_SEQ for r in readings):
             raise StoreRejectedError("integer out of range (injected)")
-        await self._real.append_readings(readings)
+        return await self._real.append_readings(readings)  # type: ignore[no-any-return]
 
 
 def inject(gw: Gateway) -> RefusingPort:

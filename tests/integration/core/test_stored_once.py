@@ -103,3 +103,18 @@ async def test_a_clean_stop_under_load_neither_doubles_nor_loses(tmp_path: Path)
         if dev:
             await dev.close()
         gw.cleanup()
+
+
+async def test_the_gateway_session_is_saved_once_subscribed(tmp_path: Path) -> None:
+    """Mosquitto writes its persistence file when the gateway's subscriptions are acknowledged
+    (SIGUSR1), not only at its next autosave: a kill -9 of Mosquitto right after a first
+    start still finds the gateway's session and queues the fleet's messages for it."""
+    from tests.integration.core.conftest import gateway_settings, running_gateway
+
+    settings = gateway_settings(tmp_path / "data")
+    db = tmp_path / "data" / "mosquitto" / "mosquitto.db"
+    async with running_gateway(settings) as gw:
+        assert gw.supervisor is not None
+        await eventually(db.exists, timeout=20)  # autosave_interval is 60 s
+        log = (tmp_path / "data" / "mosquitto" / "mosquitto.log").read_text()
+        assert "Saving in-memory database" in log
