@@ -86,6 +86,18 @@ def test_protocol_md_examples_decode() -> None:
     assert cmd.args == {"seconds": 10}
 
 
+def test_telemetry_boot_is_optional_and_never_negative() -> None:
+    """`boot` (v1 addition) makes (boot, seq) the reading's identity; older firmware omits it."""
+    tel, _ = decode_telemetry(b'{"seq": 42, "boot": 17, "readings": {"light": 812}}')
+    assert (tel.boot, tel.seq) == (17, 42)
+    assert decode_telemetry(b'{"seq": 42, "readings": {}}')[0].boot is None
+    assert decode_telemetry(encode(Telemetry(3, {"t": 1.0}, None, 9)))[0].boot == 9
+    for bad, kind in ((b"-1", ErrorKind.OUT_OF_RANGE), (b'"7"', ErrorKind.SCHEMA)):
+        with pytest.raises(ProtocolError) as err:
+            decode_telemetry(b'{"seq": 1, "boot": ' + bad + b', "readings": {}}')
+        assert err.value.kind is kind
+
+
 def test_last_will_is_offline_status() -> None:
     assert json.loads(offline_will()) == {"online": False}
     assert decode_status(b"").online is False  # a cleared retained status
