@@ -118,3 +118,31 @@ async def test_the_gateway_session_is_saved_once_subscribed(tmp_path: Path) -> N
         await eventually(db.exists, timeout=20)  # autosave_interval is 60 s
         log = (tmp_path / "data" / "mosquitto" / "mosquitto.log").read_text()
         assert "Saving in-memory database" in log
+
+
+async def test_a_restarted_mosquitto_keeps_the_gateway_session(tmp_path: Path) -> None:
+    """kill -9 of the gateway and its Mosquitto, then a start: Mosquitto comes back from
+    mosquitto.db with the gateway's session (offline, queueing for it). The gateway connects
+    before the credential reload: a reload drops an offline restored session, and with it
+    what devices sent in between (bench/soak.py lost 3 readings that way)."""
+    import os
+    import signal
+
+    gw = GatewayProcess(tmp_path / "data", "mosq-admin-token-123456")
+    log = tmp_path / "data" / "mosquitto" / "mosquitto.log"
+    try:
+        await gw.start()
+        await eventually((tmp_path / "data" / "mosquitto" / "mosquitto.db").exists)
+        mosquitto = gw.mosquitto_pid()
+        assert mosquitto is not None
+        gw.kill9()
+        os.kill(mosquitto, signal.SIGKILL)
+        await eventually(lambda: not Path(f"/proc/{mosquitto}").exists())
+        await gw.start()
+        text = log.read_text()
+        after = text[text.rindex("starting") :]
+        first = next(ln for ln in after.splitlines() if "planty-gateway" in ln)
+        assert "New client connected" in first, after[:3000]
+        assert gw.stop() == 0
+    finally:
+        gw.cleanup()
