@@ -146,6 +146,7 @@ async def baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     async def provider() -> dict[str, str]:
         return users
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # the supervisor writes ports.json there
     layout = MosquittoLayout.from_settings(settings)
     observer = MqttAccount("bench-observer", hash_token(observer_pw), (AclGrant("read", "#"),))
     async with MosquittoSupervisor(layout, provider, extra_accounts=[observer]) as sup:

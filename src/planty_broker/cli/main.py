@@ -59,7 +59,9 @@ def run(
     settings = settings_from(config, data_dir, api_port=api_port, mqtt_port=mqtt_port)
     setup_logging(settings.log.level, settings.log.json)
     try:
-        asyncio.run(run_gateway(settings, announce=lambda line: print(line, flush=True)))
+        # asyncio.run() of Python 3.11 takes no loop factory: the Runner does (uvloop, measured).
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(run_gateway(settings, announce=lambda line: print(line, flush=True)))
     except StartupError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
