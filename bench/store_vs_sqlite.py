@@ -3,6 +3,9 @@
 
 Usage: .venv/bin/python bench/store_vs_sqlite.py [--rows 200000] [--batch 500] [--synchronous FULL]
 
+Prints rows/s (wall clock: includes each commit's fsync) and CPU time per row (the
+process's CPU over each side's batches: ours includes the store thread) for both sides.
+
 Both sides write batches of `--batch` readings (100 devices, 3 values each), one
 transaction per batch, SQLite in WAL mode with the same `synchronous` level, into the
 same database file (our schema, built by our migrations). Rounds alternate (a store
@@ -76,25 +79,28 @@ async def main() -> None:
             plain.execute("PRAGMA foreign_keys = ON")
             ours = batches(args.rows, args.batch, 0)
             theirs = [plain_params(b) for b in batches(args.rows, args.batch, 10 * args.rows)]
-            t_store = t_plain = 0.0
+            t_store = t_plain = cpu_store = cpu_plain = 0.0
             for mine, other in zip(ours, theirs, strict=True):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 await store.append_readings(mine)
-                t1 = time.perf_counter()
+                t1, c1 = time.perf_counter(), time.process_time()
                 plain.execute("BEGIN IMMEDIATE")
                 plain.executemany(INSERT, other)
                 plain.execute("COMMIT")
-                t2 = time.perf_counter()
+                t2, c2 = time.perf_counter(), time.process_time()
                 t_store += t1 - t0
                 t_plain += t2 - t1
+                cpu_store += c1 - c0
+                cpu_plain += c2 - c1
             plain.close()
             n = len(ours) * args.batch
             stored = await store.read_events(0, 1)
             assert stored, "the store wrote no events"
     rs, rp = n / t_store, n / t_plain
-    print(f"store (append_readings, with events) {rs:>10,.0f} readings/s")
-    print(f"plain sqlite3 executemany (readings) {rp:>10,.0f} rows/s")
-    print(f"ratio store / plain                  {rs / rp:>10.2f}")
+    us_s, us_p = cpu_store / n * 1e6, cpu_plain / n * 1e6
+    print(f"store (append_readings, with events) {rs:>10,.0f} readings/s  {us_s:5.1f} us CPU each")
+    print(f"plain sqlite3 executemany (readings) {rp:>10,.0f} rows/s      {us_p:5.1f} us CPU each")
+    print(f"ratio store / plain                  {rs / rp:>10.2f}  (CPU {us_s / us_p:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -366,9 +366,7 @@ class GatewayCollector(Collector):
             deleted.add_metric(["rollups"], t.rollups_deleted)
             deleted.add_metric(["presence"], t.presence_deleted)
             yield deleted
-            yield _counter(
-                "planty_history_failures", "Housekeeping passes that failed", t.failures
-            )
+            yield _counter("planty_history_failures", "Housekeeping passes that failed", t.failures)
         events = svc.events
         if events is not None:
             e = events.errors
@@ -381,9 +379,7 @@ class GatewayCollector(Collector):
             errs.add_metric(["events"], e.events)
             errs.add_metric(["overflow"], e.overflowed)
             yield errs
-            yield _gauge(
-                "planty_device_error_windows", "(device, kind) error windows held", len(e)
-            )
+            yield _gauge("planty_device_error_windows", "(device, kind) error windows held", len(e))
         yield _counter(
             "planty_presence_dropped",
             "Presence transitions never stored (store down, backlog full)",

@@ -163,10 +163,7 @@ class IngestService:
     async def start(self) -> None:
         self.latest = await self._store.latest_readings()
         await self.writer.start()
-        self._workers = [
-            spawn(f"ingest-slow-{i}", self.slow_worker)
-            for i in range(SLOW_WORKERS)
-        ]
+        self._workers = [spawn(f"ingest-slow-{i}", self.slow_worker) for i in range(SLOW_WORKERS)]
 
     async def drain(self) -> None:
         """A clean stop, while the MQTT link is still open: take no new message (one that

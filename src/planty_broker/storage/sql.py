@@ -48,9 +48,11 @@ from planty_broker.storage.sql_engine import check_synchronous, create_store_eng
 from planty_broker.storage.sql_errors import REFUSED_PYTHON, Target, driver_error, refused
 from planty_broker.storage.sql_events import (
     SqlEventsMixin,
+    adopt_reading_events,
     insert_events,
+    keep_reading_events,
     presence_event_params,
-    reading_event_params,
+    reserve_event_ids,
 )
 from planty_broker.storage.sql_firmware import SqlFirmwareMixin
 from planty_broker.storage.sql_history import SqlHistoryMixin
@@ -164,9 +166,15 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
         await self._call(self._in_tx, lambda c: c.execute(q))
 
     async def remove_device(self, device_id: str) -> bool:
+        """Its rows go with it (cascade); its readings' events stay in the event log."""
         q = devices.delete().where(devices.c.id == device_id)
-        count = await self._call(self._in_tx, lambda c: c.execute(q).rowcount)
-        return bool(count)
+
+        def run(conn: Connection) -> bool:
+            keep_reading_events(conn, readings_table.c.device_id == device_id)
+            return bool(conn.execute(q).rowcount)
+
+        removed: bool = await self._call(self._in_tx, run)
+        return removed
 
     # telemetry ----------------------------------------------------------------
 
@@ -175,16 +183,16 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
         and so is a reading already stored (same device, boot and seq: `ON CONFLICT DO
         NOTHING`). Returns the readings stored now, in order.
 
-        Each stored reading's `reading` event is appended in the same transaction.
+        Each stored reading is its own `reading` event: its id is taken from the event
+        log's ids in the same transaction (`sql_events`), so no second row is written.
         """
         if not readings:
             return []
         try:  # JSON of the values: a lone surrogate in a name cannot be encoded
             params = [rows.reading_params(r) for r in readings]
-            events = [reading_event_params(r) for r in readings]
         except REFUSED_PYTHON as exc:
             raise self._rejected(exc) from exc
-        stored = await self._call(self._append_once, self._insert_readings, params, events)
+        stored = await self._call(self._append_once, self._insert_readings, params)
         if stored is None:
             return list(readings)
         return [readings[i] for i in stored]
@@ -376,20 +384,24 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
         )
 
     @staticmethod
-    def _append_once(
-        engine: Engine, sql: str, params: list[tuple[Any, ...]], events: list[tuple[Any, ...]]
-    ) -> list[int] | None:
-        """`_append` for rows with a unique key and `ON CONFLICT DO NOTHING` in `sql`: the
-        indexes of the rows inserted (None: all of them, the usual case).
+    def _append_once(engine: Engine, sql: str, params: list[tuple[Any, ...]]) -> list[int] | None:
+        """Readings with ids from the event log (each is its own event) and `ON CONFLICT DO
+        NOTHING` in `sql` (unique device, boot, seq): the indexes of the rows inserted (None:
+        all of them, the usual case).
 
-        One executemany; only if it inserted fewer rows than given (a row already stored,
-        twice in the batch, or of a removed device) is it rolled back and done row by row,
-        so that only the inserted rows get their event.
+        One executemany in one transaction; only if it inserted fewer rows than given (a row
+        already stored, twice in the batch, or of a removed device) is it rolled back and done
+        row by row. A skipped row's reserved id is never used (a gap; cursors skip it).
         """
+
+        def insert_all(conn: Connection, some: list[tuple[Any, ...]]) -> int:
+            first = reserve_event_ids(conn, len(some))
+            done = conn.exec_driver_sql(sql, [(first + i, *p) for i, p in enumerate(some)])
+            return int(done.rowcount)
+
         try:
             with engine.connect() as conn, conn.begin() as tx:
-                if conn.exec_driver_sql(sql, params).rowcount == len(params):
-                    insert_events(conn, events)
+                if insert_all(conn, params) == len(params):
                     return None  # committed on leaving the block
                 tx.rollback()
         except sa_exc.IntegrityError:
@@ -398,12 +410,8 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
             ids = {p[0] for p in params}
             known = set(conn.scalars(select(devices.c.id).where(devices.c.id.in_(ids))))
             stored = [
-                i
-                for i, p in enumerate(params)
-                if p[0] in known and conn.exec_driver_sql(sql, p).rowcount
+                i for i, p in enumerate(params) if p[0] in known and insert_all(conn, [p])
             ]
-            if stored:
-                insert_events(conn, [events[i] for i in stored])
         if ids - known:
             log.warning(
                 "dropped readings of unknown (removed) devices: %s",
@@ -416,11 +424,12 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
         try:
             with engine.begin() as conn:
                 migrate.upgrade(conn)
+                adopt_reading_events(conn)  # in the same transaction: under the migration lock
         except BaseException:
             engine.dispose()
             raise
         self._insert_readings = rows.insert_sql(
-            engine.dialect, readings_table, rows.READING_COLUMNS, skip_conflicts=True
+            engine.dialect, readings_table, ("id", *rows.READING_COLUMNS), skip_conflicts=True
         )
         self._insert_presence = rows.insert_sql(engine.dialect, presence, rows.PRESENCE_COLUMNS)
         return engine

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from planty_broker.domain.history import HistoryUsage, HourlyRollup, roll_up
 from planty_broker.storage.schema_core import devices, meta, presence, readings
 from planty_broker.storage.schema_history import reading_rollups
+from planty_broker.storage.sql_events import keep_reading_events
 
 T = TypeVar("T")
 
@@ -111,9 +112,9 @@ def prune_readings_sync(engine: Engine, arrived_before_ms: int, limit: int) -> i
             if lo is None or lo > through:
                 break
             hi = min(lo + DELETE_CHUNK - 1, through)
-            n = conn.execute(
-                delete(readings).where(r.id >= lo, r.id <= hi, r.received_ms < arrived_before_ms)
-            ).rowcount
+            doomed = (r.id >= lo, r.id <= hi, r.received_ms < arrived_before_ms)
+            keep_reading_events(conn, *doomed)  # events still in the log stay there
+            n = conn.execute(delete(readings).where(*doomed)).rowcount
         total += n
         if n == 0:
             break
