@@ -353,6 +353,8 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="per rate")
     ap.add_argument("--outbox", type=int, default=10_000, help="commands in the throughput run")
     ap.add_argument("--profile", help="run the gateway under cProfile into this file (no baseline)")
+    ap.add_argument("--py-spy", help="record the gateway with py-spy during the rates (.svg, .txt)")
+    ap.add_argument("--py-spy-bin", default="py-spy", help="the py-spy executable")
     ap.add_argument(
         "--sqlite-synchronous",
         default="full",
@@ -403,6 +405,25 @@ async def main() -> None:
                 meter = CpuMeter(pids)
                 await asyncio.sleep(5)
                 print("idle, fleet online, no commands:" + meter.line(0).split(";")[0][2:])
+                spy = None
+                if args.py_spy:  # sample the gateway's threads during the rates
+                    spy = subprocess.Popen(
+                        [
+                            args.py_spy_bin,
+                            "record",
+                            "-p",
+                            str(gw.proc.pid),
+                            "-o",
+                            args.py_spy,
+                            "-r",
+                            "250",
+                            "-f",
+                            "raw" if args.py_spy.endswith(".txt") else "flamegraph",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    await asyncio.sleep(1.0)
                 for rate in rates:
                     meter = CpuMeter(pids)
                     lat, sent, elapsed, failed = await gateway_round_trips(
@@ -411,6 +432,9 @@ async def main() -> None:
                     results[rate] = lat
                     print(summary(f"gateway  @ {rate:g}/s", lat, sent, elapsed, failed))
                     print(meter.line(sent))
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(60)
                 meter = CpuMeter(pids)
                 acc, fin = await outbox_throughput(raw, ids, args.outbox)
                 await raw.close()

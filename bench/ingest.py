@@ -43,6 +43,7 @@ from planty_broker.transport.mqtt import LinkConfig, MqttLink
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = Topics()
+SPY_FORMATS = {".json": "speedscope", ".txt": "raw"}
 
 
 async def _noop(_t: str, _p: bytes, _r: bool) -> None:
@@ -225,6 +226,12 @@ class StoredWatcher(threading.Thread):
         conn.close()
 
 
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -249,6 +256,8 @@ async def gateway(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
     if not args.tls:
         env["PLANTY_MQTT_PLAINTEXT_LOOPBACK_PORT"] = str(plain_port)
+    if args.slow_callback_ms:
+        env["PLANTY_SLOW_CALLBACK_MS"] = str(args.slow_callback_ms)
     planty = Path(sys.executable).parent / "planty"
     log = (workdir / "gateway.log").open("wb")
     proc = subprocess.Popen(
@@ -303,12 +312,29 @@ async def gateway(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         watcher.start()
         load = Load(creds, "localhost", dport, tls, args.messages, args.inflight, args.rate)
         await load.connect()
+        spy = None
+        if args.py_spy:  # sample the gateway's threads during the load
+            spy = subprocess.Popen(
+                [
+                    *(args.py_spy_bin, "record", "-p", str(proc.pid), "-o", args.py_spy),
+                    *("-r", "250", "-f"),
+                    SPY_FORMATS.get(Path(args.py_spy).suffix, "flamegraph"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            await asyncio.sleep(1.0)
+        cpu0 = proc_cpu_s(proc.pid)
         publish_s = await load.run()
         total = args.devices * args.messages
         deadline = time.monotonic() + 120
         while watcher.count < total and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         rss_after = rss_kib(proc.pid)
+        cpu_s = proc_cpu_s(proc.pid) - cpu0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         watcher.stop.set()
         watcher.join()
         await load.close()
@@ -320,7 +346,10 @@ async def gateway(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             proc.kill()
     elapsed = max(watcher.last - watcher.first, 1e-9)
     lat = watcher.latencies_ms
+    slow = [ln for ln in (workdir / "gateway.log").read_text().splitlines() if "Executing" in ln]
     return {
+        "slow_callbacks": slow,
+        "cpu_us": cpu_s / max(watcher.count, 1) * 1e6,
         "stored": watcher.count,
         "rate": watcher.count / elapsed,
         "publish_s": publish_s,
@@ -350,6 +379,16 @@ async def main() -> None:
     )
     ap.add_argument(
         "--rounds", type=int, default=3, help="bare + gateway pairs; the median is the figure"
+    )
+    ap.add_argument(
+        "--py-spy", help="record the gateway with py-spy into FILE (.svg, .json, .txt raw)"
+    )
+    ap.add_argument("--py-spy-bin", default="py-spy", help="the py-spy executable")
+    ap.add_argument(
+        "--slow-callback-ms",
+        type=float,
+        default=0.0,
+        help="asyncio debug mode in the gateway: log callbacks that hold the loop longer",
     )
     args = ap.parse_args()
     print(machine_line())
@@ -387,7 +426,12 @@ async def main() -> None:
             f"{gw['rss_after'].get('VmRSS', 0) / 1024:.0f} MiB after, peak "
             f"{gw['rss_after'].get('VmHWM', 0) / 1024:.0f} MiB"
         )
+        print(f"  gateway CPU per stored reading: {gw['cpu_us']:.0f} us")
         print(f"  ratio gateway / bare: {ratio:.2f}")
+        if args.slow_callback_ms:
+            print(f"  slow callbacks (> {args.slow_callback_ms:g} ms): {len(gw['slow_callbacks'])}")
+            for line in gw["slow_callbacks"][:15]:
+                print("    " + line[-300:])
     print(
         f"ratio gateway / bare, median of {len(ratios)} rounds: {statistics.median(ratios):.2f} "
         f"(min {min(ratios):.2f}, max {max(ratios):.2f}; aim >= 0.5)"
