@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import signal
@@ -543,9 +544,26 @@ class Gateway:
         say("  stop with Ctrl+C")
 
 
+SLOW_CALLBACK_ENV = "PLANTY_SLOW_CALLBACK_MS"  # profiling aid: log callbacks that block longer
+
+
+def _after_start() -> None:
+    """Once everything is up: what start-up allocated (modules, settings, the registry)
+    moves to a permanent generation, so the collector no longer walks it in every full
+    collection under load (those walks were part of the ingest latency tail, issue 17)."""
+    gc.collect()
+    gc.freeze()
+    slow_ms = os.environ.get(SLOW_CALLBACK_ENV)
+    if slow_ms:  # asyncio's debug mode logs each callback that held the loop longer than this
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = float(slow_ms) / 1000
+
+
 async def run_gateway(settings: Settings, announce: Announce | None = None) -> None:
     """`planty run`: start, wait for SIGINT/SIGTERM, stop cleanly."""
     async with Gateway(settings, announce) as gw:
+        _after_start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
