@@ -73,18 +73,22 @@ def reserve_event_ids(conn: Connection, n: int) -> int:
     """Take `n` consecutive ids of the event log for readings (their events by reference), in
     the caller's transaction; returns the first. Later events get larger ids. Ids start above
     every reading id too, whatever else wrote readings (an older version, a tool)."""
-    newest_reading = int(conn.execute(select(func.max(readings.c.id))).scalar() or 0)
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_EVENTS_LOCK})")
         last = conn.exec_driver_sql(
             "SELECT setval(pg_get_serial_sequence('events', 'id'), "
-            "GREATEST(nextval(pg_get_serial_sequence('events', 'id')), %s + 1) + %s - 1)",
-            (newest_reading, n),
+            "GREATEST(nextval(pg_get_serial_sequence('events', 'id')), "
+            "(SELECT COALESCE(MAX(id), 0) FROM readings) + 1) + %s - 1)",
+            (n,),
         ).scalar_one()
         return int(last) - n + 1
-    # SQLite's AUTOINCREMENT keeps the largest id ever given in sqlite_sequence (never reused)
-    seq = conn.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'events'").scalar()
-    first = max(int(seq or 0), newest_reading) + 1
+    # SQLite's AUTOINCREMENT keeps the largest id ever given in sqlite_sequence (never reused);
+    # plain SQL text: this runs once per batch on the hot path
+    seq, newest = conn.exec_driver_sql(
+        "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'events'), "
+        "(SELECT MAX(id) FROM readings)"
+    ).one()
+    first = max(seq or 0, newest or 0) + 1
     if seq is None:
         conn.exec_driver_sql(
             "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (first + n - 1,)
@@ -93,7 +97,7 @@ def reserve_event_ids(conn: Connection, n: int) -> int:
         conn.exec_driver_sql(
             "UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (first + n - 1,)
         )
-    return first
+    return int(first)
 
 
 def adopt_reading_events(conn: Connection) -> None:
