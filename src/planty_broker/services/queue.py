@@ -72,6 +72,7 @@ async def start_commands(svc: Services, stack: AsyncExitStack) -> CommandService
     await commands.start()
     stack.push_async_callback(commands.stop)
     svc.ingest.ack_handler = commands.handle_ack
+    svc.ingest.ack_fast = commands.ack_now  # only where the command service runs
     svc.commands = commands
     return commands
 

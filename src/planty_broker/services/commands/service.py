@@ -299,6 +299,32 @@ class CommandService:
         stored = self._readings(reading) if reading is not None and self._readings else None
         await asyncio.shield(box.close(live, change, before=stored))
 
+    def ack_now(self, event: AckReceived, done: Callable[[], None]) -> bool:
+        """`handle_ack`'s plain cases without a task or a worker waiting on the commit: a
+        ping's ack, or the ack of a live command that is not being ended and is not a `read`
+        (whose readings are stored first). `done()` runs once the outcome is committed (the
+        PUBACK follows it, as after `handle_ack`). False: nothing was done; use `handle_ack`."""
+        box = self.outbox
+        cid, device_id, at = event.command_id, event.device_id, event.at_ms
+        if cid.startswith(PING_PREFIX):
+            box.pinger.handle_ack(device_id, cid, at)
+            done()
+            return True
+        live = box.live.get(cid)
+        if (
+            live is None
+            or live.closing
+            or live.rec.device_id != device_id
+            or live.rec.action == "read"
+        ):
+            return False
+        change = cmds.acked(live.rec, Ack(cid, event.ok, event.result, event.error), at)
+        if change.record.rtt_ms is not None:
+            box.stats.record_rtt(device_id, change.record.rtt_ms, at)
+            box.pinger.measured(device_id, at)
+        box.close(live, change).add_done_callback(lambda _f: done())
+        return True
+
     async def _ack_not_live(self, device_id: str, ack: Ack, at: int, look: bool) -> None:
         rec = await self.get(ack.id) if look else None
         if rec is None or rec.device_id != device_id:
