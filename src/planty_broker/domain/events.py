@@ -68,7 +68,7 @@ class LogBounds:
 
     @property
     def kept(self) -> int:
-        """Events kept (ids are consecutive on SQLite; on PostgreSQL an upper bound)."""
+        """Events kept, an upper bound (an id can go unused, e.g. by a refused batch)."""
         return 0 if self.first_id is None else self.last_id - self.first_id + 1
 
 
