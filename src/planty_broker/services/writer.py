@@ -151,14 +151,18 @@ class BatchWriter(Generic[T]):
         await fut
 
     async def _run(self) -> None:
+        backlog = False  # items came in while the last batch was being written
         while not (self._stopping and not self._items):
             await self._wakeup.wait()
+            # `max_wait_ms` gathers a batch when the writer was idle; items that waited for a
+            # commit already have their batch (and their latency): they go at once
             if self._stopping:
                 self._full.set()  # no waiting for a fuller batch
-            elif self._max_wait_s > 0 and len(self._items) < self._max_batch:
+            elif not backlog and self._max_wait_s > 0 and len(self._items) < self._max_batch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._max_wait_s)
             await self._flush_once()
+            backlog = bool(self._items)
 
     async def _flush_once(self) -> None:
         n = self._max_batch

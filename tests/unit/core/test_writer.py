@@ -192,3 +192,27 @@ async def test_after_commit_sees_only_what_the_sink_stored() -> None:
     await asyncio.gather(*(w.write(i) for i in range(6)))
     await w.stop()
     assert seen == [0, 2, 4]
+
+
+async def test_items_that_waited_for_a_commit_go_at_once_not_after_max_wait() -> None:
+    """Group commit: what came in while a batch was being written is written right after
+    it; `max_wait_ms` (a minute here) only gathers a batch when the writer was idle."""
+    release = asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def sink(items: Sequence[int]) -> None:
+        batches.append(list(items))
+        if len(batches) == 1:
+            await release.wait()  # the first commit is slow
+
+    w: BatchWriter[int] = BatchWriter(sink, max_batch=3, max_wait_ms=60_000)
+    await w.start()
+    first = asyncio.gather(*(w.write(i) for i in range(3)))  # a full batch goes at once
+    while not batches:
+        await asyncio.sleep(0)
+    second = asyncio.gather(w.write(3), w.write(4))  # arrive during the first commit
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 30)  # far less than max_wait
+    assert batches == [[0, 1, 2], [3, 4]]
+    await w.stop()
