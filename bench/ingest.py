@@ -257,7 +257,7 @@ async def gateway(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if not args.tls:
         env["PLANTY_MQTT_PLAINTEXT_LOOPBACK_PORT"] = str(plain_port)
     if args.slow_callback_ms:
-        env["PLANTY_SLOW_CALLBACK_MS"] = str(args.slow_callback_ms)
+        env["PLANTY_LOG_SLOW_CALLBACK_MS"] = str(args.slow_callback_ms)
     planty = Path(sys.executable).parent / "planty"
     log = (workdir / "gateway.log").open("wb")
     proc = subprocess.Popen(

@@ -544,26 +544,24 @@ class Gateway:
         say("  stop with Ctrl+C")
 
 
-SLOW_CALLBACK_ENV = "PLANTY_SLOW_CALLBACK_MS"  # profiling aid: log callbacks that block longer
-
-
-def _after_start() -> None:
+def _after_start(slow_callback_ms: float = 0.0) -> None:
     """Once everything is up: what start-up allocated (modules, settings, the registry)
     moves to a permanent generation, so the collector no longer walks it in every full
-    collection under load (those walks were part of the ingest latency tail, issue 17)."""
+    collection under load (those walks were part of the ingest latency tail, issue 17).
+    `log.slow_callback_ms` > 0: asyncio's debug mode logs each callback that held the event
+    loop longer (a profiling aid)."""
     gc.collect()
     gc.freeze()
-    slow_ms = os.environ.get(SLOW_CALLBACK_ENV)
-    if slow_ms:  # asyncio's debug mode logs each callback that held the loop longer than this
+    if slow_callback_ms > 0:
         loop = asyncio.get_running_loop()
         loop.set_debug(True)
-        loop.slow_callback_duration = float(slow_ms) / 1000
+        loop.slow_callback_duration = slow_callback_ms / 1000
 
 
 async def run_gateway(settings: Settings, announce: Announce | None = None) -> None:
     """`planty run`: start, wait for SIGINT/SIGTERM, stop cleanly."""
     async with Gateway(settings, announce) as gw:
-        _after_start()
+        _after_start(settings.log.slow_callback_ms)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):

@@ -281,6 +281,9 @@ class HealthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json: bool = False  # one JSON object per line, with device_id / command_id fields
+    # profiling aid: > 0 turns on asyncio's debug mode and logs each callback that held the
+    # event loop longer than this many ms (debug mode itself costs CPU; not for production)
+    slow_callback_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
