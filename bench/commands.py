@@ -353,6 +353,14 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="per rate")
     ap.add_argument("--outbox", type=int, default=10_000, help="commands in the throughput run")
     ap.add_argument("--profile", help="run the gateway under cProfile into this file (no baseline)")
+    ap.add_argument(
+        "--connections",
+        type=int,
+        default=512,
+        help="HTTP connections of the load (open loop: a cap makes it closed once latency "
+        "exceeds connections / rate; it was 64, i.e. 64 ms at 1,000/s; the gateway's "
+        "api.max_connections is 1,000)",
+    )
     ap.add_argument("--py-spy", help="record the gateway with py-spy during the rates (.svg, .txt)")
     ap.add_argument("--py-spy-bin", default="py-spy", help="the py-spy executable")
     ap.add_argument(
@@ -394,7 +402,7 @@ async def main() -> None:
                     await asyncio.sleep(0.2)
                 print(f"{online} simulated devices online (TLS) in {time.perf_counter() - t:.1f} s")
                 ids = [c.device_id for c in creds]
-                raw = RawHttp("127.0.0.1", gw.api_port, ADMIN)
+                raw = RawHttp("127.0.0.1", gw.api_port, ADMIN, args.connections)
                 await gateway_round_trips(raw, ids, 50, 2)  # warm-up
                 print("\ncommand round trip, API call -> device ack -> final state via the API")
                 results: dict[float, list[float]] = {}

@@ -40,6 +40,7 @@ from planty_broker.mqttserver.supervisor import MosquittoSupervisor
 from planty_broker.mqttserver.unmanaged import UnmanagedAuthority
 from planty_broker.northbound.api.app import create_api
 from planty_broker.northbound.api.auth import Authenticator, ensure_admin_token
+from planty_broker.northbound.api.fastpath import CommandFastPath
 from planty_broker.northbound.api.forward import LEADER_API_KEY
 from planty_broker.northbound.api.tokens import token_lookup
 from planty_broker.northbound.firestore.connector import FirestoreConnector
@@ -462,7 +463,9 @@ class Gateway:
             authenticator.lookups.append(token_lookup(svc.tokens))
         api = create_api(svc, authenticator)
         config = uvicorn.Config(
-            api,
+            # in front of FastAPI itself: the command endpoint's plain case skips all of its
+            # layers (northbound/api/fastpath.py; it steps aside on a scale-out worker)
+            CommandFastPath(api, svc, authenticator),
             host=s.api.host,
             port=s.api.port,
             log_level="warning",

@@ -29,7 +29,6 @@ from planty_broker.northbound.api import (
 from planty_broker.northbound.api.auth import Authenticator
 from planty_broker.northbound.api.deps import principal
 from planty_broker.northbound.api.errors import install_error_handlers
-from planty_broker.northbound.api.fastpath import CommandFastPath
 from planty_broker.northbound.api.forward import install_forwarding
 from planty_broker.northbound.dashboard.pages import install_dashboard
 from planty_broker.northbound.metrics import install_metrics
@@ -119,7 +118,4 @@ def create_api(
         install_dashboard(app)
     for r in routers or []:
         app.include_router(r, prefix="/api/v1", dependencies=[Depends(principal)])
-    # Outermost: the command endpoint's plain case skips FastAPI's layers (steps aside on a
-    # worker, whose forwarding is installed above).
-    app.add_middleware(CommandFastPath, svc=svc, authenticator=authenticator)
     return app

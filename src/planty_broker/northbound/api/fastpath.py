@@ -1,6 +1,7 @@
 """The command endpoint's fast path (issue 17): `POST /api/v1/devices/{id}/commands` served
-by a plain ASGI layer in front of FastAPI, without its routing, dependency resolution and
-pydantic validation, which cost more CPU than the command itself.
+by a plain ASGI layer in front of the FastAPI app (what uvicorn runs, app.py), without
+FastAPI's per-request work, routing, dependency resolution and pydantic validation, which
+cost more CPU than the command itself.
 
 Only the plain successful case is taken here: a JSON body that msgspec decodes into the
 same fields with the same limits as the route's `NewCommand`, an admin or server token, no
