@@ -82,3 +82,57 @@ def test_the_client_keeps_our_storage_even_while_it_is_empty() -> None:
 def test_reconnect_is_the_coroutine_gmqtt_calls() -> None:
     assert inspect.iscoroutinefunction(gmqtt.Client.reconnect)
     assert _params(gmqtt.Client.reconnect) == ["delay"]
+
+
+def test_packets_are_written_through_the_transports_cork_replaces() -> None:
+    from gmqtt.mqtt.protocol import BaseMQTTProtocol
+
+    assert "self._protocol = protocol" in inspect.getsource(MQTTConnection.__init__)
+    assert "self._transport.write(data)" in inspect.getsource(BaseMQTTProtocol.write_data)
+    assert "self._transport.close()" in inspect.getsource(MQTTConnection.close)
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"extra-{name}"
+
+
+def test_a_corked_transport_writes_a_pass_in_one_write_in_order() -> None:
+    import asyncio
+
+    from planty_broker.transport.gmqtt_hooks import CorkedTransport
+
+    async def run() -> _Recorder:
+        raw = _Recorder()
+        t = CorkedTransport(raw)
+        for i in range(500):  # e.g. a batch commit's PUBACKs
+            t.write(b"%d," % i)
+        assert raw.writes == []  # nothing yet: the pass is not over
+        await asyncio.sleep(0)
+        assert raw.writes == [b"".join(b"%d," % i for i in range(500))]
+        t.write(b"last")  # a later pass: its own write
+        assert t.get_extra_info("peername") == "extra-peername"
+        t.close()  # what is buffered goes first
+        assert raw.writes[-1] == b"last" and raw.closed
+        t.write(b"after close")
+        await asyncio.sleep(0)
+        assert raw.writes[-1] == b"last"  # never written to a closing transport
+        return raw
+
+    asyncio.run(run())
