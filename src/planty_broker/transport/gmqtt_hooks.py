@@ -15,14 +15,10 @@ We rely on five things gmqtt does not document:
    overrides it to report a lost link instead of reconnecting (`ReportingClient`).
 5. `client._connection._transport` and `._keep_connection_callback`: the simulator drops
    a device's TCP connection without DISCONNECT, as a power cut would (`abort_connection`).
-6. `client._connection._transport` and `client._connection._protocol._transport`: what every
-   packet is written to; `cork` puts one `CorkedTransport` in front of both, so the packets of
-   one event-loop pass (a batch commit's PUBACKs, a burst of commands) leave in one write.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -108,59 +104,3 @@ def abort_connection(client: Client) -> None:
         conn._transport.abort()
         if conn._keep_connection_callback is not None:
             conn._keep_connection_callback.cancel()
-
-
-class CorkedTransport:
-    """A transport whose writes of one event-loop pass go out as one write (one system call),
-    in order, at the end of the pass. gmqtt writes every packet on its own, and a write costs
-    a system call: after a batch commit of 500 readings that was 500 PUBACK writes (issue 17).
-    `close()` sends what is buffered first; `abort()` drops it, as a lost link would."""
-
-    __slots__ = ("_buffer", "_loop", "_scheduled", "transport")
-
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
-        self._buffer: list[bytes] = []
-        self._loop = asyncio.get_running_loop()
-        self._scheduled = False
-
-    def write(self, data: bytes) -> None:
-        self._buffer.append(data)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        buffer = self._buffer
-        if not buffer:
-            return
-        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
-        buffer.clear()
-        if not self.transport.is_closing():
-            self.transport.write(data)
-
-    def is_closing(self) -> bool:
-        return bool(self.transport.is_closing())
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def abort(self) -> None:
-        self._buffer.clear()
-        self.transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
-
-
-def cork(client: Client) -> None:
-    """Put a `CorkedTransport` in front of the client's current connection (after each
-    connect; a no-op if it already has one)."""
-    connection = client._connection
-    if connection is None or isinstance(connection._transport, CorkedTransport):
-        return
-    corked = CorkedTransport(connection._transport)
-    connection._transport = corked
-    connection._protocol._transport = corked

@@ -31,7 +31,7 @@ from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from planty_broker.backoff import Backoff
 from planty_broker.errors import MqttServerError
 from planty_broker.ports.link import no_ack
-from planty_broker.transport.gmqtt_hooks import QosStorage, cork, puback_for, take_over_qos1
+from planty_broker.transport.gmqtt_hooks import QosStorage, puback_for, take_over_qos1
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,6 @@ class MqttLink:
     # ------------------------------------------------------------ gmqtt callbacks
 
     def _on_connect(self, client: Client, flags: int, rc: int, properties: Any) -> None:
-        cork(client)  # one write per event-loop pass (gmqtt_hooks.CorkedTransport)
         self._backoff.reset()
         client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
         if self._ever_connected:
