@@ -73,6 +73,13 @@ class Store(Protocol):
     async def update_device(self, device: DeviceRecord) -> None:
         """Replace the stored record of an existing device."""
 
+    async def patch_device(self, device_id: str, changes: Mapping[str, Any]) -> None:
+        """Write only the named fields of an existing device (no-op if it was removed).
+
+        Writers of different fields (a credential change and a status) never undo each
+        other's change, whatever order their writes land in (issue 13).
+        """
+
     async def remove_device(self, device_id: str) -> bool:
         """Delete the device and its data; False if it did not exist."""
 

@@ -159,13 +159,17 @@ class DeviceRegistry:
         return record, token
 
     async def update(self, device_id: str, **changes: object) -> DeviceRecord:
-        """Replace fields of a device's record (e.g. `token_hash` at a credential switch).
+        """Change fields of a device's record (e.g. `token_hash` at a credential switch).
 
+        Only the named fields are written (`Store.patch_device`), and they are applied to the
+        record as it is when the write returns: a status noted meanwhile neither undoes this
+        change nor is undone by it (a revoked token's hash once came back that way, issue 13).
         Callers that change `token_hash` apply it to the MQTT server themselves (one reload
         for several changes), so no hook runs here.
         """
+        self.require(device_id)
+        await self._store.patch_device(device_id, changes)
         device = dataclasses.replace(self.require(device_id), **changes)  # type: ignore[arg-type]
-        await self._store.update_device(device)
         self._devices[device_id] = device
         return device
 
@@ -199,13 +203,15 @@ class DeviceRegistry:
                     ", ".join(before),
                     extra={"device_id": device_id},
                 )
-        updated = dataclasses.replace(
-            device,
-            sensors=tuple(status.sensors) or device.sensors,
-            actuators=tuple(status.actuators) or device.actuators,
-            fw=status.fw or device.fw,
-            interval_s=status.interval_s or device.interval_s,
-        )
-        if updated != device:
-            self._devices[device_id] = updated
-            await self._store.update_device(updated)
+        declared: dict[str, object] = {
+            "sensors": tuple(status.sensors) or device.sensors,
+            "actuators": tuple(status.actuators) or device.actuators,
+            "fw": status.fw or device.fw,
+            "interval_s": status.interval_s or device.interval_s,
+        }
+        changes = {k: v for k, v in declared.items() if getattr(device, k) != v}
+        if changes:
+            # Only what the device declares is written, never its token hash: a credential
+            # change racing this status keeps its own field (issue 13).
+            self._devices[device_id] = dataclasses.replace(device, **changes)  # type: ignore[arg-type]
+            await self._store.patch_device(device_id, changes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -117,6 +117,13 @@ class MemoryStore(MemoryQueueMixin, MemoryRulesMixin, MemoryFirmwareMixin, Memor
         self._check()
         if device.id in self._devices:
             self._devices[device.id] = _copy_device(device)
+
+    async def patch_device(self, device_id: str, changes: Mapping[str, Any]) -> None:
+        """Write only the named fields; a device removed meanwhile stays removed (no-op)."""
+        self._check()
+        found = self._devices.get(device_id)
+        if found is not None:
+            self._devices[device_id] = _copy_device(replace(found, **changes))
 
     async def remove_device(self, device_id: str) -> bool:
         self._check()

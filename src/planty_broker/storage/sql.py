@@ -11,9 +11,10 @@ Driver failures become `StoreUnavailableError` with one line saying what to do
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -60,6 +61,8 @@ from planty_broker.storage.sql_rules import SqlRulesMixin
 from planty_broker.text import plural
 
 T = TypeVar("T")
+# A device record to render the columns of a partial update (`patch_device`) from.
+_BLANK = DeviceRecord(id="", created_at_ms=0, token_hash="")
 log = logging.getLogger(__name__)
 
 # SQLAlchemy's wrappers of the DB-API classes that always mean "this data / this statement".
@@ -163,6 +166,15 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
         values = rows.device_values(device)
         del values["id"]
         q = update(devices).where(devices.c.id == device.id).values(**values)
+        await self._call(self._in_tx, lambda c: c.execute(q))
+
+    async def patch_device(self, device_id: str, changes: Mapping[str, Any]) -> None:
+        """Write only the named fields; a device removed meanwhile stays removed (no-op)."""
+        if not changes:
+            return
+        full = rows.device_values(dataclasses.replace(_BLANK, **changes))
+        values = {k: full[k] for k in changes}
+        q = update(devices).where(devices.c.id == device_id).values(**values)
         await self._call(self._in_tx, lambda c: c.execute(q))
 
     async def remove_device(self, device_id: str) -> bool:

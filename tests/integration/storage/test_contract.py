@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -94,6 +95,18 @@ async def test_update_of_a_removed_device_does_not_bring_it_back(store: Store) -
     await store.update_device(FULL)
     assert await store.get_device(FULL.id) is None
     assert await store.list_devices() == []
+
+
+async def test_a_patch_writes_only_its_fields_in_any_order(store: Store) -> None:
+    """Two writers of different fields never undo each other (a revoked token's hash came
+    back when a status rewrote the whole row, issue 13)."""
+    await store.add_device(FULL)
+    await store.patch_device(FULL.id, {"token_hash": ""})
+    await store.patch_device(FULL.id, {"sensors": ("light",), "fw": "3.0"})
+    stored = await store.get_device(FULL.id)
+    assert stored == dataclasses.replace(FULL, token_hash="", sensors=("light",), fw="3.0")
+    await store.patch_device("never-there", {"fw": "1"})
+    assert await store.get_device("never-there") is None
 
 
 async def test_remove_deletes_the_device_and_all_its_data(store: Store) -> None:

@@ -110,10 +110,16 @@ class CredentialService(RotationMixin):
 
     async def start(self) -> None:
         now = self._clock()
+        ended: set[tuple[str, str]] = set()
         for c in await self._store.list_credentials():
             if c.live or (c.kind is CredentialKind.X509 and (c.not_after_ms or 0) > now):
                 self._keep(c)
+            elif c.kind is CredentialKind.TOKEN and c.secret_hash:
+                device = self._registry.get(c.device_id)
+                if device is not None and c.created_ms >= device.created_at_ms:
+                    ended.add((c.device_id, c.secret_hash))
         async with self._lock:
+            await self._refuse_ended(ended)
             await self._adopt_existing()
             # A rotation's secret lives only in memory: after a restart it cannot be delivered,
             # so a rotation not yet switched ends and the old credential stays.
@@ -264,6 +270,34 @@ class CredentialService(RotationMixin):
                 "set, manage them on your MQTT server"
             )
 
+    async def _refuse_ended(self, ended: set[tuple[str, str]]) -> None:
+        """A device row that holds the hash of one of its own ended tokens (revoked, retired,
+        superseded) is cleared, never adopted as a new credential: an ended credential does not
+        come back (issue 13). Such a row was left by a lost update (a status written over a
+        credential change, fixed since), an older gateway sharing the store, or a restored
+        backup; the device must get a new credential."""
+        for device in self._registry.all():
+            if device.token_hash and (device.id, device.token_hash) in ended:
+                log.warning(
+                    "device %s: its stored token was revoked or replaced before; refusing it "
+                    "(issue or rotate a new credential for this device)",
+                    device.id,
+                    extra={"device_id": device.id},
+                )
+                await self._registry.update(device.id, token_hash="")
+
+    async def _ended_token(self, device_id: str, token_hash: str) -> bool:
+        """True if `token_hash` was one of this registration's tokens and has ended."""
+        device = self._registry.get(device_id)
+        since = device.created_at_ms if device is not None else 0
+        return any(
+            c.kind is CredentialKind.TOKEN
+            and c.secret_hash == token_hash
+            and not c.live
+            and c.created_ms >= since
+            for c in await self._store.list_credentials(device_id)
+        )
+
     async def _adopt_existing(self) -> None:
         """Devices registered before credentials were tracked (an upgrade): one row each for
         their current token, written in one transaction, dated at their registration."""
@@ -300,6 +334,15 @@ class CredentialService(RotationMixin):
             c.kind is CredentialKind.TOKEN and c.secret_hash == device.token_hash
             for c in self.credentials_of(device_id)
         ):
+            return
+        if await self._ended_token(device_id, device.token_hash):
+            log.warning(
+                "device %s: refusing a token that was revoked or replaced before",
+                device_id,
+                extra={"device_id": device_id},
+            )
+            await self._set_token_hash(device_id, "")
+            await self._apply()
             return
         origin = self._origin_hint.pop(device_id, CredentialOrigin.OPERATOR)
         for c in self.credentials_of(device_id):  # a token replaced outside this service
