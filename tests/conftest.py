@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +39,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def port_factory() -> Callable[[], int]:
     return free_port
+
+
+def remove_mosquitto_fallbacks(under: Path | None = None) -> list[Path]:
+    """Remove Mosquitto folders in /var/lib/planty-mosquitto (mqttserver/process.py) made for
+    data folders under `under`, or for data folders that no longer exist (a test's temporary
+    folder, removed). Another run's folders, whose data folders still exist, stay."""
+    from planty_broker.mqttserver.process import FALLBACK_MARKER, FALLBACK_ROOT
+
+    removed = []
+    if not FALLBACK_ROOT.is_dir():
+        return removed
+    for folder in FALLBACK_ROOT.iterdir():
+        try:
+            data_dir = Path((folder / FALLBACK_MARKER).read_text().strip())
+        except (OSError, UnicodeDecodeError):
+            continue  # not ours, or being created right now
+        mine = under is not None and data_dir.is_relative_to(under)
+        if mine or not data_dir.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_mosquitto_folders_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite leaves nothing behind: a gateway started as root on a data folder in pytest's
+    0700 temporary folder keeps Mosquitto's files in /var/lib/planty-mosquitto/<id>."""
+    yield
+    remove_mosquitto_fallbacks(tmp_path_factory.getbasetemp())
 
 
 # The machine runs integration tests beside the property tests: no per-example deadline,

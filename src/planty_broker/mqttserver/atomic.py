@@ -84,6 +84,8 @@ def load_or_create_secret(path: Path) -> str:
     with contextlib.suppress(FileNotFoundError):
         secret = path.read_text().strip()
         if len(secret) >= 22:  # >= 128 bits of URL-safe base64
+            if path.stat().st_mode & 0o077:  # written by an older version or by hand
+                path.chmod(0o600)
             return secret
     secret = new_token()
     write_atomic(path, secret + "\n", mode=0o600)

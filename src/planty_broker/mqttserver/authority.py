@@ -109,7 +109,7 @@ class MosquittoAuthority:
         )
         await supervisor.__aenter__()
         self._supervisor = supervisor
-        self._tail = LogTail(layout.log_path, self._on_log_line)
+        self._tail = LogTail(supervisor.layout.log_path, self._on_log_line)
         await self._tail.start()
         return self
 

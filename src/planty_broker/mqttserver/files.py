@@ -31,7 +31,7 @@ class FileOwner:
 def render_conf(layout: MosquittoLayout, pki: Pki, run_as: str | None = None) -> str:
     """mosquitto.conf for the layout; `run_as` is the `user` line (only meaningful as root)."""
     d = layout.directory
-    for path in (d, pki.cert_path, pki.key_path):
+    for path in (d,):
         if any(c in str(path) for c in "\r\n"):
             raise ValueError(f"path {path!r} contains a line break")
     lines = [
@@ -71,8 +71,8 @@ def render_conf(layout: MosquittoLayout, pki: Pki, run_as: str | None = None) ->
         "# username, so no client can take over (and kick) another one's session.",
         f"listener {layout.port} {layout.bind}".rstrip(),
         "protocol mqtt",
-        f"certfile {pki.cert_path}",
-        f"keyfile {pki.key_path}",
+        f"certfile {layout.tls_cert_path}",
+        f"keyfile {layout.tls_key_path}",
         "tls_version tlsv1.2",
         "use_username_as_clientid true",
     ]
@@ -84,9 +84,9 @@ def render_conf(layout: MosquittoLayout, pki: Pki, run_as: str | None = None) ->
             "# are in the CRL, re-read on every reload; the password file is not consulted.",
             f"listener {layout.x509_port} {layout.bind}".rstrip(),
             "protocol mqtt",
-            f"certfile {pki.cert_path}",
-            f"keyfile {pki.key_path}",
-            f"cafile {pki.ca_cert_path}",
+            f"certfile {layout.tls_cert_path}",
+            f"keyfile {layout.tls_key_path}",
+            f"cafile {layout.tls_ca_path}",
             f"crlfile {layout.crl_path}",
             "require_certificate true",
             "use_identity_as_username true",
@@ -164,6 +164,11 @@ def write_mosquitto_files(
     uid_gid = owner.uid_gid
     if layout.x509_port and crl_pem is not None:
         write_if_changed(layout.crl_path, crl_pem, mode=0o600, owner=uid_gid)
+    # Mosquitto's own copies of what it needs from pki/ (never the CA key): pki/ stays 0700.
+    write_if_changed(layout.tls_cert_path, pki.cert_path.read_text(), mode=0o600, owner=uid_gid)
+    write_if_changed(layout.tls_key_path, pki.key_path.read_text(), mode=0o600, owner=uid_gid)
+    if layout.x509_port:
+        write_if_changed(layout.tls_ca_path, pki.ca_pem(), mode=0o600, owner=uid_gid)
     write_if_changed(layout.password_path, passwords, mode=0o600, owner=uid_gid)
     write_if_changed(layout.acl_path, acl, mode=0o600, owner=uid_gid)
     return write_if_changed(layout.conf_path, conf, mode=0o600, owner=uid_gid)

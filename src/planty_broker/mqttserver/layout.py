@@ -65,6 +65,9 @@ class MosquittoLayout:
     autosave_interval_s: int = 60
     persistent_client_expiration: str = "30d"
     mosquitto_bin: str = "mosquitto"
+    # Mosquitto's own folder when not `data_dir/mosquitto`: set by the supervisor when the
+    # unprivileged `mosquitto` user cannot enter the data folder (process.plan_runtime).
+    runtime_dir: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MosquittoLayout:
@@ -103,8 +106,23 @@ class MosquittoLayout:
 
     @property
     def directory(self) -> Path:
-        """Mosquitto's own folder: config, password/ACL files, persistence, pid, log."""
-        return self.data_dir / "mosquitto"
+        """Mosquitto's own folder: config, password/ACL files, TLS files, persistence, pid,
+        log; the only files the `mosquitto` user can read."""
+        return self.runtime_dir or self.data_dir / "mosquitto"
+
+    @property
+    def tls_cert_path(self) -> Path:
+        """Mosquitto's copy of the server certificate (pki/ stays the gateway's own)."""
+        return self.directory / "server.pem"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self.directory / "server.key"
+
+    @property
+    def tls_ca_path(self) -> Path:
+        """The CA bundle the X.509 listener trusts (one CA, or old + new during a rotation)."""
+        return self.directory / "ca.pem"
 
     @property
     def pki_dir(self) -> Path:

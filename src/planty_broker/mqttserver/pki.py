@@ -10,6 +10,7 @@ client certificates for devices (`issue_client_cert`).
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -53,8 +54,10 @@ class Pki:
 
 def ensure_pki(directory: Path, hostnames: Sequence[str]) -> Pki:
     """Create the CA and server certificate once; re-issue only the server cert when needed."""
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o755)  # the unprivileged mosquitto user must reach server.pem/key
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The gateway's alone: Mosquitto reads its own copies of the server certificate and key
+    # (mqttserver/files.py), never this folder and never the CA key.
+    directory.chmod(0o700)
     wanted = _san_entries([*hostnames, *ALWAYS_SAN])
     pki = Pki(
         directory=directory,
@@ -65,6 +68,7 @@ def ensure_pki(directory: Path, hostnames: Sequence[str]) -> Pki:
         hostnames=tuple(str(e) for e in wanted),
     )
     ca_cert, ca_key = _ensure_ca(pki)
+    _own_keys(pki)
     if _server_needs_issue(pki, ca_cert, wanted):
         _issue_server(pki, ca_cert, ca_key, wanted)
     return pki
@@ -248,6 +252,19 @@ def _issue_server(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _own_keys(pki: Pki) -> None:
+    """Private keys 0600 and ours (an older version handed server.key to `mosquitto`)."""
+    for path in (pki.ca_key_path, pki.key_path):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_mode & 0o077:
+            path.chmod(0o600)
+        if st.st_uid != os.geteuid() and os.geteuid() == 0:
+            os.chown(path, 0, 0)
 
 
 def _san_entries(hostnames: Sequence[str]) -> list[str | IpAddress]:

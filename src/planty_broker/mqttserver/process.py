@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
+import hashlib
 import itertools
 import logging
 import os
@@ -31,6 +33,9 @@ SBIN_PATH = "/usr/sbin:/usr/local/sbin:/sbin"  # Debian installs mosquitto outsi
 INSTALL_HINT = "install it with `sudo apt-get install mosquitto` (Debian/Ubuntu)"
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
 MOSQUITTO_USER = "mosquitto"
+# Mosquitto's folders for data folders the `mosquitto` user cannot enter (plan_runtime).
+FALLBACK_ROOT = Path("/var/lib/planty-mosquitto")
+FALLBACK_MARKER = "data-dir"
 
 
 def find_mosquitto(binary: str) -> str:
@@ -54,32 +59,76 @@ def find_mosquitto(binary: str) -> str:
 # ---------------------------------------------------------------- privileges
 
 
-def plan_privileges(layout: MosquittoLayout) -> FileOwner:
-    """As root, let Mosquitto drop to user `mosquitto` when it can reach its files, else stay root.
+def plan_runtime(layout: MosquittoLayout) -> tuple[MosquittoLayout, FileOwner]:
+    """Where Mosquitto's files live and whom they belong to; as root, never Mosquitto as root.
 
-    Mosquitto started as root switches to `mosquitto` right after reading its
-    config; from then on it opens the TLS key, log, persistence file and (on
-    SIGHUP) the password/ACL files as that user.
+    Not root: Mosquitto runs as us, in `data_dir/mosquitto`. As root it drops to the
+    `mosquitto` user (Debian's package creates it) right after reading its config, and from
+    then on opens its files as that user: its folder holds only what it needs (config,
+    password/ACL/CRL files, its copies of the server certificate and key, persistence, log)
+    and belongs to it. When that user cannot enter the data folder (one under /root or
+    another 0700 folder), the folder is `FALLBACK_ROOT/<id of the data folder>` instead
+    (`data-dir` in it names the data folder it serves). Only when there is no such user, or
+    no folder it can reach, does Mosquitto stay root (with a warning).
     """
     if os.geteuid() != 0:
-        return FileOwner()
+        return layout, FileOwner()
     try:
         pw = pwd.getpwnam(MOSQUITTO_USER)
     except KeyError:
         log.warning("running Mosquitto as root: there is no user %r to drop to", MOSQUITTO_USER)
-        return FileOwner(user="root")
+        return layout, FileOwner(user="root")
+    owner = FileOwner(user=MOSQUITTO_USER, uid_gid=(pw.pw_uid, pw.pw_gid))
+    if layout.runtime_dir is not None:
+        return layout, owner
     gids = {pw.pw_gid, *os.getgrouplist(MOSQUITTO_USER, pw.pw_gid)}
     blocked = _first_unsearchable(layout.data_dir, pw.pw_uid, gids)
-    if blocked is not None:
+    if blocked is None:
+        return layout, owner
+    fallback = fallback_directory(layout.data_dir)
+    try:
+        FALLBACK_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fallback.mkdir(mode=0o700, exist_ok=True)
+        marker = fallback / FALLBACK_MARKER
+        if not marker.exists():
+            marker.write_text(f"{layout.data_dir.resolve()}\n")
+        unreachable = _first_unsearchable(fallback.parent, pw.pw_uid, gids)
+    except OSError as exc:
+        unreachable, why = fallback, str(exc)
+    else:
+        why = "not searchable"
+    if unreachable is not None:
         log.warning(
-            "running Mosquitto as root: user %r cannot enter %s; to let it drop privileges, "
-            "use a data folder it can reach or run `chmod o+x %s`",
+            "running Mosquitto as root: user %r cannot enter %s nor %s (%s); use a data folder "
+            "it can reach or run `chmod o+x %s`",
             MOSQUITTO_USER,
             blocked,
+            unreachable,
+            why,
             blocked,
         )
-        return FileOwner(user="root")
-    return FileOwner(user=MOSQUITTO_USER, uid_gid=(pw.pw_uid, pw.pw_gid))
+        return layout, FileOwner(user="root")
+    log.info(
+        "Mosquitto runs as %r with its files in %s (it cannot enter %s)",
+        MOSQUITTO_USER,
+        fallback,
+        blocked,
+    )
+    return dataclasses.replace(layout, runtime_dir=fallback), owner
+
+
+def mosquitto_directory(data_dir: Path) -> Path:
+    """Where the supervised Mosquitto of `data_dir` keeps its files (for tools and tests)."""
+    own, fallback = data_dir / "mosquitto", fallback_directory(data_dir)
+    if (fallback / FALLBACK_MARKER).exists() and not (own / "mosquitto.conf").exists():
+        return fallback
+    return own
+
+
+def fallback_directory(data_dir: Path) -> Path:
+    """Mosquitto's folder outside a data folder the `mosquitto` user cannot enter."""
+    key = hashlib.sha256(os.fsencode(str(data_dir.resolve()))).hexdigest()[:16]
+    return FALLBACK_ROOT / key
 
 
 def _first_unsearchable(path: Path, uid: int, gids: set[int]) -> Path | None:

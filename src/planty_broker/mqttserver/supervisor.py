@@ -240,13 +240,11 @@ class MosquittoSupervisor:
     # ------------------------------------------------------------ internals
 
     def _prepare(self) -> None:
+        self._layout.data_dir.mkdir(parents=True, exist_ok=True)
+        self._layout, self._owner = process.plan_runtime(self._layout)
         layout = self._layout
-        layout.data_dir.mkdir(parents=True, exist_ok=True)
-        self._owner = process.plan_privileges(layout)
         process.prepare_directory(layout.directory, self._owner)
         self._pki = ensure_pki(layout.pki_dir, layout.hostnames)
-        if self._owner.uid_gid is not None:
-            os.chown(self._pki.key_path, *self._owner.uid_gid)
         self._ca_pem = self._pki.ca_pem()
         self._gateway_password = load_or_create_secret(layout.gateway_secret_path)
         self._accounts = (

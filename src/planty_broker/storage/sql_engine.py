@@ -10,7 +10,10 @@ reuse so a dropped connection is replaced instead of failing the next call.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -53,6 +56,20 @@ def check_synchronous(value: str) -> str:
     return value.upper()
 
 
+def private_sqlite_files(path: Path) -> None:
+    """The store file 0600 (created so if missing), and its -wal/-shm/-journal if present.
+
+    SQLite creates -wal, -shm and -journal with the mode of the database file, so they
+    follow. The store holds token hashes and every reading: nobody else reads it.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for p in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        with contextlib.suppress(FileNotFoundError, PermissionError):  # gone, or not ours
+            if p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+
+
 def create_store_engine(target: Target, synchronous: str = "FULL") -> Engine:
     """An engine with one pooled connection (the store uses it from one thread only)."""
     common: dict[str, Any] = {
@@ -75,6 +92,8 @@ def create_store_engine(target: Target, synchronous: str = "FULL") -> Engine:
     if str(path) not in ("", ":memory:"):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if "mode=" not in str(target.url):  # a read-only or in-memory URI: leave it
+                private_sqlite_files(path)
         except OSError as exc:
             raise os_error(target, exc) from exc
     engine = create_engine(url, **common)

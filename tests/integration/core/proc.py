@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from planty_broker.mqttserver.process import mosquitto_directory
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[3]
@@ -83,7 +84,7 @@ class GatewayProcess:
         return self.proc.returncode
 
     def mosquitto_pid(self) -> int | None:
-        pid_file = self.data_dir / "mosquitto" / "mosquitto.pid"
+        pid_file = mosquitto_directory(self.data_dir) / "mosquitto.pid"
         try:
             return int(pid_file.read_text().strip())
         except (OSError, ValueError):

@@ -294,20 +294,6 @@ async def test_mosquitto_that_never_answers_times_out_and_is_stopped(tmp_path: P
     assert sup.pid is None
 
 
-async def test_stays_root_when_the_mosquitto_user_cannot_reach_the_data_folder(
-    tmp_path: Path,
-) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("only meaningful as root")
-    tmp_path.chmod(0o700)
-    layout = make_layout(tmp_path / "data")
-    async with MosquittoSupervisor(layout, provider({})) as sup:
-        assert "\nuser root\n" in layout.conf_path.read_text()
-        status = Path(f"/proc/{sup.pid}/status").read_text()
-        assert "Uid:\t0\t" in status
-    assert not layout.pid_path.exists()
-
-
 async def test_port_free_after_stop(tmp_path: Path) -> None:
     layout = make_layout(tmp_path)
     async with MosquittoSupervisor(layout, provider({})) as sup:

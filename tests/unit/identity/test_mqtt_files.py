@@ -27,7 +27,7 @@ def test_the_x509_listener_requires_a_certificate_and_reads_the_crl(tmp_path: Pa
     conf = render_conf(layout(tmp_path, x509_port=8884), pki)
     block = conf.split("listener 8884", 1)[1].split("\n\n", 1)[0]
     for line in (
-        f"cafile {pki.ca_cert_path}",
+        f"cafile {tmp_path / 'mosquitto' / 'ca.pem'}",  # its own copy (the CA bundle)
         f"crlfile {tmp_path / 'mosquitto' / 'revoked.crl.pem'}",
         "require_certificate true",
         "use_identity_as_username true",

@@ -18,7 +18,7 @@ from planty_broker.mqttserver.files import (
 )
 from planty_broker.mqttserver.layout import GATEWAY_USERNAME, MosquittoLayout, MqttAccount
 from planty_broker.mqttserver.passwords import hash_token
-from planty_broker.mqttserver.pki import Pki
+from planty_broker.mqttserver.pki import Pki, ensure_pki
 from planty_broker.ports.device_authority import AclGrant
 
 H = hash_token("t")
@@ -75,7 +75,7 @@ def test_every_listener_forces_client_id_and_plaintext_ones_are_loopback(tmp_pat
         tls_line, tls_options = found[0]
         assert tls_line == "listener 8883 0.0.0.0"
         assert "tls_version tlsv1.2" in tls_options
-        assert f"keyfile {tmp_path}/pki/server.key" in tls_options
+        assert f"keyfile {tmp_path}/mosquitto/server.key" in tls_options  # its own copy
         assert found[-1][0] == "listener 18830 127.0.0.1"  # internal last: ready means all open
         assert (f"listener {extra} 127.0.0.1" in conf) == bool(extra)
 
@@ -130,15 +130,25 @@ def test_files_are_written_private_and_only_when_changed(tmp_path: Path) -> None
     lay = layout(tmp_path)
     lay.directory.mkdir()
     accounts = [MqttAccount(GATEWAY_USERNAME, H)]
-    assert write_mosquitto_files(lay, pki(tmp_path), {"dev-a": H}, accounts, FileOwner())
-    for path in (lay.conf_path, lay.password_path, lay.acl_path):
+    real = ensure_pki(tmp_path / "pki", ["localhost"])
+    assert write_mosquitto_files(lay, real, {"dev-a": H}, accounts, FileOwner())
+    for path in (lay.conf_path, lay.password_path, lay.acl_path, lay.tls_key_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert lay.tls_key_path.read_text() == real.key_path.read_text()
     assert "dev-a:" in lay.password_path.read_text()
     # Same conf again: reported unchanged; new devices still land in the password file.
-    assert not write_mosquitto_files(lay, pki(tmp_path), {"dev-b": H}, accounts, FileOwner())
+    assert not write_mosquitto_files(lay, real, {"dev-b": H}, accounts, FileOwner())
     assert "dev-b:" in lay.password_path.read_text()
     assert "dev-a:" not in lay.password_path.read_text()
-    assert sorted(p.name for p in lay.directory.iterdir()) == ["acl", "mosquitto.conf", "passwd"]
+    # Only what Mosquitto needs: never the CA key (pki/ is the gateway's alone, 0700).
+    assert sorted(p.name for p in lay.directory.iterdir()) == [
+        "acl",
+        "mosquitto.conf",
+        "passwd",
+        "server.key",
+        "server.pem",
+    ]
+    assert stat.S_IMODE(real.directory.stat().st_mode) == 0o700
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:

@@ -74,6 +74,8 @@ def ensure_admin_token(data_dir: Path, configured: str) -> tuple[str, Path | Non
     if path.exists():
         token = path.read_text().strip()
         if token:
+            if path.stat().st_mode & 0o077:  # written by an older version or by hand
+                path.chmod(0o600)
             return token, path
     token = new_api_token("pb_admin")
     data_dir.mkdir(parents=True, exist_ok=True)
