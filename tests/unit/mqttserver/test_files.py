@@ -10,6 +10,8 @@ import pytest
 from planty_broker.config import load_settings
 from planty_broker.mqttserver.atomic import write_atomic
 from planty_broker.mqttserver.files import (
+    CIPHERS_TLS12,
+    CIPHERS_TLS13,
     FileOwner,
     render_acl,
     render_conf,
@@ -75,6 +77,8 @@ def test_every_listener_forces_client_id_and_plaintext_ones_are_loopback(tmp_pat
         tls_line, tls_options = found[0]
         assert tls_line == "listener 8883 0.0.0.0"
         assert "tls_version tlsv1.2" in tls_options
+        assert f"ciphers {CIPHERS_TLS12}" in tls_options
+        assert f"ciphers_tls1.3 {CIPHERS_TLS13}" in tls_options
         assert f"keyfile {tmp_path}/mosquitto/server.key" in tls_options  # its own copy
         assert found[-1][0] == "listener 18830 127.0.0.1"  # internal last: ready means all open
         assert (f"listener {extra} 127.0.0.1" in conf) == bool(extra)
