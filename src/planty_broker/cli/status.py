@@ -125,4 +125,6 @@ def status(
         console.print("gateway: [red]NOT READY[/red]", highlight=False)
         for reason in ready.get("reasons", []):
             console.print(f"  [red]-[/red] {escape(reason)}", highlight=False)
+    for warning in ready.get("warnings", []):
+        console.print(f"  [yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     console.print(fleet_table(devices))

@@ -25,7 +25,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from planty_broker.mqttserver.atomic import load_or_create_secret
 from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
@@ -76,7 +76,7 @@ class Coalescer:
 class MosquittoAuthority:
     """The port's Mosquitto adapter (see the module docstring); an async context manager."""
 
-    def __init__(self, layout: MosquittoLayout, **supervisor_options: float) -> None:
+    def __init__(self, layout: MosquittoLayout, **supervisor_options: Any) -> None:
         self._layout = layout
         self._options = supervisor_options
         self._source: AccessSource = DesiredAccess
@@ -130,6 +130,14 @@ class MosquittoAuthority:
     @property
     def managed(self) -> bool:
         return True
+
+    def certificate_expiry(self) -> dict[str, float]:
+        """Server certificate and CA expiry, unix seconds (/metrics)."""
+        return self._supervisor.certificate_expiry() if self._supervisor is not None else {}
+
+    def expiry_warnings(self) -> list[str]:
+        """Certificates ending within 30 days (readiness warnings, the log)."""
+        return self._supervisor.expiry_warnings() if self._supervisor is not None else []
 
     @property
     def supervisor(self) -> MosquittoSupervisor:

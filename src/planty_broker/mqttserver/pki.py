@@ -52,8 +52,9 @@ class Pki:
         return self.ca_cert_path.read_text()
 
 
-def ensure_pki(directory: Path, hostnames: Sequence[str]) -> Pki:
-    """Create the CA and server certificate once; re-issue only the server cert when needed."""
+def ensure_pki(directory: Path, hostnames: Sequence[str], now: datetime | None = None) -> Pki:
+    """Create the CA and server certificate once; re-issue only the server cert when needed
+    (other host names, another CA, or less than `RENEW_BEFORE` left at `now`)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The gateway's alone: Mosquitto reads its own copies of the server certificate and key
     # (mqttserver/files.py), never this folder and never the CA key.
@@ -67,11 +68,32 @@ def ensure_pki(directory: Path, hostnames: Sequence[str]) -> Pki:
         key_path=directory / "server.key",
         hostnames=tuple(str(e) for e in wanted),
     )
-    ca_cert, ca_key = _ensure_ca(pki)
+    _ensure_ca(pki)
     _own_keys(pki)
-    if _server_needs_issue(pki, ca_cert, wanted):
-        _issue_server(pki, ca_cert, ca_key, wanted)
+    renew_server_if_due(pki, now)
     return pki
+
+
+def renew_server_if_due(pki: Pki, now: datetime | None = None) -> bool:
+    """Re-issue the server certificate if it is due at `now` (see `ensure_pki`); True if
+    re-issued. The running gateway calls this periodically (the supervisor's renewal loop),
+    so a certificate never expires while it runs."""
+    now = now or datetime.now(UTC)
+    wanted = _san_entries(list(pki.hostnames))
+    ca_cert, ca_key = _load_ca(pki)
+    if not _server_needs_issue(pki, ca_cert, wanted, now):
+        return False
+    _issue_server(pki, ca_cert, ca_key, wanted, now)
+    return True
+
+
+def cert_expiry(path: Path) -> datetime | None:
+    """The end of validity of the (first) certificate in `path`; None if unreadable."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return cert.not_valid_after_utc
 
 
 def issue_client_cert(
@@ -202,7 +224,7 @@ def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 
 
 def _server_needs_issue(
-    pki: Pki, ca_cert: x509.Certificate, wanted: Sequence[str | IpAddress]
+    pki: Pki, ca_cert: x509.Certificate, wanted: Sequence[str | IpAddress], now: datetime
 ) -> bool:
     if not (pki.cert_path.exists() and pki.key_path.exists()):
         return True
@@ -218,7 +240,7 @@ def _server_needs_issue(
         have != set(wanted)
         or not isinstance(key, ec.EllipticCurvePrivateKey)
         or key.public_key() != cert.public_key()
-        or cert.not_valid_after_utc - datetime.now(UTC) < RENEW_BEFORE
+        or cert.not_valid_after_utc - now < RENEW_BEFORE
     )
 
 
@@ -227,6 +249,7 @@ def _issue_server(
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
     wanted: Sequence[str | IpAddress],
+    now: datetime,
 ) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     general: list[x509.GeneralName] = [
@@ -237,7 +260,7 @@ def _issue_server(
             _name(str(wanted[0])[:64]),
             ca_cert.subject,
             key.public_key(),
-            datetime.now(UTC) - BACKDATE,
+            now - BACKDATE,
             SERVER_DAYS,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

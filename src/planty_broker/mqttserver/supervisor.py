@@ -21,13 +21,15 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from planty_broker.backoff import Backoff
 from planty_broker.mqttserver import process
 from planty_broker.mqttserver.atomic import load_or_create_secret
-from planty_broker.mqttserver.errors import MosquittoStartError
+from planty_broker.mqttserver.errors import MosquittoStartError, PkiError
 from planty_broker.mqttserver.files import FileOwner, render_passwords, write_mosquitto_files
 from planty_broker.mqttserver.layout import (
     GATEWAY_USERNAME,
@@ -37,7 +39,14 @@ from planty_broker.mqttserver.layout import (
     MqttAccount,
 )
 from planty_broker.mqttserver.passwords import hash_token, new_token
-from planty_broker.mqttserver.pki import Pki, build_crl, ensure_pki
+from planty_broker.mqttserver.pki import (
+    RENEW_BEFORE,
+    Pki,
+    build_crl,
+    cert_expiry,
+    ensure_pki,
+    renew_server_if_due,
+)
 from planty_broker.mqttserver.ports import resolve_ports
 from planty_broker.mqttserver.probe import CONNACK_ACCEPTED, mqtt_connect
 from planty_broker.mqttserver.process import MosquittoProcess
@@ -67,8 +76,14 @@ class MosquittoSupervisor:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         stable_after_s: float = 60.0,
+        cert_check_s: float = 3600.0,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._layout = layout
+        self._cert_check_s = cert_check_s
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._renew_task: asyncio.Task[None] | None = None
+        self.certificate_renewals = 0
         self._users_provider = users_provider
         self._extra_accounts = tuple(extra_accounts)
         self._crl_provider = crl_provider
@@ -185,6 +200,7 @@ class MosquittoSupervisor:
             await self._shutdown()
             raise
         self._watch_task = spawn("mosquitto-supervisor", self._watch)
+        self._renew_task = spawn("certificate-renewal", self._renew_loop)
         return self
 
     async def __aexit__(
@@ -228,6 +244,74 @@ class MosquittoSupervisor:
             except MosquittoStartError as exc:
                 log.warning("Mosquitto did not confirm new credentials: %s", exc)
 
+    # ------------------------------------------------------------ certificates
+
+    def certificate_expiry(self) -> dict[str, float]:
+        """When each certificate Mosquitto serves or trusts ends, unix seconds (by name:
+        `server`, `ca`, and `ca_next` while a CA rotation is under way)."""
+        out = {}
+        for name, path in self._cert_files().items():
+            end = cert_expiry(path)
+            if end is not None:
+                out[name] = end.timestamp()
+        return out
+
+    def expiry_warnings(self) -> list[str]:
+        """One line per certificate that ends within `RENEW_BEFORE` (30 days) of the clock."""
+        now = self._clock().timestamp()
+        soon = RENEW_BEFORE.total_seconds()
+        out = []
+        for name, end in sorted(self.certificate_expiry().items()):
+            if end - now < soon:
+                days = (end - now) / 86400
+                what = (
+                    "renewal keeps failing, see the log"
+                    if name == "server"
+                    else "rotate the CA: planty pki rotate-ca (docs/security.md)"
+                )
+                out.append(f"certificate {name} expires in {days:.0f} days ({what})")
+        return out
+
+    async def renew_certificates(self) -> bool:
+        """Re-issue the server certificate if it is due, and make Mosquitto serve the new one
+        (its copy rewritten, SIGHUP, waited for); True if renewed. Runs every `cert_check_s`
+        under the gateway's loop supervisor, so no certificate expires on a running gateway."""
+        now = self._clock()
+        async with self._lock:
+            renewed = await asyncio.to_thread(renew_server_if_due, self.pki, now)
+            if renewed:
+                self._new_probe_account()
+                await asyncio.to_thread(self._write_files, self._devices)
+                running = self._running
+                if running is not None:
+                    running.signal(signal.SIGHUP)  # Mosquitto 2 reloads listener certificates
+                    await self._wait_ready(running, "the certificate reload")
+        if renewed:
+            self.certificate_renewals += 1
+            log.info(
+                "server certificate renewed (now valid until %s) and reloaded by Mosquitto",
+                cert_expiry(self.pki.cert_path),
+            )
+        for line in self.expiry_warnings():
+            log.warning("%s", line)
+        return renewed
+
+    def _cert_files(self) -> dict[str, Path]:
+        pki = self.pki
+        return {"server": pki.cert_path, "ca": pki.ca_cert_path}
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._cert_check_s)
+            try:
+                await self.renew_certificates()
+            except (OSError, PkiError, MosquittoStartError) as exc:
+                log.error(
+                    "server certificate renewal failed: %s; next try in %g s",
+                    exc,
+                    self._cert_check_s,
+                )
+
     def set_revoked_serials(self, serials: Iterable[int]) -> None:
         """Revoked device certificates; written (as a CRL) and enforced by the next
         `update_users` call, which also re-reads the CRL for new connections.
@@ -244,7 +328,7 @@ class MosquittoSupervisor:
         self._layout, self._owner = process.plan_runtime(self._layout)
         layout = self._layout
         process.prepare_directory(layout.directory, self._owner)
-        self._pki = ensure_pki(layout.pki_dir, layout.hostnames)
+        self._pki = ensure_pki(layout.pki_dir, layout.hostnames, self._clock())
         self._ca_pem = self._pki.ca_pem()
         self._gateway_password = load_or_create_secret(layout.gateway_secret_path)
         self._accounts = (
@@ -387,6 +471,11 @@ class MosquittoSupervisor:
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        if self._renew_task is not None:
+            self._renew_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renew_task
+            self._renew_task = None
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -304,6 +304,17 @@ class GatewayCollector(Collector):
             yield _counter(
                 "planty_mosquitto_restarts", "Restarts of the supervised Mosquitto", restarts
             )
+        expiry = getattr(self._svc.authority, "certificate_expiry", None)
+        if expiry is not None:
+            family = GaugeMetricFamily(
+                "planty_cert_expiry_timestamp_seconds",
+                "End of validity of the MQTT server's certificates (server renewed 30 days "
+                "ahead while running; ca: rotate by hand)",
+                labels=["cert"],
+            )
+            for name, end in sorted(expiry().items()):
+                family.add_metric([name], end)
+            yield family
 
     def _queue(self) -> Iterator[Metric]:
         """Command outbox depth and event-log lag (issue 3's services, when running)."""

@@ -31,12 +31,16 @@ class Readiness:
     ready: bool
     reasons: list[str] = field(default_factory=list)
     failing: dict[str, bool] = field(default_factory=dict)  # check -> failing now
+    # Not a reason to route traffic away, but an operator must act (a certificate that
+    # ends within 30 days).
+    warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "ready": self.ready,
             "reasons": self.reasons,
             "checks": {name: not bad for name, bad in self.failing.items()},
+            "warnings": self.warnings,
         }
 
 
@@ -96,4 +100,6 @@ class HealthService:
                     f"({loop.last_error}); restarting"
                 )
         flat = [r for name in CHECKS for r in reasons[name]]
-        return Readiness(not flat, flat, {name: bool(reasons[name]) for name in CHECKS})
+        warn = getattr(svc.authority, "expiry_warnings", None)
+        warnings = list(warn()) if warn is not None else []
+        return Readiness(not flat, flat, {name: bool(reasons[name]) for name in CHECKS}, warnings)

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from planty_broker.app import Gateway
+from planty_broker.mqttserver.pki import cert_expiry
 from tests.integration.core.conftest import gateway_settings, running_gateway
 from tests.integration.stats.conftest import ADMIN, connect, eventually, register
 
@@ -190,3 +191,16 @@ async def test_gateway_without_statistics(tmp_path) -> None:
         assert not any(name.startswith("planty_device_errors") for name, _ in m)
         page = await api.get("/dashboard/fragments/fleet")
         assert page.status_code == 200 and creds["id"] in page.text
+
+
+async def test_certificate_expiry_is_exported_and_readiness_warns_of_none(
+    api: httpx.AsyncClient, gateway: Gateway
+) -> None:
+    m = await scrape(api)
+    server = m[("planty_cert_expiry_timestamp_seconds", (("cert", "server"),))]
+    ca = m[("planty_cert_expiry_timestamp_seconds", (("cert", "ca"),))]
+    pki = gateway.authority.supervisor.pki  # type: ignore[union-attr]
+    assert server == cert_expiry(pki.cert_path).timestamp()  # type: ignore[union-attr]
+    assert ca == cert_expiry(pki.ca_cert_path).timestamp()  # type: ignore[union-attr]
+    ready = (await api.get("/readyz")).json()
+    assert ready["warnings"] == []  # fresh certificates: nothing to warn about

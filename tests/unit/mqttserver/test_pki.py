@@ -13,7 +13,12 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from planty_broker.mqttserver.errors import PkiError
-from planty_broker.mqttserver.pki import ensure_pki, issue_client_cert
+from planty_broker.mqttserver.pki import (
+    cert_expiry,
+    ensure_pki,
+    issue_client_cert,
+    renew_server_if_due,
+)
 
 
 def load(path: Path) -> x509.Certificate:
@@ -102,3 +107,28 @@ def test_client_certificate_can_be_issued_already_expired(tmp_path: Path) -> Non
     assert x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc < datetime.now(UTC)
     with pytest.raises(ValueError, match="days"):
         issue_client_cert(pki, "x", days=0)
+
+
+def test_the_server_certificate_is_renewed_30_days_ahead_on_the_injected_clock(
+    tmp_path: Path,
+) -> None:
+    start = datetime.now(UTC).replace(microsecond=0)  # a base only: all below is relative
+    pki = ensure_pki(tmp_path / "pki", ["gw.example"], now=start)
+    first = load(pki.cert_path)
+    assert first.not_valid_after_utc - start == timedelta(days=825) - timedelta(hours=1)
+    assert mode_of(pki.directory) == 0o700
+    assert not renew_server_if_due(pki, start + timedelta(days=790))  # 34 days left
+    assert load(pki.cert_path).serial_number == first.serial_number
+    later = start + timedelta(days=800)  # 24 days left: renewed
+    assert renew_server_if_due(pki, later)
+    second = load(pki.cert_path)
+    assert second.serial_number != first.serial_number
+    assert second.not_valid_before_utc == later - timedelta(hours=1)
+    assert sans(second) == sans(first)
+    second.verify_directly_issued_by(load(pki.ca_cert_path))
+    assert cert_expiry(pki.cert_path) == second.not_valid_after_utc
+    assert not renew_server_if_due(pki, later)  # once
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
