@@ -100,6 +100,6 @@ class HealthService:
                     f"({loop.last_error}); restarting"
                 )
         flat = [r for name in CHECKS for r in reasons[name]]
-        warn = getattr(svc.authority, "expiry_warnings", None)
+        warn = getattr(getattr(svc, "authority", None), "expiry_warnings", None)
         warnings = list(warn()) if warn is not None else []
         return Readiness(not flat, flat, {name: bool(reasons[name]) for name in CHECKS}, warnings)

@@ -89,10 +89,11 @@ def create_api(
         """Readiness without authentication (for orchestrators, docs/operations.md): 200 when
         the gateway does its job; 503 with `reasons` when the store has failed to commit for
         `health.store_failing_s`, ingest is stuck, the MQTT link is down or a background
-        loop died."""
+        loop died. `warnings` lists what needs an operator without stopping the gateway (a
+        certificate ending within 30 days)."""
         health = svc.health
         if health is None:
-            return JSONResponse({"ready": True, "reasons": [], "checks": {}})
+            return JSONResponse({"ready": True, "reasons": [], "checks": {}, "warnings": []})
         r = health.readiness()
         return JSONResponse(r.as_json(), 200 if r.ready else 503)
 
