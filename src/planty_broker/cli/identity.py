@@ -280,6 +280,49 @@ def cert(
     )
 
 
+claim_secret_app = typer.Typer(
+    help="The factory claim secret: rotate it with an overlap (docs/security.md).",
+    no_args_is_help=True,
+)
+devices_app.add_typer(claim_secret_app, name="claim-secret")
+
+
+@claim_secret_app.command("rotate")
+def claim_secret_rotate(
+    overlap: Annotated[
+        str, typer.Option("--overlap", help="the previous secret stays accepted this long")
+    ] = "7d",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """A new claim secret for firmware flashed from now on; the previous one keeps working
+    on its own claim usernames during the overlap. Prints the new secret once."""
+    data = client(config, data_dir, url).call(
+        "POST", "/provisioning/claim-secret/rotate", json={"overlap_s": parse_duration(overlap)}
+    )
+    _json(data)
+    prev = data.get("previous")
+    console.print(
+        f"new claim secret: flash it with usernames {data['claim_usernames']}"
+        + (
+            f"; the previous one works on {prev['claim_usernames']} until {prev['until']}"
+            if prev
+            else "; the previous one is refused now"
+        ),
+        highlight=False,
+    )
+
+
+@claim_secret_app.command("end-overlap")
+def claim_secret_end_overlap(
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, url: UrlOpt = None
+) -> None:
+    """Refuse the previous claim secret now (before its overlap ends)."""
+    client(config, data_dir, url).call("DELETE", "/provisioning/claim-secret/previous")
+    console.print("the previous claim secret is refused from now on")
+
+
 @devices_app.command("claim-credential")
 def claim_credential(
     config: ConfigOpt = None, data_dir: DataDirOpt = None, url: UrlOpt = None

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from planty_broker.mqttserver.atomic import load_or_create_secret
+from planty_broker.mqttserver.atomic import load_or_create_secret, write_atomic
 from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
 from planty_broker.mqttserver.login_watch import LoginAccepted, LoginLogParser, LogTail
 from planty_broker.mqttserver.passwords import hash_token, new_token, verify_token
@@ -51,6 +51,8 @@ from planty_broker.ports.device_authority import (
 log = logging.getLogger("planty_broker.mqttserver")
 
 CLAIM_SECRET_FILE = "mqtt-claim.secret"  # noqa: S105 - a file name
+# The claim secret before the last rotation, accepted until the overlap ends (0600).
+PREVIOUS_CLAIM_SECRET_FILE = "mqtt-claim.previous.secret"  # noqa: S105 - a file name
 KICK_TIMEOUT_S = 5.0
 
 
@@ -88,6 +90,7 @@ class MosquittoAuthority:
         self._tail: LogTail | None = None
         self._parser = LoginLogParser()
         self._claim_secret: str | None = None
+        self._previous_claim_secret: str | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -95,6 +98,9 @@ class MosquittoAuthority:
         self._layout.data_dir.mkdir(parents=True, exist_ok=True)
         self._layout = layout = await asyncio.to_thread(resolve_ports, self._layout)
         self._claim_secret = load_or_create_secret(layout.data_dir / CLAIM_SECRET_FILE)
+        previous = layout.data_dir / PREVIOUS_CLAIM_SECRET_FILE
+        if previous.exists():
+            self._previous_claim_secret = load_or_create_secret(previous)
         wanted = self._source()
         accounts = [MqttAccount(a.username, "", a.grants) for a in wanted.accounts]
 
@@ -158,6 +164,27 @@ class MosquittoAuthority:
         return self._claim_secret
 
     @property
+    def previous_claim_secret(self) -> str | None:
+        """The claim secret before the last rotation, while its overlap lasts."""
+        return self._previous_claim_secret
+
+    def rotate_claim_secret(self) -> str:
+        """A new claim secret; the current one becomes the previous one (both kept 0600)."""
+        data_dir = self._layout.data_dir
+        new = new_token()
+        if self._claim_secret:
+            write_atomic(data_dir / PREVIOUS_CLAIM_SECRET_FILE, self._claim_secret + "\n")
+            self._previous_claim_secret = self._claim_secret
+        write_atomic(data_dir / CLAIM_SECRET_FILE, new + "\n")
+        self._claim_secret = new
+        return new
+
+    def end_claim_overlap(self) -> None:
+        """The previous claim secret is refused from now on (its file removed)."""
+        self._previous_claim_secret = None
+        (self._layout.data_dir / PREVIOUS_CLAIM_SECRET_FILE).unlink(missing_ok=True)
+
+    @property
     def restarts(self) -> int | None:
         return self._supervisor.restarts if self._supervisor is not None else 0
 
@@ -186,9 +213,16 @@ class MosquittoAuthority:
         await self._apply()
 
     async def kick(self, username: str) -> None:
-        secret = self._claim_secret
         known = self._users(self._source()).get(username)
-        if secret and known and verify_token(secret, known):
+        secret = next(
+            (
+                s
+                for s in (self._claim_secret, self._previous_claim_secret)
+                if s and known and verify_token(s, known)
+            ),
+            None,
+        )
+        if secret and known:
             if self._wanted() != self._applied:
                 await self.apply()
             await self._take_over(username, secret)

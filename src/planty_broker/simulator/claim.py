@@ -59,6 +59,7 @@ class ClaimCredentials:
     password: str = field(repr=False)
     slots: int = 64
     prefix: str = DEFAULT_PREFIX
+    first_slot: int = 0  # claim-credential's `first_slot` (it moves at a claim secret rotation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +145,7 @@ async def claim(identity: FactoryIdentity, give_up_s: float = 60.0) -> DeviceCre
     attempt = 0
     while loop.time() < deadline:
         attempt += 1
-        slot = claim_slot_name(rng.randrange(c.slots))
+        slot = claim_slot_name(c.first_slot + rng.randrange(c.slots))
         try:
             reply = await _Attempt(slot, c.password, request, c.prefix).run(
                 c.host, c.port, tls, identity.attempt_timeout_s

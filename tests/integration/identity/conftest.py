@@ -80,6 +80,7 @@ async def claim_credentials(admin: httpx.AsyncClient) -> ClaimCredentials:
         ca_pem=m["ca_pem"],
         password=data["password"],
         slots=data["slots"],
+        first_slot=data["first_slot"],
     )
 
 

@@ -96,6 +96,16 @@ class Rotation(BaseModel):
     )
 
 
+class ClaimSecretRotation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    overlap_s: float = Field(
+        default=7 * 86400,
+        ge=0,
+        le=366 * 86400,
+        description="how long the previous claim secret stays accepted (default 7 days)",
+    )
+
+
 class Window(BaseModel):
     model_config = ConfigDict(extra="forbid")
     duration_s: float | None = Field(
@@ -175,11 +185,22 @@ async def refused_logins(svc: SvcDep) -> dict[str, Any]:
 # ---------------------------------------------------------------- provisioning by claim
 
 
+def _usernames(first: int, slots: int) -> str:
+    return f"{CLAIM_SLOT_PREFIX}{first} .. {CLAIM_SLOT_PREFIX}{first + slots - 1}"
+
+
+def _previous_json(prov: ProvisioningService) -> dict[str, Any] | None:
+    previous = prov.previous_claim
+    if previous is None:
+        return None
+    return {"claim_usernames": _usernames(previous[0], prov.slots), "until": iso(previous[1])}
+
+
 def _window_json(prov: ProvisioningService) -> dict[str, Any]:
     return {
         "window_open": prov.window_open,
         "until": iso(prov.window_until_ms),
-        "claim_usernames": f"{CLAIM_SLOT_PREFIX}0 .. {CLAIM_SLOT_PREFIX}{prov.slots - 1}",
+        "claim_usernames": _usernames(prov.first_slot, prov.slots),
         "claims": prov.claims,
         "refused": prov.refused,
     }
@@ -220,8 +241,10 @@ async def claim_credential(svc: SvcDep) -> dict[str, Any]:
     host, token_port, x509_port = e.host, e.port, e.x509_port
     return {
         "username_prefix": CLAIM_SLOT_PREFIX,
+        "first_slot": prov.first_slot,
         "slots": prov.slots,
         "password": prov.claim_secret,
+        "previous": _previous_json(prov),
         "mqtt": {
             "host": host,
             "port": token_port,
@@ -234,3 +257,31 @@ async def claim_credential(svc: SvcDep) -> dict[str, Any]:
             "reply": f"{svc.topics.prefix}/provision/<username>/reply",
         },
     }
+
+
+@router.post("/provisioning/claim-secret/rotate", dependencies=[AdminOnly])
+async def rotate_claim_secret(body: ClaimSecretRotation, svc: SvcDep) -> dict[str, Any]:
+    """A new claim secret for factory firmware from now on, on the other half of the claim
+    slots; the previous one stays accepted on its own slots for `overlap_s` (docs/security.md).
+    The answer holds the new secret (also in claim-credential)."""
+    prov = provisioning_of(svc)
+    try:
+        secret = await prov.rotate_claim_secret(body.overlap_s)
+    except ProvisioningError as exc:
+        raise ApiError(409, "unavailable", str(exc)) from None
+    return {
+        "password": secret,
+        "username_prefix": CLAIM_SLOT_PREFIX,
+        "first_slot": prov.first_slot,
+        "slots": prov.slots,
+        "claim_usernames": _usernames(prov.first_slot, prov.slots),
+        "previous": _previous_json(prov),
+    }
+
+
+@router.delete("/provisioning/claim-secret/previous", dependencies=[AdminOnly])
+async def end_claim_overlap(svc: SvcDep) -> dict[str, Any]:
+    """End a claim secret rotation's overlap now: the previous claim secret is refused."""
+    prov = provisioning_of(svc)
+    await prov.end_claim_overlap()
+    return {"previous": None}

@@ -37,6 +37,7 @@ from planty_broker.errors import CredentialError, MqttServerError
 from planty_broker.ports.device_authority import Account, AclGrant, DeviceAuthority
 from planty_broker.ports.store import Store
 from planty_broker.protocol import (
+    CLAIM_SLOT_PREFIX,
     ClaimReply,
     ClaimRequest,
     ProtocolError,
@@ -55,6 +56,8 @@ from planty_broker.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 _META_KEY = "provisioning.window_until_ms"
+# The claim secret's generation: {"first_slot", "previous_first_slot", "previous_until_ms"}.
+_ROTATION_KEY = "provisioning.claim_rotation"
 REPLY_CACHE_S = 300.0
 _REPLY_CACHE_MAX = 1000
 K = CredentialEventKind
@@ -104,6 +107,11 @@ class ProvisioningService:
         self._gate = asyncio.Semaphore(4)
         self.claims = 0
         self.refused = 0
+        # Slots of the current claim secret start here (0 or `slots`: a rotation moves the
+        # new secret to the other half, so the previous one keeps its own usernames).
+        self.first_slot = 0
+        self._previous: tuple[int, int] | None = None  # (first slot, overlap end ms)
+        self._previous_hash: tuple[str, str] | None = None
         credentials.extra_accounts.append(self.accounts)
 
     # ------------------------------------------------------------ MQTT server view
@@ -114,18 +122,102 @@ class ProvisioningService:
         return self._authority.claim_secret
 
     def accounts(self) -> list[Account]:
-        """The claim slots: their grants always; the claim secret only while open."""
+        """The claim slots: their grants always; the claim secret only while open (and the
+        previous claim secret on its own slots while a rotation's overlap lasts)."""
         verifier = self._claim_verifier() if self.window_open else ""
+        previous = self.previous_claim
+        old = self._previous_verifier() if self.window_open and previous else ""
         out = []
-        for n in range(self.slots):
+        for n in range(2 * self.slots):
             slot = claim_slot_name(n)
+            if self.first_slot <= n < self.first_slot + self.slots:
+                password = verifier
+            elif previous is not None and previous[0] <= n < previous[0] + self.slots:
+                password = old
+            else:
+                password = ""
             grants = (
                 AclGrant("deny", f"{self._prefix}/devices/#"),
                 AclGrant("write", provision_topic(self._prefix, slot, "request")),
                 AclGrant("read", provision_topic(self._prefix, slot, "reply")),
             )
-            out.append(Account(slot, grants, verifier))
+            out.append(Account(slot, grants, password))
         return out
+
+    @property
+    def previous_claim(self) -> tuple[int, int] | None:
+        """(first slot, overlap end ms) of the previous claim secret while it is accepted."""
+        p = self._previous
+        if p is None or self._clock() >= p[1]:
+            return None
+        return p
+
+    def _previous_verifier(self) -> str:
+        secret = getattr(self._authority, "previous_claim_secret", None)
+        if not secret:
+            return ""
+        if self._previous_hash is None or self._previous_hash[0] != secret:
+            self._previous_hash = (secret, self._authority.hash_secret(secret))
+        return self._previous_hash[1]
+
+    async def rotate_claim_secret(self, overlap_s: float) -> str:
+        """A new claim secret on the other half of the slots; the current one stays accepted
+        on its own slots for `overlap_s` (factory firmware flashed before keeps claiming).
+        Returns the new secret (shown once to the operator)."""
+        rotate = getattr(self._authority, "rotate_claim_secret", None)
+        if rotate is None or self.claim_secret is None:
+            raise ProvisioningError("rotating the claim secret needs the supervised Mosquitto")
+        if not 0 <= overlap_s <= 366 * 86400:
+            raise ProvisioningError("the overlap must be 0 s to 366 days")
+        if self.previous_claim is not None:
+            raise ProvisioningError(
+                "a claim secret rotation is still in its overlap; end it first "
+                "(planty devices claim-secret end-overlap)"
+            )
+        new: str = rotate()
+        until = self._clock() + int(overlap_s * 1000)
+        self._previous = (self.first_slot, until) if overlap_s > 0 else None
+        self.first_slot = self.slots - self.first_slot
+        await self._save_rotation()
+        if self._previous is None:
+            self._authority.end_claim_overlap()  # type: ignore[attr-defined]
+        await self._authority.apply()
+        log.info(
+            "claim secret rotated: slots %d..%d take the new one; the previous one is accepted "
+            "on its slots until %d",
+            self.first_slot,
+            self.first_slot + self.slots - 1,
+            until,
+        )
+        return new
+
+    async def end_claim_overlap(self) -> None:
+        """Refuse the previous claim secret from now on."""
+        self._previous = None
+        end = getattr(self._authority, "end_claim_overlap", None)
+        if end is not None:
+            end()
+        await self._save_rotation()
+        await self._authority.apply()
+
+    async def _save_rotation(self) -> None:
+        p = self._previous
+        await self._meta.set_meta(
+            _ROTATION_KEY,
+            {
+                "first_slot": self.first_slot,
+                "previous_first_slot": p[0] if p else None,
+                "previous_until_ms": p[1] if p else None,
+            },
+        )
+
+    def slot_live(self, slot: str) -> bool:
+        """True if `slot` belongs to the current claim secret or to the previous one."""
+        n = int(slot.removeprefix(CLAIM_SLOT_PREFIX))
+        if self.first_slot <= n < self.first_slot + self.slots:
+            return True
+        p = self.previous_claim
+        return p is not None and p[0] <= n < p[0] + self.slots
 
     def _claim_verifier(self) -> str:
         secret = self.claim_secret
@@ -149,6 +241,16 @@ class ProvisioningService:
         until = await self._meta.get_meta(_META_KEY)
         if isinstance(until, int) and until > self._clock():
             self._until_ms = until
+        rotation = await self._meta.get_meta(_ROTATION_KEY)
+        if isinstance(rotation, dict):
+            first = rotation.get("first_slot")
+            self.first_slot = first if first in (0, self.slots) else 0
+            p_first, p_until = (
+                rotation.get("previous_first_slot"),
+                rotation.get("previous_until_ms"),
+            )
+            if isinstance(p_first, int) and isinstance(p_until, int):
+                self._previous = (p_first, p_until)
         self._spawn(self._closer(), "claim-window")
 
     async def stop(self) -> None:
@@ -186,6 +288,9 @@ class ProvisioningService:
             await asyncio.sleep(0.5)
             if self._until_ms is not None and self._clock() >= self._until_ms:
                 await self.close_window()
+            if self._previous is not None and self._clock() >= self._previous[1]:
+                log.info("claim secret overlap over: the previous claim secret is refused")
+                await self.end_claim_overlap()
 
     # ------------------------------------------------------------ requests
 
@@ -195,7 +300,7 @@ class ProvisioningService:
     def handle(self, topic: str, payload: bytes) -> None:
         """A message on a provisioning topic (the MQTT link hands them here, not to ingest)."""
         slot = parse_provision_topic(self._prefix, topic)
-        if slot is None:
+        if slot is None or not self.slot_live(slot):
             return
         self._spawn(self._serve(slot, payload), "claim-request")
 
