@@ -323,6 +323,48 @@ def claim_secret_end_overlap(
     console.print("the previous claim secret is refused from now on")
 
 
+pki_app = typer.Typer(
+    help="The broker's CA: rotate it with an overlap in which devices trust both CAs.",
+    no_args_is_help=True,
+)
+
+
+@pki_app.command("status")
+def pki_status(config: ConfigOpt = None, data_dir: DataDirOpt = None, url: UrlOpt = None) -> None:
+    """The CA rotation phase and when each certificate ends."""
+    _json(client(config, data_dir, url).call("GET", "/pki"))
+
+
+@pki_app.command("rotate-ca")
+def pki_rotate_ca(
+    step: Annotated[
+        str,
+        typer.Argument(
+            help="start (a new CA, trusted beside the old one), switch (the new CA signs; "
+            "only once every device has the new bundle), finish (the old CA is dropped)"
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write the CA bundle devices need here")
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """One step of a CA rotation (docs/security.md)."""
+    data = client(config, data_dir, url).call("POST", "/pki/rotate-ca", json={"step": step})
+    if out is not None:
+        out.write_text(data["ca_pem"])
+    hint = {
+        "overlap": "give every device the new CA bundle (planty devices ca), then: "
+        "planty pki rotate-ca switch",
+        "switched": "the new CA signs; once no device needs the old one: "
+        "planty pki rotate-ca finish",
+        "none": "done: devices trust the new CA only",
+    }[data["phase"]]
+    console.print(f"CA rotation phase {data['phase']}: {hint}", highlight=False)
+
+
 @devices_app.command("claim-credential")
 def claim_credential(
     config: ConfigOpt = None, data_dir: DataDirOpt = None, url: UrlOpt = None

@@ -20,7 +20,7 @@ from planty_broker.cli.commands import commands_app, events_app
 from planty_broker.cli.dead_letters import dead_letters_app
 from planty_broker.cli.devices import devices_app
 from planty_broker.cli.firmware import firmware_app
-from planty_broker.cli.identity import tokens_app
+from planty_broker.cli.identity import pki_app, tokens_app
 from planty_broker.cli.rules import rules_app
 
 app = typer.Typer(
@@ -141,6 +141,7 @@ def simulate(
 
 # The command groups, each in its own module.
 app.add_typer(devices_app, name="devices")
+app.add_typer(pki_app, name="pki")
 app.add_typer(commands_app, name="commands")
 app.add_typer(events_app, name="events")
 app.add_typer(tokens_app, name="tokens")

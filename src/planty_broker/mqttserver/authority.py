@@ -141,6 +141,13 @@ class MosquittoAuthority:
         """Server certificate and CA expiry, unix seconds (/metrics)."""
         return self._supervisor.certificate_expiry() if self._supervisor is not None else {}
 
+    async def rotate_ca(self, step: str) -> str:
+        """One step of a CA rotation (docs/security.md); returns the phase now."""
+        return await self.supervisor.rotate_ca(step)
+
+    def ca_rotation_phase(self) -> str:
+        return self.supervisor.pki.ca_rotation_phase()
+
     def expiry_warnings(self) -> list[str]:
         """Certificates ending within 30 days (readiness warnings, the log)."""
         return self._supervisor.expiry_warnings() if self._supervisor is not None else []

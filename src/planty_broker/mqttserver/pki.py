@@ -48,8 +48,33 @@ class Pki:
     hostnames: tuple[str, ...]
 
     def ca_pem(self) -> str:
-        """The CA certificate devices must trust, PEM text."""
-        return self.ca_cert_path.read_text()
+        """The CA certificates devices must trust, PEM text: the CA, and during a CA rotation
+        also the other one (the new CA before the switch, the old one after it)."""
+        return "".join(path.read_text() for path in self.trusted_ca_paths())
+
+    def trusted_ca_paths(self) -> list[Path]:
+        """ca.pem first, then ca-next.pem or ca-previous.pem while a rotation is under way."""
+        extra = [p for p in (self.next_ca_paths[0], self.previous_ca_paths[0]) if p.exists()]
+        return [self.ca_cert_path, *extra]
+
+    @property
+    def next_ca_paths(self) -> tuple[Path, Path]:
+        """The new CA of a rotation before the switch (trusted, not yet signing)."""
+        return self.directory / "ca-next.pem", self.directory / "ca-next.key"
+
+    @property
+    def previous_ca_paths(self) -> tuple[Path, Path]:
+        """The old CA of a rotation after the switch (trusted, signing nothing new)."""
+        return self.directory / "ca-previous.pem", self.directory / "ca-previous.key"
+
+    def ca_rotation_phase(self) -> str:
+        """`none`, `overlap` (devices get old + new CA; the old one still signs) or
+        `switched` (the new CA signs; the old one still trusted until `finish`)."""
+        if self.next_ca_paths[0].exists():
+            return "overlap"
+        if self.previous_ca_paths[0].exists():
+            return "switched"
+        return "none"
 
 
 def ensure_pki(directory: Path, hostnames: Sequence[str], now: datetime | None = None) -> Pki:
@@ -69,9 +94,63 @@ def ensure_pki(directory: Path, hostnames: Sequence[str], now: datetime | None =
         hostnames=tuple(str(e) for e in wanted),
     )
     _ensure_ca(pki)
+    _recover_ca_switch(pki)
     _own_keys(pki)
     renew_server_if_due(pki, now)
     return pki
+
+
+# ---------------------------------------------------------------- CA rotation (docs/security.md)
+
+
+def start_ca_rotation(pki: Pki) -> None:
+    """Make the new CA (`ca-next`): trusted from now on beside the current one, signing
+    nothing yet. Devices must get the new bundle (`Pki.ca_pem()`) before `switch_ca`."""
+    phase = pki.ca_rotation_phase()
+    if phase != "none":
+        raise PkiError(
+            f"a CA rotation is under way (phase {phase}): "
+            + ("switch to the new CA first" if phase == "overlap" else "finish it first")
+        )
+    _new_ca(*pki.next_ca_paths)
+
+
+def switch_ca(pki: Pki, now: datetime | None = None) -> None:
+    """The new CA signs from now on (the server certificate, new device certificates); the
+    old one stays trusted (`ca-previous`) until `finish_ca_rotation`."""
+    if pki.ca_rotation_phase() != "overlap":
+        raise PkiError("no new CA to switch to: start a CA rotation first")
+    next_cert, next_key = pki.next_ca_paths
+    prev_cert, prev_key = pki.previous_ca_paths
+    # Copies first: a crash anywhere leaves a state `_recover_ca_switch` completes.
+    write_atomic(prev_key, pki.ca_key_path.read_bytes(), mode=0o600)
+    write_atomic(prev_cert, pki.ca_cert_path.read_bytes(), mode=0o644)
+    write_atomic(pki.ca_key_path, next_key.read_bytes(), mode=0o600)
+    write_atomic(pki.ca_cert_path, next_cert.read_bytes(), mode=0o644)
+    next_cert.unlink()
+    next_key.unlink()
+    renew_server_if_due(pki, now)  # not signed by the current CA: re-issued by the new one
+
+
+def finish_ca_rotation(pki: Pki) -> None:
+    """Trust only the new CA: certificates signed by the old one are refused from now on."""
+    if pki.ca_rotation_phase() != "switched":
+        raise PkiError("no old CA to retire: switch to the new CA first")
+    for path in pki.previous_ca_paths:
+        path.unlink(missing_ok=True)
+
+
+def _recover_ca_switch(pki: Pki) -> None:
+    next_cert, next_key = pki.next_ca_paths
+    prev_cert, prev_key = pki.previous_ca_paths
+    if not (next_cert.exists() and prev_cert.exists()):
+        return
+    if pki.ca_cert_path.read_bytes() == next_cert.read_bytes():  # the switch was done
+        next_cert.unlink()
+        next_key.unlink(missing_ok=True)
+    else:  # it had not begun replacing ca.pem: back to the overlap
+        prev_cert.unlink()
+        prev_key.unlink(missing_ok=True)
 
 
 def renew_server_if_due(pki: Pki, now: datetime | None = None) -> bool:
@@ -124,7 +203,17 @@ def build_crl(pki: Pki, serials: Iterable[int]) -> str:
     Valid for as long as the CA: OpenSSL refuses every certificate once a CRL's
     next-update time has passed, so the list must never expire on its own.
     """
-    ca_cert, ca_key = _load_ca(pki)
+    serials = sorted(set(serials))
+    crls = [_crl(*_load_ca(pki), serials)]
+    prev_cert, prev_key = pki.previous_ca_paths
+    if prev_cert.exists() and prev_key.exists():  # its device certificates are still served
+        crls.append(_crl(*_load_ca_files(prev_cert, prev_key), serials))
+    return "".join(crls)
+
+
+def _crl(
+    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, serials: Iterable[int]
+) -> str:
     now = datetime.now(UTC)
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -182,6 +271,10 @@ def _ensure_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
             f"pki: {present} exists but {missing} is missing; restore it from a backup, "
             f"or delete {present} to create a new CA (every device must then get the new ca.pem)"
         )
+    return _new_ca(pki.ca_cert_path, pki.ca_key_path)
+
+
+def _new_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = _name(f"{_ORG} CA {secrets.token_hex(4)}")
     cert = (
@@ -204,19 +297,25 @@ def _ensure_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         .sign(key, hashes.SHA256())
     )
     # Key first: a crash in between leaves "key without cert", which we report, never overwrite.
-    write_atomic(pki.ca_key_path, _key_pem(key), mode=0o600)
-    write_atomic(pki.ca_cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_atomic(key_path, _key_pem(key), mode=0o600)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return cert, key
 
 
 def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    return _load_ca_files(pki.ca_cert_path, pki.ca_key_path)
+
+
+def _load_ca_files(
+    cert_path: Path, key_path: Path
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     try:
-        cert = x509.load_pem_x509_certificate(pki.ca_cert_path.read_bytes())
-        key = serialization.load_pem_private_key(pki.ca_key_path.read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
-        raise PkiError(f"pki: cannot read the CA in {pki.directory}: {exc}") from exc
+        raise PkiError(f"pki: cannot read the CA in {cert_path.parent}: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
-        raise PkiError(f"pki: {pki.ca_key_path} does not belong to {pki.ca_cert_path}")
+        raise PkiError(f"pki: {key_path} does not belong to {cert_path}")
     return cert, key
 
 
@@ -279,7 +378,7 @@ def _issue_server(
 
 def _own_keys(pki: Pki) -> None:
     """Private keys 0600 and ours (an older version handed server.key to `mosquitto`)."""
-    for path in (pki.ca_key_path, pki.key_path):
+    for path in (pki.ca_key_path, pki.key_path, pki.next_ca_paths[1], pki.previous_ca_paths[1]):
         try:
             st = path.stat()
         except FileNotFoundError:

@@ -45,7 +45,10 @@ from planty_broker.mqttserver.pki import (
     build_crl,
     cert_expiry,
     ensure_pki,
+    finish_ca_rotation,
     renew_server_if_due,
+    start_ca_rotation,
+    switch_ca,
 )
 from planty_broker.mqttserver.ports import resolve_ports
 from planty_broker.mqttserver.probe import CONNACK_ACCEPTED, mqtt_connect
@@ -298,7 +301,39 @@ class MosquittoSupervisor:
 
     def _cert_files(self) -> dict[str, Path]:
         pki = self.pki
-        return {"server": pki.cert_path, "ca": pki.ca_cert_path}
+        files = {"server": pki.cert_path, "ca": pki.ca_cert_path}
+        for name, (cert, _key) in (
+            ("ca_next", pki.next_ca_paths),
+            ("ca_previous", pki.previous_ca_paths),
+        ):
+            if cert.exists():
+                files[name] = cert
+        return files
+
+    async def rotate_ca(self, step: str) -> str:
+        """One step of a CA rotation (`start`, `switch`, `finish`; docs/security.md), made
+        live: the trusted bundle, the CRLs, and at `switch` the server certificate signed by
+        the new CA, reloaded by Mosquitto. Returns the phase now."""
+        steps = {"start": start_ca_rotation, "switch": switch_ca, "finish": finish_ca_rotation}
+        if step not in steps:
+            raise ValueError(f"step must be one of {', '.join(steps)}, not {step!r}")
+        async with self._lock:
+            pki = self.pki
+            if step == "switch":
+                await asyncio.to_thread(switch_ca, pki, self._clock())
+            else:
+                await asyncio.to_thread(steps[step], pki)
+            self._ca_pem = await asyncio.to_thread(pki.ca_pem)
+            self._crl = None
+            self._new_probe_account()
+            await asyncio.to_thread(self._write_files, self._devices)
+            running = self._running
+            if running is not None:
+                running.signal(signal.SIGHUP)  # re-reads certfile, cafile and crlfile
+                await self._wait_ready(running, f"the CA rotation step {step}")
+        phase = pki.ca_rotation_phase()
+        log.info("CA rotation: %s done, phase %s", step, phase)
+        return phase
 
     async def _renew_loop(self) -> None:
         while True:

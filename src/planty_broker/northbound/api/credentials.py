@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from planty_broker.domain.identity import CredentialKind, DeviceCredential
+from planty_broker.errors import MqttServerError
 from planty_broker.northbound.api.auth import Scope
 from planty_broker.northbound.api.deps import SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
@@ -93,6 +94,14 @@ class Rotation(BaseModel):
     )
     overlap_s: float | None = Field(
         default=None, gt=0, le=30 * 86400, description="the old one works at most this long"
+    )
+
+
+class CaRotationStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    step: Literal["start", "switch", "finish"] = Field(
+        description="start: a new CA, trusted beside the old one; switch: the new CA signs "
+        "(after every device has the bundle); finish: the old CA is no longer trusted"
     )
 
 
@@ -285,3 +294,40 @@ async def end_claim_overlap(svc: SvcDep) -> dict[str, Any]:
     prov = provisioning_of(svc)
     await prov.end_claim_overlap()
     return {"previous": None}
+
+
+# ---------------------------------------------------------------- the CA (docs/security.md)
+
+
+def _pki_json(svc: Services) -> dict[str, Any]:
+    authority: Any = svc.authority
+    phase = getattr(authority, "ca_rotation_phase", None)
+    if phase is None:
+        raise ApiError(409, "unavailable", "the CA belongs to the supervised Mosquitto")
+    expiry = authority.certificate_expiry()
+    return {
+        "phase": phase(),
+        "ca_pem": svc.endpoint.ca_pem,
+        "expires": {name: iso(int(end * 1000)) for name, end in sorted(expiry.items())},
+    }
+
+
+@router.get("/pki", dependencies=[AdminOnly])
+async def pki_state(svc: SvcDep) -> dict[str, Any]:
+    """The CA rotation phase (none, overlap, switched), the CA bundle devices must trust and
+    when each certificate ends."""
+    return _pki_json(svc)
+
+
+@router.post("/pki/rotate-ca", dependencies=[AdminOnly])
+async def rotate_ca(body: CaRotationStep, svc: SvcDep) -> dict[str, Any]:
+    """One step of a CA rotation with an overlap in which devices trust both CAs: `start`,
+    then (every device has the new `ca_pem` bundle) `switch`, then `finish`."""
+    rotate = getattr(svc.authority, "rotate_ca", None)
+    if rotate is None:
+        raise ApiError(409, "unavailable", "the CA belongs to the supervised Mosquitto")
+    try:
+        await rotate(body.step)
+    except MqttServerError as exc:  # a step out of order (PkiError) or a failed reload
+        raise ApiError(409, "conflict", str(exc)) from None
+    return _pki_json(svc)
