@@ -80,7 +80,9 @@ async def test_backup_while_ingest_runs_then_restore_and_start(tmp_path: Path) -
 
         async def pour() -> int:
             seq = 0
-            while not stop.is_set():
+            # At most 9,000: the restored count is compared with one telemetry page (at most
+            # 10,000); a slow `planty backup` under load once let 11,004 in before the snapshot.
+            while not stop.is_set() and seq < 9_000:
                 for _ in range(20):
                     body = {"seq": seq, "readings": {"soil_moisture": 0.5, "t": float(seq)}}
                     dev.publish("telemetry", json.dumps(body).encode())
