@@ -250,6 +250,7 @@ async def test_transient_store_failure_loses_nothing_and_sets_nothing_aside(
             "ready": True,
             "reasons": [],
             "checks": {"store": True, "ingest": True, "mqtt": True, "loops": True},
+            "warnings": [],
         }
         dev = await register(api, "outage-1")
         port.down = True
