@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 from collections.abc import Callable, Iterator
@@ -59,6 +60,8 @@ def remove_mosquitto_fallbacks(under: Path | None = None) -> list[Path]:
         if mine or not data_dir.exists():
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
+    with contextlib.suppress(OSError):  # not empty: another run's folders
+        FALLBACK_ROOT.rmdir()
     return removed
 
 

@@ -87,8 +87,8 @@ def plan_runtime(layout: MosquittoLayout) -> tuple[MosquittoLayout, FileOwner]:
         return layout, owner
     fallback = fallback_directory(layout.data_dir)
     try:
-        FALLBACK_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fallback.mkdir(mode=0o700, exist_ok=True)
+        fallback.mkdir(mode=0o700, parents=True, exist_ok=True)
+        FALLBACK_ROOT.chmod(0o755)  # whatever the umask: `mosquitto` passes through
         marker = fallback / FALLBACK_MARKER
         if not marker.exists():
             marker.write_text(f"{layout.data_dir.resolve()}\n")
