@@ -25,9 +25,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
-from planty_broker.mqttserver.atomic import load_or_create_secret, write_atomic
+from planty_broker.mqttserver import atomic
+from planty_broker.mqttserver.atomic import load_or_create_secret
 from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
 from planty_broker.mqttserver.login_watch import LoginAccepted, LoginLogParser, LogTail
 from planty_broker.mqttserver.passwords import hash_token, new_token, verify_token
@@ -78,7 +79,7 @@ class Coalescer:
 class MosquittoAuthority:
     """The port's Mosquitto adapter (see the module docstring); an async context manager."""
 
-    def __init__(self, layout: MosquittoLayout, **supervisor_options: Any) -> None:
+    def __init__(self, layout: MosquittoLayout, **supervisor_options: float) -> None:
         self._layout = layout
         self._options = supervisor_options
         self._source: AccessSource = DesiredAccess
@@ -180,9 +181,9 @@ class MosquittoAuthority:
         data_dir = self._layout.data_dir
         new = new_token()
         if self._claim_secret:
-            write_atomic(data_dir / PREVIOUS_CLAIM_SECRET_FILE, self._claim_secret + "\n")
+            atomic.write_atomic(data_dir / PREVIOUS_CLAIM_SECRET_FILE, self._claim_secret + "\n")
             self._previous_claim_secret = self._claim_secret
-        write_atomic(data_dir / CLAIM_SECRET_FILE, new + "\n")
+        atomic.write_atomic(data_dir / CLAIM_SECRET_FILE, new + "\n")
         self._claim_secret = new
         return new
 

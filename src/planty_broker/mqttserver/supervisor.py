@@ -80,11 +80,11 @@ class MosquittoSupervisor:
         backoff_max_s: float = 30.0,
         stable_after_s: float = 60.0,
         cert_check_s: float = 3600.0,
-        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._layout = layout
         self._cert_check_s = cert_check_s
-        self._clock = clock or (lambda: datetime.now(UTC))
+        # The clock certificates are checked and issued on (tests set another before entering).
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self._renew_task: asyncio.Task[None] | None = None
         self.certificate_renewals = 0
         self._users_provider = users_provider
@@ -261,7 +261,7 @@ class MosquittoSupervisor:
 
     def expiry_warnings(self) -> list[str]:
         """One line per certificate that ends within `RENEW_BEFORE` (30 days) of the clock."""
-        now = self._clock().timestamp()
+        now = self.clock().timestamp()
         soon = RENEW_BEFORE.total_seconds()
         out = []
         for name, end in sorted(self.certificate_expiry().items()):
@@ -279,7 +279,7 @@ class MosquittoSupervisor:
         """Re-issue the server certificate if it is due, and make Mosquitto serve the new one
         (its copy rewritten, SIGHUP, waited for); True if renewed. Runs every `cert_check_s`
         under the gateway's loop supervisor, so no certificate expires on a running gateway."""
-        now = self._clock()
+        now = self.clock()
         async with self._lock:
             renewed = await asyncio.to_thread(renew_server_if_due, self.pki, now)
             if renewed:
@@ -320,7 +320,7 @@ class MosquittoSupervisor:
         async with self._lock:
             pki = self.pki
             if step == "switch":
-                await asyncio.to_thread(switch_ca, pki, self._clock())
+                await asyncio.to_thread(switch_ca, pki, self.clock())
             else:
                 await asyncio.to_thread(steps[step], pki)
             self._ca_pem = await asyncio.to_thread(pki.ca_pem)
@@ -363,7 +363,7 @@ class MosquittoSupervisor:
         self._layout, self._owner = process.plan_runtime(self._layout)
         layout = self._layout
         process.prepare_directory(layout.directory, self._owner)
-        self._pki = ensure_pki(layout.pki_dir, layout.hostnames, self._clock())
+        self._pki = ensure_pki(layout.pki_dir, layout.hostnames, self.clock())
         self._ca_pem = self._pki.ca_pem()
         self._gateway_password = load_or_create_secret(layout.gateway_secret_path)
         self._accounts = (

@@ -71,9 +71,9 @@ async def data_dir() -> AsyncIterator[Path]:
 async def test_the_running_server_certificate_is_renewed_and_served(data_dir: Path) -> None:
     clock = Clock()
     layout = make_layout(data_dir)
-    async with MosquittoSupervisor(
-        layout, provider({}), cert_check_s=0.1, clock=clock
-    ) as mqtt:
+    supervisor = MosquittoSupervisor(layout, provider({}), cert_check_s=0.1)
+    supervisor.clock = clock
+    async with supervisor as mqtt:
         port = mqtt.layout.port
         first = await served_certificate(port)
         expiry = mqtt.certificate_expiry()
