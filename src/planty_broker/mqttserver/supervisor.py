@@ -27,9 +27,10 @@ from types import TracebackType
 from typing import Self
 
 from planty_broker.backoff import Backoff
+from planty_broker.errors import MqttServerError
 from planty_broker.mqttserver import process
 from planty_broker.mqttserver.atomic import load_or_create_secret
-from planty_broker.mqttserver.errors import MosquittoStartError, PkiError
+from planty_broker.mqttserver.errors import MosquittoStartError
 from planty_broker.mqttserver.files import FileOwner, render_passwords, write_mosquitto_files
 from planty_broker.mqttserver.layout import (
     GATEWAY_USERNAME,
@@ -340,7 +341,7 @@ class MosquittoSupervisor:
             await asyncio.sleep(self._cert_check_s)
             try:
                 await self.renew_certificates()
-            except (OSError, PkiError, MosquittoStartError) as exc:
+            except (OSError, MqttServerError) as exc:  # PkiError, MosquittoStartError
                 log.error(
                     "server certificate renewal failed: %s; next try in %g s",
                     exc,

@@ -87,7 +87,8 @@ class Gateway:
 
     async def add(self, device_id: str) -> str:
         _, token = await self.registry.add(device_id)
-        await self.creds._locked(self.creds._adopt_token, device_id)
+        async with self.creds._lock:  # as the DevicesChanged task does
+            await self.creds._adopt_token(device_id)
         return token
 
     def live_hashes(self, device_id: str) -> set[str]:
@@ -178,7 +179,7 @@ async def test_a_rotated_away_token_never_comes_back(tmp_path: Path) -> None:
 
 
 @settings(
-    max_examples=25,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

@@ -286,18 +286,6 @@ class CredentialService(RotationMixin):
                 )
                 await self._registry.update(device.id, token_hash="")
 
-    async def _ended_token(self, device_id: str, token_hash: str) -> bool:
-        """True if `token_hash` was one of this registration's tokens and has ended."""
-        device = self._registry.get(device_id)
-        since = device.created_at_ms if device is not None else 0
-        return any(
-            c.kind is CredentialKind.TOKEN
-            and c.secret_hash == token_hash
-            and not c.live
-            and c.created_ms >= since
-            for c in await self._store.list_credentials(device_id)
-        )
-
     async def _adopt_existing(self) -> None:
         """Devices registered before credentials were tracked (an upgrade): one row each for
         their current token, written in one transaction, dated at their registration."""
@@ -334,15 +322,6 @@ class CredentialService(RotationMixin):
             c.kind is CredentialKind.TOKEN and c.secret_hash == device.token_hash
             for c in self.credentials_of(device_id)
         ):
-            return
-        if await self._ended_token(device_id, device.token_hash):
-            log.warning(
-                "device %s: refusing a token that was revoked or replaced before",
-                device_id,
-                extra={"device_id": device_id},
-            )
-            await self._set_token_hash(device_id, "")
-            await self._apply()
             return
         origin = self._origin_hint.pop(device_id, CredentialOrigin.OPERATOR)
         for c in self.credentials_of(device_id):  # a token replaced outside this service
