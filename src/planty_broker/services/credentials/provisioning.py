@@ -56,11 +56,11 @@ from planty_broker.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 _META_KEY = "provisioning.window_until_ms"
-# The claim secret's generation: {"first_slot", "previous_first_slot", "previous_until_ms"}.
-_ROTATION_KEY = "provisioning.claim_rotation"
 REPLY_CACHE_S = 300.0
 _REPLY_CACHE_MAX = 1000
 K = CredentialEventKind
+# The claim secret's generation: {"first_slot", "previous_first_slot", "previous_until_ms"}.
+_ROTATION_KEY = "provisioning.claim_rotation"
 
 
 class ProvisioningError(CredentialError):
@@ -100,6 +100,11 @@ class ProvisioningService:
         self._clock = clock
         self._authority = authority
         self._claim_hash: tuple[str, str] | None = None  # (secret, its verifier)
+        # Slots of the current claim secret start here (0 or `slots`: a rotation moves the
+        # new secret to the other half, so the previous one keeps its own usernames).
+        self.first_slot = 0
+        self._previous: tuple[int, int] | None = None  # (first slot, overlap end ms)
+        self._previous_hash: tuple[str, str] | None = None
         self.publish: Publisher | None = None
         self._until_ms: int | None = None
         self._replies: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
@@ -107,11 +112,6 @@ class ProvisioningService:
         self._gate = asyncio.Semaphore(4)
         self.claims = 0
         self.refused = 0
-        # Slots of the current claim secret start here (0 or `slots`: a rotation moves the
-        # new secret to the other half, so the previous one keeps its own usernames).
-        self.first_slot = 0
-        self._previous: tuple[int, int] | None = None  # (first slot, overlap end ms)
-        self._previous_hash: tuple[str, str] | None = None
         credentials.extra_accounts.append(self.accounts)
 
     # ------------------------------------------------------------ MQTT server view
@@ -241,6 +241,10 @@ class ProvisioningService:
         until = await self._meta.get_meta(_META_KEY)
         if isinstance(until, int) and until > self._clock():
             self._until_ms = until
+        self._spawn(self._closer(), "claim-window")
+        await self._load_rotation()
+
+    async def _load_rotation(self) -> None:
         rotation = await self._meta.get_meta(_ROTATION_KEY)
         if isinstance(rotation, dict):
             first = rotation.get("first_slot")
@@ -251,7 +255,6 @@ class ProvisioningService:
             )
             if isinstance(p_first, int) and isinstance(p_until, int):
                 self._previous = (p_first, p_until)
-        self._spawn(self._closer(), "claim-window")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
