@@ -7,8 +7,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from planty_broker import errors
 from planty_broker.domain.identity import CredentialKind, DeviceCredential
-from planty_broker.errors import MqttServerError
 from planty_broker.northbound.api.auth import Scope
 from planty_broker.northbound.api.deps import SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
@@ -194,22 +194,11 @@ async def refused_logins(svc: SvcDep) -> dict[str, Any]:
 # ---------------------------------------------------------------- provisioning by claim
 
 
-def _usernames(first: int, slots: int) -> str:
-    return f"{CLAIM_SLOT_PREFIX}{first} .. {CLAIM_SLOT_PREFIX}{first + slots - 1}"
-
-
-def _previous_json(prov: ProvisioningService) -> dict[str, Any] | None:
-    previous = prov.previous_claim
-    if previous is None:
-        return None
-    return {"claim_usernames": _usernames(previous[0], prov.slots), "until": iso(previous[1])}
-
-
 def _window_json(prov: ProvisioningService) -> dict[str, Any]:
     return {
         "window_open": prov.window_open,
         "until": iso(prov.window_until_ms),
-        "claim_usernames": _usernames(prov.first_slot, prov.slots),
+        "claim_usernames": f"{CLAIM_SLOT_PREFIX}0 .. {CLAIM_SLOT_PREFIX}{prov.slots - 1}",
         "claims": prov.claims,
         "refused": prov.refused,
     }
@@ -328,6 +317,17 @@ async def rotate_ca(body: CaRotationStep, svc: SvcDep) -> dict[str, Any]:
         raise ApiError(409, "unavailable", "the CA belongs to the supervised Mosquitto")
     try:
         await rotate(body.step)
-    except MqttServerError as exc:  # a step out of order (PkiError) or a failed reload
+    except errors.MqttServerError as exc:  # a step out of order (PkiError) or a failed reload
         raise ApiError(409, "conflict", str(exc)) from None
     return _pki_json(svc)
+
+
+def _usernames(first: int, slots: int) -> str:
+    return f"{CLAIM_SLOT_PREFIX}{first} .. {CLAIM_SLOT_PREFIX}{first + slots - 1}"
+
+
+def _previous_json(prov: ProvisioningService) -> dict[str, Any] | None:
+    previous = prov.previous_claim
+    if previous is None:
+        return None
+    return {"claim_usernames": _usernames(previous[0], prov.slots), "until": iso(previous[1])}
