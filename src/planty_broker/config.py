@@ -207,8 +207,12 @@ class PairingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Pairing with a user's account and API tokens (issue 4); docs/security.md."""
 
     code_ttl_s: PositiveFloat = 600.0  # a pairing code is valid this long, and used once
-    max_failures: PositiveInt = 5  # refused claims per client in the window before 429
+    max_failures: PositiveInt = 5  # refused claims per client address in the window before 429
     failure_window_s: PositiveFloat = 60.0
+    # Refused claims for one account in the window; then clients that failed get 429 for it
+    # (a client that has not failed always gets its try: nobody locks the owner out).
+    max_account_failures: PositiveInt = 20
+    clients_max: PositiveInt = 10_000  # addresses / accounts remembered each (oldest forgotten)
     token_last_used_flush_s: PositiveFloat = 30.0  # API token use is written this often
 
 

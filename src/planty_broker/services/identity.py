@@ -68,6 +68,8 @@ class Identity:
             code_ttl_s=p.code_ttl_s,
             max_failures=p.max_failures,
             failure_window_s=p.failure_window_s,
+            max_account_failures=p.max_account_failures,
+            max_clients=p.clients_max,
         )
         self.credentials = CredentialService(
             ident_store,

@@ -105,21 +105,71 @@ async def test_five_wrong_codes_rate_limit_that_client_until_the_window_frees() 
     result = await pairing.claim(code.code, "acc", "10.0.0.10")  # another client is fine
     assert result.pairing.account_id == "acc"
     assert (pairing.failed_claims, pairing.rate_limited) == (5, 1)
-    await pairing.stop()  # refusals are written at once; rate-limited ones (a flood) at stop
+    await pairing.stop()  # the counters are written now and then, and at stop
     assert (await meta.get_meta("pairing.counters")) == {"failed_claims": 5, "rate_limited": 1}
 
 
-async def test_many_clients_together_hit_the_global_limit() -> None:
-    pairing, _, _, clocks = await make()
-    for n in range(20):
+async def test_many_clients_together_never_lock_out_a_clean_one() -> None:
+    """No fleet-wide limit: 100 wrong codes from 100 addresses leave the owner's claim alone."""
+    pairing, _, _, _ = await make()
+    for n in range(100):
         with pytest.raises(InvalidCodeError):
-            await pairing.claim("22222222", "acc", f"10.0.1.{n}")
+            await pairing.claim("22222222", f"acc-{n}", f"10.0.1.{n}")
     code = pairing.current_code()
     assert code is not None
+    assert (await pairing.claim(code.code, "owner", "10.0.2.1")).pairing.account_id == "owner"
+
+
+async def test_an_account_stops_clients_that_failed_for_it_but_not_a_clean_one() -> None:
+    pairing, _, _, clocks = await make()
+    for n in range(20):  # 20 addresses, one wrong code each, for one account: its limit
+        with pytest.raises(InvalidCodeError):
+            await pairing.claim("22222222", "victim", f"10.0.3.{n}")
     with pytest.raises(RateLimitedError):
-        await pairing.claim(code.code, "acc", "10.0.2.1")
+        await pairing.claim("22222222", "victim", "10.0.3.0")  # failed before: stopped
+    with pytest.raises(InvalidCodeError):
+        await pairing.claim("22222222", "other", "10.0.3.0")  # another account: its try
+    with pytest.raises(InvalidCodeError):
+        await pairing.claim("22222222", "victim", "10.0.4.1")  # a clean address: its try
+    code = pairing.current_code()
+    assert code is not None
+    assert (await pairing.claim(code.code, "victim", "10.0.4.2")).pairing.account_id == "victim"
     clocks.advance(61)
-    assert (await pairing.claim(code.code, "acc", "10.0.2.1")).pairing.account_id == "acc"
+    assert pairing.accounts.count("victim") == 0
+
+
+async def test_ipv6_clients_are_limited_by_their_64_network() -> None:
+    pairing, _, _, _ = await make()
+    for n in range(5):  # five addresses of one /64: one client
+        with pytest.raises(InvalidCodeError):
+            await pairing.claim("22222222", "acc", f"2001:db8:1:2::{n + 1}")
+    with pytest.raises(RateLimitedError):
+        await pairing.claim("22222222", "acc", "2001:db8:1:2:ffff::9")
+    with pytest.raises(InvalidCodeError):
+        await pairing.claim("22222222", "acc2", "2001:db8:1:3::1")  # another /64
+
+
+async def test_a_flood_of_wrong_codes_writes_the_counters_only_now_and_then() -> None:
+    pairing, _, meta, clocks = await make()
+    writes = 0
+    set_meta = meta.set_meta
+
+    async def counting(key: str, value: object) -> None:
+        nonlocal writes
+        writes += 1
+        await set_meta(key, value)
+
+    meta.set_meta = counting  # type: ignore[method-assign]
+    for n in range(200):
+        with pytest.raises(InvalidCodeError):
+            await pairing.claim("22222222", f"a{n}", f"10.1.{n // 250}.{n % 250}")
+    assert writes == 1  # the first, then at most every 10 s
+    clocks.advance(10)
+    with pytest.raises(InvalidCodeError):
+        await pairing.claim("22222222", "late", "10.2.0.1")
+    assert writes == 2
+    await pairing.stop()
+    assert (await meta.get_meta("pairing.counters"))["failed_claims"] == 201  # type: ignore[index]
 
 
 def test_people_may_type_the_code_with_spaces_dashes_or_lower_case() -> None:

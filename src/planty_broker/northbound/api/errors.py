@@ -44,9 +44,12 @@ _CODES = {
 def install_error_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        retry = exc.details.get("retry_after_s")
+        if isinstance(retry, int | float):  # 429: when to come back, also as the header
+            headers["Retry-After"] = str(max(1, round(retry)))
         return JSONResponse(
-            error_body(exc.code, exc.message, **exc.details), exc.status, headers=headers
+            error_body(exc.code, exc.message, **exc.details), exc.status, headers=headers or None
         )
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:

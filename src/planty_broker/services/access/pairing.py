@@ -7,13 +7,19 @@ from an alphabet without look-alikes (no 0/O, 1/I/L), valid `code_ttl_s`
 a `server`-scope API token for the account and returns its secret once;
 `unpair()` removes the pairing and revokes that token.
 
-Wrong codes are counted (persisted in the store's meta) and rate-limited per
-client and globally: a client with `max_failures` refused claims in
-`failure_window_s` gets `RateLimitedError` until the window frees, and so does
-everybody after four times as many refusals in the window (against guessing
-from many addresses). The code lives only in this process's memory and is never
-logged; an expired code is told apart from a wrong one so a person knows to
-fetch a fresh one.
+Wrong codes are counted (in the store's meta, written at most every
+`_SAVE_EVERY_S` and at stop: a flood of wrong codes costs the store nothing) and
+limited per client address and per account, never fleet-wide (docs/security.md
+has the arithmetic: 31^8 codes living 10 minutes cannot be guessed at any rate
+the API serves, so a fleet-wide limit would only let an attacker lock the owner
+out). A client with `max_failures` refused claims in `failure_window_s` gets
+`RateLimitedError` until the window frees, even with the right code. An account
+with `max_account_failures` refusals in the window is refused to every client
+that itself failed in the window; a client that has not failed always gets its
+try, so guessing for someone's account never locks that person out. Both maps
+are bounded (`max_clients` keys each, the oldest forgotten). The code lives only
+in this process's memory and is never logged; an expired code is told apart
+from a wrong one so a person knows to fetch a fresh one.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 from planty_broker.domain.identity import ApiToken, Pairing, TokenScope
 from planty_broker.errors import AccessError
 from planty_broker.ports.store import IdentityStore, Store
+from planty_broker.services.access.limits import DEFAULT_MAX_KEYS, FailureLimiter, client_key
 from planty_broker.services.access.tokens import TokenService, UnknownTokenError
 
 log = logging.getLogger(__name__)
@@ -37,8 +44,9 @@ ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # 31 symbols: 31^8 = 8.5e11 codes
 CODE_LENGTH = 8
 MAX_ACCOUNT_ID = 200
 _META_KEY = "pairing.counters"
-_GLOBAL_FACTOR = 4
 _EXPIRED_KEPT = 4
+_SAVE_EVERY_S = 10.0  # the refusal counters are written at most this often (and at stop)
+_NOTICE_FACTOR = 4  # this many times max_failures refused in a window, from all: a warning
 
 
 class PairingError(AccessError):
@@ -117,6 +125,8 @@ class PairingService:
         code_ttl_s: float = 600.0,
         max_failures: int = 5,
         failure_window_s: float = 60.0,
+        max_account_failures: int = 20,
+        max_clients: int = DEFAULT_MAX_KEYS,
         clock: Callable[[], int] = _now_ms,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -124,15 +134,22 @@ class PairingService:
         self._meta = meta
         self._tokens = tokens
         self._ttl_ms = int(code_ttl_s * 1000)
-        self._max_failures = max_failures
         self._window_s = failure_window_s
         self._clock = clock
         self._monotonic = monotonic
         self._pairing: Pairing | None = None
         self._code: PairingCode | None = None
         self._expired: deque[str] = deque(maxlen=_EXPIRED_KEPT)
-        self._failures: dict[str, deque[float]] = {}
-        self._all_failures: deque[float] = deque()
+        self.clients = FailureLimiter(
+            max_failures, failure_window_s, max_keys=max_clients, monotonic=monotonic
+        )
+        self.accounts = FailureLimiter(
+            max_account_failures, failure_window_s, max_keys=max_clients, monotonic=monotonic
+        )
+        self._notice_at = max_failures * _NOTICE_FACTOR
+        self._window_started = monotonic()
+        self._window_failures = 0
+        self._saved_at: float | None = None
         self.failed_claims = 0
         self.rate_limited = 0
 
@@ -172,10 +189,11 @@ class PairingService:
 
     async def claim(self, code: str, account_id: str, client: str = "?") -> ClaimResult:
         """Pair with `account_id` if `code` is the live code; raises a `PairingError` if not."""
-        self._check_rate(client)
         account_id = account_id.strip()
         if not account_id or len(account_id) > MAX_ACCOUNT_ID:
             raise PairingError(f"account_id must be 1..{MAX_ACCOUNT_ID} characters")
+        client = client_key(client)
+        self._check_rate(client, account_id)
         if self._pairing is not None:
             raise AlreadyPairedError(
                 "this broker is already paired; unpair it first (`planty unpair`)"
@@ -185,7 +203,7 @@ class PairingService:
         assert live is not None
         if not hmac.compare_digest(given.encode(), live.code.encode()):
             expired = any(hmac.compare_digest(given.encode(), c.encode()) for c in self._expired)
-            await self._failed(client)
+            await self._failed(client, account_id)
             if expired:
                 raise ExpiredCodeError(
                     "this pairing code has expired; get a fresh one with `planty pair` "
@@ -221,36 +239,36 @@ class PairingService:
 
     # ------------------------------------------------------------ rate limit
 
-    def _prune(self, q: deque[float], now: float) -> None:
-        while q and now - q[0] >= self._window_s:
-            q.popleft()
+    def _check_rate(self, client: str, account: str) -> None:
+        retry = self.clients.retry_after(client)
+        if retry is None and self.clients.count(client):
+            retry = self.accounts.retry_after(account)  # only for clients that failed
+        if retry is not None:
+            self.rate_limited += 1
+            raise RateLimitedError(
+                f"too many wrong pairing codes; try again in {retry:.0f} s", retry
+            )
 
-    def _check_rate(self, client: str) -> None:
-        now = self._monotonic()
-        mine = self._failures.get(client)
-        if mine is not None:
-            self._prune(mine, now)
-            if not mine:
-                del self._failures[client]
-        self._prune(self._all_failures, now)
-        for q, limit in (
-            (mine, self._max_failures),
-            (self._all_failures, self._max_failures * _GLOBAL_FACTOR),
-        ):
-            if q is not None and len(q) >= limit:
-                self.rate_limited += 1
-                retry = max(1.0, self._window_s - (now - q[0]))
-                raise RateLimitedError(
-                    f"too many wrong pairing codes; try again in {retry:.0f} s", retry
-                )
-
-    async def _failed(self, client: str) -> None:
-        now = self._monotonic()
-        self._failures.setdefault(client, deque()).append(now)
-        self._all_failures.append(now)
+    async def _failed(self, client: str, account: str) -> None:
+        self.clients.failed(client)
+        self.accounts.failed(account)
         self.failed_claims += 1
-        log.warning("pairing claim refused from %s (%d refused so far)", client, self.failed_claims)
-        await self._save_counters()
+        now = self._monotonic()
+        if now - self._window_started >= self._window_s:
+            self._window_started, self._window_failures = now, 0
+        self._window_failures += 1
+        if self._window_failures == self._notice_at:  # once per window: guessing, maybe
+            log.warning(
+                "%d wrong pairing codes in %.0f s from %d client(s): someone may be guessing "
+                "(each address and account is limited; see docs/security.md)",
+                self._window_failures,
+                self._window_s,
+                len(self.clients),
+            )
+        log.info("pairing claim refused from %s (%d refused so far)", client, self.failed_claims)
+        if self._saved_at is None or now - self._saved_at >= _SAVE_EVERY_S:
+            self._saved_at = now
+            await self._save_counters()
 
     async def _save_counters(self) -> None:
         await self._meta.set_meta(
