@@ -458,7 +458,12 @@ class Gateway:
 
     async def _start_api(self, svc: Services) -> None:
         s = self.settings
-        authenticator = Authenticator(self.admin_token)
+        authenticator = Authenticator(
+            self.admin_token,
+            max_failures=s.api.auth_max_failures,
+            failure_window_s=s.api.auth_failure_window_s,
+            max_clients=s.api.auth_clients_max,
+        )
         if svc.tokens is not None:
             authenticator.lookups.append(token_lookup(svc.tokens))
         api = create_api(svc, authenticator)

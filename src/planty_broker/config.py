@@ -45,6 +45,11 @@ class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Open HTTP connections and event streams at most; beyond, new requests get 503 at once
     # (each costs memory: a waiting command, an SSE stream).
     max_connections: PositiveInt = 1000
+    # Wrong bearer tokens from one client address in the window; beyond, 429 with Retry-After
+    # (a valid token always passes). IPv6 addresses count by their /64.
+    auth_max_failures: PositiveInt = 20
+    auth_failure_window_s: PositiveFloat = 60.0
+    auth_clients_max: PositiveInt = 10_000  # client addresses remembered (oldest forgotten)
 
 
 class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -75,6 +75,7 @@ class GatewayCollector(Collector):
         self._totals: tuple[float, dict[str, int]] = (-TOTALS_CACHE_S, {})
         self.log_bounds: Any = None  # LogBounds, read by `refresh` before each scrape
         self.consumers: list[Any] = []
+        self.auth: Any = None  # the API's Authenticator (its failure counts), set by the app
 
     def collect(self) -> Iterator[Metric]:
         svc = self._svc
@@ -92,6 +93,7 @@ class GatewayCollector(Collector):
         yield from self._mqtt()
         yield from self._queue()
         yield from self._longrun()
+        yield from self._access()
 
     # ------------------------------------------------------------ parts
 
@@ -403,6 +405,35 @@ class GatewayCollector(Collector):
                 svc.stats.history_trimmed,
             )
 
+    def _access(self) -> Iterator[Metric]:
+        """Refused API tokens, pairing claims and device claims (issue 13, docs/security.md)."""
+        svc = self._svc
+        auth = self.auth
+        if auth is not None:
+            refused = CounterMetricFamily(
+                "planty_api_auth_refused",
+                "Requests with an invalid or revoked bearer token, by answer",
+                labels=["answer"],
+            )
+            refused.add_metric(["unauthorized"], auth.refused)
+            refused.add_metric(["rate_limited"], auth.rate_limited)
+            yield refused
+            yield _gauge(
+                "planty_api_auth_failing_clients",
+                "Client addresses with recent token failures held (api.auth_clients_max)",
+                len(auth.failures),
+            )
+        pairing = svc.pairing
+        if pairing is not None:
+            claims = CounterMetricFamily(
+                "planty_pairing_claims_refused",
+                "Pairing claims refused: wrong or expired code, or rate-limited (429)",
+                labels=["reason"],
+            )
+            claims.add_metric(["wrong_code"], pairing.failed_claims)
+            claims.add_metric(["rate_limited"], pairing.rate_limited)
+            yield claims
+
     async def refresh(self) -> None:
         """Read what only the store knows (event log bounds, consumer cursors) before a scrape."""
         events = self._svc.events
@@ -424,6 +455,7 @@ def metrics_registry(svc: Services) -> tuple[CollectorRegistry, GatewayCollector
 def install_metrics(app: FastAPI, svc: Services, dependencies: Iterable[Any] = ()) -> None:
     """Add `GET /metrics`; `dependencies` holds the auth check unless the token is waived."""
     registry, collector = metrics_registry(svc)
+    collector.auth = getattr(app.state, "authenticator", None)
 
     @app.get(
         "/metrics",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from planty_broker.domain.identity import TokenScope
@@ -99,4 +101,79 @@ async def test_bad_requests_are_refused_with_a_clear_message(name: str, scope: s
     tokens, _ = await service()
     with pytest.raises(InvalidTokenRequestError):
         await tokens.create(name, scope)
+    await tokens.stop()
+
+
+class CallCountingStore(MemoryIdentityStore):
+    """Counts every call of the identity store's token methods."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    async def token_by_digest(self, digest: str):  # type: ignore[no-untyped-def]
+        self.calls.append("token_by_digest")
+        return await super().token_by_digest(digest)
+
+    async def list_tokens(self):  # type: ignore[no-untyped-def]
+        self.calls.append("list_tokens")
+        return await super().list_tokens()
+
+
+async def test_unknown_tokens_are_answered_from_memory_without_the_store() -> None:
+    store = CallCountingStore()
+    tokens, _ = await service(store)
+    _, secret = await tokens.create("known", "read")
+    store.calls.clear()
+    for n in range(1000):
+        assert await tokens.lookup(digest(f"pb_read_wrong{n}")) is None
+    assert await tokens.lookup(digest(secret)) is not None
+    assert store.calls == []
+    await tokens.stop()
+
+
+async def test_tokens_made_or_revoked_by_another_instance_are_seen_at_the_next_reread() -> None:
+    store = MemoryIdentityStore()
+    here, _ = await service(store)
+    there, _ = await service(store)
+    token, secret = await there.create("elsewhere", "server")
+    assert await here.lookup(digest(secret)) is None  # not yet: no store query per miss
+    assert await here.refresh()
+    assert await here.lookup(digest(secret)) is not None
+    await there.revoke(token.id)
+    assert await here.refresh()
+    assert await here.lookup(digest(secret)) is None
+    await here.stop()
+    await there.stop()
+
+
+class SlowListStore(MemoryIdentityStore):
+    """`list_tokens` reads its rows, then waits until released (a slow re-read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.slow = False
+
+    async def list_tokens(self):  # type: ignore[no-untyped-def]
+        rows = await super().list_tokens()
+        if self.slow:
+            await self.release.wait()
+        return rows
+
+
+async def test_a_reread_overlapping_a_revoke_never_brings_the_token_back() -> None:
+    store = SlowListStore()
+    tokens, _ = await service(store)
+    token, secret = await tokens.create("short-lived", "admin")
+    store.slow = True
+    reread = asyncio.create_task(tokens.refresh())  # reads the token as active...
+    await asyncio.sleep(0)
+    await tokens.revoke(token.id)  # ... and it is revoked meanwhile
+    store.release.set()
+    assert await reread is False  # discarded
+    assert await tokens.lookup(digest(secret)) is None
+    store.slow = False
+    assert await tokens.refresh()
+    assert await tokens.lookup(digest(secret)) is None
     await tokens.stop()

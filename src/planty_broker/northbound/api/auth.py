@@ -4,6 +4,12 @@ Tokens are compared by their SHA-256 digest with `hmac.compare_digest`
 (constant time); the plaintext admin token is never kept in memory beyond
 start-up, never logged. Scopes: `admin` (everything), `server` (devices,
 commands, events, rules), `read` (GET only).
+
+Failures are limited per client address (`failures`, a bounded `FailureLimiter`):
+an address past `api.auth_max_failures` wrong tokens in `api.auth_failure_window_s`
+gets 429 with Retry-After instead of 401. A valid token always passes, so a
+misbehaving neighbour behind the same address never locks anybody out. Checking a
+token costs one SHA-256 and a dict lookup: nothing reaches the store.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from planty_broker.services.access.limits import DEFAULT_MAX_KEYS, FailureLimiter
+
 
 class Scope(StrEnum):
     ADMIN = "admin"
@@ -26,10 +34,11 @@ class Scope(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the token's id (or "admin") and its scope."""
+    """Who is calling: the token's id (or "admin"), its scope and its name (for the audit)."""
 
     token_id: str
     scope: Scope
+    name: str = ""
 
 
 def digest(token: str) -> str:
@@ -48,14 +57,24 @@ TokenLookup = Callable[[str], Awaitable[Principal | None]]
 class Authenticator:
     """Checks a bearer token against the admin token and any registered lookups."""
 
-    def __init__(self, admin_token: str) -> None:
+    def __init__(
+        self,
+        admin_token: str,
+        *,
+        max_failures: int = 20,
+        failure_window_s: float = 60.0,
+        max_clients: int = DEFAULT_MAX_KEYS,
+    ) -> None:
         self._admin_digest = digest(admin_token)
         self.lookups: list[TokenLookup] = []
+        self.failures = FailureLimiter(max_failures, failure_window_s, max_keys=max_clients)
+        self.refused = 0  # wrong tokens answered 401
+        self.rate_limited = 0  # wrong tokens answered 429
 
     async def authenticate(self, token: str) -> Principal | None:
         d = digest(token)
         if hmac.compare_digest(d, self._admin_digest):
-            return Principal("admin", Scope.ADMIN)
+            return Principal("admin", Scope.ADMIN, "admin")
         for lookup in self.lookups:
             principal = await lookup(d)
             if principal is not None:

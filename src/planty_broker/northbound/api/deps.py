@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from planty_broker.northbound.api.auth import Authenticator, Principal, Scope
 from planty_broker.northbound.api.errors import ApiError
+from planty_broker.services.access.limits import client_key
 from planty_broker.services.context import Services
 
 _bearer = HTTPBearer(auto_error=False, description="An API token (admin, server or read scope)")
@@ -22,6 +23,11 @@ async def services(request: Request) -> Services:
     """The composed services (async: a sync dependency would cost a thread hop per request)."""
     svc: Services = request.app.state.services
     return svc
+
+
+def client_address(request: Request) -> str:
+    """The caller's address (behind a proxy on this host: from X-Forwarded-For, by uvicorn)."""
+    return request.client.host if request.client else "?"
 
 
 async def principal(
@@ -36,6 +42,18 @@ async def principal(
     auth: Authenticator = request.app.state.authenticator
     who = await auth.authenticate(creds.credentials)
     if who is None:
+        client = client_key(client_address(request))
+        retry = auth.failures.retry_after(client)
+        auth.failures.failed(client)
+        if retry is not None:
+            auth.rate_limited += 1
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"too many invalid tokens from this address; try again in {retry:.0f} s",
+                retry_after_s=round(retry),
+            )
+        auth.refused += 1
         raise ApiError(401, "unauthorized", "invalid or revoked token")
     if who.scope is Scope.READ and request.method not in ("GET", "HEAD", "OPTIONS"):
         raise ApiError(403, "forbidden", "this token has the 'read' scope: it may only GET")

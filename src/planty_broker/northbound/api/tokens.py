@@ -24,7 +24,9 @@ def token_lookup(tokens: TokenService) -> TokenLookup:
 
     async def lookup(digest: str) -> Principal | None:
         token = await tokens.lookup(digest)
-        return None if token is None else Principal(token.id, Scope(token.scope.value))
+        if token is None:
+            return None
+        return Principal(token.id, Scope(token.scope.value), token.name)
 
     return lookup
 

@@ -8,10 +8,17 @@ index in the database) and the stored digest is then compared with
 `hmac.compare_digest`; timing of the dict lookup can reveal at most bits of a
 SHA-256 digest, which say nothing about a token.
 
+Authentication never reaches the store: the digests of every active token are
+held in memory (read at start, so also across a restart) and kept in step with it
+by `create` and `revoke` here, and by re-reading the whole list every
+`recheck_s` (one query whatever the traffic) for tokens created or revoked on
+another instance (PostgreSQL). An unknown token is answered from memory, so a
+flood of wrong tokens costs the store (and the ingest that shares its thread)
+nothing. A re-read that overlaps a create or revoke here is discarded (the next
+one counts), so it can never bring back a token just revoked.
+
 The last-used time is kept in memory on every request and written to the
 store in one batch every `flush_every_s` (and at stop), never per request.
-Tokens created or revoked on another instance (PostgreSQL) are seen at the
-next re-check of a cached token (`recheck_s`) or at once on a cache miss.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from planty_broker.domain.identity import ApiToken, TokenScope
 from planty_broker.errors import AccessError, StoreError
@@ -63,12 +70,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass(slots=True)
-class _Cached:
-    token: ApiToken
-    checked: float  # monotonic time of the last read from the store
-
-
 class TokenService:
     """The API tokens of this gateway (besides the bootstrap admin token)."""
 
@@ -84,24 +85,45 @@ class TokenService:
         self._flush_every_s = flush_every_s
         self._recheck_s = recheck_s
         self._clock = clock
-        self._by_digest: dict[str, _Cached] = {}
+        self._by_digest: dict[str, ApiToken] = {}  # every active token
+        self._changes = 0  # bumped before and after each create/revoke here
         self._last_used: dict[str, int] = {}  # token id -> unix ms, not yet written
-        self._flush_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.refreshes = 0  # re-reads of the whole list that were applied
 
     async def start(self) -> None:
-        now = time.monotonic()
-        for t in await self._store.list_tokens():
-            if t.active:
-                self._by_digest[t.digest] = _Cached(t, now)
-        self._flush_task = spawn("api-token-last-used", self._flush_loop)
+        await self.refresh()
+        self._tasks = [
+            spawn("api-token-last-used", self._flush_loop),
+            spawn("api-token-refresh", self._refresh_loop),
+        ]
 
     async def stop(self) -> None:
-        if self._flush_task is not None:
-            self._flush_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._flush_task
-            self._flush_task = None
+                await task
+        self._tasks = []
         await self.flush()
+
+    async def refresh(self) -> bool:
+        """Re-read every active token from the store; False if a create or revoke here
+        overlapped the read (then the next re-read counts)."""
+        before = self._changes
+        rows = await self._store.list_tokens()
+        if self._changes != before:
+            return False
+        self._by_digest = {t.digest: t for t in rows if t.active}
+        self.refreshes += 1
+        return True
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._recheck_s)
+            try:
+                await self.refresh()
+            except StoreError as exc:  # keep what we knew
+                log.warning("cannot re-read the API tokens: %s", exc)
 
     # ------------------------------------------------------------ management
 
@@ -127,8 +149,12 @@ class TokenService:
             origin=origin,
             created_ms=self._clock(),
         )
-        await self._store.add_token(token)
-        self._by_digest[token.digest] = _Cached(token, time.monotonic())
+        self._changes += 1
+        try:
+            await self._store.add_token(token)
+        finally:
+            self._changes += 1
+        self._by_digest[token.digest] = token
         log.info("API token %s (%s, scope %s) created", token.id, name, scope.value)
         return token, secret
 
@@ -147,7 +173,11 @@ class TokenService:
 
     async def revoke(self, token_id: str) -> ApiToken:
         """Revoke at once: the next request with it gets 401."""
-        token = await self._store.revoke_token(token_id, self._clock())
+        self._changes += 1
+        try:
+            token = await self._store.revoke_token(token_id, self._clock())
+        finally:
+            self._changes += 1
         if token is None:
             raise UnknownTokenError(token_id)
         self._by_digest.pop(token.digest, None)
@@ -157,26 +187,18 @@ class TokenService:
     # ------------------------------------------------------------ authentication
 
     async def lookup(self, digest: str) -> ApiToken | None:
-        """The active token with this SHA-256 digest, or None; records its use."""
-        cached = self._by_digest.get(digest)
-        now = time.monotonic()
-        if cached is None or now - cached.checked >= self._recheck_s:
-            try:
-                fresh = await self._store.token_by_digest(digest)
-            except StoreError as exc:
-                if cached is None:
-                    log.warning("cannot check an API token: %s", exc)
-                    return None
-                fresh = cached.token  # the store is down: keep what we knew
-            if fresh is None or not fresh.active:
-                self._by_digest.pop(digest, None)
-                return None
-            cached = self._by_digest[digest] = _Cached(fresh, now)
-        token = cached.token
-        if not hmac.compare_digest(token.digest, digest):
+        """The active token with this SHA-256 digest, or None (from memory, never the store);
+        records its use."""
+        token = self._by_digest.get(digest)
+        if token is None or not hmac.compare_digest(token.digest, digest):
             return None
         self._last_used[token.id] = self._clock()
         return token
+
+    @property
+    def known(self) -> int:
+        """Active tokens held in memory."""
+        return len(self._by_digest)
 
     async def flush(self) -> None:
         """Write the pending last-used times in one transaction."""
