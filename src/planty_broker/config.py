@@ -228,6 +228,9 @@ class ProvisioningSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     default_window_s: PositiveFloat = 300.0  # `planty devices accept` without --for
     max_window_s: PositiveFloat = 86400.0
     claim_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0  # then the claim session is cut
+    # Claims one open window takes (each opening starts a fresh count); beyond: `window_full`.
+    max_claims_per_window: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
+    claims_per_s: PositiveFloat = 5.0  # claims served per second at most; beyond: `busy`
     rotation_overlap_s: PositiveFloat = 86400.0  # the old credential works at most this long
     delivery_retry_s: PositiveFloat = 10.0  # re-send a rotated credential without an ack
     cert_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 825  # device certificate lifetime

@@ -164,6 +164,10 @@ def accept(
         str, typer.Option("--for", help="how long factory-fresh devices may claim (5m, 1h)")
     ] = "5m",
     close: Annotated[bool, typer.Option("--close", help="close the window now")] = False,
+    max_claims: Annotated[
+        int | None,
+        typer.Option("--max", help="claims this window takes (default: the configured 50)"),
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     url: UrlOpt = None,
@@ -174,8 +178,14 @@ def accept(
         api.call("DELETE", "/provisioning/window")
         console.print("claim window closed: the claim secret is refused")
         return
-    data = api.call("POST", "/provisioning/window", json={"duration_s": parse_duration(duration)})
-    console.print(f"claim window open until {data['until']} ({data['claim_usernames']})")
+    body: dict[str, object] = {"duration_s": parse_duration(duration)}
+    if max_claims is not None:
+        body["max_claims"] = max_claims
+    data = api.call("POST", "/provisioning/window", json=body)
+    console.print(
+        f"claim window open until {data['until']} for at most {data['window_max_claims']} "
+        f"claims ({data['claim_usernames']})"
+    )
 
 
 @devices_app.command("rotate")

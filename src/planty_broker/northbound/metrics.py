@@ -35,6 +35,15 @@ from planty_broker.services.registry import now_ms
 
 RTT_WINDOW_MS = 5 * MINUTE_MS
 MAX_CONSUMERS = 100  # consumers are named by operators: few, but bounded all the same
+CLAIM_REFUSALS = (  # every reason a claim is refused for (docs/protocol.md): bounded labels
+    "window_closed",
+    "window_full",
+    "busy",
+    "already_claimed",
+    "id_taken",
+    "invalid_request",
+    "unavailable",
+)
 TOTALS_CACHE_S = 1.0  # summing 10,000 devices' counters takes ~50 ms: at most once a second
 
 
@@ -433,6 +442,33 @@ class GatewayCollector(Collector):
             claims.add_metric(["wrong_code"], pairing.failed_claims)
             claims.add_metric(["rate_limited"], pairing.rate_limited)
             yield claims
+        prov = svc.provisioning
+        if prov is not None:
+            yield _counter("planty_device_claims", "Devices provisioned by claim", prov.claims)
+            refused = CounterMetricFamily(
+                "planty_device_claims_refused",
+                "Device claims refused, by the reason the device was told",
+                labels=["reason"],
+            )
+            for reason in CLAIM_REFUSALS:
+                refused.add_metric([reason], prov.refused_by.get(reason, 0))
+            yield refused
+            yield _counter(
+                "planty_device_claim_requests_dropped",
+                "Claim requests dropped unanswered: too many were waiting",
+                prov.dropped,
+            )
+            taken, most = prov.window_claims
+            yield _gauge(
+                "planty_claim_window_claims",
+                "Claims taken in the open claim window (0 while closed)",
+                taken if prov.window_open else 0,
+            )
+            yield _gauge(
+                "planty_claim_window_max_claims",
+                "Claims the open claim window takes (0 while closed)",
+                most if prov.window_open else 0,
+            )
 
     async def refresh(self) -> None:
         """Read what only the store knows (event log bounds, consumer cursors) before a scrape."""

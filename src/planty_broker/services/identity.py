@@ -93,6 +93,8 @@ class Identity:
             default_window_s=v.default_window_s,
             max_window_s=v.max_window_s,
             grace_s=v.claim_grace_s,
+            max_claims=v.max_claims_per_window,
+            claims_per_s=v.claims_per_s,
         )
         self.logins = LoginObserver(self.credentials)
         self._logins: asyncio.Queue[LoginEvent] = asyncio.Queue(maxsize=10_000)

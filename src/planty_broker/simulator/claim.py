@@ -39,6 +39,9 @@ from planty_broker.simulator.provision import SimulatorError
 
 log = logging.getLogger(__name__)
 _GMQTT_LOG = logging.getLogger("planty_broker.simulator.gmqtt")
+# Refusals a device retries (with backoff) until it gives up: the window may open, the
+# broker may take claims again (too many at once), the operator may open a new window.
+RETRIED = ("window_closed", "busy", "window_full")
 
 
 class ClaimError(SimulatorError):
@@ -124,9 +127,9 @@ class _Attempt:
 async def claim(identity: FactoryIdentity, give_up_s: float = 60.0) -> DeviceCredentials:
     """Claim a credential for a factory-fresh device; raises `ClaimError` when refused for good.
 
-    `window_closed` (and a refused login, which is what a closed window looks like) is
-    retried until `give_up_s`: a device powered on before the operator opens the window
-    gets its credential once it opens.
+    `window_closed` (and a refused login, which is what a closed window looks like),
+    `busy` and `window_full` are retried until `give_up_s`: a device powered on before
+    the operator opens the window gets its credential once it opens.
     """
     c = identity.claim
     tls = tls_context(c.ca_pem)
@@ -156,7 +159,7 @@ async def claim(identity: FactoryIdentity, give_up_s: float = 60.0) -> DeviceCre
             if reply.ok:
                 return _credentials(reply, own, c)
             last = f"{reply.error}: {reply.message}"
-            if reply.error != "window_closed":
+            if reply.error not in RETRIED:
                 raise ClaimError(f"claim of {identity.serial} refused: {last}", reply.error)
         ceiling = min(identity.retry_max_s, identity.retry_min_s * 2 ** min(attempt, 8))
         await asyncio.sleep(rng.uniform(ceiling / 2, ceiling))

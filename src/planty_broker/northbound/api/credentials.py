@@ -17,7 +17,11 @@ from planty_broker.northbound.api.timefmt import iso
 from planty_broker.protocol import CLAIM_SLOT_PREFIX
 from planty_broker.services.context import Services
 from planty_broker.services.credentials.events import CredentialEvent
-from planty_broker.services.credentials.provisioning import ProvisioningError, ProvisioningService
+from planty_broker.services.credentials.provisioning import (
+    MAX_CLAIMS_LIMIT,
+    ProvisioningError,
+    ProvisioningService,
+)
 from planty_broker.services.credentials.service import (
     CredentialError,
     CredentialService,
@@ -120,6 +124,12 @@ class Window(BaseModel):
     duration_s: float | None = Field(
         default=None, gt=0, le=MAX_SECONDS, description="default: 300 s"
     )
+    max_claims: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CLAIMS_LIMIT,
+        description="claims this window takes (default: provisioning.max_claims_per_window)",
+    )
 
 
 @router.get("/devices/{device_id}/credentials")
@@ -201,6 +211,9 @@ def _window_json(prov: ProvisioningService) -> dict[str, Any]:
         "claim_usernames": f"{CLAIM_SLOT_PREFIX}0 .. {CLAIM_SLOT_PREFIX}{prov.slots - 1}",
         "claims": prov.claims,
         "refused": prov.refused,
+        "refused_by": dict(prov.refused_by),
+        "window_claims": prov.window_claims[0] if prov.window_open else None,
+        "window_max_claims": prov.window_claims[1] if prov.window_open else None,
     }
 
 
@@ -215,7 +228,7 @@ async def open_window(body: Window, svc: SvcDep) -> dict[str, Any]:
     """Open (or extend) the claim window."""
     prov = provisioning_of(svc)
     try:
-        await prov.open_window(body.duration_s)
+        await prov.open_window(body.duration_s, body.max_claims)
     except ProvisioningError as exc:
         raise ApiError(409, "unavailable", str(exc)) from None
     return _window_json(prov)

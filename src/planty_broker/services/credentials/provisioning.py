@@ -20,6 +20,15 @@ sessions. After answering, the gateway cuts the slot's session itself
 
 A request may carry the device's own token (`token`): the reply then holds no
 secret, so even a claimant that raced into the same slot learns nothing useful.
+
+Whoever holds the claim secret can ask for devices while the window is open, so
+claims are bounded: at most `max_claims` per open window (each `open_window`
+starts a fresh count; `window_full` beyond) and `claims_per_s` (a token bucket
+as deep as one second's worth; `busy` beyond, a device retries). Requests
+waiting to be served are bounded too (`MAX_PENDING`; beyond, dropped). Every
+refusal is counted by reason (`refused_by`); `window_full` and `busy` are not
+written to the event log one by one (a flood would fill it), a warning is logged
+at most every `_WARN_EVERY_S`.
 """
 
 from __future__ import annotations
@@ -27,13 +36,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from planty_broker.domain.identity import CredentialEventKind, CredentialOrigin
-from planty_broker.errors import CredentialError, MqttServerError
+from planty_broker.errors import CredentialError, MqttServerError, StoreError
 from planty_broker.ports.device_authority import Account, AclGrant, DeviceAuthority
 from planty_broker.ports.store import Store
 from planty_broker.protocol import (
@@ -56,6 +67,11 @@ from planty_broker.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 _META_KEY = "provisioning.window_until_ms"
+_COUNT_KEY = "provisioning.window_claims"  # {"until": window end, "claims", "max"}
+MAX_PENDING = 256  # claim requests waiting to be served; beyond, dropped (counted)
+MAX_CLAIMS_LIMIT = 100_000  # the most one window may be opened for
+_WARN_EVERY_S = 10.0
+_UNLOGGED = ("window_full", "busy")  # counted, not an event each
 REPLY_CACHE_S = 300.0
 _REPLY_CACHE_MAX = 1000
 K = CredentialEventKind
@@ -86,7 +102,10 @@ class ProvisioningService:
         default_window_s: float = 300.0,
         max_window_s: float = 86400.0,
         grace_s: float = 2.0,
+        max_claims: int = 50,
+        claims_per_s: float = 5.0,
         clock: Callable[[], int] = now_ms,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._credentials = credentials
         self._registry = registry
@@ -110,8 +129,19 @@ class ProvisioningService:
         self._replies: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._gate = asyncio.Semaphore(4)
+        self.max_claims = max_claims
+        self.claims_per_s = claims_per_s
+        self._monotonic = monotonic
+        self._window_max = max_claims
+        self._window_claims = 0  # claims taken (or being taken) in this window
+        self._burst = max(1.0, math.ceil(claims_per_s))
+        self._bucket = self._burst
+        self._bucket_at = monotonic()
+        self._warned_at: float | None = None
         self.claims = 0
         self.refused = 0
+        self.refused_by: dict[str, int] = {}
+        self.dropped = 0  # requests dropped because MAX_PENDING were waiting
         credentials.extra_accounts.append(self.accounts)
 
     # ------------------------------------------------------------ MQTT server view
@@ -237,10 +267,19 @@ class ProvisioningService:
     def window_until_ms(self) -> int | None:
         return self._until_ms if self.window_open else None
 
+    @property
+    def window_claims(self) -> tuple[int, int]:
+        """(claims taken in this window, the most it takes)."""
+        return self._window_claims, self._window_max
+
     async def start(self) -> None:
         until = await self._meta.get_meta(_META_KEY)
         if isinstance(until, int) and until > self._clock():
             self._until_ms = until
+            count = await self._meta.get_meta(_COUNT_KEY)
+            if isinstance(count, dict) and count.get("until") == until:
+                self._window_claims = int(count.get("claims", 0))
+                self._window_max = int(count.get("max", self.max_claims))
         self._spawn(self._closer(), "claim-window")
         await self._load_rotation()
 
@@ -259,8 +298,11 @@ class ProvisioningService:
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
 
-    async def open_window(self, duration_s: float | None = None) -> int:
-        """Accept claims for `duration_s` (default `default_window_s`); returns the end, unix ms."""
+    async def open_window(
+        self, duration_s: float | None = None, max_claims: int | None = None
+    ) -> int:
+        """Accept claims for `duration_s` (default `default_window_s`), at most `max_claims`
+        of them (default `self.max_claims`; a fresh count); returns the end, unix ms."""
         if self.claim_secret is None:
             raise ProvisioningError(
                 "provisioning by claim needs the supervised MQTT server (mqtt.url is set)"
@@ -271,11 +313,22 @@ class ProvisioningService:
                 f"the claim window must last more than 0 and at most {self.max_window_s:g} s "
                 "(provisioning.max_window_s)"
             )
+        most = self.max_claims if max_claims is None else max_claims
+        if not 0 < most <= MAX_CLAIMS_LIMIT:
+            raise ProvisioningError(f"max_claims must be 1..{MAX_CLAIMS_LIMIT}")
         self._until_ms = self._clock() + int(duration * 1000)
+        self._window_claims, self._window_max = 0, most
         await self._meta.set_meta(_META_KEY, self._until_ms)
+        await self._save_count()
         await self._authority.apply()
-        log.info("claim window open for %.0f s", duration)
+        log.info("claim window open for %.0f s, at most %d claims", duration, most)
         return self._until_ms
+
+    async def _save_count(self) -> None:
+        await self._meta.set_meta(
+            _COUNT_KEY,
+            {"until": self._until_ms, "claims": self._window_claims, "max": self._window_max},
+        )
 
     async def close_window(self) -> None:
         """Refuse the claim secret from now on; live claim sessions are cut."""
@@ -304,6 +357,10 @@ class ProvisioningService:
         """A message on a provisioning topic (the MQTT link hands them here, not to ingest)."""
         slot = parse_provision_topic(self._prefix, topic)
         if slot is None or not self.slot_live(slot):
+            return
+        if len(self._tasks) >= MAX_PENDING:  # a flood: the claimant retries
+            self.dropped += 1
+            self._warn(f"{self.dropped} claim request(s) dropped: {MAX_PENDING} were waiting")
             return
         self._spawn(self._serve(slot, payload), "claim-request")
 
@@ -353,6 +410,55 @@ class ProvisioningService:
             return await self._refuse(
                 slot, req.req, req.serial, "unavailable", "this broker issues no certificates"
             )
+        if self._window_claims >= self._window_max:
+            return await self._refuse(
+                slot,
+                req.req,
+                req.serial,
+                "window_full",
+                f"this claim window has taken its {self._window_max} claims; the operator "
+                "must open a new one (provisioning.max_claims_per_window)",
+            )
+        wait = self._take()
+        if wait is not None:
+            return await self._refuse(
+                slot, req.req, req.serial, "busy", f"too many claims at once; retry in {wait:.1f} s"
+            )
+        self._window_claims += 1  # taken now: claims served side by side never pass the cap
+        ok = False
+        try:
+            reply = await self._register(slot, req, device_id, x509, host, token_port, x509_port)
+            ok = reply.ok
+        finally:
+            if not ok:
+                self._window_claims -= 1
+        if ok:
+            try:
+                await self._save_count()
+            except StoreError as exc:  # the count stays right in memory
+                log.warning("claim count of the window not saved: %s", exc)
+        return reply
+
+    def _take(self) -> float | None:
+        """Take one claim from the per-second bucket; None if taken, else seconds to wait."""
+        now = self._monotonic()
+        self._bucket = min(self._burst, self._bucket + (now - self._bucket_at) * self.claims_per_s)
+        self._bucket_at = now
+        if self._bucket >= 1.0:
+            self._bucket -= 1.0
+            return None
+        return (1.0 - self._bucket) / self.claims_per_s
+
+    async def _register(
+        self,
+        slot: str,
+        req: ClaimRequest,
+        device_id: str,
+        x509: bool,
+        host: str,
+        token_port: int,
+        x509_port: int | None,
+    ) -> ClaimReply:
         self._credentials.expect_origin(device_id, CredentialOrigin.CLAIM)
         try:
             record, token = await self._registry.add(
@@ -400,15 +506,27 @@ class ProvisioningService:
         self, slot: str, req: str, serial: str | None, code: str, message: str
     ) -> ClaimReply:
         self.refused += 1
-        data: dict[str, Any] = {"reason": code, "slot": slot, "message": message}
-        if serial is not None:
-            data["serial"] = serial
-        await self.events.record(CredentialEvent(K.CLAIM_REFUSED, None, self._clock(), data=data))
-        log.warning("claim refused on %s: %s (%s)", slot, code, message)
+        self.refused_by[code] = self.refused_by.get(code, 0) + 1
+        if code in _UNLOGGED:
+            self._warn(f"claims refused: {self.refused_by.get(code)} {code} so far ({message})")
+        else:
+            data: dict[str, Any] = {"reason": code, "slot": slot, "message": message}
+            if serial is not None:
+                data["serial"] = serial
+            await self.events.record(
+                CredentialEvent(K.CLAIM_REFUSED, None, self._clock(), data=data)
+            )
+            log.warning("claim refused on %s: %s (%s)", slot, code, message)
         reply = ClaimReply(req=req, ok=False, error=code, message=message)
         if req == "?":
             await self._send(slot, encode_provisioning(reply))
         return reply
+
+    def _warn(self, message: str) -> None:
+        now = self._monotonic()
+        if self._warned_at is None or now - self._warned_at >= _WARN_EVERY_S:
+            self._warned_at = now
+            log.warning("%s", message)
 
     async def _send(self, slot: str, raw: bytes) -> None:
         if self.publish is not None:
