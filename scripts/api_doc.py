@@ -29,7 +29,15 @@ rules) and `read` (GET only). The admin token is `PLANTY_ADMIN_TOKEN` or the
 one generated into `data/admin-token`; more tokens come from `POST
 /api/v1/tokens` or `planty tokens create` ([security.md](security.md)). A
 missing, wrong or revoked token gets 401; a token whose scope does not allow the
-call gets 403.
+call gets 403. An address that sent more than `api.auth_max_failures` (20) wrong
+tokens in `api.auth_failure_window_s` (60 s) gets 429 with `Retry-After` for
+further wrong ones (a valid token still passes).
+
+Every admin action (tokens, devices, credentials, pairing, the claim window,
+rules, firmware, dead letters, consumers) is recorded with the acting token's
+name and the client address: `GET /api/v1/audit` (admin only; filters `action`,
+`actor`, `device`, cursor `after`) and events of type `audit`
+([events.md](events.md)).
 
 ## Errors
 
@@ -47,7 +55,8 @@ Every error is JSON with the right status:
 | 404 | unknown device, command, rule, consumer |
 | 409 | the thing exists already (e.g. a device id) |
 | 422 | a value is wrong: the message says which and why (unknown action lists the valid ones) |
-| 429 | a limit: per-device command queue full, too many wrong pairing codes |
+| 429 | a limit: per-device command queue full, too many wrong pairing codes or tokens \
+from one address (`Retry-After` says when to come back) |
 
 Times are ISO 8601 UTC in responses (`2026-11-27T12:00:00.123Z`); query
 parameters take ISO 8601 or unix milliseconds.

@@ -178,7 +178,8 @@ class EventSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # behind loses events (counted on it, in deleted_unconfirmed and /metrics).
     unconfirmed_max_age_s: PositiveFloat = 30 * 86400.0
     unconfirmed_max_rows: PositiveInt = 5_000_000
-    security_keep_days: PositiveFloat = 400.0  # `credential` events outlive the rest this long
+    # `credential` and `audit` events outlive the rest this long
+    security_keep_days: PositiveFloat = 400.0
     prune_every_s: PositiveFloat = 60.0
     # Device errors: at most one event per device and kind this often, with a count.
     error_every_s: PositiveFloat = 10.0

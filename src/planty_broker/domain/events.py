@@ -17,11 +17,12 @@ class EventType(StrEnum):
     CREDENTIAL = "credential"  # issued, first use, rotated, revoked, refused login (security.md)
     RULE = "rule"  # a rule fired, was suppressed, warned, or changed (docs/rules.md)
     FIRMWARE = "firmware"  # a release added, a rollout's admin action, a device's update step
+    AUDIT = "audit"  # an admin action: who (token name), from where (address), what (events.md)
 
 
 EVENT_TYPES = tuple(t.value for t in EventType)
 # Kept `events.security_keep_days` whatever the prefix retention deletes around them.
-SECURITY_EVENT_TYPES = (EventType.CREDENTIAL.value,)
+SECURITY_EVENT_TYPES = (EventType.CREDENTIAL.value, EventType.AUDIT.value)
 
 
 @dataclass(frozen=True, slots=True)

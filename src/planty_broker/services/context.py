@@ -14,6 +14,7 @@ from planty_broker.ports.device_authority import DeviceAuthority, DeviceEndpoint
 from planty_broker.ports.link import Link
 from planty_broker.ports.store import Store
 from planty_broker.protocol import Topics
+from planty_broker.services.access.audit import AuditLog
 from planty_broker.services.access.pairing import PairingService
 from planty_broker.services.access.tokens import TokenService
 from planty_broker.services.bus import Bus
@@ -55,6 +56,7 @@ class Services:
     rules: RulesService | None = None  # None with [rules] enabled = false
     tokens: TokenService | None = None
     pairing: PairingService | None = None
+    audit: AuditLog | None = None  # admin actions as `audit` events (who, from where)
     credentials: CredentialService | None = None
     provisioning: ProvisioningService | None = None
     link: Link | None = None  # the gateway's MQTT link, once connected

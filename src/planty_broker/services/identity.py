@@ -22,6 +22,7 @@ from planty_broker.errors import PlantyError
 from planty_broker.ports.device_authority import DeviceAuthority, LoginEvent
 from planty_broker.ports.store import IdentityStore, Store
 from planty_broker.protocol import Topics, provision_subscription
+from planty_broker.services.access.audit import AuditLog
 from planty_broker.services.access.pairing import PairingService
 from planty_broker.services.access.tokens import TokenService
 from planty_broker.services.bus import AckReceived, Bus
@@ -60,6 +61,7 @@ class Identity:
         self._authority = authority
         p, v = settings.pairing, settings.provisioning
         self.recorder = EventRecorder(bus, store_appender(store))
+        self.audit = AuditLog(_single(store_appender(store)))
         self.tokens = TokenService(ident_store, flush_every_s=p.token_last_used_flush_s)
         self.pairing = PairingService(
             ident_store,
@@ -71,6 +73,7 @@ class Identity:
             max_account_failures=p.max_account_failures,
             max_clients=p.clients_max,
         )
+        self.pairing.audit = self.audit
         self.credentials = CredentialService(
             ident_store,
             registry,
@@ -148,7 +151,8 @@ class Identity:
                     await writer.write(NewEvent(at, kind, device, data))
 
             self.recorder.appender = append
-        svc.tokens, svc.pairing = self.tokens, self.pairing
+            self.audit.append = writer.write
+        svc.tokens, svc.pairing, svc.audit = self.tokens, self.pairing, self.audit
         svc.credentials, svc.provisioning = self.credentials, self.provisioning
         self._attach(svc)
         for service in (self.tokens, self.pairing, self.credentials, self.provisioning):
@@ -214,6 +218,20 @@ class Identity:
         self.credentials.mark_revoked = lambda device_id: presence.mark(
             device_id, PresenceState.OFFLINE, PresenceCause.REVOKED
         )
+
+
+def _single(
+    appender: Callable[[Sequence[tuple[int, str, str | None, dict[str, Any]]]], Awaitable[None]]
+    | None,
+) -> Callable[[NewEvent], Awaitable[None]] | None:
+    """One event at a time over a row appender (the store's, before the event log runs)."""
+    if appender is None:
+        return None
+
+    async def append(event: NewEvent) -> None:
+        await appender([(event.at_ms, event.type, event.device_id, event.data)])
+
+    return append
 
 
 def _canceller(commands: CommandService) -> Callable[[str], Awaitable[int]]:

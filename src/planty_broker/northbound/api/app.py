@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from planty_broker import __version__
 from planty_broker.northbound.api import (
+    audit,
     commands,
     credentials,
     dead_letters,
@@ -108,6 +109,7 @@ def create_api(
         credentials.router,
         firmware.router,
         dead_letters.router,
+        audit.router,
     )
     for router in protected:
         app.include_router(router, prefix="/api/v1", dependencies=[Depends(principal)])

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from planty_broker import errors
 from planty_broker.domain.identity import CredentialKind, DeviceCredential
 from planty_broker.northbound.api.auth import Scope
-from planty_broker.northbound.api.deps import SvcDep, require_scope
+from planty_broker.northbound.api.deps import AuditDep, SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.api.limits import MAX_SECONDS
 from planty_broker.northbound.api.timefmt import iso
@@ -146,13 +146,17 @@ async def device_credentials(device_id: str, svc: SvcDep) -> dict[str, Any]:
 
 
 @router.post("/devices/{device_id}/credentials", status_code=201, dependencies=[Writer])
-async def issue_credential(device_id: str, body: NewCredential, svc: SvcDep) -> dict[str, Any]:
+async def issue_credential(
+    device_id: str, body: NewCredential, svc: SvcDep, audit: AuditDep
+) -> dict[str, Any]:
     """Issue a client certificate: the response holds it and its key, once."""
     _device(svc, device_id)
     try:
         issued = await credentials_of(svc).issue_certificate(device_id)
     except CredentialUnavailableError as exc:
         raise ApiError(409, "unavailable", str(exc)) from None
+    c = issued.credential
+    await audit("credential.issued", device_id=device_id, credential_id=c.id, type=c.kind.value)
     return {
         "credential": credential_json(issued.credential),
         "cert_pem": issued.cert_pem,
@@ -162,7 +166,7 @@ async def issue_credential(device_id: str, body: NewCredential, svc: SvcDep) -> 
 
 
 @router.post("/devices/{device_id}/rotate", status_code=202, dependencies=[Writer])
-async def rotate(device_id: str, body: Rotation, svc: SvcDep) -> dict[str, Any]:
+async def rotate(device_id: str, body: Rotation, svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """Issue a new credential and deliver it on the device's command topic (`config`)."""
     _device(svc, device_id)
     kind = CredentialKind(body.type) if body.type else None
@@ -171,6 +175,14 @@ async def rotate(device_id: str, body: Rotation, svc: SvcDep) -> dict[str, Any]:
     except CredentialError as exc:
         raise ApiError(409, "cannot_rotate", str(exc)) from None
     c = issued.credential
+    await audit(
+        "credential.rotated",
+        device_id=device_id,
+        credential_id=c.id,
+        type=c.kind.value,
+        replaces=c.replaces,
+        overlap_s=body.overlap_s,
+    )
     return {
         "device_id": device_id,
         "credential": credential_json(c),
@@ -181,13 +193,14 @@ async def rotate(device_id: str, body: Rotation, svc: SvcDep) -> dict[str, Any]:
 
 
 @router.post("/devices/{device_id}/revoke", dependencies=[Writer])
-async def revoke(device_id: str, svc: SvcDep) -> dict[str, Any]:
+async def revoke(device_id: str, svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """Withdraw every credential of the device now: it is disconnected and cannot reconnect."""
     _device(svc, device_id)
     try:
         ended = await credentials_of(svc).revoke(device_id)
     except CredentialError as exc:
         raise ApiError(409, "unavailable", str(exc)) from None
+    await audit("device.revoked", device_id=device_id, credential_ids=[c.id for c in ended])
     return {"device_id": device_id, "revoked": [credential_json(c) for c in ended]}
 
 
@@ -224,30 +237,39 @@ async def provisioning_state(svc: SvcDep) -> dict[str, Any]:
 
 
 @router.post("/provisioning/window", dependencies=[Writer])
-async def open_window(body: Window, svc: SvcDep) -> dict[str, Any]:
-    """Open (or extend) the claim window."""
+async def open_window(body: Window, svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
+    """Open (or extend) the claim window; each opening starts a fresh count of claims."""
     prov = provisioning_of(svc)
     try:
-        await prov.open_window(body.duration_s, body.max_claims)
+        until = await prov.open_window(body.duration_s, body.max_claims)
     except ProvisioningError as exc:
         raise ApiError(409, "unavailable", str(exc)) from None
+    await audit(
+        "claim_window.opened",
+        until=iso(until),
+        duration_s=body.duration_s or prov.default_window_s,
+        max_claims=prov.window_claims[1],
+    )
     return _window_json(prov)
 
 
 @router.delete("/provisioning/window", dependencies=[Writer])
-async def close_window(svc: SvcDep) -> dict[str, Any]:
+async def close_window(svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """Close the claim window: the claim secret is refused from now on."""
     prov = provisioning_of(svc)
+    was_open = prov.window_open
     await prov.close_window()
+    await audit("claim_window.closed", was_open=was_open)
     return _window_json(prov)
 
 
 @router.get("/provisioning/claim-credential", dependencies=[AdminOnly])
-async def claim_credential(svc: SvcDep) -> dict[str, Any]:
+async def claim_credential(svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """What factory firmware needs to claim: usernames, the shared secret, where, which CA."""
     prov = provisioning_of(svc)
     if prov.claim_secret is None:
         raise ApiError(409, "unavailable", "provisioning by claim needs the supervised MQTT server")
+    await audit("claim_secret.shown")
     e = svc.endpoint
     host, token_port, x509_port = e.host, e.port, e.x509_port
     return {

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from planty_broker.domain.dead_letters import DeadLetter
 from planty_broker.errors import StoreError
 from planty_broker.northbound.api.auth import Scope
-from planty_broker.northbound.api.deps import SvcDep, require_scope
+from planty_broker.northbound.api.deps import AuditDep, SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.api.limits import INT64_MAX
 from planty_broker.northbound.api.timefmt import iso
@@ -88,6 +88,7 @@ async def list_dead_letters(
 )
 async def purge_dead_letters(
     svc: SvcDep,
+    audit: AuditDep,
     device: DeviceQuery = None,
     through: Annotated[
         int | None, Query(ge=1, le=INT64_MAX, description="only ids up to this one")
@@ -98,4 +99,5 @@ async def purge_dead_letters(
         n = await dead_letters_of(svc).purge(device, through)
     except StoreError as exc:
         raise _unavailable(exc) from None
+    await audit("dead_letters.purged", device_id=device, through=through, purged=n)
     return {"purged": n}

@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from planty_broker.northbound.api.auth import Authenticator, Principal, Scope
 from planty_broker.northbound.api.errors import ApiError
+from planty_broker.services.access.audit import Actor, AuditLog
 from planty_broker.services.access.limits import client_key
 from planty_broker.services.context import Services
 
@@ -76,5 +77,28 @@ def require_scope(*allowed: Scope) -> Callable[..., Coroutine[Any, Any, Principa
     return check
 
 
+class Audit:
+    """Records the caller's admin actions (`audit` events): `await audit("device.removed",
+    device_id=..., ...)` after the action took effect."""
+
+    def __init__(self, log: AuditLog | None, actor: Actor) -> None:
+        self._log = log
+        self.actor = actor
+
+    async def __call__(self, action: str, *, device_id: str | None = None, **details: Any) -> None:
+        if self._log is not None:
+            await self._log.record(self.actor, action, device_id=device_id, **details)
+
+
+def actor_of(who: Principal, request: Request) -> Actor:
+    return Actor(who.name or who.token_id, who.token_id, client_address(request))
+
+
+async def auditor(request: Request, who: Annotated[Principal, Depends(principal)]) -> Audit:
+    svc: Services = request.app.state.services
+    return Audit(svc.audit, actor_of(who, request))
+
+
 SvcDep = Annotated[Services, Depends(services)]
 AuthDep = Annotated[Principal, Depends(principal)]
+AuditDep = Annotated[Audit, Depends(auditor)]

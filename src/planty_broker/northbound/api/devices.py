@@ -17,7 +17,7 @@ from planty_broker.domain.models import (
     check_declared,
 )
 from planty_broker.northbound.api.auth import Scope
-from planty_broker.northbound.api.deps import SvcDep, require_scope
+from planty_broker.northbound.api.deps import AuditDep, SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.api.timefmt import iso, parse_time
 from planty_broker.services.context import Services
@@ -156,7 +156,7 @@ async def mqtt_endpoint(svc: SvcDep) -> dict[str, Any]:
 
 
 @router.post("/devices", status_code=201, response_model=DeviceCredentials, dependencies=[Writer])
-async def add_device(body: NewDevice, svc: SvcDep) -> dict[str, Any]:
+async def add_device(body: NewDevice, svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """Register a device. The response holds its token, once: store it on the device.
 
     `sensors` and `actuators` (or a `profile`) say what it has before it first
@@ -171,6 +171,7 @@ async def add_device(body: NewDevice, svc: SvcDep) -> dict[str, Any]:
         raise ApiError(422, "invalid_device_id", str(exc)) from None
     except DeviceAlreadyExistsError as exc:
         raise ApiError(409, "device_exists", f"{exc}; remove it first or pick another id") from None
+    await audit("device.added", device_id=record.id, name=record.name)
     e = svc.endpoint
     return {
         "id": record.id,
@@ -209,10 +210,11 @@ async def get_device(device_id: str, svc: SvcDep) -> dict[str, Any]:
 
 
 @router.delete("/devices/{device_id}", status_code=204, dependencies=[Writer])
-async def remove_device(device_id: str, svc: SvcDep) -> Response:
+async def remove_device(device_id: str, svc: SvcDep, audit: AuditDep) -> Response:
     """Remove a device: its credentials stop working at once and its data is deleted."""
     _device(svc, device_id)
     await svc.registry.remove(device_id)
+    await audit("device.removed", device_id=device_id)
     return Response(status_code=204)
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planty_broker.domain.events import EVENT_TYPES, Consumer, Event, LogBounds
 from planty_broker.northbound.api.auth import Scope
-from planty_broker.northbound.api.deps import SvcDep, require_scope
+from planty_broker.northbound.api.deps import AuditDep, SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.api.limits import INT64_MAX
 from planty_broker.northbound.api.timefmt import iso
@@ -236,8 +236,9 @@ async def confirm(name: str, body: CursorBody, svc: SvcDep) -> dict[str, Any]:
 
 
 @router.delete("/consumers/{name}", status_code=204, dependencies=[Writer])
-async def delete_consumer(name: str, svc: SvcDep) -> Response:
+async def delete_consumer(name: str, svc: SvcDep, audit: AuditDep) -> Response:
     """Forget a consumer: retention no longer waits for it."""
     if not await events_of(svc).remove_consumer(name):
         raise ApiError(404, "unknown_consumer", f"no consumer named {name!r}")
+    await audit("consumer.deleted", consumer=name)
     return Response(status_code=204)

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body, Depends, Query
 from planty_broker.domain.firmware import Release, ReleaseError, Rollout, RolloutError, Target
 from planty_broker.errors import StoreError
 from planty_broker.northbound.api.auth import Scope
-from planty_broker.northbound.api.deps import SvcDep, require_scope
+from planty_broker.northbound.api.deps import Audit, AuditDep, SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.api.limits import IdPath
 from planty_broker.northbound.api.timefmt import iso
@@ -123,7 +123,7 @@ def _decode_files(body: dict[str, Any]) -> dict[str, bytes]:
 
 
 @router.post("/firmware", status_code=201, dependencies=[Admin])
-async def add_release(body: ReleaseBody, svc: SvcDep) -> dict[str, Any]:
+async def add_release(body: ReleaseBody, svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """Store a release: its files, each with its sha256 in the manifest. Immutable once added."""
     version = body.get("version")
     if not isinstance(version, str):
@@ -137,6 +137,7 @@ async def add_release(body: ReleaseBody, svc: SvcDep) -> dict[str, Any]:
         raise ApiError(422, "invalid_release", str(exc)) from None
     except StoreError as exc:
         raise _unavailable(exc) from None
+    await audit("firmware.added", version=version)
     return release_json(release)
 
 
@@ -156,7 +157,9 @@ async def get_release(version: str, svc: SvcDep) -> dict[str, Any]:
 
 
 @router.post("/firmware/{version}/rollouts", status_code=201, dependencies=[Admin])
-async def start_rollout(version: str, body: RolloutBody, svc: SvcDep) -> dict[str, Any]:
+async def start_rollout(
+    version: str, body: RolloutBody, svc: SvcDep, audit: AuditDep
+) -> dict[str, Any]:
     """Start sending a release: `devices`, `percent` or `all`; `first_wave`, `threshold`."""
     fw = firmware_of(svc)
     devices = body.get("devices")
@@ -191,6 +194,7 @@ async def start_rollout(version: str, body: RolloutBody, svc: SvcDep) -> dict[st
         raise ApiError(409, "rollout_refused", str(exc)) from None
     except StoreError as exc:
         raise _unavailable(exc) from None
+    await audit("rollout.started", rollout_id=r.id, version=version, devices=len(targets))
     return rollout_json(r, targets) | {"targets": [target_json(t, fw) for t in targets]}
 
 
@@ -213,7 +217,7 @@ async def get_rollout(rollout_id: IdPath, svc: SvcDep) -> dict[str, Any]:
     return rollout_json(r, targets) | {"targets": [target_json(t, fw) for t in targets]}
 
 
-async def _act(svc: Services, rollout_id: int, action: str) -> dict[str, Any]:
+async def _act(svc: Services, rollout_id: int, action: str, audit: Audit) -> dict[str, Any]:
     fw = firmware_of(svc)
     try:
         await getattr(fw, action)(rollout_id)
@@ -224,25 +228,26 @@ async def _act(svc: Services, rollout_id: int, action: str) -> dict[str, Any]:
         raise ApiError(409, "rollout_refused", str(exc)) from None
     except StoreError as exc:
         raise _unavailable(exc) from None
+    await audit(f"rollout.{action}", rollout_id=rollout_id)
     return rollout_json(r, targets)
 
 
 @router.post("/rollouts/{rollout_id}/pause", dependencies=[Admin])
-async def pause_rollout(rollout_id: IdPath, svc: SvcDep) -> dict[str, Any]:
+async def pause_rollout(rollout_id: IdPath, svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """No new device starts; transfers under way finish."""
-    return await _act(svc, rollout_id, "pause")
+    return await _act(svc, rollout_id, "pause", audit)
 
 
 @router.post("/rollouts/{rollout_id}/resume", dependencies=[Admin])
-async def resume_rollout(rollout_id: IdPath, svc: SvcDep) -> dict[str, Any]:
+async def resume_rollout(rollout_id: IdPath, svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """Go on after a pause, or after the rollout halted itself."""
-    return await _act(svc, rollout_id, "resume")
+    return await _act(svc, rollout_id, "resume", audit)
 
 
 @router.post("/rollouts/{rollout_id}/abort", dependencies=[Admin])
-async def abort_rollout(rollout_id: IdPath, svc: SvcDep) -> dict[str, Any]:
+async def abort_rollout(rollout_id: IdPath, svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """Stop for good: devices not yet switched drop what they received (`failed`)."""
-    return await _act(svc, rollout_id, "abort")
+    return await _act(svc, rollout_id, "abort", audit)
 
 
 @router.get("/devices/{device_id}/firmware")

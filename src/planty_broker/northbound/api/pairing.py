@@ -8,7 +8,13 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from planty_broker.northbound.api.auth import Scope
-from planty_broker.northbound.api.deps import AuthDep, SvcDep, require_scope
+from planty_broker.northbound.api.deps import (
+    AuditDep,
+    AuthDep,
+    SvcDep,
+    client_address,
+    require_scope,
+)
 from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.api.timefmt import iso
 from planty_broker.services.access.pairing import (
@@ -41,7 +47,7 @@ class Claim(BaseModel):
 
 
 @router.get("/pairing")
-async def get_pairing(svc: SvcDep, who: AuthDep) -> dict[str, Any]:
+async def get_pairing(svc: SvcDep, who: AuthDep, audit: AuditDep) -> dict[str, Any]:
     """Paired or not; while not paired, the code and its expiry (the code: admin tokens only)."""
     st = pairing_of(svc).status()
     out: dict[str, Any] = {
@@ -59,6 +65,7 @@ async def get_pairing(svc: SvcDep, who: AuthDep) -> dict[str, Any]:
     elif st.code is not None:
         if who.scope is Scope.ADMIN:
             out["code"] = st.code.display
+            await audit("pairing.code_shown", expires_at=iso(st.code.expires_ms))
         out["expires_at"] = iso(st.code.expires_ms)
     return out
 
@@ -66,7 +73,7 @@ async def get_pairing(svc: SvcDep, who: AuthDep) -> dict[str, Any]:
 @public_router.post("/pairing/claim")
 async def claim(body: Claim, request: Request, svc: SvcDep) -> dict[str, Any]:
     """Pair the broker with an account. The response holds the server's API token, once."""
-    client = request.client.host if request.client else "?"
+    client = client_address(request)
     try:
         result = await pairing_of(svc).claim(body.code, body.account_id, client)
     except RateLimitedError as exc:
@@ -93,10 +100,11 @@ async def claim(body: Claim, request: Request, svc: SvcDep) -> dict[str, Any]:
 
 
 @router.delete("/pairing", dependencies=[Writer])
-async def unpair(svc: SvcDep) -> dict[str, Any]:
+async def unpair(svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """Undo the pairing; the server's API token stops working at once."""
     try:
         old = await pairing_of(svc).unpair()
     except NotPairedError as exc:
         raise ApiError(404, "not_paired", str(exc)) from None
+    await audit("pairing.unpaired", account_id=old.account_id, revoked_token_id=old.token_id)
     return {"paired": False, "account_id": old.account_id, "revoked_token_id": old.token_id}

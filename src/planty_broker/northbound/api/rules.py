@@ -16,7 +16,7 @@ from planty_broker.domain.rules.model import RuleError
 from planty_broker.domain.rules.records import RuleEvent
 from planty_broker.errors import StoreError
 from planty_broker.northbound.api.auth import Scope
-from planty_broker.northbound.api.deps import SvcDep, require_scope
+from planty_broker.northbound.api.deps import AuditDep, SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.api.limits import INT64_MAX
 from planty_broker.northbound.api.timefmt import iso, parse_time
@@ -150,7 +150,9 @@ async def get_thresholds(device_id: str, svc: SvcDep) -> dict[str, Any]:
 
 
 @router.put("/devices/{device_id}/thresholds", dependencies=[Writer])
-async def put_thresholds(device_id: str, body: JsonObject, svc: SvcDep) -> dict[str, Any]:
+async def put_thresholds(
+    device_id: str, body: JsonObject, svc: SvcDep, audit: AuditDep
+) -> dict[str, Any]:
     """`set_thresholds`: `{"temperature": {"max": 30}, "soil_moisture": {"min": 0.3},
     "light": {"min": 200}}` become rules (docs/rules.md); a reading left out loses its
     threshold rules, `{}` clears them all. Acts on the next reading."""
@@ -163,6 +165,7 @@ async def put_thresholds(device_id: str, body: JsonObject, svc: SvcDep) -> dict[
         raise _refused(exc) from None
     except StoreError as exc:
         raise _unavailable(exc) from None
+    await audit("thresholds.set", device_id=device_id, readings=sorted(body))
     return _thresholds_json(service, device_id)
 
 
@@ -187,7 +190,7 @@ async def list_rules(
 
 
 @router.post("/rules", status_code=201, dependencies=[Writer])
-async def create_rule(body: RuleBody, svc: SvcDep) -> dict[str, Any]:
+async def create_rule(body: RuleBody, svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """Add a rule (201); without `id` one is made. 409 if the id exists (PUT replaces)."""
     service = rules_of(svc)
     data = dict(body)
@@ -200,6 +203,7 @@ async def create_rule(body: RuleBody, svc: SvcDep) -> dict[str, Any]:
         raise _refused(exc) from None
     except StoreError as exc:
         raise _unavailable(exc) from None
+    await audit("rule.created", rule_id=data["id"])
     return rule_json(info, service)
 
 
@@ -214,7 +218,9 @@ async def get_rule(rule_id: str, svc: SvcDep) -> dict[str, Any]:
 
 
 @router.put("/rules/{rule_id}", dependencies=[Writer])
-async def put_rule(rule_id: str, body: RuleBody, svc: SvcDep, response: Response) -> dict[str, Any]:
+async def put_rule(
+    rule_id: str, body: RuleBody, svc: SvcDep, response: Response, audit: AuditDep
+) -> dict[str, Any]:
     """Add (201) or replace (200) a rule; budget, cooldown and hold carry over a replace."""
     service = rules_of(svc)
     if body.get("id", rule_id) != rule_id:
@@ -227,11 +233,14 @@ async def put_rule(rule_id: str, body: RuleBody, svc: SvcDep, response: Response
     except StoreError as exc:
         raise _unavailable(exc) from None
     response.status_code = 200 if existed else 201
+    await audit("rule.replaced" if existed else "rule.created", rule_id=rule_id)
     return rule_json(info, service)
 
 
 @router.patch("/rules/{rule_id}", dependencies=[Writer])
-async def patch_rule(rule_id: str, body: JsonObject, svc: SvcDep) -> dict[str, Any]:
+async def patch_rule(
+    rule_id: str, body: JsonObject, svc: SvcDep, audit: AuditDep
+) -> dict[str, Any]:
     """Change some fields, e.g. `{"enabled": false}` or `{"threshold": 0.25}`."""
     service = rules_of(svc)
     if service.get(rule_id) is None:
@@ -242,11 +251,12 @@ async def patch_rule(rule_id: str, body: JsonObject, svc: SvcDep) -> dict[str, A
         raise _refused(exc) from None
     except StoreError as exc:
         raise _unavailable(exc) from None
+    await audit("rule.changed", rule_id=rule_id, fields=sorted(body))
     return rule_json(info, service)
 
 
 @router.delete("/rules/{rule_id}", status_code=204, dependencies=[Writer])
-async def delete_rule(rule_id: str, svc: SvcDep) -> Response:
+async def delete_rule(rule_id: str, svc: SvcDep, audit: AuditDep) -> Response:
     """Delete a rule; its history stays readable until `rules.history_keep_days`."""
     try:
         deleted = await rules_of(svc).delete_rule(rule_id)
@@ -254,6 +264,7 @@ async def delete_rule(rule_id: str, svc: SvcDep) -> Response:
         raise _unavailable(exc) from None
     if not deleted:
         raise _unknown_rule(rule_id)
+    await audit("rule.deleted", rule_id=rule_id)
     return Response(status_code=204)
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planty_broker.domain.identity import ApiToken
 from planty_broker.northbound.api.auth import Principal, Scope, TokenLookup
-from planty_broker.northbound.api.deps import SvcDep, require_scope
+from planty_broker.northbound.api.deps import AuditDep, SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.api.timefmt import iso
 from planty_broker.services.access.tokens import TokenError, TokenService, UnknownTokenError
@@ -68,20 +68,22 @@ async def list_tokens(
 
 
 @router.post("/tokens", status_code=201, dependencies=[AdminOnly])
-async def create_token(body: NewToken, svc: SvcDep) -> dict[str, Any]:
+async def create_token(body: NewToken, svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """A new token. The response holds its secret, once: it is stored only as a hash."""
     try:
         token, secret = await tokens_of(svc).create(body.name, body.scope, origin="api")
     except TokenError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
+    await audit("token.created", token_id=token.id, name=token.name, scope=token.scope.value)
     return {**token_json(token), "token": secret}
 
 
 @router.delete("/tokens/{token_id}", dependencies=[AdminOnly])
-async def revoke_token(token_id: str, svc: SvcDep) -> dict[str, Any]:
+async def revoke_token(token_id: str, svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """Revoke a token: the next request with it gets 401."""
     try:
         token = await tokens_of(svc).revoke(token_id)
     except UnknownTokenError as exc:
         raise ApiError(404, "unknown_token", str(exc)) from None
+    await audit("token.revoked", token_id=token.id, name=token.name, scope=token.scope.value)
     return token_json(token)

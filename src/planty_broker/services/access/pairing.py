@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from planty_broker.domain.identity import ApiToken, Pairing, TokenScope
 from planty_broker.errors import AccessError
 from planty_broker.ports.store import IdentityStore, Store
+from planty_broker.services.access.audit import Actor, AuditLog
 from planty_broker.services.access.limits import DEFAULT_MAX_KEYS, FailureLimiter, client_key
 from planty_broker.services.access.tokens import TokenService, UnknownTokenError
 
@@ -152,6 +153,7 @@ class PairingService:
         self._saved_at: float | None = None
         self.failed_claims = 0
         self.rate_limited = 0
+        self.audit: AuditLog | None = None  # a successful claim is an `audit` event
 
     async def start(self) -> None:
         self._pairing = await self._store.get_pairing()
@@ -192,8 +194,8 @@ class PairingService:
         account_id = account_id.strip()
         if not account_id or len(account_id) > MAX_ACCOUNT_ID:
             raise PairingError(f"account_id must be 1..{MAX_ACCOUNT_ID} characters")
-        client = client_key(client)
-        self._check_rate(client, account_id)
+        key = client_key(client)
+        self._check_rate(key, account_id)
         if self._pairing is not None:
             raise AlreadyPairedError(
                 "this broker is already paired; unpair it first (`planty unpair`)"
@@ -203,7 +205,7 @@ class PairingService:
         assert live is not None
         if not hmac.compare_digest(given.encode(), live.code.encode()):
             expired = any(hmac.compare_digest(given.encode(), c.encode()) for c in self._expired)
-            await self._failed(client, account_id)
+            await self._failed(key, account_id)
             if expired:
                 raise ExpiredCodeError(
                     "this pairing code has expired; get a fresh one with `planty pair` "
@@ -222,6 +224,11 @@ class PairingService:
         self._code = None  # single use
         self._expired.clear()
         log.info("broker paired with account %s (API token %s)", account_id, token.id)
+        if self.audit is not None:  # no token acted: the pairing code did, for this account
+            actor = Actor(f"pairing-code:{account_id}", None, client)
+            await self.audit.record(
+                actor, "pairing.claimed", account_id=account_id, token_id=token.id
+            )
         return ClaimResult(pairing, token, secret)
 
     async def unpair(self) -> Pairing:
