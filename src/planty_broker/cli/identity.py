@@ -1,4 +1,4 @@
-"""Identity commands: `planty pair|unpair`, `planty tokens ...`, and the credential commands
+"""Identity commands: `planty pair|unpair|audit`, `planty tokens ...`, and the credential commands
 under `planty devices` (accept, rotate, revoke, credentials, cert, claim-credential).
 
 Secrets (a new API token, a certificate's key, the claim secret) are printed once on
@@ -144,6 +144,55 @@ def list_tokens(
     ]
     n = data["count"]
     console.print(fit_table(columns, rows, console, title=f"{n} API token{'' if n == 1 else 's'}"))
+
+
+def audit(
+    action: Annotated[
+        str | None, typer.Option("--action", "-a", help="e.g. token.created, or a group: token")
+    ] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="a token's name or id")] = None,
+    device: Annotated[str | None, typer.Option("--device", "-d", help="one device's")] = None,
+    after: Annotated[int, typer.Option(min=0, help="entries after this event id")] = 0,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="entries at most")] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """The audit trail: admin actions with the acting token and the client address."""
+    params: dict[str, str | int] = {"after": after, "limit": limit}
+    for key, value in (("action", action), ("actor", actor), ("device", device)):
+        if value:
+            params[key] = value
+    data = client(config, data_dir, url).call("GET", "/audit", params=params)
+    if as_json:
+        _json(data)
+        return
+    columns = [
+        Column("id"),
+        Column("when", 3),
+        Column("action"),
+        Column("actor", 1, shrink=10),
+        Column("client", 2),
+        Column("device", 4, shrink=10),
+        Column("details", 5, shrink=20),
+    ]
+    rows = [
+        [
+            str(e["id"]),
+            ago(e["at"]),
+            e["action"],
+            e["actor"],
+            e["client"],
+            e["device_id"] or "-",
+            " ".join(f"{k}={v}" for k, v in e["details"].items()) or "-",
+        ]
+        for e in data["entries"]
+    ]
+    title = f"{data['count']} audit entr{'y' if data['count'] == 1 else 'ies'}"
+    console.print(fit_table(columns, rows, console, title=title))
+    if data["count"] >= limit:
+        console.print(f"more: planty audit --after {data['next_after']}")
 
 
 @tokens_app.command("revoke")

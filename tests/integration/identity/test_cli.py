@@ -44,6 +44,16 @@ async def test_tokens_create_list_revoke(gw: Gateway) -> None:
     assert "Traceback" not in r.output
 
 
+async def test_audit_lists_admin_actions(gw: Gateway) -> None:
+    r = await planty(gw, "tokens", "create", "audited-one", "--scope", "read")
+    assert r.exit_code == 0, r.output
+    r = await planty(gw, "audit", "--action", "token")
+    assert r.exit_code == 0, r.output
+    assert "token.created" in r.stdout and "audited-one" in r.stdout and "admin" in r.stdout
+    r = await planty(gw, "audit", "--actor", "nobody-at-all")
+    assert r.exit_code == 0 and "0 audit entries" in r.stdout
+
+
 async def test_pair_shows_the_code_and_unpair_needs_a_pairing(gw: Gateway) -> None:
     r = await planty(gw, "pair")
     assert r.exit_code == 0 and "pairing code:" in r.stdout
