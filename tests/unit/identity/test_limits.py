@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from planty_broker.northbound.api.deps import client_address
 from planty_broker.services.access.limits import FailureLimiter, client_key
 
 
@@ -55,3 +60,31 @@ def test_client_keys() -> None:
     assert client_key("2001:db8::1") == client_key("2001:db8::ffff:1") == "2001:db8::/64"
     assert client_key("::ffff:10.0.0.1") == "10.0.0.1"
     assert client_key("firestore:acc") == "firestore:acc"
+
+
+def test_a_forwarded_caller_is_keyed_under_the_worker_that_forwarded_it() -> None:
+    assert client_key("10.0.0.9>2001:db8::5") == "10.0.0.9>2001:db8::/64"
+    assert client_key("10.0.0.9>10.1.1.1") != client_key("10.0.0.8>10.1.1.1")
+
+
+async def test_the_forwarded_caller_header_counts_only_in_scale_out() -> None:
+    async def seen(engine: str, headers: dict[str, str]) -> str:
+        app = FastAPI()
+        app.state.services = SimpleNamespace(
+            settings=SimpleNamespace(cluster=SimpleNamespace(engine=engine))
+        )
+
+        @app.get("/who")
+        async def who(request: Request) -> str:
+            return client_address(request)
+
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.9", 4321))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            answer: str = (await c.get("/who", headers=headers)).json()
+        return answer
+
+    named = {"x-planty-client": "192.0.2.7"}
+    assert await seen("", named) == "10.0.0.9"  # one gateway: the header means nothing
+    assert await seen("postgres", {}) == "10.0.0.9"
+    assert await seen("postgres", named) == "10.0.0.9>192.0.2.7"
+    assert await seen("postgres", {"x-planty-client": "<script>"}) == "10.0.0.9>?"

@@ -26,9 +26,20 @@ async def services(request: Request) -> Services:
     return svc
 
 
+_CLIENT_HEADER = "x-planty-client"  # set by a forwarding worker (forward.py)
+_CLIENT_CHARS = frozenset("0123456789abcdefABCDEF.:?")
+
+
 def client_address(request: Request) -> str:
-    """The caller's address (behind a proxy on this host: from X-Forwarded-For, by uvicorn)."""
-    return request.client.host if request.client else "?"
+    """The caller's address (behind a proxy on this host: from X-Forwarded-For, by uvicorn).
+    In scale-out, a request a worker forwarded is "<worker>><caller>" (see forward.py)."""
+    peer = request.client.host if request.client else "?"
+    named = request.headers.get(_CLIENT_HEADER)
+    if named is None or not request.app.state.services.settings.cluster.engine:
+        return peer
+    if len(named) > 64 or not set(named) <= _CLIENT_CHARS:
+        named = "?"
+    return f"{peer}>{named}"
 
 
 async def principal(

@@ -6,6 +6,12 @@ Any instance's API takes those requests all the same: a worker forwards them ove
 to the lease holder's API (its address is in the store, `cluster.leader_api`, written
 when it took the lease) and returns the answer as it came, status and body. Everything
 else (devices, telemetry, events, statistics) a worker answers itself from the store.
+
+The worker names the caller's address in `x-planty-client` (any such header from the
+caller is dropped). The lease holder keys its per-address limits and the audit's
+`client` by "<worker>><caller>" (`deps.client_address`): so callers behind one worker
+are told apart, and a caller that sends the header itself only names keys under its
+own address, never anybody else's.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from planty_broker.northbound.api.errors import error_body
 from planty_broker.services.context import Services
 
 LEADER_API_KEY = "cluster.leader_api"
+CLIENT_HEADER = "x-planty-client"  # the caller's address, as the forwarding worker saw it
 FORWARD_TIMEOUT_S = 330.0  # longer than any `wait_s` a command request may ask for
 _HEADERS = ("authorization", "content-type", "accept", "x-request-id")
 LEADER_ONLY = re.compile(
@@ -48,6 +55,7 @@ def install_forwarding(app: FastAPI, svc: Services) -> None:
         if not client:
             client.append(httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S))
         headers = {k: v for k, v in request.headers.items() if k.lower() in _HEADERS}
+        headers[CLIENT_HEADER] = request.client.host if request.client else "?"
         try:
             r = await client[0].request(
                 request.method,

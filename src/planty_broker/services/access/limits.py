@@ -6,7 +6,8 @@ is full, the key whose last failure is the oldest is forgotten (counted in `evic
 Eviction can only loosen a limit (for whoever floods the map), never refuse anybody.
 
 `client_key` turns a client address into the key: an IPv6 address stands for its /64
-network (one host usually holds a whole /64), anything else is used as given.
+network (one host usually holds a whole /64), anything else is used as given; a
+forwarded "<peer>><caller>" (scale-out) keys the caller under its peer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ DEFAULT_MAX_KEYS = 10_000
 
 def client_key(address: str) -> str:
     """The limit key of a client address: IPv4 as is, IPv6 by its /64, other names as given."""
+    peer, sep, caller = address.partition(">")
+    if sep:
+        return f"{client_key(peer)}>{client_key(caller)}"
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
