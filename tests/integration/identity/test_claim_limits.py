@@ -142,7 +142,7 @@ async def test_claims_beyond_the_rate_are_refused_busy_and_devices_get_in_later(
     async with api_client(slow, ADMIN) as admin:
         await admin.post("/provisioning/window", json={"duration_s": 120})
         creds = await claim_credentials(admin)
-        claimants = [Claimant(creds, n) for n in range(20, 24)]
+        claimants = [Claimant(creds, n) for n in range(20, 26)]
         try:
             await asyncio.gather(*(c.connect() for c in claimants))
             for c in claimants:  # all at once: one gets in, the others are told `busy`
