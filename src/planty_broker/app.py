@@ -417,7 +417,9 @@ class Gateway:
         if s.cluster.engine:
             return cluster_authority(s)
         if s.supervised_mqtt:
-            return MosquittoAuthority(MosquittoLayout.from_settings(s))
+            return MosquittoAuthority(
+                MosquittoLayout.from_settings(s), reload_interval_s=s.mqtt.reload_interval_s
+            )
         u = urlparse(s.mqtt.url)
         tls = u.scheme == "mqtts"
         port = u.port or (8883 if tls else 1883)

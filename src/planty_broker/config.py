@@ -89,6 +89,10 @@ class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # a data folder from before ports.json keeps mqtt.port + 1, which its devices were given
     # (docs/operations.md, Upgrading). Set it when a firewall must know the port.
     x509_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    # Credential changes (registrations, revocations, claims) reach the supervised Mosquitto
+    # in one file rewrite + reload at most this often, however many arrive (a reload stalls
+    # Mosquitto's single thread while it re-reads the files and re-checks every client).
+    reload_interval_s: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] = 1.0
 
 
 class ClusterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

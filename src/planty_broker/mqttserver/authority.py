@@ -10,7 +10,9 @@ How the port maps onto Mosquitto 2.0:
   so the password file is written from the store without ever knowing a secret;
 - `apply()` rewrites the password file, the CRL and the ACL files and sends SIGHUP,
   then waits until Mosquitto serves the new files (the supervisor's probe account);
-  calls made while one runs share the next run;
+  reloads are coalesced (`coalesce.py`): at most one per `reload_interval_s` (default
+  1 s, `mqtt.reload_interval_s`) however many changes arrive; `apply(wait=False)`
+  only asks for one;
 - `kick(username)`: Mosquitto never re-checks a live session, so the gateway takes the
   session over: it logs in on its internal listener as that user, which closes the
   other session. With a secret it knows (the claim secret of an open claim slot) that
@@ -23,12 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Self
 
 from planty_broker.mqttserver import atomic
 from planty_broker.mqttserver.atomic import load_or_create_secret
+from planty_broker.mqttserver.coalesce import ReloadCoalescer
 from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
 from planty_broker.mqttserver.login_watch import LoginAccepted, LoginLogParser, LogTail
 from planty_broker.mqttserver.passwords import hash_token, new_token, verify_token
@@ -57,36 +60,23 @@ PREVIOUS_CLAIM_SECRET_FILE = "mqtt-claim.previous.secret"  # noqa: S105 - a file
 KICK_TIMEOUT_S = 5.0
 
 
-class Coalescer:
-    """Run an async job; concurrent requests during a run share the next run."""
-
-    def __init__(self, job: Callable[[], Awaitable[None]]) -> None:
-        self._job = job
-        self._lock = asyncio.Lock()
-        self._started = 0
-        self._completed = 0
-
-    async def __call__(self) -> None:
-        need = self._started + 1
-        async with self._lock:
-            if self._completed >= need:
-                return
-            self._started += 1
-            await self._job()
-            self._completed = self._started
-
-
 class MosquittoAuthority:
     """The port's Mosquitto adapter (see the module docstring); an async context manager."""
 
-    def __init__(self, layout: MosquittoLayout, **supervisor_options: float) -> None:
+    def __init__(
+        self,
+        layout: MosquittoLayout,
+        *,
+        reload_interval_s: float = 1.0,
+        **supervisor_options: float,
+    ) -> None:
         self._layout = layout
         self._options = supervisor_options
         self._source: AccessSource = DesiredAccess
         self._sinks: list[LoginSink] = []
         self._overrides: dict[str, str] = {}  # username -> one-time hash (takeovers)
         self._applied: tuple[dict[str, str], frozenset[int]] | None = None
-        self._apply = Coalescer(self._apply_once)
+        self._apply = ReloadCoalescer(self._apply_once, min_interval_s=reload_interval_s)
         self._supervisor: MosquittoSupervisor | None = None
         self._tail: LogTail | None = None
         self._parser = LoginLogParser()
@@ -126,6 +116,7 @@ class MosquittoAuthority:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self._apply.close()
         if self._tail is not None:
             await self._tail.stop()
             self._tail = None
@@ -217,8 +208,16 @@ class MosquittoAuthority:
     def set_source(self, source: AccessSource) -> None:
         self._source = source
 
-    async def apply(self) -> None:
-        await self._apply()
+    @property
+    def reloads(self) -> int:
+        """How many coalesced reloads ran (each: files rewritten, one SIGHUP)."""
+        return self._apply.runs
+
+    async def apply(self, *, wait: bool = True) -> None:
+        if wait:
+            await self._apply()
+        else:
+            self._apply.request()
 
     async def kick(self, username: str) -> None:
         known = self._users(self._source()).get(username)

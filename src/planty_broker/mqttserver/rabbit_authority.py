@@ -181,7 +181,7 @@ class RabbitAuthority:
     def set_source(self, source: AccessSource) -> None:
         self._source = source
 
-    async def apply(self) -> None:
+    async def apply(self, *, wait: bool = True) -> None:
         await self._apply()
 
     async def kick(self, username: str) -> None:

@@ -72,7 +72,7 @@ class UnmanagedAuthority:
     def set_source(self, source: AccessSource) -> None:
         """Nothing to enforce here."""
 
-    async def apply(self) -> None:
+    async def apply(self, *, wait: bool = True) -> None:
         """Nothing to enforce here."""
 
     async def kick(self, username: str) -> None:

@@ -17,7 +17,8 @@ The contract:
   and `verify_secret` checks one. A verifier is meaningful to the adapter that made it.
 - State is declarative. The services register one source (`set_source`) that returns
   the complete desired state (`DesiredAccess`); `apply()` makes the server enforce the
-  latest one and returns once it does. Concurrent calls coalesce.
+  latest one and returns once it does. Calls coalesce: however many changes arrive,
+  an adapter may apply them together (the Mosquitto one at most once a second).
 - `kick(username)` is `apply()` plus cutting every session of `username` that is live
   at the call (a revoked certificate is never re-checked on a live session; a claim
   session is over). It changes no credential: a still-valid secret may log in again.
@@ -150,8 +151,11 @@ class DeviceAuthority(Protocol):
     def set_source(self, source: AccessSource) -> None:
         """The one function that returns the complete desired state (read at every apply)."""
 
-    async def apply(self) -> None:
-        """Make the server enforce the latest desired state; returns once it does."""
+    async def apply(self, *, wait: bool = True) -> None:
+        """Make the server enforce the latest desired state; returns once it does.
+
+        `wait=False`: only ask for it (a change that may become live a moment later, e.g.
+        a registration in a bulk import); an adapter may still wait."""
 
     async def kick(self, username: str) -> None:
         """`apply()`, and cut every session of `username` live at the call."""

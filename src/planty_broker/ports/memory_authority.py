@@ -89,7 +89,7 @@ class MemoryDeviceAuthority:
     def set_source(self, source: AccessSource) -> None:
         self._source = source
 
-    async def apply(self) -> None:
+    async def apply(self, *, wait: bool = True) -> None:
         wanted = self._source()
         self.applies += 1
         users = dict(wanted.devices)

@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from planty_broker.domain.models import DeviceRecord
 from planty_broker.errors import PlantyError
@@ -22,6 +23,13 @@ from planty_broker.services.bus import Bus, DevicesChanged
 log = logging.getLogger(__name__)
 
 TokenHasher = Callable[[str], str]
+
+
+class CredentialsHook(Protocol):
+    """The device authority's `apply`: `wait=False` only asks for the change to go out."""
+
+    def __call__(self, *, wait: bool = True) -> Awaitable[None]: ...
+
 
 # Names the gateway itself uses on the MQTT server: never a device id.
 RESERVED_IDS = frozenset({"planty-gateway", "planty-probe", "planty-claim", "planty-observer"})
@@ -64,8 +72,9 @@ class DeviceRegistry:
         self._hash = hash_token
         self._devices: dict[str, DeviceRecord] = {}
         # Awaited after every credential change, before the caller gets the token: the MQTT
-        # server's password file is current by then, so a new device can connect at once.
-        self.credentials_hook: Callable[[], Awaitable[None]] | None = None
+        # server's password file is current by then, so a new device can connect at once
+        # (unless the caller said `wait=False`: then it is live at the next coalesced reload).
+        self.credentials_hook: CredentialsHook | None = None
 
     async def load(self) -> None:
         self._devices = {d.id: d for d in await self._store.list_devices()}
@@ -118,13 +127,15 @@ class DeviceRegistry:
         attrs: dict[str, object] | None = None,
         sensors: tuple[str, ...] = (),
         actuators: tuple[str, ...] = (),
+        wait: bool = True,
     ) -> tuple[DeviceRecord, str]:
         """Register a device; returns its record and its token (shown once, stored hashed).
 
         `token`: the token to use (a device-chosen one); "" registers it without a token
         (a certificate-only device). None (the default) makes a new one. `sensors` and
         `actuators`: what it has, declared ahead of its first contact (its own status
-        replaces them).
+        replaces them). `wait=False`: return before the MQTT server accepts the token
+        (it does at the next coalesced reload, within about a second).
         """
         if (
             not valid_device_id(device_id)
@@ -153,7 +164,7 @@ class DeviceRegistry:
         except DeviceExistsError:
             raise DeviceAlreadyExistsError(f"device {device_id!r} is already registered") from None
         self._devices[device_id] = record
-        await self._credentials_changed()
+        await self._credentials_changed(wait=wait)
         log.info("device registered", extra={"device_id": device_id})
         self._bus.publish(DevicesChanged(device_id, "added"))
         return record, token
@@ -181,9 +192,9 @@ class DeviceRegistry:
         log.info("device removed", extra={"device_id": device_id})
         self._bus.publish(DevicesChanged(device_id, "removed"))
 
-    async def _credentials_changed(self) -> None:
+    async def _credentials_changed(self, *, wait: bool = True) -> None:
         if self.credentials_hook is not None:
-            await self.credentials_hook()
+            await self.credentials_hook(wait=wait)
 
     async def note_status(self, device_id: str, status: Status) -> None:
         """Keep what the device declared (sensors, actuators, firmware, interval)."""
