@@ -61,6 +61,30 @@ from one address (`Retry-After` says when to come back) |
 Times are ISO 8601 UTC in responses (`2026-11-27T12:00:00.123Z`); query
 parameters take ISO 8601 or unix milliseconds.
 
+## The fleet list, page by page
+
+`GET /api/v1/devices` answers a page at a time, in device-id order:
+
+| parameter | meaning |
+|---|---|
+| `limit` | devices per page, 1..1000 (default 1000: a fleet that small comes whole) |
+| `cursor` | `next_cursor` (or `prev_cursor`) of the page before; opaque |
+| `q` | only devices whose id or name contains this (any case), at most 200 characters |
+| `state` | `online` (online or late) or `offline` (every other state) |
+
+```json
+{"devices": [...], "count": 10000, "online": 9874, "limit": 100,
+ "next_cursor": "ZDE6cG90LTAwMTAw", "prev_cursor": null}
+```
+
+`count` and `online` cover every page of the query; `next_cursor` is null on the
+last page. Pass the same `q` and `state` with a cursor. A cursor is a position in
+the id order, not an offset, so devices added or removed while you page never
+shift a page, repeat a device or skip one. A cursor this API did not give out is
+a 422 (`invalid_cursor`). At 10,000 devices a page of 100 takes a few ms
+([benchmarks.md](benchmarks.md)). `planty devices list --search Q --state online
+--limit N` follows the pages.
+
 ## Routes
 
 This list is generated from the OpenAPI description by `scripts/api_doc.py`.

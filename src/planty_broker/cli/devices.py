@@ -49,18 +49,61 @@ def devices_default(
 ) -> None:
     """With no sub-command: list devices (the options apply to that list)."""
     if ctx.invoked_subcommand is None:
-        list_devices(config=config, data_dir=data_dir, url=url)
+        list_devices(
+            as_json=False,
+            search=None,
+            state=None,
+            limit=None,
+            config=config,
+            data_dir=data_dir,
+            url=url,
+        )
+
+
+def fetch_devices(
+    api: Any, *, search: str | None = None, state: str | None = None, limit: int | None = None
+) -> dict[str, Any]:
+    """GET /devices page by page (following `next_cursor`) until `limit` devices or the end."""
+    params: dict[str, Any] = {}
+    if search:
+        params["q"] = search
+    if state:
+        params["state"] = state
+    devices: list[dict[str, Any]] = []
+    data: dict[str, Any] = {}
+    while True:
+        if limit is not None:
+            params["limit"] = max(1, min(1000, limit - len(devices)))
+        data = api.call("GET", "/devices", params=params)
+        devices += data["devices"]
+        cursor = data.get("next_cursor")
+        if not cursor or (limit is not None and len(devices) >= limit):
+            break
+        params["cursor"] = cursor
+    return {**data, "devices": devices}
 
 
 @devices_app.command("list")
 def list_devices(
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    search: Annotated[
+        str | None, typer.Option("--search", "-s", help="only ids or names containing this")
+    ] = None,
+    state: Annotated[
+        str | None, typer.Option("--state", help="only `online` (or late) or `offline` devices")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="at most this many (default: all)")
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     url: UrlOpt = None,
 ) -> None:
-    """List devices with presence, last seen, latest readings, message and error counts."""
-    data = client(config, data_dir, url).call("GET", "/devices")
+    """List devices with presence, last seen, latest readings, message and error counts
+    (in id order, fetched a page of 1000 at a time)."""
+    if state is not None and state not in ("online", "offline"):
+        fail(f"--state must be online or offline, not {state!r}")
+    data = fetch_devices(client(config, data_dir, url), search=search, state=state, limit=limit)
     if as_json:
         console.print_json(json.dumps(data))
         return
@@ -89,6 +132,8 @@ def list_devices(
     ]
     n = data["count"]
     title = f"{n} device{'' if n == 1 else 's'}, {data['online']} online"
+    if len(rows) < n:
+        title += f" (first {len(rows)} shown)"
     console.print(fit_table(columns, rows, console, title=title))
 
 

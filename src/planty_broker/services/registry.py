@@ -7,6 +7,7 @@ for the hot path (an unknown-device check is a dict lookup) and publishes
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import secrets
@@ -71,6 +72,7 @@ class DeviceRegistry:
         self._bus = bus
         self._hash = hash_token
         self._devices: dict[str, DeviceRecord] = {}
+        self._ids: list[str] = []  # every id, sorted: pages of the fleet list without a sort
         # Awaited after every credential change, before the caller gets the token: the MQTT
         # server's password file is current by then, so a new device can connect at once
         # (unless the caller said `wait=False`: then it is live at the next coalesced reload).
@@ -78,6 +80,7 @@ class DeviceRegistry:
 
     async def load(self) -> None:
         self._devices = {d.id: d for d in await self._store.list_devices()}
+        self._ids = sorted(self._devices)
 
     async def refresh(self) -> int:
         """Re-read the store (several gateway instances share it): devices another instance
@@ -87,6 +90,7 @@ class DeviceRegistry:
         added = [d for d in fresh if d not in old]
         removed = [d for d in old if d not in fresh]
         self._devices = fresh
+        self._ids = sorted(fresh)
         for device_id in added:
             self._bus.publish(DevicesChanged(device_id, "added"))
         for device_id in removed:
@@ -109,7 +113,12 @@ class DeviceRegistry:
         return device
 
     def all(self) -> list[DeviceRecord]:
-        return sorted(self._devices.values(), key=lambda d: d.id)
+        devices = self._devices
+        return [devices[i] for i in self._ids]
+
+    def ids(self) -> list[str]:
+        """Every device id, sorted (the registry's own list: do not change it)."""
+        return self._ids
 
     def credentials(self) -> dict[str, str]:
         """username -> password hash, for the MQTT server's password file.
@@ -164,6 +173,7 @@ class DeviceRegistry:
         except DeviceExistsError:
             raise DeviceAlreadyExistsError(f"device {device_id!r} is already registered") from None
         self._devices[device_id] = record
+        bisect.insort(self._ids, device_id)
         await self._credentials_changed(wait=wait)
         log.info("device registered", extra={"device_id": device_id})
         self._bus.publish(DevicesChanged(device_id, "added"))
@@ -188,6 +198,9 @@ class DeviceRegistry:
         self.require(device_id)
         await self._store.remove_device(device_id)
         del self._devices[device_id]
+        at = bisect.bisect_left(self._ids, device_id)
+        if at < len(self._ids) and self._ids[at] == device_id:
+            del self._ids[at]
         await self._credentials_changed()
         log.info("device removed", extra={"device_id": device_id})
         self._bus.publish(DevicesChanged(device_id, "removed"))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import base64
+import binascii
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +24,7 @@ from planty_broker.northbound.api.deps import AuditDep, SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.api.timefmt import iso, parse_time
 from planty_broker.services.context import Services
+from planty_broker.services.fleet_list import MAX_QUERY, FleetPage, select
 from planty_broker.services.registry import DeviceAlreadyExistsError, InvalidDeviceIdError, now_ms
 
 router = APIRouter(tags=["devices"])
@@ -186,14 +190,90 @@ async def add_device(body: NewDevice, svc: SvcDep, audit: AuditDep) -> dict[str,
     }
 
 
+MAX_PAGE = 1000
+_CURSOR_PREFIX = "d1:"
+
+
+def encode_cursor(after: str) -> str:
+    """An opaque cursor: the page continues after this device id."""
+    return base64.urlsafe_b64encode((_CURSOR_PREFIX + after).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The device id a cursor continues after; ValueError for anything we did not make."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("cursor is not one this API gave out") from None
+    if not raw.startswith(_CURSOR_PREFIX) or len(raw) > 100:
+        raise ValueError("cursor is not one this API gave out")
+    after = raw[len(_CURSOR_PREFIX) :]
+    if not all(c.isascii() and (c.isalnum() or c in "-_.") for c in after):
+        raise ValueError("cursor is not one this API gave out")
+    return after
+
+
+def presence_of(svc: Services) -> Callable[[str], PresenceState]:
+    presence = svc.presence
+
+    def state_of(device_id: str) -> PresenceState:
+        p = presence.get(device_id)
+        return p.state if p is not None else PresenceState.UNKNOWN
+
+    return state_of
+
+
+def fleet_page(
+    svc: Services,
+    *,
+    q: str | None,
+    state: Literal["online", "offline"] | None,
+    cursor: str | None,
+    limit: int,
+) -> FleetPage:
+    """One page of the fleet list (422 for a cursor we did not give out)."""
+    try:
+        after = decode_cursor(cursor) if cursor else None
+    except ValueError as exc:
+        raise ApiError(422, "invalid_cursor", f"cursor: {exc}") from None
+    return select(svc.registry, presence_of(svc), q=q, state=state, after=after, limit=limit)
+
+
 @router.get("/devices")
-async def list_devices(svc: SvcDep) -> dict[str, Any]:
-    """Every registered device with presence, last seen, latest readings and counts."""
-    devices = [device_json(svc, d) for d in svc.registry.all()]
+async def list_devices(
+    svc: SvcDep,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE, description="devices per page (at most 1000)")
+    ] = MAX_PAGE,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=200, description="`next_cursor` (or `prev_cursor`) of the page before"),
+    ] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=MAX_QUERY, description="only devices whose id or name contains this"),
+    ] = None,
+    state: Annotated[
+        Literal["online", "offline"] | None,
+        Query(description="only devices online (or late), or only the others"),
+    ] = None,
+) -> dict[str, Any]:
+    """Registered devices with presence, last seen, latest readings and counts, a page at
+    a time in id order: pass `next_cursor` back as `cursor` (with the same `q` and `state`)
+    for the next page; it is null on the last. `count` and `online` cover every page.
+
+    Devices added or removed meanwhile never shift a page (the cursor is a position in the
+    id order, not an offset). Without `limit` a page holds up to 1000 devices, so a fleet
+    of at most 1000 comes whole as before."""
+    page = fleet_page(svc, q=q, state=state, cursor=cursor, limit=limit)
     return {
-        "devices": devices,
-        "count": len(devices),
-        "online": sum(1 for d in devices if d["online"]),
+        "devices": [device_json(svc, d) for d in page.devices],
+        "count": page.total,
+        "online": page.online,
+        "limit": limit,
+        "next_cursor": encode_cursor(page.next_after) if page.next_after is not None else None,
+        "prev_cursor": encode_cursor(page.prev_after or "") if page.has_prev else None,
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import jinja2
 from fastapi import APIRouter, Depends, FastAPI, Query
@@ -18,6 +18,7 @@ from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.dashboard import updates, views
 from planty_broker.protocol import valid_device_id
 from planty_broker.services.firmware.service import RolloutNotFoundError
+from planty_broker.services.fleet_list import MAX_QUERY
 from planty_broker.text import number
 
 HERE = Path(__file__).parent
@@ -129,8 +130,16 @@ async def rollout_page(rollout_id: int) -> HTMLResponse:
 
 
 @fragments.get("/fleet")
-async def fleet_fragment(svc: SvcDep) -> HTMLResponse:
-    return render("_fleet.html", **views.fleet(svc))
+async def fleet_fragment(
+    svc: SvcDep,
+    q: Annotated[str | None, Query(max_length=MAX_QUERY)] = None,
+    state: Annotated[Literal["online", "offline", ""] | None, Query()] = None,
+    after: Annotated[str | None, Query(max_length=100)] = None,
+) -> HTMLResponse:
+    """A page of the fleet table: `after` is the last device id of the page before
+    (the form sends "" for "all devices" and for the first page)."""
+    found = views.fleet(svc, q=q, state=state or None, after=after or None)
+    return render("_fleet.html", q=q or "", **found)
 
 
 @fragments.get("/row/{device_id}")

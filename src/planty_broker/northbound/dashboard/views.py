@@ -9,6 +9,7 @@ from planty_broker.domain.models import DeviceRecord, PresenceState
 from planty_broker.domain.stats.counters import parse_window
 from planty_broker.domain.stats.windowed import HOUR_MS
 from planty_broker.services.context import Services
+from planty_broker.services.fleet_list import StateFilter, select
 from planty_broker.services.registry import now_ms
 
 WINDOWS = ("1h", "1d", "7d", "30d")
@@ -62,15 +63,32 @@ def row(svc: Services, d: DeviceRecord) -> Row:
     )
 
 
-def fleet(svc: Services) -> dict[str, Any]:
-    """The fleet table and its headline figures."""
-    rows = [row(svc, d) for d in svc.registry.all()]
+PAGE_SIZE = 50  # rows of the fleet table per page
+
+
+def fleet(
+    svc: Services,
+    *,
+    q: str | None = None,
+    state: StateFilter | None = None,
+    after: str | None = None,
+    limit: int = PAGE_SIZE,
+) -> dict[str, Any]:
+    """One page of the fleet table (search, presence filter) and the whole fleet's figures."""
+    presence = svc.presence
+
+    def state_of(device_id: str) -> PresenceState:
+        p = presence.get(device_id)
+        return p.state if p is not None else PresenceState.UNKNOWN
+
+    page = select(svc.registry, state_of, q=q, state=state, after=after, limit=limit)
+    rows = [row(svc, d) for d in page.devices]
     rows.sort(key=lambda r: r.state == PresenceState.NEVER_SEEN.value)  # shown apart, last
     counts = dict.fromkeys((s.value for s in PresenceState), 0)
-    for r in rows:
-        counts[r.state] += 1
+    for device_id in svc.registry.ids():  # the headline counts the whole fleet
+        counts[state_of(device_id).value] += 1
     stats = svc.stats
-    headline: dict[str, Any] = {"devices": len(rows), **counts}
+    headline: dict[str, Any] = {"devices": len(svc.registry), **counts}
     if stats is not None:
         f = stats.fleet_stats(HOUR_MS)
         headline["availability"] = f["availability"]["share"]
@@ -78,7 +96,15 @@ def fleet(svc: Services) -> dict[str, Any]:
         headline["latency_count"] = f["latency"]["count"]
         headline["latency_max_ms"] = f["latency"]["max_ms"]
         headline["errors"] = f["errors_total"]
-    return {"rows": rows, "headline": headline}
+    pager = {
+        "first": page.start + 1 if rows else 0,
+        "last": page.start + len(rows),
+        "total": page.total,
+        "next": page.next_after,
+        "prev": page.prev_after if page.has_prev else None,
+        "filtered": bool((q or "").strip() or state),
+    }
+    return {"rows": rows, "headline": headline, "pager": pager}
 
 
 def window_or_default(window: str | None) -> str:

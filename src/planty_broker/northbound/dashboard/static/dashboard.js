@@ -122,7 +122,7 @@
               swap: "outerHTML",
             });
           } else {
-            document.body.dispatchEvent(new CustomEvent("planty:refresh")); // a new device
+            refreshHeadline(); // a device not on this page (or new): the page, at most every 1.5 s
           }
         } else if (page === "device" && deviceId === $("device").dataset.deviceId) {
           document.body.dispatchEvent(new CustomEvent("planty:refresh"));
@@ -130,6 +130,32 @@
         }
       }, 300),
     );
+  }
+
+  // ------------------------------------------------------------ fleet table: search, pages
+
+  if (page === "fleet") {
+    const after = $("fleet-after");
+    const reload = () => document.body.dispatchEvent(new CustomEvent("planty:fleet"));
+    let typing = null;
+    $("fleet-controls").addEventListener("submit", (e) => e.preventDefault());
+    $("fleet-search").addEventListener("input", () => {
+      clearTimeout(typing);
+      typing = setTimeout(() => {
+        after.value = ""; // a new search starts at its first page
+        reload();
+      }, 250);
+    });
+    $("fleet-state").addEventListener("change", () => {
+      after.value = "";
+      reload();
+    });
+    $("fleet").addEventListener("click", (e) => {
+      const button = e.target.closest("#fleet-prev, #fleet-next");
+      if (!button || button.disabled) return;
+      after.value = button.dataset.after || "";
+      reload();
+    });
   }
 
   let headlineTimer = null;
