@@ -85,6 +85,35 @@ a 422 (`invalid_cursor`). At 10,000 devices a page of 100 takes a few ms
 ([benchmarks.md](benchmarks.md)). `planty devices list --search Q --state online
 --limit N` follows the pages.
 
+## Registering many devices
+
+`POST /api/v1/devices/import` takes a JSON list of up to 10,000 rows, each as for
+`POST /api/v1/devices` (`id`, and optionally `name`, `sensors`, `actuators`,
+`profile`). Each row is checked on its own; the good ones are registered in one
+store write per 1,000 and **one** reload of the MQTT server for the whole batch,
+and the answer comes once every returned token works:
+
+```json
+{"imported": 2, "failed": 1,
+ "devices": [{"row": 0, "id": "pot-0001", "token": "..."},
+             {"row": 2, "id": "pot-0003", "token": "..."}],
+ "errors": [{"row": 1, "id": "Pot 2", "code": "invalid_device_id",
+             "message": "device id 'Pot 2' is invalid: ..."}],
+ "mqtt": {"host": "...", "port": 8883, "tls": true, "ca_pem": "...", "prefix": "planty/v1"}}
+```
+
+Error codes per row: `invalid` (not an object, an unknown field, a wrong type),
+`invalid_device_id`, `device_exists`, `duplicate_in_batch`, `invalid_declaration`,
+`unknown_profile`. A refused row changes nothing. The tokens are shown only in
+this answer. From a file: `planty devices import FILE [--out tokens.csv]` (CSV with
+a header row `id,name,sensors,actuators,profile`, lists separated by `;` or spaces,
+or a JSON list; refused rows are printed with their line and the exit code is 1).
+
+Credential changes reach the supervised Mosquitto in one reload per second at most
+(`mqtt.reload_interval_s`), however many arrive: a single `POST /api/v1/devices`
+answers once its token works (up to a second when other changes just went out);
+`?wait=false` answers at once and the token works from the next reload.
+
 ## Routes
 
 This list is generated from the OpenAPI description by `scripts/api_doc.py`.

@@ -3,6 +3,8 @@ sub-commands are added by `cli.identity`)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -206,6 +208,94 @@ def add_device(
         return
     console.print_json(json.dumps(creds))
     warn("the token is shown only once: store it on the device now")
+
+
+IMPORT_BATCH = 10_000  # the API's limit per request
+_LIST_FIELDS = ("sensors", "actuators")
+
+
+def read_import_file(path: Path) -> tuple[list[Any], bool]:
+    """Rows of a bulk import and whether it was CSV: a JSON list of objects, or CSV with a
+    header row (id, and optionally name, sensors, actuators, profile; lists separated by
+    spaces or ';')."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {path}: {exc}")
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError as exc:
+            fail(f"{path} is not valid JSON: {exc}")
+        if not isinstance(rows, list):
+            fail(f"{path}: expected a JSON list of devices")
+        return rows, False
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "id" not in [f.strip() for f in reader.fieldnames]:
+        fail(f"{path}: the CSV needs a header row with an `id` column")
+    out: list[Any] = []
+    for raw in reader:
+        row: dict[str, Any] = {}
+        for raw_key, raw_value in raw.items():
+            if raw_key is None or raw_value is None or not raw_value.strip():
+                continue  # extra cells, empty cells
+            key, value = raw_key.strip(), raw_value.strip()
+            row[key] = value.replace(";", " ").split() if key in _LIST_FIELDS else value
+        out.append(row)
+    return out, True
+
+
+@devices_app.command("import")
+def import_devices(
+    file: Annotated[Path, typer.Argument(help="CSV (header: id,name,...) or JSON list")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="write id,token of the imported devices to this CSV (mode 0600)"
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Register many devices from a file: one MQTT server reload per 10,000; rows that are
+    wrong are listed (with their line) and the others registered. The tokens are shown
+    only once: with --out they go to that file, else to stdout as JSON."""
+    rows, csv_file = read_import_file(file)
+    if not rows:
+        fail(f"{file}: no devices in it")
+    api = client(config, data_dir, url)
+    imported: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    mqtt: dict[str, Any] = {}
+    for start in range(0, len(rows), IMPORT_BATCH):
+        answer = api.call("POST", "/devices/import", json=rows[start : start + IMPORT_BATCH])
+        mqtt = answer["mqtt"]
+        imported += answer["devices"]
+        for e in answer["errors"]:
+            errors.append({**e, "row": e["row"] + start})
+    for e in errors:
+        where = f"line {e['row'] + 2}" if csv_file else f"row {e['row']}"
+        warn(f"{file}: {where} ({e.get('id') or '?'}): {e['message']} ({e['code']})")
+    tokens = [{"id": d["id"], "token": d["token"]} for d in imported]
+    if out is not None:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "token"])
+            writer.writerows([t["id"], t["token"]] for t in tokens)
+        console.print(
+            f"{len(tokens)} devices imported, {len(errors)} rows refused; tokens written to "
+            f"{out} (keep it secret: they are not shown again)"
+        )
+    else:
+        console.print_json(json.dumps({"devices": tokens, "mqtt": mqtt}))
+        warn(
+            f"{len(tokens)} devices imported, {len(errors)} rows refused; the tokens are "
+            "shown only once"
+        )
+    if errors:
+        raise typer.Exit(1)
 
 
 def _write_ca(path: Path, ca_pem: str | None) -> None:

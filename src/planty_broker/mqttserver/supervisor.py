@@ -31,7 +31,7 @@ from planty_broker.errors import MqttServerError
 from planty_broker.mqttserver import process
 from planty_broker.mqttserver.atomic import load_or_create_secret
 from planty_broker.mqttserver.errors import MosquittoStartError
-from planty_broker.mqttserver.files import FileOwner, render_passwords, write_mosquitto_files
+from planty_broker.mqttserver.files import FileOwner, PasswordFile, write_mosquitto_files
 from planty_broker.mqttserver.layout import (
     GATEWAY_USERNAME,
     PROBE_USERNAME,
@@ -111,6 +111,7 @@ class MosquittoSupervisor:
         self._probe_password = ""
         self._accounts: tuple[MqttAccount, ...] = ()
         self._devices: dict[str, str] = {}
+        self._passwords = PasswordFile()
         # update_users calls are numbered; the newest valid mapping waits in _pending.
         self._asked = self._applied = 0
         self._pending: tuple[int, dict[str, str]] = (0, {})
@@ -233,7 +234,8 @@ class MosquittoSupervisor:
         devices = dict(users)
         self._asked += 1
         ticket = self._asked  # call order, whatever order the validations finish in
-        await asyncio.to_thread(render_passwords, devices, self._accounts)  # validate first
+        # validate first (entries checked once: the table keeps the ones that passed)
+        await asyncio.to_thread(self._passwords.render, devices, self._accounts)
         if ticket > self._pending[0]:
             self._pending = (ticket, devices)
         async with self._lock:
@@ -395,7 +397,7 @@ class MosquittoSupervisor:
                 self._crl = (revoked, build_crl(self.pki, revoked))
             crl_pem = self._crl[1]
         return write_mosquitto_files(
-            self._layout, self.pki, devices, self._accounts, self._owner, crl_pem
+            self._layout, self.pki, devices, self._accounts, self._owner, crl_pem, self._passwords
         )
 
     async def _try_adopt(self) -> bool:

@@ -66,6 +66,10 @@ class Store(Protocol):
     async def add_device(self, device: DeviceRecord) -> None:
         """Insert; raises DeviceExistsError if the id is taken."""
 
+    async def add_devices(self, devices: Sequence[DeviceRecord]) -> None:
+        """Insert all in one transaction (a bulk import); if any id is taken, none is added
+        and DeviceExistsError is raised."""
+
     async def get_device(self, device_id: str) -> DeviceRecord | None: ...
 
     async def list_devices(self) -> list[DeviceRecord]: ...

@@ -7,12 +7,14 @@ for the hot path (an unknown-device check is a dict lookup) and publishes
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from planty_broker.domain.models import DeviceRecord
@@ -53,6 +55,32 @@ class UnknownDeviceError(RegistryError, KeyError):
 
 class DeviceAlreadyExistsError(RegistryError):
     pass
+
+
+MAX_IMPORT = 10_000  # rows of one bulk import
+_IMPORT_CHUNK = 1_000  # rows hashed and inserted at a time
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    """One row of a bulk import."""
+
+    id: str
+    name: str | None = None
+    sensors: tuple[str, ...] = ()
+    actuators: tuple[str, ...] = ()
+    attrs: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    """Per row of a bulk import, in the order given: its token, or why it was refused."""
+
+    row: int
+    id: str
+    token: str | None = None
+    error: str | None = None  # "invalid_device_id" | "device_exists" | "duplicate_in_batch"
+    message: str | None = None
 
 
 def new_token() -> str:
@@ -111,6 +139,93 @@ class DeviceRegistry:
         if device is None:
             raise UnknownDeviceError(device_id)
         return device
+
+    def id_problem(self, device_id: str) -> tuple[str, str] | None:
+        """(code, message) if `device_id` cannot be registered now, else None."""
+        if (
+            not valid_device_id(device_id)
+            or device_id in RESERVED_IDS
+            or device_id.startswith(RESERVED_PREFIX)
+        ):
+            return "invalid_device_id", (
+                f"device id {device_id!r} is invalid: use 3-64 characters a-z, 0-9 and '-', "
+                "starting with a letter or digit (ids starting with 'planty-' are reserved)"
+            )
+        if device_id in self._devices:
+            return "device_exists", f"device {device_id!r} is already registered"
+        return None
+
+    async def add_many(self, rows: Sequence[NewDevice]) -> list[ImportOutcome]:
+        """Register many devices at once (a bulk import): each valid row is added with a new
+        token, each bad one is refused with its reason and loses nothing else. One store
+        transaction per 1,000 rows, tokens hashed off the event loop, and one reload of the
+        MQTT server for the whole batch (awaited: every token works when this returns)."""
+        if len(rows) > MAX_IMPORT:
+            raise ValueError(f"at most {MAX_IMPORT} devices per import")
+        outcomes: list[ImportOutcome | None] = [None] * len(rows)
+        accepted: list[int] = []
+        in_batch: set[str] = set()
+        for n, spec in enumerate(rows):
+            problem = self.id_problem(spec.id)
+            if problem is None and spec.id in in_batch:
+                problem = "duplicate_in_batch", f"device id {spec.id!r} is listed twice"
+            if problem is not None:
+                outcomes[n] = ImportOutcome(n, spec.id, error=problem[0], message=problem[1])
+                continue
+            in_batch.add(spec.id)
+            accepted.append(n)
+        added: list[str] = []
+        for at in range(0, len(accepted), _IMPORT_CHUNK):
+            chunk = accepted[at : at + _IMPORT_CHUNK]
+            tokens = [new_token() for _ in chunk]
+            hashes = await asyncio.to_thread(self._hash_all, tokens)
+            created = now_ms()
+            records = [
+                DeviceRecord(
+                    id=rows[n].id,
+                    created_at_ms=created,
+                    token_hash=h,
+                    name=rows[n].name,
+                    sensors=rows[n].sensors,
+                    actuators=rows[n].actuators,
+                    attrs=dict(rows[n].attrs),
+                )
+                for n, h in zip(chunk, hashes, strict=True)
+            ]
+            try:
+                await self._store.add_devices(records)
+                stored = records
+            except DeviceExistsError:  # another instance took one meanwhile: row by row
+                stored = []
+                for record in records:
+                    try:
+                        await self._store.add_device(record)
+                        stored.append(record)
+                    except DeviceExistsError:
+                        pass
+            kept = {r.id for r in stored}
+            for n, token, record in zip(chunk, tokens, records, strict=True):
+                if record.id in kept:
+                    self._devices[record.id] = record
+                    outcomes[n] = ImportOutcome(n, record.id, token=token)
+                    added.append(record.id)
+                else:
+                    outcomes[n] = ImportOutcome(
+                        n,
+                        record.id,
+                        error="device_exists",
+                        message=f"device {record.id!r} is already registered",
+                    )
+        if added:
+            self._ids = sorted(self._devices)
+            await self._credentials_changed()
+            log.info("%d devices imported", len(added))
+            for device_id in added:
+                self._bus.publish(DevicesChanged(device_id, "added"))
+        return [o for o in outcomes if o is not None]
+
+    def _hash_all(self, tokens: list[str]) -> list[str]:
+        return [self._hash(t) for t in tokens]
 
     def all(self) -> list[DeviceRecord]:
         devices = self._devices

@@ -103,6 +103,14 @@ class MemoryStore(MemoryQueueMixin, MemoryRulesMixin, MemoryFirmwareMixin, Memor
             raise DeviceExistsError(f"device {device.id!r} is already registered")
         self._devices[device.id] = _copy_device(device)
 
+    async def add_devices(self, devices: Sequence[DeviceRecord]) -> None:
+        self._check()
+        ids = [d.id for d in devices]
+        if len(set(ids)) != len(ids) or any(i in self._devices for i in ids):
+            raise DeviceExistsError("a device of the batch is already registered")
+        for device in devices:
+            self._devices[device.id] = _copy_device(device)
+
     async def get_device(self, device_id: str) -> DeviceRecord | None:
         self._check()
         found = self._devices.get(device_id)

@@ -152,6 +152,10 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
     async def add_device(self, device: DeviceRecord) -> None:
         await self._call(self._add_device, device)
 
+    async def add_devices(self, devices_: Sequence[DeviceRecord]) -> None:
+        if devices_:
+            await self._call(self._add_devices, list(devices_))
+
     async def get_device(self, device_id: str) -> DeviceRecord | None:
         q = select(*devices.c).where(devices.c.id == device_id)
         found = await self._call(self._in_tx, lambda c: c.execute(q).first())
@@ -352,6 +356,14 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
     def _in_tx(engine: Engine, fn: Callable[[Connection], T]) -> T:
         with engine.begin() as conn:
             return fn(conn)
+
+    @staticmethod
+    def _add_devices(engine: Engine, batch: list[DeviceRecord]) -> None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(devices), [rows.device_values(d) for d in batch])
+        except sa_exc.IntegrityError:
+            raise DeviceExistsError("a device of the batch is already registered") from None
 
     @staticmethod
     def _add_device(engine: Engine, device: DeviceRecord) -> None:

@@ -71,7 +71,7 @@ async def world(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 async def add(registry: DeviceRegistry, creds: CredentialService, device_id: str) -> str:
     _, token = await registry.add(device_id)
-    await creds._locked(creds._adopt_token, device_id)  # as the DevicesChanged task does
+    await creds.adopted()  # the DevicesChanged task tracks its token
     return token
 
 

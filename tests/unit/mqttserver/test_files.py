@@ -189,3 +189,36 @@ def test_layout_from_settings(tmp_path: Path) -> None:
     assert lay.hostnames == ("gw.example", "192.0.2.7")
     assert lay.directory == tmp_path / "mosquitto"
     assert lay.max_packet_size >= settings.mqtt.max_payload_bytes * 2  # oversize reaches us
+
+
+def test_the_incremental_password_file_renders_as_from_scratch_and_checks_changes() -> None:
+    from planty_broker.mqttserver import files
+    from planty_broker.mqttserver.files import PasswordFile, render_passwords
+
+    accounts = [MqttAccount(GATEWAY_USERNAME, hash_token("gw-secret-0123456789abcdef"))]
+    devices = {f"dev-{n:03d}": hash_token(f"token-{n}") for n in range(50)}
+    table = PasswordFile()
+    assert table.render(devices, accounts) == render_passwords(devices, accounts)
+    checked: list[str] = []
+    original = files._check_entry
+
+    def spy(username: str, password_hash: str, what: str) -> None:
+        checked.append(username)
+        original(username, password_hash, what)
+
+    files._check_entry = spy  # type: ignore[assignment]
+    try:
+        devices["dev-007"] = hash_token("rotated")
+        devices["dev-new"] = hash_token("new")
+        del devices["dev-010"]
+        text = table.render(devices, accounts)
+        assert sorted(checked) == ["dev-007", "dev-new", GATEWAY_USERNAME]  # not the other 48
+        assert text == render_passwords(devices, accounts)
+        # a bad change is refused and the cache keeps only what passed
+        with pytest.raises(ValueError, match="dev-bad"):
+            table.render({**devices, "dev-bad": "plain-text"}, accounts)
+        with pytest.raises(ValueError, match="reserved"):
+            table.render({**devices, GATEWAY_USERNAME: hash_token("x")}, accounts)
+        assert table.render(devices, accounts) == text
+    finally:
+        files._check_entry = original  # type: ignore[assignment]

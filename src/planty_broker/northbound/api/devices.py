@@ -7,8 +7,8 @@ import binascii
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Body, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from planty_broker.domain.history import DAY_MS, HourlyRollup, hour_of
 from planty_broker.domain.models import (
@@ -25,7 +25,15 @@ from planty_broker.northbound.api.errors import ApiError
 from planty_broker.northbound.api.timefmt import iso, parse_time
 from planty_broker.services.context import Services
 from planty_broker.services.fleet_list import MAX_QUERY, FleetPage, select
-from planty_broker.services.registry import DeviceAlreadyExistsError, InvalidDeviceIdError, now_ms
+from planty_broker.services.registry import (
+    MAX_IMPORT,
+    DeviceAlreadyExistsError,
+    InvalidDeviceIdError,
+    now_ms,
+)
+from planty_broker.services.registry import (
+    NewDevice as ImportRow,
+)
 
 router = APIRouter(tags=["devices"])
 Writer = Depends(require_scope(Scope.SERVER))
@@ -160,16 +168,29 @@ async def mqtt_endpoint(svc: SvcDep) -> dict[str, Any]:
 
 
 @router.post("/devices", status_code=201, response_model=DeviceCredentials, dependencies=[Writer])
-async def add_device(body: NewDevice, svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
+async def add_device(
+    body: NewDevice,
+    svc: SvcDep,
+    audit: AuditDep,
+    wait: Annotated[
+        bool,
+        Query(
+            description="answer once the MQTT server accepts the token (default); false: at "
+            "once, the token works from the next reload (within about a second)"
+        ),
+    ] = True,
+) -> dict[str, Any]:
     """Register a device. The response holds its token, once: store it on the device.
 
     `sensors` and `actuators` (or a `profile`) say what it has before it first
     connects, so commands and rules can be set at once; what it declares in its
-    status replaces them (a difference is logged)."""
+    status replaces them (a difference is logged). Registrations reach the MQTT server
+    in one reload per second at most, however many arrive: to register many devices,
+    use POST /devices/import or `wait=false`."""
     sensors, actuators = declared(body)
     try:
         record, token = await svc.registry.add(
-            body.id, body.name, sensors=sensors, actuators=actuators
+            body.id, body.name, sensors=sensors, actuators=actuators, wait=wait
         )
     except InvalidDeviceIdError as exc:
         raise ApiError(422, "invalid_device_id", str(exc)) from None
@@ -238,6 +259,80 @@ def fleet_page(
     except ValueError as exc:
         raise ApiError(422, "invalid_cursor", f"cursor: {exc}") from None
     return select(svc.registry, presence_of(svc), q=q, state=state, after=after, limit=limit)
+
+
+@router.post("/devices/import", dependencies=[Writer])
+async def import_devices(
+    svc: SvcDep,
+    audit: AuditDep,
+    body: Annotated[
+        list[Any],
+        Body(
+            max_length=MAX_IMPORT,
+            description="rows as for POST /devices: id, and optionally name, sensors, "
+            "actuators, profile",
+            examples=[[{"id": "pot-0001", "name": "Kitchen basil"}, {"id": "pot-0002"}]],
+        ),
+    ],
+) -> dict[str, Any]:
+    """Register many devices at once (at most 10,000): one store write per 1,000 and one
+    MQTT server reload for the whole batch, so 10,000 take seconds.
+
+    Each row is checked on its own: the good ones are registered (their tokens are in
+    `devices`, shown only in this response), the bad ones are listed in `errors` with
+    their row number (0-based), a code and why, and change nothing. Every returned token
+    works when the answer arrives."""
+    rows: list[ImportRow] = []
+    positions: list[int] = []  # the request's row number of each row in `rows`
+    errors: list[dict[str, Any]] = []
+    for n, raw in enumerate(body):
+        if not isinstance(raw, dict):
+            errors.append({"row": n, "id": None, "code": "invalid", "message": "not an object"})
+            continue
+        rid = raw.get("id") if isinstance(raw.get("id"), str) else None
+        try:
+            spec = NewDevice.model_validate(raw)
+            sensors, actuators = declared(spec)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "row"
+            errors.append(
+                {"row": n, "id": rid, "code": "invalid", "message": f"{where}: {first['msg']}"}
+            )
+            continue
+        except ApiError as exc:
+            errors.append({"row": n, "id": rid, "code": exc.code, "message": exc.message})
+            continue
+        rows.append(ImportRow(spec.id, spec.name, sensors, actuators))
+        positions.append(n)
+    outcomes = await svc.registry.add_many(rows)
+    devices = []
+    for outcome in outcomes:
+        row = positions[outcome.row]
+        if outcome.token is not None:
+            devices.append({"row": row, "id": outcome.id, "token": outcome.token})
+        else:
+            errors.append(
+                {"row": row, "id": outcome.id, "code": outcome.error, "message": outcome.message}
+            )
+    errors.sort(key=lambda e: e["row"])
+    if devices:
+        ids = [d["id"] for d in devices]
+        await audit("devices.imported", count=len(ids), ids=ids[:100])
+    e = svc.endpoint
+    return {
+        "imported": len(devices),
+        "failed": len(errors),
+        "devices": devices,
+        "errors": errors,
+        "mqtt": {
+            "host": e.host,
+            "port": e.port,
+            "tls": e.tls,
+            "ca_pem": e.ca_pem,
+            "prefix": svc.settings.mqtt.topic_prefix,
+        },
+    }
 
 
 @router.get("/devices")

@@ -88,6 +88,26 @@ class EventRecorder:
             except StoreError as exc:
                 log.warning("credential event %s not written to the event log: %s", key, exc)
 
+    async def record_many(self, events: Sequence[CredentialEvent]) -> None:
+        """`record` for many events, written to the event log in one append."""
+        for event in events:
+            key = event.kind.value
+            self.counts[key] = self.counts.get(key, 0) + 1
+            if event.device_id is None:
+                self._unattributed.append(event)
+            else:
+                q = self._by_device.get(event.device_id)
+                if q is None:
+                    q = self._by_device[event.device_id] = deque(maxlen=PER_DEVICE)
+                q.append(event)
+            self._bus.publish(event)
+        if self.appender is not None and events:
+            rows = [(e.at_ms, EVENT_TYPE, e.device_id, e.as_data()) for e in events]
+            try:
+                await self.appender(rows)
+            except StoreError as exc:
+                log.warning("%d credential events not written to the event log: %s", len(rows), exc)
+
     def for_device(self, device_id: str) -> list[CredentialEvent]:
         """The newest events of one device (since this gateway started), oldest first."""
         return list(self._by_device.get(device_id, ()))

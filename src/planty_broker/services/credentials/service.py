@@ -101,6 +101,9 @@ class CredentialService(RotationMixin):
         self.ended_at: dict[str, int] = {}  # device -> when one of its credentials last ended
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._to_adopt: list[str] = []  # devices added, their tokens not tracked yet
+        self._adopting = False
+        self._adopter: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         authority.set_source(self.desired)
         bus.subscribe(DevicesChanged, self._on_devices_changed)
@@ -315,20 +318,66 @@ class CredentialService(RotationMixin):
 
     async def _adopt_token(self, device_id: str) -> None:
         """Make the device's current token hash (from the registry) a tracked credential."""
+        cred = await self._token_to_adopt(device_id)
+        if cred is not None:
+            await self._save(cred)
+            await self._event(K.ISSUED, cred, kind="token", origin=cred.origin.value)
+
+    async def adopted(self) -> None:
+        """Return once the tokens of every device added so far are tracked."""
+        while self._adopter is not None and not self._adopter.done():
+            await asyncio.shield(self._adopter)
+
+    async def _adopt_added(self) -> None:
+        """Devices just added, tracked in batches: one store write and one event-log write
+        per 1,000 (a bulk import of 10,000 is not 20,000 transactions)."""
+        try:
+            await self._adopt_batches()
+        finally:
+            self._adopting = False
+
+    async def _adopt_batches(self) -> None:
+        while self._to_adopt:
+            batch = list(dict.fromkeys(self._to_adopt[:1000]))
+            del self._to_adopt[:1000]
+            async with self._lock:
+                found = [await self._token_to_adopt(device_id) for device_id in batch]
+                new = [c for c in found if c is not None]
+                if not new:
+                    continue
+                await self._store.save_credentials(new)
+                for cred in new:
+                    self._keep(cred)
+                await self.events.record_many(
+                    [
+                        CredentialEvent(
+                            K.ISSUED,
+                            c.device_id,
+                            self._clock(),
+                            c.id,
+                            {"kind": "token", "origin": c.origin.value},
+                        )
+                        for c in new
+                    ]
+                )
+
+    async def _token_to_adopt(self, device_id: str) -> DeviceCredential | None:
+        """The credential to track for the device's current token (not saved yet), if any;
+        an active token it replaces ends here."""
         device = self._registry.get(device_id)
         if device is None or not device.token_hash:
-            return
+            return None
         if any(
             c.kind is CredentialKind.TOKEN and c.secret_hash == device.token_hash
             for c in self.credentials_of(device_id)
         ):
-            return
+            return None
         origin = self._origin_hint.pop(device_id, CredentialOrigin.OPERATOR)
         for c in self.credentials_of(device_id):  # a token replaced outside this service
             if c.kind is CredentialKind.TOKEN and c.state is CredentialState.ACTIVE:
                 await self._end(c, CredentialState.RETIRED, "replaced")
         at = self._clock()
-        cred = DeviceCredential(
+        return DeviceCredential(
             id=new_cred_id(),
             device_id=device_id,
             kind=CredentialKind.TOKEN,
@@ -338,8 +387,6 @@ class CredentialService(RotationMixin):
             secret_hash=device.token_hash,
             valid_from_ms=at,
         )
-        await self._save(cred)
-        await self._event(K.ISSUED, cred, kind="token", origin=origin.value)
 
     async def _activate(self, cred: DeviceCredential, *, apply: bool = True) -> None:
         cred = await self._save(
@@ -412,13 +459,16 @@ class CredentialService(RotationMixin):
 
     def _on_devices_changed(self, event: DevicesChanged) -> None:
         if event.change == "added":
-            self._spawn(self._locked(self._adopt_token, event.device_id), "credential-adopt")
+            self._to_adopt.append(event.device_id)
+            if not self._adopting:
+                self._adopting = True
+                task = asyncio.ensure_future(self._adopt_added())
+                task.set_name("credential-adopt")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                self._adopter = task
         elif event.change == "removed":
             self._spawn(self._removed(event.device_id), "credential-removed")
-
-    async def _locked(self, fn: Callable[[str], Awaitable[None]], device_id: str) -> None:
-        async with self._lock:
-            await fn(device_id)
 
     async def _removed(self, device_id: str) -> None:
         """A removed device's credentials end; its certificates go on the CRL."""
