@@ -29,6 +29,7 @@ from pathlib import Path
 from gateway_proc import import_devices, running_gateway
 from measure import free_port, machine_line
 
+from planty_broker.mqttserver.atomic import write_atomic
 from planty_broker.mqttserver.files import PasswordFile
 from planty_broker.mqttserver.layout import MosquittoLayout
 from planty_broker.mqttserver.passwords import hash_token
@@ -105,8 +106,11 @@ async def phase_import(args: argparse.Namespace, workdir: Path) -> None:
 
 async def phase_reload(args: argparse.Namespace) -> None:
     print("\n## Mosquitto reload against password-file size (no client connected)")
-    print("| entries | file | render + write | whole update (until Mosquitto serves it) |")
-    print("|---|---|---|---|")
+    print(
+        "| entries | file | first render (all checked) | render + write, one changed "
+        "| whole update (until Mosquitto serves it) | of which Mosquitto (whole - render) |"
+    )
+    print("|---|---|---|---|---|---|")
     one_hash = hash_token("same-for-every-entry")  # format-valid; Mosquitto parses each
     for n in args.reload_sizes:
         data_dir = Path(tempfile.mkdtemp(prefix="planty-reload-", dir="/tmp"))
@@ -127,9 +131,15 @@ async def phase_reload(args: argparse.Namespace) -> None:
                 table = PasswordFile()
                 t0 = time.perf_counter()
                 text = table.render(users, [])
-                layout.password_path.with_suffix(".bench").write_text(text)
-                render_write = time.perf_counter() - t0
+                cold = time.perf_counter() - t0
                 size_mb = len(text) / 1e6
+                changed = dict(users)
+                changed["dev-0000000"] = hash_token("one-changed")
+                t0 = time.perf_counter()
+                text = table.render(changed, [])
+                table.render(changed, [])  # the supervisor renders twice: check, then write
+                write_atomic(layout.directory / "passwd.bench", text)
+                warm = time.perf_counter() - t0
                 times = []
                 for k in range(args.reloads):
                     changed = dict(users)
@@ -139,7 +149,8 @@ async def phase_reload(args: argparse.Namespace) -> None:
                     times.append(time.perf_counter() - t0)
                 whole = statistics.median(times) * 1000
                 print(
-                    f"| {n:,} | {size_mb:.1f} MB | {render_write * 1000:.0f} ms | {whole:.0f} ms |",
+                    f"| {n:,} | {size_mb:.1f} MB | {cold * 1000:.0f} ms | {warm * 1000:.0f} ms "
+                    f"| {whole:.0f} ms | {whole - warm * 1000:.0f} ms |",
                     flush=True,
                 )
         finally:

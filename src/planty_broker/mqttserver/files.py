@@ -166,6 +166,7 @@ class PasswordFile:
 
     def __init__(self) -> None:
         self._checked: dict[str, str] = {}
+        self._block: tuple[dict[str, str], str] = ({}, "")  # the device lines last joined
 
     def render(self, devices: Mapping[str, str], accounts: Sequence[MqttAccount]) -> str:
         lines, seen = _account_lines(accounts)
@@ -180,8 +181,12 @@ class PasswordFile:
                 )
             fresh[username] = password_hash
         self._checked = fresh  # only once every entry passed
-        lines.extend(f"{username}:{fresh[username]}" for username in sorted(fresh))
-        return "\n".join(lines) + "\n"
+        of, block = self._block
+        if of != fresh:  # the same devices again (the write after the check): joined once
+            block = "".join(f"{username}:{fresh[username]}\n" for username in sorted(fresh))
+            self._block = (fresh, block)
+        head = "\n".join(lines) + "\n" if lines or not block else ""
+        return head + block
 
 
 def _account_lines(accounts: Sequence[MqttAccount]) -> tuple[list[str], set[str]]:
