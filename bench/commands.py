@@ -37,6 +37,7 @@ import httpx
 from gmqtt import Client
 from measure import free_port, machine_line, pct
 
+from planty_broker.mqttserver.process import mosquitto_directory
 from planty_broker.protocol import Channel, Command, Topics, decode_ack, encode
 from planty_broker.simulator.fleet import Fleet
 from planty_broker.simulator.profile import DeviceCredentials, DeviceProfile
@@ -116,7 +117,7 @@ class GatewayProc:
 
     def mosquitto_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError):
-            return int((self.data_dir / "mosquitto" / "mosquitto.pid").read_text().strip())
+            return int((mosquitto_directory(self.data_dir) / "mosquitto.pid").read_text().strip())
         return None
 
     def cleanup(self) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 from measure import free_port
 
+from planty_broker.mqttserver.process import mosquitto_directory
+
 
 @dataclass
 class RunningGateway:
@@ -28,7 +30,7 @@ class RunningGateway:
     data_dir: Path
 
     def mosquitto_pid(self) -> int | None:
-        path = self.data_dir / "mosquitto" / "mosquitto.pid"
+        path = mosquitto_directory(self.data_dir) / "mosquitto.pid"
         try:
             return int(path.read_text().strip())
         except (OSError, ValueError):

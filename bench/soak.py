@@ -42,6 +42,7 @@ from pathlib import Path
 import httpx
 from measure import free_port, machine_line
 
+from planty_broker.mqttserver.process import mosquitto_directory
 from planty_broker.simulator.fleet import Fleet
 from planty_broker.simulator.profile import DeviceProfile
 
@@ -111,7 +112,7 @@ class Gateway:
 
     def mosquitto_pid(self) -> int | None:
         try:
-            return int((self.data / "mosquitto" / "mosquitto.pid").read_text().strip())
+            return int((mosquitto_directory(self.data) / "mosquitto.pid").read_text().strip())
         except (OSError, ValueError):
             return None
 
