@@ -71,7 +71,8 @@ class EventRecorder:
         self._unattributed: deque[CredentialEvent] = deque(maxlen=UNATTRIBUTED)
         self.counts: dict[str, int] = {}
 
-    async def record(self, event: CredentialEvent) -> None:
+    def _remember(self, event: CredentialEvent) -> None:
+        """Count, keep (bounded per device) and publish one event."""
         key = event.kind.value
         self.counts[key] = self.counts.get(key, 0) + 1
         if event.device_id is None:
@@ -82,6 +83,10 @@ class EventRecorder:
                 q = self._by_device[event.device_id] = deque(maxlen=PER_DEVICE)
             q.append(event)
         self._bus.publish(event)
+
+    async def record(self, event: CredentialEvent) -> None:
+        key = event.kind.value
+        self._remember(event)
         if self.appender is not None:
             try:
                 await self.appender([(event.at_ms, EVENT_TYPE, event.device_id, event.as_data())])
@@ -91,16 +96,7 @@ class EventRecorder:
     async def record_many(self, events: Sequence[CredentialEvent]) -> None:
         """`record` for many events, written to the event log in one append."""
         for event in events:
-            key = event.kind.value
-            self.counts[key] = self.counts.get(key, 0) + 1
-            if event.device_id is None:
-                self._unattributed.append(event)
-            else:
-                q = self._by_device.get(event.device_id)
-                if q is None:
-                    q = self._by_device[event.device_id] = deque(maxlen=PER_DEVICE)
-                q.append(event)
-            self._bus.publish(event)
+            self._remember(event)
         if self.appender is not None and events:
             rows = [(e.at_ms, EVENT_TYPE, e.device_id, e.as_data()) for e in events]
             try:
