@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import secrets
 from typing import Any
 
 import httpx
@@ -25,9 +27,12 @@ async def test_a_rollout_shows_live_and_on_the_device_page(
         base_url=base + "/api/v1", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30
     ) as api:
         files = [{"name": "main.py", "content_b64": base64.b64encode(b"V = 2\n" * 400).decode()}]
-        r = await api.post("/firmware", json={"version": "web-2.0", "files": files})
+        # A version of its own per attempt: releases are immutable, so a rerun that posted
+        # "web-2.0" again got a 409 and hid why the first attempt failed (CI, 2026-12-03).
+        version = f"web-2.0-{secrets.token_hex(3)}"
+        r = await api.post("/firmware", json={"version": version, "files": files})
         assert r.status_code == 201, r.text
-        r = await api.post("/firmware/web-2.0/rollouts", json={"devices": ids, "first_wave": 1})
+        r = await api.post(f"/firmware/{version}/rollouts", json={"devices": ids, "first_wave": 1})
         assert r.status_code == 201, r.text
         rid = r.json()["id"]
     await log_in(page, base, path="/dashboard/rollouts")
@@ -35,9 +40,13 @@ async def test_a_rollout_shows_live_and_on_the_device_page(
     await page.click(f"#rollouts tr[data-rollout='{rid}'] a")
     await page.wait_for_url(f"**/dashboard/rollouts/{rid}")
     await page.wait_for_selector("#app:not([hidden])")
+    # Waves go one after another (download, reboot, back online on the new version): the
+    # whole rollout gets 120 s under a loaded suite, not 30 s per device.
+    deadline = asyncio.get_running_loop().time() + 120
     for d in ids:
+        left_ms = max(1_000, (deadline - asyncio.get_running_loop().time()) * 1000)
         await page.wait_for_selector(
-            f"#rollout tr[data-device='{d}'][data-state=applied]", timeout=30_000
+            f"#rollout tr[data-device='{d}'][data-state=applied]", timeout=left_ms
         )
     assert "done" in await page.text_content("#rollout")
     await shot(page, "rollout-done")
