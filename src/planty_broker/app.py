@@ -75,6 +75,7 @@ from planty_broker.services.rules.service import start_rules
 from planty_broker.services.stats.service import StatsService
 from planty_broker.storage.backup import lock_data_dir
 from planty_broker.storage.sql import SqlStore
+from planty_broker.storage.sql_access import SqlAccessStore
 from planty_broker.storage.sql_dead_letters import SqlDeadLetterStore
 from planty_broker.storage.sql_identity import SqlIdentityStore
 from planty_broker.tasks import (
@@ -209,11 +210,19 @@ class Gateway:
         await registry.load()
         broker_id = await self._broker_id(store)
         self.identity = identity = Identity(
-            store, registry, bus, s, topics, authority, SqlIdentityStore(store)
+            store,
+            registry,
+            bus,
+            s,
+            topics,
+            authority,
+            SqlIdentityStore(store),
+            SqlAccessStore(store),
         )
         try:
             await self._stack.enter_async_context(authority)
             if cluster:
+                await identity.provisioning.refresh()  # an open claim window keeps its slots
                 await authority.apply()  # the first apply syncs the cluster with the store
         except (MosquittoError, RabbitApiError) as exc:
             raise StartupError(str(exc)) from exc
@@ -318,7 +327,7 @@ class Gateway:
         await self._start_api(svc)
         if self.settings.firestore.enabled:
             await self._start_firestore(svc)
-        self._announce_ready(svc)
+        await self._announce_ready(svc)
 
     async def _start_cluster(
         self,
@@ -379,7 +388,7 @@ class Gateway:
         self.leadership.start()
         stack.push_async_callback(self.leadership.stop)
         await self._start_api(svc)
-        self._announce_ready(svc)
+        await self._announce_ready(svc)
 
     async def _start_firestore(self, svc: Services) -> None:
         """The Firestore connector, last: a misconfiguration is one log line, never a stop."""
@@ -527,7 +536,7 @@ class Gateway:
         host = s.api.host if s.api.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
         return f"http://{host}:{s.api.port}"
 
-    def _announce_ready(self, svc: Services) -> None:
+    async def _announce_ready(self, svc: Services) -> None:
         s = self.settings
         say = self._announce
         say(f"Planty Broker {__version__} is running (broker id {svc.broker_id})")
@@ -546,7 +555,7 @@ class Gateway:
         if e.x509_port:
             say(f"  X.509 devices: mqtts://{e.host}:{e.x509_port}")
         if self.identity is not None:
-            for line in self.identity.announcement(show_code=self._show_secrets):
+            for line in await self.identity.announcement(show_code=self._show_secrets):
                 say(line)
         firestore = self.firestore
         if firestore is not None:

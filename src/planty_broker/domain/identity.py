@@ -111,3 +111,29 @@ class CredentialEventKind(StrEnum):
     LOGIN_REFUSED = "login_refused"
     CLAIMED = "claimed"  # a device was created by claim
     CLAIM_REFUSED = "claim_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPairingCode:
+    """A pairing code as every gateway instance sees it: its salted hash, never the code."""
+
+    id: str
+    digest: str  # `services.access.pairing.hash_code`
+    created_ms: int
+    expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimWindow:
+    """The claim window, shared by every gateway instance: open while `until_ms` is ahead
+    and `closed_ms` is None; `claims` counts the devices claimed since it last opened,
+    `max_claims` the most it takes (provisioning.max_claims_per_window)."""
+
+    opened_ms: int
+    until_ms: int
+    closed_ms: int | None = None
+    claims: int = 0
+    max_claims: int = 50
+
+    def open_at(self, now_ms: int) -> bool:
+        return self.closed_ms is None and now_ms < self.until_ms

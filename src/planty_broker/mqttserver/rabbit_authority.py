@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from planty_broker.mqttserver.atomic import load_or_create_secret
-from planty_broker.mqttserver.rabbit_mgmt import RabbitApi, q
+from planty_broker.mqttserver.rabbit_mgmt import RabbitApi, RabbitApiError, q
 from planty_broker.mqttserver.rabbit_passwords import (
     ALGORITHM,
     hash_secret,
@@ -41,11 +41,10 @@ from planty_broker.mqttserver.rabbit_passwords import (
 from planty_broker.ports.device_authority import (
     AccessSource,
     AclGrant,
+    AuthorityBasics,
     AuthorityUnavailableError,
-    DesiredAccess,
     DeviceEndpoint,
     IssuedCertificate,
-    LoginSink,
 )
 
 log = logging.getLogger("planty_broker.mqttserver")
@@ -111,7 +110,7 @@ class _Coalescer:
             self._completed = self._started
 
 
-class RabbitAuthority:
+class RabbitAuthority(AuthorityBasics):
     """The port's RabbitMQ adapter (see the module docstring); an async context manager."""
 
     def __init__(
@@ -124,13 +123,10 @@ class RabbitAuthority:
         topic_prefix: str = "planty/v1",
         secret_dir: Path | None = None,
     ) -> None:
+        super().__init__(endpoint)  # the claim secret: read at start, from secret_dir
         self._api = RabbitApi(management_urls, admin_user, admin_password)
-        self._endpoint = endpoint
         self._prefix = topic_prefix
         self._secret_dir = secret_dir
-        self._claim_secret: str | None = None
-        self._source: AccessSource = DesiredAccess
-        self._sinks: list[LoginSink] = []
         self._applied: dict[str, UserSpec] | None = None  # None: not synced with the server
         self._apply = _Coalescer(self._apply_once)
         self.applies = 0
@@ -155,18 +151,6 @@ class RabbitAuthority:
     def managed(self) -> bool:
         return True
 
-    @property
-    def endpoint(self) -> DeviceEndpoint:
-        return self._endpoint
-
-    @property
-    def claim_secret(self) -> str | None:
-        return self._claim_secret
-
-    @property
-    def restarts(self) -> int | None:
-        return None
-
     def hash_secret(self, secret: str) -> str:
         return hash_secret(secret)
 
@@ -188,8 +172,7 @@ class RabbitAuthority:
         await self.apply()
         await self._close_connections([username])
 
-    def watch_logins(self, sink: LoginSink) -> None:
-        self._sinks.append(sink)  # RabbitMQ's logins are not reported here
+    # watch_logins (AuthorityBasics) keeps the sink: RabbitMQ's logins are not reported here
 
     # ------------------------------------------------------------ internals
 
@@ -267,12 +250,22 @@ class RabbitAuthority:
         if changed:
             await self._api.call("POST", "/api/definitions", self._definitions(changed))
         if removed:
-            await self._api.call("POST", "/api/users/bulk-delete", {"users": removed})
+            await self._remove_users(removed)
         if removed or kick:
             await self._close_connections([*removed, *kick])
         self._applied = wanted
         if changed or removed:
             log.info("rabbitmq: %d account(s) written, %d removed", len(changed), len(removed))
+
+    async def _remove_users(self, names: Sequence[str]) -> None:
+        """Delete users; one another instance removed already is no error (several
+        instances apply the same change: a closed claim window, a removed device)."""
+        try:
+            await self._api.call("POST", "/api/users/bulk-delete", {"users": list(names)})
+        except RabbitApiError as exc:
+            log.info("rabbitmq: bulk delete refused (%s); deleting one by one", exc)
+            for name in names:
+                await self._api.call("DELETE", f"/api/users/{q(name)}", ok=(404,))
 
     def _definitions(self, specs: Sequence[UserSpec]) -> dict[str, Any]:
         return {

@@ -9,12 +9,10 @@ moved back to a supervised set-up keeps working.
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Self
-
 from planty_broker.mqttserver.passwords import hash_token, verify_token
 from planty_broker.ports.device_authority import (
     AccessSource,
+    AuthorityBasics,
     AuthorityUnavailableError,
     DeviceEndpoint,
     IssuedCertificate,
@@ -27,38 +25,17 @@ UNMANAGED = (
 )
 
 
-class UnmanagedAuthority:
+class UnmanagedAuthority(AuthorityBasics):
     """The port's adapter for an MQTT server nobody here manages (see the module docstring)."""
 
     def __init__(self, endpoint: DeviceEndpoint) -> None:
-        self._endpoint = endpoint
-
-    async def __aenter__(self) -> Self:
-        return self  # nothing to start: the server is someone else's
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
+        super().__init__(
+            endpoint
+        )  # nothing to start (AuthorityBasics): the server is someone else's
 
     @property
     def managed(self) -> bool:
         return False
-
-    @property
-    def endpoint(self) -> DeviceEndpoint:
-        return self._endpoint
-
-    @property
-    def claim_secret(self) -> str | None:
-        return None
-
-    @property
-    def restarts(self) -> int | None:
-        return None
 
     def hash_secret(self, secret: str) -> str:
         return hash_token(secret)

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from types import TracebackType
+from typing import Literal, Protocol, Self
 
 from planty_broker.errors import MqttServerError
 
@@ -162,3 +163,46 @@ class DeviceAuthority(Protocol):
 
     def watch_logins(self, sink: LoginSink) -> None:
         """Report logins on device listeners to `sink` (called on the event loop)."""
+
+
+class AuthorityBasics:
+    """What the memory fake, the external server's and the RabbitMQ adapter answer alike:
+    where devices connect, the claim secret, no restart count (no server is run here), the
+    one desired-state source and the login sinks; as an async context manager, nothing to
+    start or stop (an adapter with something to start overrides it). The Mosquitto adapter,
+    which runs its server, answers these from its supervisor."""
+
+    def __init__(self, endpoint: DeviceEndpoint, claim_secret: str | None = None) -> None:
+        self._endpoint = endpoint
+        self._claim_secret = claim_secret
+        self._source: AccessSource = DesiredAccess
+        self._sinks: list[LoginSink] = []
+
+    @property
+    def endpoint(self) -> DeviceEndpoint:
+        return self._endpoint
+
+    @property
+    def claim_secret(self) -> str | None:
+        return self._claim_secret
+
+    @property
+    def restarts(self) -> int | None:
+        return None
+
+    def set_source(self, source: AccessSource) -> None:
+        self._source = source
+
+    def watch_logins(self, sink: LoginSink) -> None:
+        self._sinks.append(sink)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None

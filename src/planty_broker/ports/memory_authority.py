@@ -16,18 +16,17 @@ from collections.abc import Callable
 
 from planty_broker.ports.device_authority import (
     AccessSource,
+    AuthorityBasics,
     AuthorityUnavailableError,
-    DesiredAccess,
     DeviceEndpoint,
     IssuedCertificate,
     LoginEvent,
-    LoginSink,
 )
 
 CertificateIssuer = Callable[[str, int], IssuedCertificate]
 
 
-class MemoryDeviceAuthority:
+class MemoryDeviceAuthority(AuthorityBasics):
     """See the module docstring; `issuer` signs certificates (None: no X.509 listener)."""
 
     def __init__(
@@ -38,14 +37,12 @@ class MemoryDeviceAuthority:
         claim_secret: str | None = "claim-secret",  # noqa: S107 - a test value
         managed: bool = True,
     ) -> None:
-        self._endpoint = endpoint or DeviceEndpoint(
-            "localhost", 8883, True, None, 8884 if issuer else 0
+        super().__init__(
+            endpoint or DeviceEndpoint("localhost", 8883, True, None, 8884 if issuer else 0),
+            claim_secret,
         )
         self._issuer = issuer
-        self._claim_secret = claim_secret
         self._managed = managed
-        self._source: AccessSource = DesiredAccess
-        self._sinks: list[LoginSink] = []
         self.users: dict[str, str] = {}  # what the server accepts since the last apply
         self.revoked: list[int] = []
         self.applies = 0
@@ -54,18 +51,6 @@ class MemoryDeviceAuthority:
     @property
     def managed(self) -> bool:
         return self._managed
-
-    @property
-    def endpoint(self) -> DeviceEndpoint:
-        return self._endpoint
-
-    @property
-    def claim_secret(self) -> str | None:
-        return self._claim_secret
-
-    @property
-    def restarts(self) -> int | None:
-        return None
 
     def hash_secret(self, secret: str) -> str:
         salt = secrets.token_hex(8)
@@ -100,9 +85,6 @@ class MemoryDeviceAuthority:
     async def kick(self, username: str) -> None:
         await self.apply()
         self.kicks.append((username, dict(self.users)))
-
-    def watch_logins(self, sink: LoginSink) -> None:
-        self._sinks.append(sink)
 
     # ------------------------------------------------------------ for tests
 

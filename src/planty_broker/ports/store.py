@@ -26,7 +26,14 @@ if TYPE_CHECKING:
     )
     from planty_broker.domain.firmware import Release, Rollout, Target
     from planty_broker.domain.history import HistoryUsage, HourlyRollup
-    from planty_broker.domain.identity import ApiToken, CredentialState, DeviceCredential, Pairing
+    from planty_broker.domain.identity import (
+        ApiToken,
+        ClaimWindow,
+        CredentialState,
+        DeviceCredential,
+        Pairing,
+        StoredPairingCode,
+    )
     from planty_broker.domain.rules.records import RuleEvent, StoredRule
 
 
@@ -269,6 +276,45 @@ class IdentityStore(Protocol):
         self, device_id: str | None = None, states: Sequence[CredentialState] | None = None
     ) -> list[DeviceCredential]:
         """Oldest first; filtered by device and states when given."""
+
+
+class AccessStateStore(Protocol):
+    """What pairing and the claim window share between gateway instances (scale-out):
+    the live pairing codes (hashed), counters, the claim window. (Wrong codes are limited
+    per address and account in each instance's memory: services/access/limits.py.)
+    Every write is committed on return, so any instance sees it at its next read."""
+
+    async def add_pairing_code(self, code: StoredPairingCode, *, keep: int) -> None:
+        """Store a new code; of all codes, only the `keep` newest stay."""
+
+    async def pairing_codes(self) -> list[StoredPairingCode]:
+        """Every stored code, live and expired, newest first."""
+
+    async def clear_pairing_codes(self) -> None:
+        """Forget every code (a claim used one: single use)."""
+
+    async def add_counts(self, counts: Mapping[str, int]) -> None:
+        """Add to shared counters by name (created at 0)."""
+
+    async def counts(self) -> dict[str, int]: ...
+
+    async def get_claim_window(self) -> ClaimWindow | None: ...
+
+    async def open_claim_window(self, at_ms: int, until_ms: int, max_claims: int) -> ClaimWindow:
+        """Open the window until `until_ms`, taking at most `max_claims`: a fresh count,
+        also when it was open (then only the end and the cap move, `opened_ms` stays)."""
+
+    async def close_claim_window(self, at_ms: int, *, expired_only: bool = False) -> bool:
+        """Close the window (with `expired_only`, only once its end has passed);
+        False if it was closed already."""
+
+    async def take_claim(self, at_ms: int) -> ClaimWindow | None:
+        """Count one more claim in the window if it is open at `at_ms` and has not taken
+        `max_claims` (atomically: instances side by side never pass the cap); the window
+        after it, or None if refused."""
+
+    async def give_back_claim(self) -> None:
+        """A taken claim failed: count one fewer (never below 0)."""
 
 
 class FirmwareStore(Protocol):

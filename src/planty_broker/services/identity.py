@@ -20,7 +20,7 @@ from planty_broker.domain.events import NewEvent
 from planty_broker.domain.models import PresenceCause, PresenceState
 from planty_broker.errors import PlantyError
 from planty_broker.ports.device_authority import DeviceAuthority, LoginEvent
-from planty_broker.ports.store import IdentityStore, Store
+from planty_broker.ports.store import AccessStateStore, IdentityStore, Store
 from planty_broker.protocol import Topics, provision_subscription
 from planty_broker.services.access.audit import AuditLog
 from planty_broker.services.access.pairing import PairingService
@@ -54,6 +54,7 @@ class Identity:
         topics: Topics,
         authority: DeviceAuthority,
         ident_store: IdentityStore,
+        shared: AccessStateStore,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -65,7 +66,7 @@ class Identity:
         self.tokens = TokenService(ident_store, flush_every_s=p.token_last_used_flush_s)
         self.pairing = PairingService(
             ident_store,
-            store,
+            shared,
             self.tokens,
             code_ttl_s=p.code_ttl_s,
             max_failures=p.max_failures,
@@ -88,7 +89,7 @@ class Identity:
         self.provisioning = ProvisioningService(
             self.credentials,
             registry,
-            store,
+            shared,
             self.recorder,
             authority=authority,
             prefix=topics.prefix,
@@ -98,6 +99,7 @@ class Identity:
             grace_s=v.claim_grace_s,
             max_claims=v.max_claims_per_window,
             claims_per_s=v.claims_per_s,
+            meta=store,
         )
         self.logins = LoginObserver(self.credentials)
         self._logins: asyncio.Queue[LoginEvent] = asyncio.Queue(maxsize=10_000)
@@ -121,15 +123,16 @@ class Identity:
             except Exception:
                 log.exception("handling a login event failed")
 
-    def announcement(self, *, show_code: bool) -> list[str]:
+    async def announcement(self, *, show_code: bool) -> list[str]:
         """Lines for `planty run`'s start-up message (the code only on a terminal)."""
-        status = self.pairing.status()
-        if status.pairing is not None:
-            lines = [f"  pairing:       paired with account {status.pairing.account_id}"]
-        elif show_code and status.code is not None:
-            minutes = max(1, round((status.code.expires_ms - _now_ms()) / 60_000))
+        code = await self.pairing.current_code() if show_code else None
+        pairing = self.pairing.pairing
+        if pairing is not None:
+            lines = [f"  pairing:       paired with account {pairing.account_id}"]
+        elif code is not None:
+            minutes = max(1, round((code.expires_ms - _now_ms()) / 60_000))
             lines = [
-                f"  pairing code:  {status.code.display}  (single use, expires in {minutes} min;"
+                f"  pairing code:  {code.display}  (single use, expires in {minutes} min;"
                 " `planty pair` shows a fresh one)"
             ]
         else:

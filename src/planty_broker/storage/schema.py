@@ -9,6 +9,7 @@ migration on the previous one.
 from __future__ import annotations
 
 from planty_broker.storage import (
+    schema_access,
     schema_dead_letters,
     schema_firmware,
     schema_history,
@@ -25,6 +26,7 @@ FEATURE_TABLES = (
     schema_firmware,
     schema_history,
     schema_dead_letters,
+    schema_access,
 )  # defined on `metadata` on import
 
 __all__ = ["FEATURE_TABLES", "devices", "meta", "metadata", "presence", "readings"]

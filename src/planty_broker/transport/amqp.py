@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 import aiormq
@@ -34,6 +33,7 @@ from pamqp.commands import Basic
 from planty_broker.backoff import Backoff
 from planty_broker.tasks import spawn
 from planty_broker.transport.mqtt import MessageHandler, MqttConnectError, MqttError
+from planty_broker.transport.reconnect import Connects, Reconnect
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class _Consumer:
         self.handler = handler
 
 
-class AmqpLink:
+class AmqpLink(Connects):
     """Competing consumer of one quorum queue + publisher on amq.topic (module docstring)."""
 
     def __init__(
@@ -88,12 +88,11 @@ class AmqpLink:
         self._connected = asyncio.Event()
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
-        self._backoff = Backoff(0.5, 10.0, jitter=0.5)
+        self._reconnect = Reconnect("AMQP link", Backoff(0.5, 10.0, jitter=0.5))
         self._next = 0
         self._unacked = 0
         self._pending: set[asyncio.Task[Any]] = set()
         self.node = ""  # the URL of the node we are on (for logs and tests)
-        self.reconnects = 0
         self.messages_in = 0
         self.messages_out = 0
 
@@ -106,6 +105,10 @@ class AmqpLink:
     @property
     def inflight(self) -> int:
         return self._unacked
+
+    @property
+    def reconnects(self) -> int:
+        return self._reconnect.count
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -143,18 +146,6 @@ class AmqpLink:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> AmqpLink:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     async def connect(self) -> None:
         """Connect to the first node that answers; raise MqttConnectError if none does."""
         errors: list[str] = []
@@ -163,7 +154,7 @@ class AmqpLink:
                 await self._open()
                 break
             except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
-                errors.append(f"{_safe(self._urls[(self._next - 1) % len(self._urls)])}: {exc}")
+                errors.append(f"{self._tried}: {exc}")
         else:
             raise MqttConnectError("no RabbitMQ node answered: " + "; ".join(errors))
         self._runner = spawn("amqp-link", self._keep_up)
@@ -180,6 +171,11 @@ class AmqpLink:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)
+
+    @property
+    def _tried(self) -> str:
+        """The node of the last attempt, for logs."""
+        return _safe(self._urls[(self._next - 1) % len(self._urls)])
 
     async def _open(self) -> None:
         url = self._urls[self._next % len(self._urls)]
@@ -199,7 +195,7 @@ class AmqpLink:
         self._conn, self._channel, self._pub = conn, channel, pub
         self._unacked = 0
         self.node = _safe(url)
-        self._backoff.reset()
+        self._reconnect.up(self.node)
         self._connected.set()
         log.info(
             "AMQP link on %s, consuming %s", self.node, ", ".join(c.queue for c in self._consumers)
@@ -238,18 +234,15 @@ class AmqpLink:
             if self._closing:
                 return
             if self._connected.is_set():
-                log.warning("AMQP link to %s lost; moving to the next node", self.node)
+                self._reconnect.lost(self.node)  # to the next node first
             self._connected.clear()
             self._conn = self._channel = self._pub = None
             while not self._closing:
                 try:
                     await self._open()
-                    self.reconnects += 1
                     break
                 except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
-                    delay = self._backoff.next()
-                    log.info("AMQP reconnect failed (%s); next try in %.1f s", exc, delay)
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(self._reconnect.failed(self._tried, exc))
 
     def _lost(self, channel: AbstractChannel | None) -> None:
         """A publish failed on `channel`: drop the connection so `_keep_up` moves on."""

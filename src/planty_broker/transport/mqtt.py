@@ -22,7 +22,6 @@ import logging
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from gmqtt import Client
@@ -32,6 +31,7 @@ from planty_broker.backoff import Backoff
 from planty_broker.errors import MqttServerError
 from planty_broker.ports.link import no_ack
 from planty_broker.transport.gmqtt_hooks import QosStorage, puback_for, take_over_qos1
+from planty_broker.transport.reconnect import Connects, Reconnect
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class _InflightStorage(QosStorage):
         self.freed.set()
 
 
-class MqttLink:
+class MqttLink(Connects):
     """A persistent-session MQTT client that hands every message to one async handler."""
 
     def __init__(
@@ -108,8 +108,7 @@ class MqttLink:
         self._client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
         self._connected = asyncio.Event()
         # Reconnect delays: 1, 2, 4 ... 30 s, each jittered by +-50%.
-        self._backoff = Backoff(1.0, 30.0, jitter=0.5)
-        self.reconnects = 0
+        self._reconnect = Reconnect("MQTT link", Backoff(1.0, 30.0, jitter=0.5))
         self.messages_in = 0
         self.messages_out = 0
         self.on_reconnect: Callable[[], None] | None = None
@@ -117,7 +116,6 @@ class MqttLink:
         self.on_subscribed: Callable[[], None] | None = None
         self._subacks_pending = 0
         self._client.on_subscribe = self._on_subscribe
-        self._ever_connected = False
         self._closing = False
 
     @property
@@ -128,17 +126,13 @@ class MqttLink:
     def inflight(self) -> int:
         return len(self._storage)
 
-    async def __aenter__(self) -> MqttLink:
-        await self.connect()
-        return self
+    @property
+    def reconnects(self) -> int:
+        return self._reconnect.count
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    @property
+    def _where(self) -> str:
+        return f"{self._config.host}:{self._config.port}"
 
     async def connect(self) -> None:
         """Connect once; raise MqttConnectError with a clear line if impossible."""
@@ -185,14 +179,9 @@ class MqttLink:
     # ------------------------------------------------------------ gmqtt callbacks
 
     def _on_connect(self, client: Client, flags: int, rc: int, properties: Any) -> None:
-        self._backoff.reset()
         client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
-        if self._ever_connected:
-            self.reconnects += 1
-            log.info("MQTT link to %s:%d restored", self._config.host, self._config.port)
-            if self.on_reconnect:
-                self.on_reconnect()
-        self._ever_connected = True
+        if self._reconnect.up(self._where) and self.on_reconnect:
+            self.on_reconnect()
         self._subacks_pending = len(self._subscriptions)
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos=qos)
@@ -209,13 +198,10 @@ class MqttLink:
     def _on_disconnect(self, client: Client, packet: Any, exc: Exception | None = None) -> None:
         was = self._connected.is_set()
         self._connected.clear()
-        client.set_config({"reconnect_retries": -1, "reconnect_delay": self._backoff.next()})
         if was and not self._closing:
-            log.warning(
-                "MQTT link to %s:%d lost; reconnecting with backoff",
-                self._config.host,
-                self._config.port,
-            )
+            self._reconnect.lost(self._where)
+        delay = self._reconnect.failed(self._where, None if was else exc)
+        client.set_config({"reconnect_retries": -1, "reconnect_delay": delay})
 
     def _on_message(
         self, client: Client, topic: str, payload: bytes, qos: int, properties: dict[str, Any]

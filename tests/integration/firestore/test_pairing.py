@@ -23,8 +23,8 @@ from tests.integration.firestore.rest import UserClient
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 
-def live_code(gw: Any) -> str:
-    return gw.services.pairing.status().code.code
+async def live_code(gw: Any) -> str:
+    return str((await gw.services.pairing.current_code()).code)
 
 
 async def test_app_claims_the_code_document_and_the_broker_pairs(
@@ -34,7 +34,7 @@ async def test_app_claims_the_code_document_and_the_broker_pairs(
         pytest.skip("the npm emulator has no REST API and no security rules")
     broker_id = unique_broker()
     gw = await gateways.start(broker_id)
-    code = live_code(gw)  # what a person reads off `planty run`
+    code = await live_code(gw)  # what a person reads off `planty run`
     path = f"pairing_codes/{code}"
     published = await wait_doc(server_db, path, lambda d: d.get("broker_id") == broker_id)
     assert published["claimed_by"] is None
@@ -74,7 +74,7 @@ async def test_unpairing_through_the_api_publishes_a_new_code_document(
 ) -> None:
     broker_id = unique_broker()
     gw = await gateways.start(broker_id)
-    code = live_code(gw)
+    code = await live_code(gw)
     await wait_doc(server_db, f"pairing_codes/{code}", lambda d: d.get("broker_id") == broker_id)
     server_db.document(f"pairing_codes/{code}").update({"claimed_by": "acct-7"})
     await wait_doc(server_db, f"brokers/{broker_id}", lambda d: d.get("owner") == "acct-7")
@@ -84,6 +84,6 @@ async def test_unpairing_through_the_api_publishes_a_new_code_document(
         r = await api.delete("/api/v1/pairing")
         assert r.status_code in (200, 204), r.text
     await wait_doc(server_db, f"brokers/{broker_id}", lambda d: d.get("owner") is None)
-    fresh = live_code(gw)
+    fresh = await live_code(gw)
     assert fresh != code
     await wait_doc(server_db, f"pairing_codes/{fresh}", lambda d: d.get("broker_id") == broker_id)

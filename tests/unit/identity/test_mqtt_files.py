@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from planty_broker.domain.identity import ClaimWindow
 from planty_broker.mqttserver.files import render_acl, render_conf, render_passwords
 from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
 from planty_broker.mqttserver.passwords import hash_token
@@ -97,7 +98,7 @@ def test_claim_slots_may_only_request_and_read_their_own_reply_and_log_in_while_
     }
     assert creds.extra_accounts == [prov.accounts]
     assert all(a.verifier == "" for a in prov.accounts())  # closed: no password line
-    prov._until_ms = now[0] + 5000
+    prov._window = ClaimWindow(now[0], now[0] + 5000)
     entries = {a.username: a.verifier for a in prov.accounts() if a.verifier}
     assert sorted(entries) == ["planty-claim-0", "planty-claim-1", "planty-claim-2"]
     assert all(authority.verify_secret("claim-secret", v) for v in entries.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
@@ -9,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planty_broker import errors
 from planty_broker.domain.identity import CredentialKind, DeviceCredential
+from planty_broker.errors import MqttServerError, StoreError
 from planty_broker.northbound.api.auth import Scope
 from planty_broker.northbound.api.deps import AuditDep, SvcDep, require_scope
 from planty_broker.northbound.api.errors import ApiError
@@ -27,6 +29,8 @@ from planty_broker.services.credentials.service import (
     CredentialService,
     CredentialUnavailableError,
 )
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["credentials"])
 Writer = Depends(require_scope(Scope.SERVER))
@@ -217,23 +221,28 @@ async def refused_logins(svc: SvcDep) -> dict[str, Any]:
 # ---------------------------------------------------------------- provisioning by claim
 
 
-def _window_json(prov: ProvisioningService) -> dict[str, Any]:
+async def _window_json(prov: ProvisioningService) -> dict[str, Any]:
+    try:
+        await prov.refresh()  # opened or closed through another instance a moment ago?
+    except (StoreError, MqttServerError) as exc:  # answered from the last view
+        log.warning("claim window: re-reading it failed (%s)", exc)
+    counts = await prov.counts()
     return {
         "window_open": prov.window_open,
         "until": iso(prov.window_until_ms),
-        "claim_usernames": f"{CLAIM_SLOT_PREFIX}0 .. {CLAIM_SLOT_PREFIX}{prov.slots - 1}",
-        "claims": prov.claims,
-        "refused": prov.refused,
-        "refused_by": dict(prov.refused_by),
-        "window_claims": prov.window_claims[0] if prov.window_open else None,
-        "window_max_claims": prov.window_claims[1] if prov.window_open else None,
+        "claim_usernames": _usernames(prov.first_slot, prov.slots),
+        "claims": counts["claims"],
+        "refused": counts["refused"],
+        "refused_by": counts["refused_by"],
+        "window_claims": counts["window_claims"],
+        "window_max_claims": counts["window_max_claims"],
     }
 
 
 @router.get("/provisioning")
 async def provisioning_state(svc: SvcDep) -> dict[str, Any]:
     """Whether factory-fresh devices may claim credentials now, and until when."""
-    return _window_json(provisioning_of(svc))
+    return await _window_json(provisioning_of(svc))
 
 
 @router.post("/provisioning/window", dependencies=[Writer])
@@ -250,7 +259,7 @@ async def open_window(body: Window, svc: SvcDep, audit: AuditDep) -> dict[str, A
         duration_s=body.duration_s or prov.default_window_s,
         max_claims=prov.window_claims[1],
     )
-    return _window_json(prov)
+    return await _window_json(prov)
 
 
 @router.delete("/provisioning/window", dependencies=[Writer])
@@ -260,7 +269,7 @@ async def close_window(svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     was_open = prov.window_open
     await prov.close_window()
     await audit("claim_window.closed", was_open=was_open)
-    return _window_json(prov)
+    return await _window_json(prov)
 
 
 @router.get("/provisioning/claim-credential", dependencies=[AdminOnly])

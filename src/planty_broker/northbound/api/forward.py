@@ -1,11 +1,12 @@
 """Scale-out: a worker instance hands what only the lease holder serves to the lease holder.
 
-In a deployment of several instances (docs/scale-out.md) the command outbox, the rules,
-updates, pairing and the claim window run on the instance holding the PostgreSQL lease.
+In a deployment of several instances (docs/scale-out.md) the command outbox, the rules
+and updates run on the instance holding the PostgreSQL lease.
 Any instance's API takes those requests all the same: a worker forwards them over HTTP
 to the lease holder's API (its address is in the store, `cluster.leader_api`, written
 when it took the lease) and returns the answer as it came, status and body. Everything
-else (devices, telemetry, events, statistics) a worker answers itself from the store.
+else (devices, telemetry, events, statistics, and pairing and the claim window, whose
+state is shared in the store) a worker answers itself from the store.
 
 The worker names the caller's address in `x-planty-client` (any such header from the
 caller is dropped). The lease holder keys its per-address limits and the audit's
@@ -32,7 +33,7 @@ FORWARD_TIMEOUT_S = 330.0  # longer than any `wait_s` a command request may ask 
 _HEADERS = ("authorization", "content-type", "accept", "x-request-id")
 LEADER_ONLY = re.compile(
     r"^/api/v1/(?:"
-    r"(?:commands|rules|firmware|rollouts|pairing|provisioning)(?:/.*)?"
+    r"(?:commands|rules|firmware|rollouts)(?:/.*)?"
     r"|devices/[^/]+/(?:commands|read|latency|thresholds|firmware|rotate|credentials|revoke)"
     r"(?:/.*)?"
     r")$"

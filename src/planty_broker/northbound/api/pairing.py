@@ -49,7 +49,7 @@ class Claim(BaseModel):
 @router.get("/pairing")
 async def get_pairing(svc: SvcDep, who: AuthDep, audit: AuditDep) -> dict[str, Any]:
     """Paired or not; while not paired, the code and its expiry (the code: admin tokens only)."""
-    st = pairing_of(svc).status()
+    st = await pairing_of(svc).status()
     out: dict[str, Any] = {
         "paired": st.pairing is not None,
         "broker_id": svc.broker_id,

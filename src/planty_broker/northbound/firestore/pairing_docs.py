@@ -56,7 +56,7 @@ class PairingDocs:
 
     def owner_fields(self) -> dict[str, Any]:
         """`owner` / `paired_at` for the broker document, from the pairing service."""
-        p = self._pairing.status().pairing
+        p = self._pairing.pairing
         if p is None:
             return {"owner": None, "paired_at": None}
         return {"owner": p.account_id, "paired_at": model.at(p.paired_ms)}
@@ -67,14 +67,13 @@ class PairingDocs:
             await self._sync()
 
     async def _sync(self) -> None:
-        status = self._pairing.status()
-        p = status.pairing
+        code = await self._pairing.current_code()
+        p = self._pairing.pairing
         owner = (p.account_id, p.paired_ms) if p is not None else (None, None)
         if owner != self._owner:
             self._owner = owner
             self._buffer.set(self._paths.broker, self.owner_fields())
             self._wake()
-        code = None if p is not None else status.code
         live = code.code if code is not None else None
         if live == self._published:
             return

@@ -24,11 +24,19 @@ secret, so even a claimant that raced into the same slot learns nothing useful.
 Whoever holds the claim secret can ask for devices while the window is open, so
 claims are bounded: at most `max_claims` per open window (each `open_window`
 starts a fresh count; `window_full` beyond) and `claims_per_s` (a token bucket
-as deep as one second's worth; `busy` beyond, a device retries). Requests
-waiting to be served are bounded too (`MAX_PENDING`; beyond, dropped). Every
-refusal is counted by reason (`refused_by`); `window_full` and `busy` are not
-written to the event log one by one (a flood would fill it), a warning is logged
-at most every `_WARN_EVERY_S`.
+as deep as one second's worth, in each instance's memory; `busy` beyond, a device
+retries). Requests waiting to be served are bounded too (`MAX_PENDING`; beyond,
+dropped). Every refusal is counted by reason (`refused_by`); `window_full` and
+`busy` are not written to the event log one by one (a flood would fill it), a
+warning is logged at most every `_WARN_EVERY_S`.
+
+The window (open, until when, closed, claims taken in it and the most it takes) and
+the counts of claims and refusals are kept in the store (`AccessStateStore`), so every
+gateway instance of a deployment sees one window and one claim count (docs/scale-out.md):
+each re-reads it every `REFRESH_S` and applies the claim accounts when it changed; the
+first to see it run out marks it closed. A claim is taken from the window's count in
+the store (atomically, so instances side by side never pass the cap) and given back if
+it fails.
 """
 
 from __future__ import annotations
@@ -43,10 +51,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from planty_broker.domain.identity import CredentialEventKind, CredentialOrigin
+from planty_broker.domain.identity import ClaimWindow, CredentialEventKind, CredentialOrigin
 from planty_broker.errors import CredentialError, MqttServerError, StoreError
 from planty_broker.ports.device_authority import Account, AclGrant, DeviceAuthority
-from planty_broker.ports.store import Store
+from planty_broker.ports.store import AccessStateStore, Store
 from planty_broker.protocol import (
     CLAIM_SLOT_PREFIX,
     ClaimReply,
@@ -66,12 +74,14 @@ from planty_broker.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-_META_KEY = "provisioning.window_until_ms"
-_COUNT_KEY = "provisioning.window_claims"  # {"until": window end, "claims", "max"}
 MAX_PENDING = 256  # claim requests waiting to be served; beyond, dropped (counted)
 MAX_CLAIMS_LIMIT = 100_000  # the most one window may be opened for
 _WARN_EVERY_S = 10.0
 _UNLOGGED = ("window_full", "busy")  # counted, not an event each
+REFRESH_S = 1.0
+CLAIMS = "provisioning.claims"
+REFUSED = "provisioning.refused"
+REFUSED_BY = "provisioning.refused."  # + the reason
 REPLY_CACHE_S = 300.0
 _REPLY_CACHE_MAX = 1000
 K = CredentialEventKind
@@ -93,7 +103,7 @@ class ProvisioningService:
         self,
         credentials: CredentialService,
         registry: DeviceRegistry,
-        meta: Store,
+        shared: AccessStateStore,
         recorder: EventRecorder,
         *,
         authority: DeviceAuthority,
@@ -104,12 +114,13 @@ class ProvisioningService:
         grace_s: float = 2.0,
         max_claims: int = 50,
         claims_per_s: float = 5.0,
+        meta: Store | None = None,
         clock: Callable[[], int] = now_ms,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._credentials = credentials
         self._registry = registry
-        self._meta = meta
+        self._shared = shared
         self.events = recorder
         self._prefix = prefix
         self.slots = slots
@@ -125,19 +136,21 @@ class ProvisioningService:
         self._previous: tuple[int, int] | None = None  # (first slot, overlap end ms)
         self._previous_hash: tuple[str, str] | None = None
         self.publish: Publisher | None = None
-        self._until_ms: int | None = None
+        self._window: ClaimWindow | None = None  # as last read from the store
+        self._seen_open = False  # window_open at the last refresh, open or close
         self._replies: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._gate = asyncio.Semaphore(4)
         self.max_claims = max_claims
         self.claims_per_s = claims_per_s
+        self._meta = meta
         self._monotonic = monotonic
-        self._window_max = max_claims
-        self._window_claims = 0  # claims taken (or being taken) in this window
         self._burst = max(1.0, math.ceil(claims_per_s))
         self._bucket = self._burst
         self._bucket_at = monotonic()
         self._warned_at: float | None = None
+        self._refused_pending: dict[str, int] = {}  # not yet added to the shared counters
+        # This instance's, since it started (/metrics); GET /provisioning adds up all.
         self.claims = 0
         self.refused = 0
         self.refused_by: dict[str, int] = {}
@@ -231,6 +244,8 @@ class ProvisioningService:
         await self._authority.apply()
 
     async def _save_rotation(self) -> None:
+        if self._meta is None:
+            return
         p = self._previous
         await self._meta.set_meta(
             _ROTATION_KEY,
@@ -261,29 +276,54 @@ class ProvisioningService:
 
     @property
     def window_open(self) -> bool:
-        return self._until_ms is not None and self._clock() < self._until_ms
+        """As last read from the store (every `REFRESH_S`, and at once on this instance)."""
+        return self._window is not None and self._window.open_at(self._clock())
 
     @property
     def window_until_ms(self) -> int | None:
-        return self._until_ms if self.window_open else None
+        return self._window.until_ms if self._window is not None and self.window_open else None
+
+    async def counts(self) -> dict[str, Any]:
+        """Claims and refusals by every instance (`refused_by` reason); the current window's
+        claims and the most it takes (None while closed)."""
+        await self._flush_refused()
+        counts = await self._shared.counts()
+        window = self._window
+        is_open = window is not None and self.window_open
+        return {
+            "claims": counts.get(CLAIMS, 0),
+            "refused": counts.get(REFUSED, 0),
+            "refused_by": {
+                name.removeprefix(REFUSED_BY): n
+                for name, n in sorted(counts.items())
+                if name.startswith(REFUSED_BY)
+            },
+            "window_claims": window.claims if window is not None and is_open else None,
+            "window_max_claims": window.max_claims if window is not None and is_open else None,
+        }
+
+    async def _flush_refused(self) -> None:
+        """Refusals (a flood, maybe) are added to the shared counters every `REFRESH_S`."""
+        pending, self._refused_pending = self._refused_pending, {}
+        if pending:
+            counts = {REFUSED_BY + code: n for code, n in pending.items()}
+            counts[REFUSED] = sum(pending.values())
+            await self._shared.add_counts(counts)
 
     @property
     def window_claims(self) -> tuple[int, int]:
-        """(claims taken in this window, the most it takes)."""
-        return self._window_claims, self._window_max
+        """(claims taken in this window, the most it takes), as last read from the store."""
+        w = self._window
+        return (w.claims, w.max_claims) if w is not None else (0, self.max_claims)
 
     async def start(self) -> None:
-        until = await self._meta.get_meta(_META_KEY)
-        if isinstance(until, int) and until > self._clock():
-            self._until_ms = until
-            count = await self._meta.get_meta(_COUNT_KEY)
-            if isinstance(count, dict) and count.get("until") == until:
-                self._window_claims = int(count.get("claims", 0))
-                self._window_max = int(count.get("max", self.max_claims))
-        self._spawn(self._closer(), "claim-window")
+        await self.refresh()
+        self._spawn(self._refresher(), "claim-window")
         await self._load_rotation()
 
     async def _load_rotation(self) -> None:
+        if self._meta is None:
+            return
         rotation = await self._meta.get_meta(_ROTATION_KEY)
         if isinstance(rotation, dict):
             first = rotation.get("first_slot")
@@ -297,6 +337,20 @@ class ProvisioningService:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+
+    async def refresh(self) -> None:
+        """Re-read the shared window; close it if it ran out; apply the claim accounts
+        when what they allow changed (another instance opened or closed it)."""
+        window = await self._shared.get_claim_window()
+        now = self._clock()
+        if window is not None and window.closed_ms is None and now >= window.until_ms:
+            if await self._shared.close_claim_window(now, expired_only=True):
+                log.info("claim window closed (its time ran out)")
+            window = await self._shared.get_claim_window()
+        self._window = window
+        if self.window_open != self._seen_open:
+            self._seen_open = self.window_open
+            await self._authority.apply()
 
     async def open_window(
         self, duration_s: float | None = None, max_claims: int | None = None
@@ -316,34 +370,33 @@ class ProvisioningService:
         most = self.max_claims if max_claims is None else max_claims
         if not 0 < most <= MAX_CLAIMS_LIMIT:
             raise ProvisioningError(f"max_claims must be 1..{MAX_CLAIMS_LIMIT}")
-        self._until_ms = self._clock() + int(duration * 1000)
-        self._window_claims, self._window_max = 0, most
-        await self._meta.set_meta(_META_KEY, self._until_ms)
-        await self._save_count()
+        now = self._clock()
+        self._window = await self._shared.open_claim_window(
+            now, now + int(duration * 1000), most
+        )
+        self._seen_open = True
         await self._authority.apply()
         log.info("claim window open for %.0f s, at most %d claims", duration, most)
-        return self._until_ms
-
-    async def _save_count(self) -> None:
-        await self._meta.set_meta(
-            _COUNT_KEY,
-            {"until": self._until_ms, "claims": self._window_claims, "max": self._window_max},
-        )
+        return self._window.until_ms
 
     async def close_window(self) -> None:
         """Refuse the claim secret from now on; live claim sessions are cut."""
         was_open = self.window_open
-        self._until_ms = None
-        await self._meta.set_meta(_META_KEY, None)
+        await self._shared.close_claim_window(self._clock())
+        self._window = await self._shared.get_claim_window()
+        self._seen_open = False
         await self._authority.apply()
         if was_open:
             log.info("claim window closed")
 
-    async def _closer(self) -> None:
+    async def _refresher(self) -> None:
         while True:
-            await asyncio.sleep(0.5)
-            if self._until_ms is not None and self._clock() >= self._until_ms:
-                await self.close_window()
+            await asyncio.sleep(REFRESH_S)
+            try:
+                await self.refresh()
+                await self._flush_refused()
+            except Exception as exc:  # the store or the MQTT server away: next round
+                log.warning("claim window: re-reading it failed (%s); retrying", exc)
             if self._previous is not None and self._clock() >= self._previous[1]:
                 log.info("claim secret overlap over: the previous claim secret is refused")
                 await self.end_claim_overlap()
@@ -387,6 +440,10 @@ class ProvisioningService:
             await self._cut(slot)
 
     async def _claim(self, slot: str, req: ClaimRequest) -> ClaimReply:
+        try:
+            await self.refresh()  # opened through another instance a moment ago?
+        except Exception as exc:  # the store or the MQTT server away: the last view answers
+            log.warning("claim window: re-reading it failed (%s)", exc)
         if not self.window_open:
             return await self._refuse(slot, req.req, req.serial, "window_closed", "no claim window")
         for d in self._registry.all():
@@ -410,33 +467,35 @@ class ProvisioningService:
             return await self._refuse(
                 slot, req.req, req.serial, "unavailable", "this broker issues no certificates"
             )
-        if self._window_claims >= self._window_max:
-            return await self._refuse(
-                slot,
-                req.req,
-                req.serial,
-                "window_full",
-                f"this claim window has taken its {self._window_max} claims; the operator "
-                "must open a new one (provisioning.max_claims_per_window)",
-            )
         wait = self._take()
         if wait is not None:
             return await self._refuse(
                 slot, req.req, req.serial, "busy", f"too many claims at once; retry in {wait:.1f} s"
             )
-        self._window_claims += 1  # taken now: claims served side by side never pass the cap
+        # Taken now, in the shared row: claims served side by side (on any instance) never
+        # pass the cap; given back if the claim fails.
+        taken = await self._shared.take_claim(self._clock())
+        if taken is None:
+            most = self.window_claims[1]
+            return await self._refuse(
+                slot,
+                req.req,
+                req.serial,
+                "window_full",
+                f"this claim window has taken its {most} claims; the operator "
+                "must open a new one (provisioning.max_claims_per_window)",
+            )
+        self._window = taken
         ok = False
         try:
             reply = await self._register(slot, req, device_id, x509, host, token_port, x509_port)
             ok = reply.ok
         finally:
             if not ok:
-                self._window_claims -= 1
-        if ok:
-            try:
-                await self._save_count()
-            except StoreError as exc:  # the count stays right in memory
-                log.warning("claim count of the window not saved: %s", exc)
+                try:
+                    await self._shared.give_back_claim()
+                except StoreError as exc:
+                    log.warning("claim not given back to the window's count: %s", exc)
         return reply
 
     def _take(self) -> float | None:
@@ -480,6 +539,7 @@ class ProvisioningService:
                 return await self._refuse(slot, req.req, req.serial, "unavailable", str(exc))
             cert_pem, key_pem = issued.cert_pem, issued.key_pem
         self.claims += 1
+        await self._shared.add_counts({CLAIMS: 1})
         await self.events.record(
             CredentialEvent(
                 K.CLAIMED,
@@ -507,6 +567,7 @@ class ProvisioningService:
     ) -> ClaimReply:
         self.refused += 1
         self.refused_by[code] = self.refused_by.get(code, 0) + 1
+        self._refused_pending[code] = self._refused_pending.get(code, 0) + 1
         if code in _UNLOGGED:
             self._warn(f"claims refused: {self.refused_by.get(code)} {code} so far ({message})")
         else:
