@@ -578,12 +578,17 @@ def _after_start(slow_callback_ms: float = 0.0) -> None:
 
 
 async def run_gateway(settings: Settings, announce: Announce | None = None) -> None:
-    """`planty run`: start, wait for SIGINT/SIGTERM, stop cleanly."""
-    async with Gateway(settings, announce) as gw:
+    """`planty run`: start, wait for SIGINT/SIGTERM, stop cleanly.
+
+    The handlers are in place before the start: the API answers (and an orchestrator may
+    send SIGTERM) while the last parts still start, and a SIGTERM then killed the process
+    with nothing flushed. A signal during the start now stops it cleanly once it is up."""
+    gw = Gateway(settings, announce)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, gw.stop)
+    async with gw:
         _after_start(settings.log.slow_callback_ms)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, gw.stop)
         await gw.wait_stopped()
         log.info("stopping")
