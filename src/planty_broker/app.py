@@ -55,6 +55,7 @@ from planty_broker.scaleout import (
     control_handler,
     control_subscriptions,
     refresh_registry,
+    stop_instance,
 )
 from planty_broker.services.bus import Bus, ReadingObserved
 from planty_broker.services.context import Services
@@ -350,8 +351,7 @@ class Gateway:
             raise StartupError(str(exc)) from exc
         self.link = link
         svc.link = link
-        stack.push_async_callback(link.close)
-        stack.push_async_callback(ingest.drain)  # unwinds first: commit, ack, then close
+        stack.push_async_callback(stop_instance, link, ingest)  # no delivery, commit, ack, close
         refresher = spawn("registry-refresh", lambda: refresh_registry(svc.registry))
         stack.push_async_callback(cancel_and_wait, [refresher])
 

@@ -30,6 +30,7 @@ from planty_broker.config import Settings
 from planty_broker.mqttserver.rabbit_authority import RabbitAuthority
 from planty_broker.ports.device_authority import DeviceEndpoint
 from planty_broker.protocol import Channel, Topics
+from planty_broker.services.ingest import IngestService
 from planty_broker.services.registry import DeviceRegistry
 from planty_broker.storage.sql_lease import PgLease
 from planty_broker.tasks import spawn
@@ -186,6 +187,20 @@ class Leadership:
         self.held = False
         log.error("scale-out: the lease is lost; stopping this instance (restart it)")
         self._on_lost()
+
+
+async def stop_instance(link: AmqpLink, ingest: IngestService) -> None:
+    """The clean stop of one instance (SIGTERM, `planty run` stopping): nothing it stored is
+    delivered again to another instance. In this order:
+    1. stop taking deliveries (basic.cancel on every queue consumed; one already on its way
+       stays unacked and goes to another instance when the channel closes);
+    2. let the writer commit what it holds (`ingest.drain`), which acks each message;
+    3. write every ack, then close the channel and the connection (`AmqpLink.close`).
+    Before this, the link closed while acks were still queued in the client, and RabbitMQ
+    handed those committed readings to another instance: stored twice."""
+    await link.stop_consuming()
+    await ingest.drain()
+    await link.close()
 
 
 async def refresh_registry(registry: DeviceRegistry) -> None:
