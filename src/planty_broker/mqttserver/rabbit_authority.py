@@ -30,7 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from planty_broker.mqttserver.atomic import load_or_create_secret
+from planty_broker.mqttserver.atomic import load_or_create_secret, write_atomic
+from planty_broker.mqttserver.passwords import new_token
 from planty_broker.mqttserver.rabbit_mgmt import RabbitApi, RabbitApiError, q
 from planty_broker.mqttserver.rabbit_passwords import (
     ALGORITHM,
@@ -53,6 +54,7 @@ TAG = "planty"
 VHOST = "/"
 EXCHANGE = "amq.topic"
 CLAIM_SECRET_FILE = "mqtt-claim.secret"  # noqa: S105 - a file name
+PREVIOUS_CLAIM_SECRET_FILE = "mqtt-claim.previous.secret"  # noqa: S105 - a file name
 
 
 _SWAP = str.maketrans("/.", "./")
@@ -127,6 +129,7 @@ class RabbitAuthority(AuthorityBasics):
         self._api = RabbitApi(management_urls, admin_user, admin_password)
         self._prefix = topic_prefix
         self._secret_dir = secret_dir
+        self._previous_claim_secret: str | None = None
         self._applied: dict[str, UserSpec] | None = None  # None: not synced with the server
         self._apply = _Coalescer(self._apply_once)
         self.applies = 0
@@ -135,6 +138,9 @@ class RabbitAuthority(AuthorityBasics):
         await self._api.__aenter__()
         if self._secret_dir is not None:
             self._claim_secret = load_or_create_secret(self._secret_dir / CLAIM_SECRET_FILE)
+            previous = self._secret_dir / PREVIOUS_CLAIM_SECRET_FILE
+            if previous.exists():
+                self._previous_claim_secret = load_or_create_secret(previous)
         return self
 
     async def __aexit__(
@@ -150,6 +156,45 @@ class RabbitAuthority(AuthorityBasics):
     @property
     def managed(self) -> bool:
         return True
+
+    # ------------------------------------------------------------ the claim secrets
+    #
+    # Every instance must accept the same current and previous claim secret, or their
+    # applies would fight over the claim slots' passwords. The provisioning service keeps
+    # both in the store's rotation record (`shares_claim_secrets`), re-read every second,
+    # and hands them here (`set_claim_secrets`); the files in `secret_dir` (0600) follow.
+
+    shares_claim_secrets = True
+
+    @property
+    def previous_claim_secret(self) -> str | None:
+        """The claim secret before the last rotation, while its overlap lasts."""
+        return self._previous_claim_secret
+
+    def rotate_claim_secret(self) -> str:
+        """A new claim secret; the current one becomes the previous one."""
+        new = new_token()
+        self.set_claim_secrets(new, self._claim_secret)
+        return new
+
+    def end_claim_overlap(self) -> None:
+        """The previous claim secret is refused from now on."""
+        if self._claim_secret:
+            self.set_claim_secrets(self._claim_secret, None)
+
+    def set_claim_secrets(self, current: str, previous: str | None) -> None:
+        """The secrets another instance rotated to (or this one): kept in memory and in
+        `secret_dir` (0600, atomic), so a restart before the store is read agrees."""
+        changed = (current, previous) != (self._claim_secret, self._previous_claim_secret)
+        self._claim_secret, self._previous_claim_secret = current, previous
+        d = self._secret_dir
+        if d is None or not changed:
+            return
+        write_atomic(d / CLAIM_SECRET_FILE, current + "\n")
+        if previous:
+            write_atomic(d / PREVIOUS_CLAIM_SECRET_FILE, previous + "\n")
+        else:
+            (d / PREVIOUS_CLAIM_SECRET_FILE).unlink(missing_ok=True)
 
     def hash_secret(self, secret: str) -> str:
         return hash_secret(secret)

@@ -276,6 +276,10 @@ async def close_window(svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
 async def claim_credential(svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
     """What factory firmware needs to claim: usernames, the shared secret, where, which CA."""
     prov = provisioning_of(svc)
+    try:
+        await prov.refresh()  # rotated through another instance a moment ago?
+    except (StoreError, MqttServerError) as exc:  # answered from the last view
+        log.warning("claim window: re-reading it failed (%s)", exc)
     if prov.claim_secret is None:
         raise ApiError(409, "unavailable", "provisioning by claim needs the supervised MQTT server")
     await audit("claim_secret.shown")

@@ -85,7 +85,9 @@ REFUSED_BY = "provisioning.refused."  # + the reason
 REPLY_CACHE_S = 300.0
 _REPLY_CACHE_MAX = 1000
 K = CredentialEventKind
-# The claim secret's generation: {"first_slot", "previous_first_slot", "previous_until_ms"}.
+# The claim secret's generation: {"first_slot", "previous_first_slot", "previous_until_ms"},
+# and in a cluster (an authority that `shares_claim_secrets`) the secrets themselves,
+# "secret" and "previous_secret": every instance re-reads it every REFRESH_S.
 _ROTATION_KEY = "provisioning.claim_rotation"
 
 
@@ -135,6 +137,7 @@ class ProvisioningService:
         self.first_slot = 0
         self._previous: tuple[int, int] | None = None  # (first slot, overlap end ms)
         self._previous_hash: tuple[str, str] | None = None
+        self._rotation_seen: dict[str, Any] | None = None  # the record as last read or written
         self.publish: Publisher | None = None
         self._window: ClaimWindow | None = None  # as last read from the store
         self._seen_open = False  # window_open at the last refresh, open or close
@@ -212,6 +215,8 @@ class ProvisioningService:
             raise ProvisioningError("rotating the claim secret needs the supervised Mosquitto")
         if not 0 <= overlap_s <= 366 * 86400:
             raise ProvisioningError("the overlap must be 0 s to 366 days")
+        if self._shares_secrets:
+            await self._load_rotation()  # another instance may have rotated a moment ago
         if self.previous_claim is not None:
             raise ProvisioningError(
                 "a claim secret rotation is still in its overlap; end it first "
@@ -243,18 +248,25 @@ class ProvisioningService:
         await self._save_rotation()
         await self._authority.apply()
 
+    @property
+    def _shares_secrets(self) -> bool:
+        """A cluster: the secrets go through the store, so every instance has the same."""
+        return bool(getattr(self._authority, "shares_claim_secrets", False))
+
     async def _save_rotation(self) -> None:
         if self._meta is None:
             return
         p = self._previous
-        await self._meta.set_meta(
-            _ROTATION_KEY,
-            {
-                "first_slot": self.first_slot,
-                "previous_first_slot": p[0] if p else None,
-                "previous_until_ms": p[1] if p else None,
-            },
-        )
+        record: dict[str, Any] = {
+            "first_slot": self.first_slot,
+            "previous_first_slot": p[0] if p else None,
+            "previous_until_ms": p[1] if p else None,
+        }
+        if self._shares_secrets:
+            record["secret"] = self.claim_secret
+            record["previous_secret"] = getattr(self._authority, "previous_claim_secret", None)
+        await self._meta.set_meta(_ROTATION_KEY, record)
+        self._rotation_seen = record
 
     def slot_live(self, slot: str) -> bool:
         """True if `slot` belongs to the current claim secret or to the previous one."""
@@ -321,19 +333,39 @@ class ProvisioningService:
         self._spawn(self._refresher(), "claim-window")
         await self._load_rotation()
 
-    async def _load_rotation(self) -> None:
+    async def _load_rotation(self) -> bool:
+        """Read the rotation record (at start; in a cluster every REFRESH_S too: another
+        instance may have rotated). True if what this instance accepts changed."""
         if self._meta is None:
-            return
+            return False
         rotation = await self._meta.get_meta(_ROTATION_KEY)
-        if isinstance(rotation, dict):
-            first = rotation.get("first_slot")
-            self.first_slot = first if first in (0, self.slots) else 0
-            p_first, p_until = (
-                rotation.get("previous_first_slot"),
-                rotation.get("previous_until_ms"),
-            )
-            if isinstance(p_first, int) and isinstance(p_until, int):
-                self._previous = (p_first, p_until)
+        if not isinstance(rotation, dict):
+            if self._shares_secrets and self.claim_secret:
+                await self._save_rotation()  # the first instance: its secret is everybody's
+            return False
+        if rotation == self._rotation_seen:
+            return False
+        self._rotation_seen = rotation
+        before = (self.first_slot, self._previous, self.claim_secret, self._previous_secret())
+        first = rotation.get("first_slot")
+        self.first_slot = first if first in (0, self.slots) else 0
+        p_first, p_until = rotation.get("previous_first_slot"), rotation.get("previous_until_ms")
+        ok = isinstance(p_first, int) and isinstance(p_until, int)
+        self._previous = (p_first, p_until) if ok else None  # type: ignore[assignment]
+        if self._shares_secrets:
+            secret, previous = rotation.get("secret"), rotation.get("previous_secret")
+            if isinstance(secret, str) and secret:
+                self._authority.set_claim_secrets(  # type: ignore[attr-defined]
+                    secret, previous if isinstance(previous, str) and previous else None
+                )
+            elif self.claim_secret:
+                await self._save_rotation()  # a record from a single gateway: add the secret
+        return before != (
+            self.first_slot, self._previous, self.claim_secret, self._previous_secret()
+        )  # fmt: skip
+
+    def _previous_secret(self) -> str | None:
+        return getattr(self._authority, "previous_claim_secret", None)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -348,7 +380,11 @@ class ProvisioningService:
                 log.info("claim window closed (its time ran out)")
             window = await self._shared.get_claim_window()
         self._window = window
-        if self.window_open != self._seen_open:
+        rotated = await self._load_rotation() if self._shares_secrets else False
+        if rotated:
+            log.info("claim secret rotation from another instance: slots %d.. take the new one",
+                     self.first_slot)  # fmt: skip
+        if self.window_open != self._seen_open or rotated:
             self._seen_open = self.window_open
             await self._authority.apply()
 
