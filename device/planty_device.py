@@ -142,7 +142,11 @@ class Device:
         self.port = port
         # A cluster (docs/scale-out.md): more (host, port) pairs; a connect that cannot reach
         # one moves to the next, round robin.
-        self._eps = [(host, port)] + [(e[0], int(e[1])) for e in (endpoints or ())]
+        # The list may hold host:port itself (the gateway gives every node): tried once.
+        self._eps = [(host, port)]
+        for e in endpoints or ():
+            if (e[0], int(e[1])) not in self._eps:
+                self._eps.append((e[0], int(e[1])))
         self._ep = 0
         self.ca_der = pem_to_der(ca_pem) if ca_pem else None
         base = prefix + "/devices/" + device_id + "/"

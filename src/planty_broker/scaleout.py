@@ -46,17 +46,22 @@ CONTROL_CHANNELS = (Channel.STATUS, Channel.ACK, Channel.OTA_ACK)
 
 def cluster_authority(settings: Settings) -> RabbitAuthority:
     c = settings.cluster
-    first = c.split(c.device_endpoints)[0]
-    host, _, port = first.rpartition(":")
+    nodes = tuple(_host_port(e) for e in c.split(c.device_endpoints))
     ca_pem = Path(c.ca_file).read_text() if c.ca_file else None
     return RabbitAuthority(
         c.split(c.management_urls),
         c.admin_user,
         c.admin_password,
-        DeviceEndpoint(host or first, int(port or 8883), True, ca_pem),
+        DeviceEndpoint(*nodes[0], True, ca_pem, endpoints=nodes),
         topic_prefix=settings.mqtt.topic_prefix,
         secret_dir=Path(c.shared_dir) if c.shared_dir else settings.data_dir,
     )
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    """`host:port` (or `host`: port 8883) as in `cluster.device_endpoints`."""
+    host, sep, port = endpoint.rpartition(":")
+    return (host, int(port)) if sep and host else (endpoint, 8883)
 
 
 class UnknownDeviceRefresh:

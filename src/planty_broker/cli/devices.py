@@ -196,7 +196,8 @@ def add_device(
             "wifi": {"ssid": wifi_ssid, "password": wifi_password},
             "device_id": creds["id"],
             "token": creds["token"],
-            "mqtt": creds["mqtt"],
+            # `mqtt.endpoints` (a cluster's nodes) when the gateway gives them; not null
+            "mqtt": {k: v for k, v in creds["mqtt"].items() if v is not None or k != "endpoints"},
         }
         fd = os.open(export_device_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -88,6 +88,9 @@ class DeviceEndpoint:
     tls: bool
     ca_pem: str | None  # the CA devices must trust; None: the server's own business
     x509_port: int = 0  # the client-certificate listener; 0: none
+    # Every node devices may connect to, in order, (host, port) with host:port first (a
+    # clustered MQTT server, docs/scale-out.md); empty: host:port is the only one.
+    endpoints: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ class _Mqtt(msgspec.Struct, frozen=True):
     port: int
     tls: bool
     ca_pem: str | None = None
+    endpoints: list[tuple[str, int]] | None = None  # a cluster's nodes, host:port first
 
 
 class _Issued(msgspec.Struct, frozen=True):
@@ -176,6 +177,7 @@ class Provisioner:
             port=mqtt.port,
             tls=mqtt.tls,
             ca_pem=mqtt.ca_pem,
+            alternates=tuple(e for e in mqtt.endpoints or () if e != (mqtt.host, mqtt.port)),
         )
 
     async def _mqtt(self) -> _Mqtt:

@@ -10,7 +10,11 @@ as a worker and sees the pairing and the window, and closes the window for every
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import uuid
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -21,6 +25,8 @@ from planty_broker.simulator.claim import ClaimCredentials, FactoryIdentity, cla
 from tests.integration.cluster.conftest import restart
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def ok(r: httpx.Response) -> dict[str, Any]:
@@ -84,3 +90,32 @@ async def _on_the_survivor(
         got = await claim(FactoryIdentity(creds, serial), give_up_s=90)
         assert got.device_id == serial.lower() and got.token
         assert (await on_other.get(f"/devices/{got.device_id}")).status_code == 200
+
+
+@pytest.mark.timeout(120)
+async def test_a_new_device_gets_every_node(
+    cluster: tuple[ModuleType, Any], tmp_path: Path
+) -> None:
+    """POST /devices on any instance gives every node (`mqtt.endpoints`, host:port first),
+    and `planty devices add --export-device-config` writes them for the MicroPython client."""
+    cl, c = cluster
+    nodes = [["localhost", p] for p in c.spec.mqtts_ports()]
+    holder = await cl.leader(c.gateways)
+    (worker,) = [g for g in c.gateways if g is not holder]
+    async with api(worker, c.token) as on_worker:
+        r = await on_worker.post("/devices", json={"id": f"ep-{uuid.uuid4().hex[:8]}"})
+        assert r.status_code == 201, r.text
+        mqtt = r.json()["mqtt"]
+        assert [mqtt["host"], mqtt["port"]] == nodes[0] and mqtt["endpoints"] == nodes
+        assert ok(await on_worker.get("/mqtt"))["endpoints"] == nodes
+    out = tmp_path / "secrets.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANTY_")}
+    env["PLANTY_ADMIN_TOKEN"] = c.token
+    proc = await asyncio.create_subprocess_exec(
+        str(ROOT / ".venv" / "bin" / "planty"), "devices", "add", f"ep-{uuid.uuid4().hex[:8]}",
+        "--export-device-config", str(out), "--url", worker.url, "--data-dir", str(tmp_path),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    text, _ = await proc.communicate()
+    assert proc.returncode == 0, text.decode()
+    assert json.loads(out.read_text())["mqtt"]["endpoints"] == nodes

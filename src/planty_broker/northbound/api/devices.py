@@ -72,6 +72,11 @@ class MqttEndpoint(BaseModel):
     tls: bool
     ca_pem: str | None
     prefix: str = Field(description="topic prefix: the device uses <prefix>/devices/<id>/...")
+    endpoints: list[tuple[str, int]] | None = Field(
+        default=None,
+        description="a clustered MQTT server: every node as [host, port], host:port first; "
+        "a device that cannot reach one tries the next (docs/scale-out.md)",
+    )
 
 
 class DeviceCredentials(BaseModel):
@@ -156,15 +161,22 @@ def declared(body: NewDevice) -> tuple[tuple[str, ...], tuple[str, ...]]:
 async def mqtt_endpoint(svc: SvcDep) -> dict[str, Any]:
     """Where devices connect and the CA certificate (PEM) MQTT clients must trust
     (`planty devices ca > ca.pem`)."""
+    return {**mqtt_json(svc), "x509_port": svc.endpoint.x509_port or None}
+
+
+def mqtt_json(svc: Services) -> dict[str, Any]:
+    """Where a device connects, as POST /devices and the import return it."""
     e = svc.endpoint
-    return {
+    out: dict[str, Any] = {
         "host": e.host,
         "port": e.port,
         "tls": e.tls,
-        "x509_port": e.x509_port or None,
         "ca_pem": e.ca_pem,
         "prefix": svc.settings.mqtt.topic_prefix,
     }
+    if e.endpoints:
+        out["endpoints"] = [[host, port] for host, port in e.endpoints]
+    return out
 
 
 @router.post("/devices", status_code=201, response_model=DeviceCredentials, dependencies=[Writer])
@@ -197,18 +209,7 @@ async def add_device(
     except DeviceAlreadyExistsError as exc:
         raise ApiError(409, "device_exists", f"{exc}; remove it first or pick another id") from None
     await audit("device.added", device_id=record.id, name=record.name)
-    e = svc.endpoint
-    return {
-        "id": record.id,
-        "token": token,
-        "mqtt": {
-            "host": e.host,
-            "port": e.port,
-            "tls": e.tls,
-            "ca_pem": e.ca_pem,
-            "prefix": svc.settings.mqtt.topic_prefix,
-        },
-    }
+    return {"id": record.id, "token": token, "mqtt": mqtt_json(svc)}
 
 
 MAX_PAGE = 1000
@@ -319,19 +320,12 @@ async def import_devices(
     if devices:
         ids = [d["id"] for d in devices]
         await audit("devices.imported", count=len(ids), ids=ids[:100])
-    e = svc.endpoint
     return {
         "imported": len(devices),
         "failed": len(errors),
         "devices": devices,
         "errors": errors,
-        "mqtt": {
-            "host": e.host,
-            "port": e.port,
-            "tls": e.tls,
-            "ca_pem": e.ca_pem,
-            "prefix": svc.settings.mqtt.topic_prefix,
-        },
+        "mqtt": mqtt_json(svc),
     }
 
 
