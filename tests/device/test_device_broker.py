@@ -245,6 +245,16 @@ def test_a_device_given_several_endpoints_moves_to_the_next_when_one_is_gone(
     dev._drop()
 
 
+def test_every_node_from_the_gateway_is_tried_once(
+    make_device: Callable[..., Any], device_endpoint: DeviceEndpoint
+) -> None:
+    """The gateway gives every node, host:port first (`mqtt.endpoints`): not tried twice."""
+    e = device_endpoint
+    nodes = [[e.host, e.port], [e.host, 1], [e.host, 2]]
+    dev = make_device(e, endpoints=nodes)
+    assert dev._eps == [(e.host, e.port), (e.host, 1), (e.host, 2)]
+
+
 async def test_a_clean_stop_says_goodbye_retained_and_the_will_never_fires(
     make_device: Callable[..., Any], device_endpoint: DeviceEndpoint, backend: MqttBackend
 ) -> None:

@@ -37,7 +37,7 @@ ADMIN_USER = "planty-admin"
 # commands) before it keeps further ones in its own memory until earlier ones are
 # applied. Those kept back are dropped when the channel closes, and the queue hands their
 # messages, already acked, to another consumer (RabbitMQ 3.10's default, 32, returned
-# 25-360 of 1,000 acked messages in 5 of 8 closes: docs/scale-out.md). Above the most
+# 25-527 of 1,000 acked messages in 7 of 16 closes: docs/scale-out.md). Above the most
 # unacked deliveries a gateway's channel holds (`cluster.prefetch` x 2 queues), no ack is
 # ever kept back, so a gateway's clean stop never sends a committed reading again.
 QUORUM_COMMANDS_SOFT_LIMIT = 4096

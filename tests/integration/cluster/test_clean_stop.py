@@ -10,7 +10,7 @@ queue every published reading must be stored exactly once.
 The second test is the RabbitMQ half of it: acks written just before `Channel.Close` must
 all reach the quorum queue. With RabbitMQ 3.10's default `quorum_commands_soft_limit` (32)
 a channel keeps acks beyond 32 pending Raft commands in its own memory and drops them when
-it closes (25-360 of 1,000 acked messages came back in 5 of 8 closes); the nodes
+it closes (25-527 of 1,000 acked messages came back in 7 of 16 closes); the nodes
 `bin/cluster` and these tests start raise it (`rabbit_nodes.QUORUM_COMMANDS_SOFT_LIMIT`).
 """
 
