@@ -38,7 +38,7 @@ def cluster_script() -> ModuleType:
     return module
 
 
-@pytest_asyncio.fixture(scope="session")
+@pytest_asyncio.fixture(scope="package")  # stopped once this folder is done
 async def cluster() -> AsyncIterator[tuple[ModuleType, Any]]:
     if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
         pytest.skip("rabbitmq-server is not installed (bin/setup --dev installs it)")
