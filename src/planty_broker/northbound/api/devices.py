@@ -198,7 +198,8 @@ async def add_device(
     connects, so commands and rules can be set at once; what it declares in its
     status replaces them (a difference is logged). Registrations reach the MQTT server
     in one reload per second at most, however many arrive: to register many devices,
-    use POST /devices/import or `wait=false`."""
+    use POST /devices/import or `wait=false`. On a cluster `mqtt.endpoints` lists every
+    node as `[host, port]`, host:port first (docs/scale-out.md)."""
     sensors, actuators = declared(body)
     try:
         record, token = await svc.registry.add(
