@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import random
 import shutil
 import socket
 from collections.abc import Callable, Iterator
@@ -11,16 +13,73 @@ from pathlib import Path
 import pytest
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now (never the busy standard ones)."""
+def worker_id() -> str:
+    """This test process under pytest-xdist ("gw0", "gw1", ...), else "main"."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+# Test ports come from 10000-19999: below the gateway's own picks (mqttserver/ports.py,
+# 20000 up to the ephemeral range) and below the kernel's ephemeral range, so neither an
+# outgoing connection nor a port the kernel gives a RabbitMQ node or a script takes one
+# between its pick and its bind. Each xdist worker has its own slice of that range, and a
+# process never hands out the same port twice (it may not be bound yet).
+_PORTS_LOW, _PORTS_HIGH = 10000, 20000
+_given: set[int] = set()
+_rng = random.Random()
+
+
+def _port_slice() -> range:
+    worker = worker_id()
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker[2:]) if worker.startswith("gw") else 0
+    size = (_PORTS_HIGH - _PORTS_LOW) // max(count, 1)
+    return range(_PORTS_LOW + index * size, _PORTS_LOW + (index + 1) * size)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now, this worker's own (never the busy standard ones)."""
+    ports = _port_slice()
+    if len(_given) > len(ports) // 2:
+        _given.clear()  # a very long session: the first ones are long closed
+    for _ in range(500):
+        port = _rng.choice(ports)
+        if port not in _given and _bindable(port):
+            _given.add(port)
+            return port
+    raise RuntimeError(f"no free loopback port in {ports.start}-{ports.stop - 1}")
 
 
 _REAL_COMPONENT_DIRS = ("integration", "browser")
 
 
+def _xdist_group(item: pytest.Item) -> str | None:
+    """The heavy singletons, each run by one pytest-xdist worker (`--dist loadgroup`, bin/test):
+    the Firestore emulator (a JVM) and the browser with its gateway and fleet are started
+    once, not by every worker; RabbitMQ nodes (15-35 s each, 3 in the cluster check) start
+    one set at a time. Everything else is spread test by test."""
+    parts = item.path.parts
+    if "browser" in parts:
+        return "browser"
+    if "firestore" in parts and "integration" in parts:
+        return "firestore"
+    if "cluster" in parts and "integration" in parts:
+        return "rabbitmq"
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "rabbitmq" in callspec.params.values():
+        return "rabbitmq"  # the authority contract's RabbitMQ case shares one node
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """One rerun for tests against real components (Mosquitto, databases, emulator, browser).
 
@@ -35,6 +94,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
         if is_real and "unit" not in parts:
             item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
+        group = _xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture

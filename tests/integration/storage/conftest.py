@@ -1,8 +1,9 @@
 """Stores under test: MemoryStore, SqlStore on a SQLite file, SqlStore on a real PostgreSQL.
 
 PostgreSQL: a uniquely named database is created on the local server for the test
-session and dropped at the end (override the server with PLANTY_TEST_POSTGRES_URL).
-Where no server answers, a private cluster is started for the session (tests/pgcluster.py).
+session (each pytest-xdist worker is a session of its own) and dropped at the end
+(override the server with PLANTY_TEST_POSTGRES_URL). Where no server answers, a private
+cluster is started for the session (tests/pgcluster.py), one per worker.
 Each test starts from empty tables.
 """
 
@@ -22,6 +23,7 @@ from planty_broker.ports.store import Store
 from planty_broker.storage.memory import MemoryStore
 from planty_broker.storage.schema import metadata
 from planty_broker.storage.sql import SqlStore
+from tests.conftest import worker_id
 
 ADMIN_URL = os.environ.get(
     "PLANTY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -47,7 +49,8 @@ class PgServer:
         self.created: list[str] = []
 
     def create(self, prefix: str = "planty_test") -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        # the xdist worker in the name: a database left by a killed run says whose it was
+        name = f"{prefix}_{worker_id()}_{uuid.uuid4().hex[:12]}"
         with _admin_connect() as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         self.created.append(name)
