@@ -45,13 +45,11 @@ def test_micropython_compiler_rejects_what_micropython_lacks(tmp_path: Path) -> 
 
 @pytest.fixture(scope="session")
 def node() -> str:
-    exe = shutil.which("node")
+    from tests.device.vmfleet import node as node_with_vm
+
+    exe = node_with_vm()
     if exe is None:
         pytest.skip("node is not installed: the MicroPython VM runs on Node")
-    if not (MPVM / "node_modules" / "@micropython").exists():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=MPVM, check=True, capture_output=True
-        )
     return exe
 
 

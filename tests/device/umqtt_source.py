@@ -56,7 +56,7 @@ def umqtt_path() -> Path:
     if _sha256(source) != SIMPLE_SHA256:
         raise RuntimeError("umqtt/simple.py inside the sdist is not the pinned one")
     simple.parent.mkdir(parents=True, exist_ok=True)
-    tmp = simple.with_suffix(".tmp")
+    tmp = simple.with_suffix(f".{os.getpid()}.tmp")  # xdist workers may fetch it at once
     tmp.write_bytes(source)
     tmp.replace(simple)
     return root

@@ -8,9 +8,12 @@ no `ussl`); mpvm/net.mjs gives it blocking sockets. One VM runs every board roun
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,11 +27,18 @@ DEVICE_FILES = ("planty_device.py", "planty_cmds.py", "planty_ota.py", "planty_b
 
 
 def node() -> str | None:
+    """Node, with the MicroPython VM's packages installed (once: pytest-xdist workers that
+    need them at the same time wait for one `npm ci`, never run two in one folder)."""
     exe = shutil.which("node")
-    if exe is not None and not (MPVM / "node_modules" / "@micropython").exists():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=MPVM, check=True, capture_output=True
-        )
+    if exe is None or (MPVM / "node_modules" / "@micropython").exists():
+        return exe
+    lock = Path(tempfile.gettempdir()) / f"planty-mpvm-{os.getuid()}.lock"
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        if not (MPVM / "node_modules" / "@micropython").exists():
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund"], cwd=MPVM, check=True, capture_output=True
+            )
     return exe
 
 
