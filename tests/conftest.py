@@ -122,9 +122,20 @@ def remove_mosquitto_fallbacks(under: Path | None = None) -> list[Path]:
         if mine or not data_dir.exists():
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
-    with contextlib.suppress(OSError):  # not empty: another run's folders
-        FALLBACK_ROOT.rmdir()
+    if worker_id() == "main":  # an xdist worker leaves it to the controller, at the very end
+        with contextlib.suppress(OSError):  # not empty: another run's folders
+            FALLBACK_ROOT.rmdir()
     return removed
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The xdist controller, once every worker is done: the emptied fallback root goes (a
+    worker removing it could race another worker's Mosquitto making its folder in it)."""
+    if worker_id() == "main" and getattr(session.config.option, "numprocesses", None):
+        from planty_broker.mqttserver.process import FALLBACK_ROOT
+
+        with contextlib.suppress(OSError):
+            FALLBACK_ROOT.rmdir()
 
 
 @pytest.fixture(autouse=True, scope="session")
