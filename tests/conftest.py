@@ -12,6 +12,14 @@ from pathlib import Path
 
 import pytest
 
+# A pytest-xdist worker starts with COLUMNS=80 in its environment (seen in its
+# /proc/PID/environ; the shell had none), and rich's Console fixes its width for good when
+# COLUMNS is set as it is made (`planty_broker.cli.client.console`, made at import): the CLI
+# tests' own COLUMNS (CliRunner's env) then changed nothing and their tables were cut at 80.
+# Tests set it where they need it.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 
 def worker_id() -> str:
     """This test process under pytest-xdist ("gw0", "gw1", ...), else "main"."""
