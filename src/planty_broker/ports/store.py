@@ -91,6 +91,12 @@ class Store(Protocol):
         other's change, whatever order their writes land in (issue 13).
         """
 
+    async def patch_devices(self, patches: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """`patch_device` for many devices in ONE transaction (all or nothing), applied in
+        order: a later patch of the same device wins for the fields it names. Devices removed
+        meanwhile are skipped; as with `patch_device`, only the named fields are written
+        (device statuses are stored this way, a batch per commit)."""
+
     async def remove_device(self, device_id: str) -> bool:
         """Delete the device and its data; False if it did not exist."""
 

@@ -133,6 +133,22 @@ class MemoryStore(MemoryQueueMixin, MemoryRulesMixin, MemoryFirmwareMixin, Memor
         if found is not None:
             self._devices[device_id] = _copy_device(replace(found, **changes))
 
+    async def patch_devices(self, patches: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """All or nothing: every patched record is built before any is kept. What a database
+        cannot store (a lone surrogate in a name) is refused, as SqlStore refuses it."""
+        self._check()
+        patched: dict[str, DeviceRecord] = {}
+        for device_id, changes in patches:
+            try:
+                msgspec.json.encode(changes)
+            except UnicodeError as exc:
+                raise StoreRejectedError(f"refused the data: {device_id}: {exc}") from exc
+            found = patched.get(device_id) or self._devices.get(device_id)
+            if found is not None and changes:
+                patched[device_id] = replace(found, **changes)
+        for device_id, record in patched.items():
+            self._devices[device_id] = _copy_device(record)
+
     async def remove_device(self, device_id: str) -> bool:
         self._check()
         self._readings.pop(device_id, None)

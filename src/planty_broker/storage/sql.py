@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from alembic.util.exc import CommandError
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -180,6 +180,34 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
         values = {k: full[k] for k in changes}
         q = update(devices).where(devices.c.id == device_id).values(**values)
         await self._call(self._in_tx, lambda c: c.execute(q))
+
+    async def patch_devices(self, patches: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """One transaction; one executemany per set of fields named (statuses name the same
+        few, so usually one). A device's patches are merged first, later ones winning."""
+        merged: dict[str, dict[str, Any]] = {}
+        for device_id, changes in patches:
+            if changes:
+                merged.setdefault(device_id, {}).update(changes)
+        if not merged:
+            return
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for device_id, changes in merged.items():
+            full = rows.device_values(dataclasses.replace(_BLANK, **changes))
+            keys = tuple(sorted(changes))
+            params = {f"v_{k}": full[k] for k in keys}
+            params["p_id"] = device_id
+            groups.setdefault(keys, []).append(params)
+
+        def run(conn: Connection) -> None:
+            for keys, params in groups.items():
+                q = (
+                    update(devices)
+                    .where(devices.c.id == bindparam("p_id"))
+                    .values({k: bindparam(f"v_{k}", type_=devices.c[k].type) for k in keys})
+                )
+                conn.execute(q, params)
+
+        await self._call(self._in_tx, run)
 
     async def remove_device(self, device_id: str) -> bool:
         """Its rows go with it (cascade); its readings' events stay in the event log."""

@@ -15,7 +15,12 @@ from planty_broker.domain.models import (
     PresenceTransition,
     Reading,
 )
-from planty_broker.ports.store import DeviceExistsError, Store, StoreUnavailableError
+from planty_broker.ports.store import (
+    DeviceExistsError,
+    Store,
+    StoreRejectedError,
+    StoreUnavailableError,
+)
 from tests.integration.storage.conftest import StoreFactory
 
 
@@ -107,6 +112,46 @@ async def test_a_patch_writes_only_its_fields_in_any_order(store: Store) -> None
     assert stored == dataclasses.replace(FULL, token_hash="", sensors=("light",), fw="3.0")
     await store.patch_device("never-there", {"fw": "1"})
     assert await store.get_device("never-there") is None
+
+
+async def test_patches_of_many_devices_write_only_their_fields_in_one_call(store: Store) -> None:
+    """Statuses are stored a batch at a time (issue 17): each patch writes only what it
+    names (never the token hash it does not name, issue 13), later patches of a device win,
+    a removed device stays removed, a patch naming nothing writes nothing."""
+    await store.add_device(FULL)
+    await store.add_device(device("bare"))
+    await store.add_device(device("other", fw="0.9"))
+    await store.patch_device(FULL.id, {"token_hash": ""})  # a revocation, written first
+    await store.patch_devices(
+        [
+            (FULL.id, {"sensors": ("light",), "fw": "3.0"}),
+            ("bare", {"sensors": ("t", "h"), "actuators": ("pump",), "interval_s": 15.0}),
+            ("never-there", {"fw": "1"}),
+            ("bare", {"fw": "2.1", "interval_s": 30.0}),
+            ("other", {}),
+        ]
+    )
+    assert await store.get_device(FULL.id) == dataclasses.replace(
+        FULL, token_hash="", sensors=("light",), fw="3.0"
+    )
+    assert await store.get_device("bare") == device(
+        "bare", sensors=("t", "h"), actuators=("pump",), fw="2.1", interval_s=30.0
+    )
+    assert await store.get_device("other") == device("other", fw="0.9")
+    assert await store.get_device("never-there") is None
+    await store.patch_devices([])
+    assert [d.id for d in await store.list_devices()] == ["bare", "greenhouse-1", "other"]
+
+
+async def test_patches_of_many_devices_are_all_or_nothing(store: Store) -> None:
+    """A patch the store refuses (a name it cannot encode) leaves every device of the call
+    as it was: the status writer then bisects the batch down to the one it refuses."""
+    await store.add_device(device("a"))
+    await store.add_device(device("b"))
+    with pytest.raises(StoreRejectedError):
+        await store.patch_devices([("a", {"fw": "2.0"}), ("b", {"sensors": ("bad\ud800",)})])
+    assert await store.get_device("a") == device("a")
+    assert await store.get_device("b") == device("b")
 
 
 async def test_remove_deletes_the_device_and_all_its_data(store: Store) -> None:
