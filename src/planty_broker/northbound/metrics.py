@@ -173,7 +173,9 @@ class GatewayCollector(Collector):
             labels=["writer"],
         )
         aside.add_metric(["readings"], writer.dead_lettered)
-        aside.add_metric(["status_ack"], ingest.slow_dead_lettered)
+        aside.add_metric(
+            ["status_ack"], ingest.slow_dead_lettered + ingest.statuses.dead_lettered
+        )
         commands = self._svc.commands
         if commands is not None:
             aside.add_metric(["commands"], commands.outbox.journal.dead_lettered)

@@ -70,7 +70,10 @@ class HealthService:
         now = self._clock()
         reasons: dict[str, list[str]] = {name: [] for name in CHECKS}
         svc = self._svc
-        writers: list[tuple[str, Any]] = [("readings", svc.ingest.writer)]
+        writers: list[tuple[str, Any]] = [
+            ("readings", svc.ingest.writer),
+            ("statuses", svc.ingest.statuses),
+        ]
         if svc.commands is not None:
             writers.append(("commands", svc.commands.outbox.journal))
         if svc.events is not None:

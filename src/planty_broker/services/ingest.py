@@ -5,7 +5,10 @@ never a crash -> presence updated -> readings stored in batches (the PUBACK is
 sent from the batch's commit, so it follows durability) -> events published on
 the bus. Telemetry, the hot path, is handled without a task or a future per
 message; status and acks (rare) wait in one bounded queue served by a few workers
-and are acknowledged when done.
+and are acknowledged when done. A status that changes what the device declared is
+written in batches too (`statuses`, one transaction per batch, issue 17): a fleet that
+logs in at once costs a few commits, not one per device, and its PUBACK and
+`DeviceStatusReceived` follow the commit.
 
 Nothing one device sends can stop the others (issue 11): a reading the store refuses
 for good is bisected out of its batch and kept as a dead letter, then acknowledged; a
@@ -90,6 +93,16 @@ Ack = Callable[[], None]  # sends the MQTT PUBACK of the message being handled
 
 
 @dataclass(frozen=True, slots=True)
+class _StatusWrite:
+    """A status on its way to the store: the fields it changes (empty: none, it only keeps
+    its place in the order) and the event that follows its commit."""
+
+    device_id: str
+    changes: dict[str, object]
+    event: DeviceStatusReceived
+
+
+@dataclass(frozen=True, slots=True)
 class _SlowItem:
     """A status or ack message waiting for a worker."""
 
@@ -139,6 +152,16 @@ class IngestService:
             after_commit=self._committed,
             dead_letter=self._dead_reading,
         )
+        # What statuses declare (sensors, actuators, fw, interval), a batch per commit: the
+        # fleet's logins used to be one commit each on the store's one thread, ahead of readings
+        self.statuses: BatchWriter[_StatusWrite] = BatchWriter(
+            self._write_statuses,
+            max_batch=batch_max,
+            max_wait_ms=batch_wait_ms,
+            name="statuses",
+            after_commit=self._statuses_committed,
+            dead_letter=self._dead_status,
+        )
         self.dead_letters = dead_letters
         self._max_pending_qos0 = max_pending_qos0
         self.dropped_qos0 = 0  # QoS 0 messages dropped because too many waited
@@ -166,6 +189,7 @@ class IngestService:
     async def start(self) -> None:
         self.latest = await self._store.latest_readings()
         await self.writer.start()
+        await self.statuses.start()
         self._workers = [spawn(f"ingest-slow-{i}", self.slow_worker) for i in range(SLOW_WORKERS)]
 
     async def drain(self) -> None:
@@ -182,11 +206,12 @@ class IngestService:
                 await asyncio.wait_for(self._slow.join(), 5)
         await cancel_and_wait(self._workers)
         self._workers = []
+        await self.statuses.stop()
         await self.writer.stop()
 
     def slow_pending(self) -> int:
-        """Status and ack messages waiting or being handled."""
-        return self._slow.qsize() + self._slow_busy
+        """Status and ack messages waiting or being handled (statuses until committed)."""
+        return self._slow.qsize() + self._slow_busy + self.statuses.total_pending()
 
     def total_pending(self) -> int:
         return self.writer.total_pending() + self.slow_pending()
@@ -194,9 +219,9 @@ class IngestService:
     def stuck_for(self, now: float) -> float:
         """Seconds messages have waited with nothing committed or handled (0: none wait)."""
         slow = 0.0
-        if self.slow_pending():
+        if self._slow.qsize() or self._slow_busy:
             slow = now - max(self._slow_busy_since, self._slow_done_at)
-        return max(self.writer.stuck_for(now), slow)
+        return max(self.writer.stuck_for(now), self.statuses.stuck_for(now), slow)
 
     def _on_devices_changed(self, event: DevicesChanged) -> None:
         if event.change == "removed":
@@ -380,9 +405,9 @@ class IngestService:
         while True:
             try:
                 if item.channel is Channel.STATUS:
-                    await self._status(item.device_id, item.payload, item.at, item.retain)
-                else:
-                    await self._ack(item.device_id, item.payload, item.at)
+                    self._status(item)  # the statuses writer acknowledges it once committed
+                    return
+                await self._ack(item.device_id, item.payload, item.at)
             except ProtocolError as exc:
                 self._report(item.device_id, exc.kind, str(exc))
             except TransientStoreError as exc:
@@ -420,10 +445,16 @@ class IngestService:
             log.error("could not keep a dead letter (%s); dropped: %s", dl_exc, exc)
         return True
 
-    async def _status(self, device_id: str, payload: bytes, at: int, retain: bool) -> None:
-        status = decode_status(payload, self._max_payload)
+    def _status(self, item: _SlowItem) -> None:
+        """Presence and statistics at once; what the status declares goes to the statuses
+        writer, which acknowledges it and publishes `DeviceStatusReceived` after its commit."""
+        device_id, at = item.device_id, item.at
+        if item.ack is no_ack and self.statuses.pending() >= self._max_pending_qos0:
+            self.dropped_qos0 += 1  # QoS 0: nothing bounds these but us
+            return
+        status = decode_status(item.payload, self._max_payload)
         if self._stats is not None:  # before presence: it reads the state the device comes from
-            self._stats.on_status(device_id, status, retain, at)
+            self._stats.on_status(device_id, status, item.retain, at)
         self._presence.on_status(
             device_id,
             status.online,
@@ -431,8 +462,28 @@ class IngestService:
             at,
             clean=status.reason == SHUTDOWN_REASON,
         )
-        await self._registry.note_status(device_id, status)
-        self._bus.publish(DeviceStatusReceived(device_id, status.online, at, status))
+        changes = self._registry.declared(device_id, status)
+        event = DeviceStatusReceived(device_id, status.online, at, status)
+        self.statuses.submit(_StatusWrite(device_id, changes, event), item.ack, item.payload)
+
+    async def _write_statuses(self, items: Sequence[_StatusWrite]) -> None:
+        """One transaction for the batch; a batch that changes nothing is not a commit."""
+        patches = [(i.device_id, i.changes) for i in items if i.changes]
+        if patches:
+            await self._store.patch_devices(patches)
+
+    def _statuses_committed(self, items: Sequence[_StatusWrite]) -> None:
+        publish = self._bus.publish
+        for i in items:
+            publish(i.event)
+
+    async def _dead_status(self, item: _StatusWrite, source: bytes | None, exc: Exception) -> None:
+        """A status the store refuses for good: a dead letter (then it is acknowledged)."""
+        if self.dead_letters is None or source is None:
+            log.error("status from %s set aside: %s", item.device_id, exc)
+            return
+        topic = self._topics.device(item.device_id, Channel.STATUS)
+        await self.dead_letters.record(item.device_id, topic, source, exc)
 
     async def _ack(self, device_id: str, payload: bytes, at: int) -> None:
         ack = decode_ack(payload, self._max_payload)

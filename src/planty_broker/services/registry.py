@@ -326,9 +326,17 @@ class DeviceRegistry:
 
     async def note_status(self, device_id: str, status: Status) -> None:
         """Keep what the device declared (sensors, actuators, firmware, interval)."""
+        changes = self.declared(device_id, status)
+        if changes:
+            await self._store.patch_device(device_id, changes)
+
+    def declared(self, device_id: str, status: Status) -> dict[str, object]:
+        """What the status changes in the device's record, applied here at once; the caller
+        writes the returned fields to the store (the ingest path: `Store.patch_devices`, a
+        batch of statuses per commit). Empty: nothing to write."""
         device = self._devices.get(device_id)
         if device is None or not status.online:
-            return
+            return {}
         for what, before, now in (
             ("sensors", device.sensors, tuple(status.sensors)),
             ("actuators", device.actuators, tuple(status.actuators)),
@@ -353,4 +361,4 @@ class DeviceRegistry:
             # Only what the device declares is written, never its token hash: a credential
             # change racing this status keeps its own field (issue 13).
             self._devices[device_id] = dataclasses.replace(device, **changes)  # type: ignore[arg-type]
-            await self._store.patch_device(device_id, changes)
+        return changes

@@ -22,6 +22,7 @@ class Writer:
 class Ingest:
     def __init__(self) -> None:
         self.writer = Writer()
+        self.statuses = Writer()
         self.stuck = 0.0
 
     def stuck_for(self, now: float) -> float:
@@ -85,3 +86,17 @@ def test_each_check_gives_its_reason() -> None:
         "loops: background loop presence-check died 2 s ago (KeyError); restarting",
     ]
     assert health.readiness().as_json()["ready"] is False
+
+
+def test_a_failing_statuses_writer_is_a_store_reason() -> None:
+    """Statuses are written in batches of their own (issue 17): their writer counts too."""
+    health, svc, _loops, now = make()
+    svc.ingest.statuses.failing_since = 90.0
+    svc.ingest.statuses.last_error = "database is locked"
+    now[0] = 106.0
+    r = health.readiness()
+    assert r.failing["store"]
+    assert r.reasons == [
+        "store: the statuses writer has failed to commit for 16 s (database is locked); "
+        "the data is held and retried"
+    ]
