@@ -12,7 +12,9 @@ history row, persisted together with its event.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
 import random
 import time
 from collections.abc import Mapping
@@ -170,6 +172,13 @@ def valid_actions(actuators: tuple[str, ...] | list[str]) -> list[str]:
     return [*BUILTIN_ACTIONS, *(f"{a}.{v}" for a in actuators for v in ACTUATOR_VERBS)]
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_set(actuators: tuple[str, ...]) -> frozenset[str]:
+    """`valid_actions` as a set, per set of actuators: built once, not per command (issue 17:
+    the list was ~9 % of the command service's own time at 1,000 commands/s)."""
+    return frozenset(valid_actions(actuators))
+
+
 def _number(value: object) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
@@ -189,8 +198,8 @@ def prepare(
     else `max_on_seconds`), and more than that is refused, so a lost `off` can never
     leave a pump running longer.
     """
-    valid = valid_actions(actuators)
-    if action not in valid:
+    if action not in _valid_set(tuple(actuators)):
+        valid = valid_actions(actuators)
         declared = (
             f"it declared actuators {', '.join(actuators)}"
             if actuators
@@ -248,6 +257,26 @@ def supersedes(new: CommandRecord, old: CommandRecord) -> bool:
 
 # ---------------------------------------------------------------- the state machine
 
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(CommandRecord))
+_FIELD_SET = frozenset(_RECORD_FIELDS)
+_record_values = operator.attrgetter(*_RECORD_FIELDS)
+_new_object = object.__new__
+_set_field = object.__setattr__
+
+
+def _with(rec: CommandRecord, **changes: Any) -> CommandRecord:
+    """`dataclasses.replace(rec, **changes)` for the hot path (three records per command):
+    replace looks the fields up and runs the frozen `__init__` (one `object.__setattr__` call
+    per field through keyword arguments) on every call, ~9 us against ~4 us here."""
+    if not changes.keys() <= _FIELD_SET:
+        raise TypeError(f"CommandRecord has no field {sorted(changes.keys() - _FIELD_SET)}")
+    new = _new_object(CommandRecord)
+    get = changes.get
+    for name, value in zip(_RECORD_FIELDS, _record_values(rec), strict=True):
+        _set_field(new, name, get(name, value))
+    return new
+
+
 
 def _move(
     rec: CommandRecord, state: CommandState, now_ms: int, detail: str | None, **fields: Any
@@ -257,13 +286,13 @@ def _move(
             f"command {rec.id}: cannot go from {rec.state.value} to {state.value}"
         )
     final_ms = now_ms if state in FINAL_STATES else None
-    new = dataclasses.replace(rec, state=state, updated_ms=now_ms, final_ms=final_ms, **fields)
+    new = _with(rec, state=state, updated_ms=now_ms, final_ms=final_ms, **fields)
     return CommandChange(new, CommandTransition(rec.id, state.value, now_ms, new.attempts, detail))
 
 
 def queued(rec: CommandRecord) -> CommandChange:
     """The first row of a new command."""
-    rec = dataclasses.replace(rec, state=CommandState.QUEUED, updated_ms=rec.created_ms)
+    rec = _with(rec, state=CommandState.QUEUED, updated_ms=rec.created_ms)
     t = CommandTransition(rec.id, CommandState.QUEUED.value, rec.created_ms, 0, None)
     return CommandChange(rec, t, new=True)
 
@@ -314,7 +343,7 @@ def late_ack(rec: CommandRecord, ack: Ack, now_ms: int) -> CommandChange:
         info["result"] = ack.result
     if ack.error is not None:
         info["error"] = ack.error
-    new = dataclasses.replace(rec, late_ack=info)
+    new = _with(rec, late_ack=info)
     detail = "late ack: ok" if ack.ok else f"late ack: {ack.error}"
     return CommandChange(new, CommandTransition(rec.id, LATE_ACK, now_ms, rec.attempts, detail))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from planty_broker.domain import commands as cmds
@@ -175,3 +177,21 @@ def test_token_bucket_paces_to_its_rate_after_the_burst() -> None:
     assert sum(b.take(t / 100) for t in range(11, 111)) == 10  # 1 s later: 10 more, no more
     b2 = TokenBucket(rate=10, burst=3, now=0.0)
     assert sum(b2.take(100.0) for _ in range(10)) == 3  # idle time saves at most `burst`
+
+
+def test_the_fast_copy_of_a_record_is_dataclasses_replace() -> None:
+    """`_with` (the state machine's copy, issue 17) gives what `dataclasses.replace` gives,
+    and refuses a field the record does not have as replace does."""
+    rec = CommandRecord("c-1", "dev-1", "lamp.set", {"value": 1}, 10, 20, attempts=2)
+    changes = {"state": CommandState.SENT, "updated_ms": 15, "attempts": 3, "error": None}
+    assert cmds._with(rec, **changes) == dataclasses.replace(rec, **changes)
+    assert cmds._with(rec) == rec and cmds._with(rec) is not rec
+    with pytest.raises(TypeError, match="nope"):
+        cmds._with(rec, nope=1)
+
+
+def test_valid_actions_are_checked_from_a_cached_set_and_listed_when_refused() -> None:
+    assert cmds.prepare("lamp.on", {}, ("lamp",), 30) == {"seconds": 30}
+    with pytest.raises(InvalidActionError) as info:
+        cmds.prepare("pump.on", {}, ("lamp",), 30)
+    assert info.value.valid == cmds.valid_actions(("lamp",))
