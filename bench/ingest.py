@@ -8,6 +8,12 @@ the SQLite file, polled every 5 ms by a reader in this process), gateway RSS, th
 subscriber's rate, and the ratio gateway / bare (the issue's figure; aim >= 0.5 at 1,000 devices).
 
     .venv/bin/python bench/ingest.py --devices 1000 --messages 40 [--tls]
+    .venv/bin/python bench/ingest.py --devices 1000 --messages 20 --rate 5 --status --import
+
+`--status`: each device publishes its retained status (declaring sensors, actuators, fw,
+interval) as it logs in, right before its telemetry, as the firmware does; the bench reports
+how many of those first statuses were stored (the device's row carries the declared fw) and
+how long after being published. `--import` registers the fleet with one bulk import.
 """
 
 from __future__ import annotations
@@ -38,11 +44,12 @@ from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
 from planty_broker.mqttserver.passwords import hash_token
 from planty_broker.mqttserver.supervisor import MosquittoSupervisor
 from planty_broker.ports.device_authority import AclGrant
-from planty_broker.protocol import Channel, Telemetry, Topics, encode
+from planty_broker.protocol import Channel, Status, Telemetry, Topics, encode
 from planty_broker.transport.mqtt import LinkConfig, MqttLink
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = Topics()
+BENCH_FW = "bench-1.0"  # what every device's status declares; its row carries it once stored
 SPY_FORMATS = {".json": "speedscope", ".txt": "raw"}
 
 
@@ -62,9 +69,12 @@ class Load:
         messages: int,
         inflight: int,
         rate: float = 0.0,
+        status: bool = False,
     ) -> None:
         self.creds, self.host, self.port, self.tls = creds, host, port, tls
         self.messages, self.inflight, self.rate = messages, inflight, rate
+        self.status = status
+        self.status_sent_ms: dict[str, float] = {}  # device -> when its status went out
         self.links: list[MqttLink] = []
 
     async def connect(self) -> None:
@@ -101,6 +111,18 @@ class Load:
             topic = TOPICS.device(device_id, Channel.TELEMETRY)
             if self.rate:  # spread the devices' first messages over one period
                 await asyncio.sleep(random.random() / self.rate)
+            if self.status:  # a login: the retained status, then the readings
+                body = Status(
+                    online=True,
+                    fw=BENCH_FW,
+                    sensors=("temperature", "soil_moisture", "light"),
+                    actuators=("pump",),
+                    interval_s=1 / self.rate if self.rate else 1.0,
+                )
+                self.status_sent_ms[device_id] = time.time_ns() / 1e6
+                await link.publish(
+                    TOPICS.device(device_id, Channel.STATUS), encode(body), qos=1, retain=True
+                )
             for seq in range(self.messages):
                 if self.rate and seq:
                     await asyncio.sleep(1 / self.rate)
@@ -177,7 +199,9 @@ async def baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         tls, dport = _device_endpoint(
             args, sup.ca_pem, settings.mqtt.plaintext_loopback_port, layout.port
         )
-        load = Load(creds, "localhost", dport, tls, args.messages, args.inflight, args.rate)
+        load = Load(
+            creds, "localhost", dport, tls, args.messages, args.inflight, args.rate, args.status
+        )
         await load.connect()
         publish_s = await load.run()
         with contextlib.suppress(TimeoutError):
@@ -205,10 +229,14 @@ class StoredWatcher(threading.Thread):
         self.latencies_ms: list[float] = []
         self.first = self.last = 0.0
         self.count = 0
+        self.statuses = False  # also watch for stored statuses (the declared fw)
+        self.status_seen_ms: dict[str, float] = {}
+        self.load_end_ms: float | None = None
 
     def run(self) -> None:
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
         last_rowid = 0
+        polls = 0
         while not self.stop.is_set():
             now_ms = time.time_ns() / 1e6
             rows = conn.execute(
@@ -222,6 +250,11 @@ class StoredWatcher(threading.Thread):
                 self.count += len(rows)
                 last_rowid = rows[-1][0]
                 self.latencies_ms.extend(now_ms - ts for _r, ts in rows)
+            if self.statuses and (polls := polls + 1) % 4 == 0:  # every ~20 ms
+                now_ms = time.time_ns() / 1e6
+                q = "SELECT id FROM devices WHERE fw = ?"
+                for (device_id,) in conn.execute(q, (BENCH_FW,)):
+                    self.status_seen_ms.setdefault(device_id, now_ms)
             time.sleep(0.005)
         conn.close()
 
@@ -304,13 +337,24 @@ async def gateway(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     body = r.json()
                     return body["id"], body["token"], body["mqtt"]["ca_pem"]
 
-            made = await asyncio.gather(*(add(i) for i in range(args.devices)))
+            if args.bulk_import:
+                rows = [{"id": f"bench-{i:05d}"} for i in range(args.devices)]
+                r = await api.post("/api/v1/devices/import", json=rows)
+                r.raise_for_status()
+                body = r.json()
+                ca = body["mqtt"]["ca_pem"]
+                made = [(d["id"], d["token"], ca) for d in body["devices"]]
+            else:
+                made = await asyncio.gather(*(add(i) for i in range(args.devices)))
         creds = [(d, t) for d, t, _ in made]
         tls, dport = _device_endpoint(args, made[0][2], plain_port, mqtt_port)
         rss_before = rss_kib(proc.pid)
         watcher = StoredWatcher(data / "planty.sqlite3")
+        watcher.statuses = args.status
         watcher.start()
-        load = Load(creds, "localhost", dport, tls, args.messages, args.inflight, args.rate)
+        load = Load(
+            creds, "localhost", dport, tls, args.messages, args.inflight, args.rate, args.status
+        )
         await load.connect()
         if args.settle_s:  # each device's first login is stored (its token's first use)
             await asyncio.sleep(args.settle_s)
@@ -328,9 +372,12 @@ async def gateway(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             await asyncio.sleep(1.0)
         cpu0 = proc_cpu_s(proc.pid)
         publish_s = await load.run()
+        watcher.load_end_ms = time.time_ns() / 1e6  # every reading published and PUBACKed
         total = args.devices * args.messages
         deadline = time.monotonic() + 120
-        while watcher.count < total and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            watcher.count < total or len(watcher.status_seen_ms) < len(load.status_sent_ms)
+        ):
             await asyncio.sleep(0.05)
         rss_after = rss_kib(proc.pid)
         cpu_s = proc_cpu_s(proc.pid) - cpu0
@@ -349,7 +396,15 @@ async def gateway(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     elapsed = max(watcher.last - watcher.first, 1e-9)
     lat = watcher.latencies_ms
     slow = [ln for ln in (workdir / "gateway.log").read_text().splitlines() if "Executing" in ln]
+    sent, seen = load.status_sent_ms, watcher.status_seen_ms
+    status_lat = [seen[d] - sent[d] for d in seen if d in sent]
+    during = sum(1 for d in seen if seen[d] <= (watcher.load_end_ms or float("inf")))
     return {
+        "statuses_sent": len(sent),
+        "statuses_stored": len(seen),
+        "statuses_during_load": during,
+        "status_lat": status_lat,
+        "status_all_s": (max(seen.values()) - min(sent.values())) / 1000 if seen else float("nan"),
         "slow_callbacks": slow,
         "cpu_us": cpu_s / max(watcher.count, 1) * 1e6,
         "stored": watcher.count,
@@ -395,6 +450,17 @@ async def main() -> None:
         "first readings (default 0: the load starts at once, as in the earlier figures)",
     )
     ap.add_argument(
+        "--status",
+        action="store_true",
+        help="each device publishes its retained status (a login) before its telemetry",
+    )
+    ap.add_argument(
+        "--import",
+        dest="bulk_import",
+        action="store_true",
+        help="register the fleet with one bulk import (POST /api/v1/devices/import)",
+    )
+    ap.add_argument(
         "--slow-callback-ms",
         type=float,
         default=0.0,
@@ -437,6 +503,15 @@ async def main() -> None:
             f"{gw['rss_after'].get('VmHWM', 0) / 1024:.0f} MiB"
         )
         print(f"  gateway CPU per stored reading: {gw['cpu_us']:.0f} us")
+        if args.status:
+            lat = gw["status_lat"]
+            print(
+                f"  statuses (first logins): {gw['statuses_stored']} of {gw['statuses_sent']} "
+                f"stored, {gw['statuses_during_load']} of them by the time the readings were all "
+                f"PUBACKed; publish -> stored p50 {pct(lat, 0.5):.0f} ms, p99 "
+                f"{pct(lat, 0.99):.0f} ms, max {max(lat) if lat else float('nan'):.0f} ms; all "
+                f"stored {gw['status_all_s']:.2f} s after the first was sent (~20 ms polling)"
+            )
         print(f"  ratio gateway / bare: {ratio:.2f}")
         if args.slow_callback_ms:
             print(f"  slow callbacks (> {args.slow_callback_ms:g} ms): {len(gw['slow_callbacks'])}")
