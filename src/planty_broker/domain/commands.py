@@ -148,15 +148,21 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _rng = random.Random()  # noqa: S311
 
 
+# Two Crockford characters per 10 bits: 13 steps per id instead of 26 (issue 17's profile).
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+
+
 def new_command_id(now_ms: int | None = None) -> str:
     """`c-` + a ULID (48-bit time, 80 random bits): unique, sortable by creation time."""
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     value = (ms << 80) | _rng.getrandbits(80)
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "c-" + "".join(reversed(chars))
+    pairs = _PAIRS
+    return "c-" + "".join(
+        [
+            pairs[(value >> shift) & 1023]
+            for shift in (120, 110, 100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 0)
+        ]
+    )
 
 
 def valid_command_id(cid: str) -> bool:
@@ -275,7 +281,6 @@ def _with(rec: CommandRecord, **changes: Any) -> CommandRecord:
     for name, value in zip(_RECORD_FIELDS, _record_values(rec), strict=True):
         _set_field(new, name, get(name, value))
     return new
-
 
 
 def _move(

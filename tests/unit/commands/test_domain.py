@@ -195,3 +195,12 @@ def test_valid_actions_are_checked_from_a_cached_set_and_listed_when_refused() -
     with pytest.raises(InvalidActionError) as info:
         cmds.prepare("pump.on", {}, ("lamp",), 30)
     assert info.value.valid == cmds.valid_actions(("lamp",))
+
+
+def test_an_id_is_its_time_and_80_random_bits_in_crockford_base32() -> None:
+    for ms in (0, 1, 1_733_305_201_123, 2**48 - 1):
+        cid = cmds.new_command_id(ms)
+        value = 0
+        for ch in cid[2:]:
+            value = value * 32 + "0123456789ABCDEFGHJKMNPQRSTVWXYZ".index(ch)
+        assert len(cid) == 28 and value >> 80 == ms

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 from planty_broker.northbound.api.limits import TIME_MAX_MS, TIME_MIN_MS
 
 
 def iso(ms: int | None) -> str | None:
+    """`2026-12-04T09:40:01.123Z`. The date and time of the second are formatted once per
+    second (a command's answer holds six times, issue 17's profile at 1,000 commands/s)."""
     if ms is None:
         return None
-    return (
-        datetime.fromtimestamp(ms / 1000, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    seconds, milli = divmod(ms, 1000)
+    return f"{_second(seconds)}.{milli:03d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None).isoformat()
 
 
 def parse_time(value: str | None, name: str) -> int | None:
