@@ -26,7 +26,8 @@ start with one line naming the key, e.g. `config: api.port: Expected int <= 6553
 
 Every key can be set from the environment as `PLANTY_<SECTION>_<KEY>` (upper case),
 e.g. `PLANTY_API_PORT=9000`. Two shortcuts: `PLANTY_DATA_DIR` (= `gateway.data_dir`)
-and `PLANTY_ADMIN_TOKEN` (= `gateway.admin_token`).
+and `PLANTY_ADMIN_TOKEN` (= `gateway.admin_token`). `PLANTY_TEST_*` variables belong
+to the test suite and are ignored; any other unknown `PLANTY_*` variable stops the start.
 
 ```toml
 # planty.toml: only what differs from the defaults

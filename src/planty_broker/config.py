@@ -345,7 +345,11 @@ _SHORTCUTS = {
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for key, value in env.items():
+        # PLANTY_TEST_* belong to the test suite (bin/test's workers, the test PostgreSQL):
+        # its gateways inherit them and must start
         if not key.startswith("PLANTY_") or key == "PLANTY_CONFIG":
+            continue
+        if key.startswith("PLANTY_TEST_"):
             continue
         if key in _SHORTCUTS:
             section, field = _SHORTCUTS[key]

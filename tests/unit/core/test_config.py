@@ -27,6 +27,13 @@ def test_file_then_env_then_overrides(tmp_path: Path) -> None:
     assert s.api.port == 9200
 
 
+def test_the_test_suites_variables_are_not_settings() -> None:
+    # bin/test's PLANTY_TEST_WORKERS and the test PostgreSQL's PLANTY_TEST_POSTGRES_URL are
+    # inherited by every gateway the tests start; they must not stop its start
+    env = {"PLANTY_TEST_WORKERS": "4", "PLANTY_TEST_POSTGRES_URL": "postgresql://x/y"}
+    assert load_settings(env=env) == load_settings(env={})
+
+
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
