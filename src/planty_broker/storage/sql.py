@@ -74,6 +74,12 @@ _REFUSED_SA = (
 )
 
 
+def _device_columns(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The column values of a device record's named fields (and only those), as stored."""
+    full = rows.device_values(dataclasses.replace(_BLANK, **changes))
+    return {k: full[k] for k in changes}
+
+
 class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin, SqlHistoryMixin):
     """The `Store` port on SQLite or PostgreSQL; an async context manager (open/close).
 
@@ -176,9 +182,7 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
         """Write only the named fields; a device removed meanwhile stays removed (no-op)."""
         if not changes:
             return
-        full = rows.device_values(dataclasses.replace(_BLANK, **changes))
-        values = {k: full[k] for k in changes}
-        q = update(devices).where(devices.c.id == device_id).values(**values)
+        q = update(devices).where(devices.c.id == device_id).values(**_device_columns(changes))
         await self._call(self._in_tx, lambda c: c.execute(q))
 
     async def patch_devices(self, patches: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
@@ -192,9 +196,9 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
             return
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for device_id, changes in merged.items():
-            full = rows.device_values(dataclasses.replace(_BLANK, **changes))
-            keys = tuple(sorted(changes))
-            params = {f"v_{k}": full[k] for k in keys}
+            values = _device_columns(changes)
+            keys = tuple(sorted(values))
+            params = {f"v_{k}": values[k] for k in keys}
             params["p_id"] = device_id
             groups.setdefault(keys, []).append(params)
 
