@@ -52,8 +52,12 @@ async def test_send_wait_list_show_cancel_read(qapi: httpx.AsyncClient, qgw: Gat
     assert r.returncode == 0 and "cancelled" in r.stdout
 
 
-async def test_events_tail_and_consumers(qgw: Gateway) -> None:
+async def test_events_tail_and_consumers(qapi: httpx.AsyncClient, qgw: Gateway) -> None:
+    """Makes its own command event: under xdist this test may be the first on its gateway."""
     url = qgw.api_url
+    offline = await register(qapi, "clitail")  # never connects: the command stays queued
+    r = await planty("commands", "send", offline.device_id, "read", "--url", url)
+    assert r.returncode == 0 and "queued" in r.stdout, (r.stdout, r.stderr)
     r = await planty("events", "tail", "--types", "command", "--after", "0", "--url", url)
     assert r.returncode == 0, r.stderr
     assert " command " in r.stdout
