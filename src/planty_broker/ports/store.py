@@ -278,6 +278,10 @@ class IdentityStore(Protocol):
     async def save_credentials(self, credentials: Sequence[DeviceCredential]) -> None:
         """Insert new ones in one transaction."""
 
+    async def mark_credentials_used(self, first_used: Mapping[str, int]) -> None:
+        """Set `first_used_ms` (credential id -> unix ms) in one transaction, only where it is
+        not set yet: a first use is never moved. Unknown ids are ignored."""
+
     async def list_credentials(
         self, device_id: str | None = None, states: Sequence[CredentialState] | None = None
     ) -> list[DeviceCredential]:

@@ -37,6 +37,7 @@ from planty_broker.services.registry import now_ms as _now_ms
 from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
+LOGIN_BATCH = 500  # login events handled in one go (one transaction for their first uses)
 
 Ack = Callable[[], None]
 MessageHandler = Callable[[str, bytes, bool, Ack], None]  # the MQTT link's handler
@@ -116,12 +117,16 @@ class Identity:
                 log.warning("login events dropped (queue full): %d so far", self.logins_dropped)
 
     async def _login_loop(self) -> None:
+        """Handles what queued meanwhile at once, up to LOGIN_BATCH events: a fleet logging in
+        marks its first uses in a few transactions, not one per device."""
         while True:
-            event = await self._logins.get()
+            events = [await self._logins.get()]
+            while len(events) < LOGIN_BATCH and not self._logins.empty():
+                events.append(self._logins.get_nowait())
             try:
-                await self.logins.on_login(event)
+                await self.logins.on_logins(events)
             except Exception:
-                log.exception("handling a login event failed")
+                log.exception("handling %d login event(s) failed", len(events))
 
     async def announcement(self, *, show_code: bool) -> list[str]:
         """Lines for `planty run`'s start-up message (the code only on a terminal)."""

@@ -65,6 +65,12 @@ class MemoryIdentityStore:
                 raise ValueError(f"credential {c.id} exists")
         self._credentials.update((c.id, c) for c in credentials)
 
+    async def mark_credentials_used(self, first_used: Mapping[str, int]) -> None:
+        for cid, at in first_used.items():
+            c = self._credentials.get(cid)
+            if c is not None and c.first_used_ms is None:
+                self._credentials[cid] = dataclasses.replace(c, first_used_ms=at)
+
     async def list_credentials(
         self, device_id: str | None = None, states: Sequence[CredentialState] | None = None
     ) -> list[DeviceCredential]:

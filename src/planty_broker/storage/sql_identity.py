@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from planty_broker.domain.identity import (
@@ -160,6 +160,17 @@ class SqlIdentityStore:
         rows = [_credential_values(c) for c in credentials]
         if rows:
             await self._store.run(lambda c: c.execute(device_credentials.insert(), rows))
+
+    async def mark_credentials_used(self, first_used: Mapping[str, int]) -> None:
+        t = device_credentials.c
+        rows = [{"cid": cid, "at": at} for cid, at in first_used.items()]
+        q = (
+            update(device_credentials)
+            .where(t.id == bindparam("cid"), t.first_used_ms.is_(None))
+            .values(first_used_ms=bindparam("at"))
+        )
+        if rows:
+            await self._store.run(lambda c: c.execute(q, rows))
 
     async def list_credentials(
         self, device_id: str | None = None, states: Sequence[CredentialState] | None = None

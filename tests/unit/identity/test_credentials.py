@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -9,11 +10,12 @@ import pytest
 
 from planty_broker.domain.identity import CredentialKind, CredentialState
 from planty_broker.mqttserver.pki import Pki, cert_info, ensure_pki, issue_client_cert
-from planty_broker.ports.device_authority import IssuedCertificate
+from planty_broker.ports.device_authority import AcceptedLogin, IssuedCertificate, RefusedLogin
 from planty_broker.ports.memory_authority import MemoryDeviceAuthority
 from planty_broker.protocol import Topics, credential_from_args, decode_command
 from planty_broker.services.bus import AckReceived, Bus
 from planty_broker.services.credentials.events import EventRecorder
+from planty_broker.services.credentials.logins import LoginObserver
 from planty_broker.services.credentials.service import (
     CredentialService,
     NoLiveCredentialError,
@@ -191,3 +193,66 @@ async def test_devices_registered_before_an_upgrade_get_their_token_tracked_at_s
     await again.start()  # nothing new the second time
     assert len(await ident.list_credentials()) == 2
     await again.stop()
+
+
+class CountingStore(MemoryIdentityStore):
+    """Counts the transactions that mark first uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_use_calls: list[int] = []
+
+    async def mark_credentials_used(self, first_used: dict[str, int]) -> None:  # type: ignore[override]
+        self.first_use_calls.append(len(first_used))
+        await super().mark_credentials_used(first_used)
+
+
+async def test_a_fleet_logging_in_marks_its_first_uses_in_one_transaction(tmp_path: Path) -> None:
+    """A burst of logins (a fleet after an import or a restart): one store call for all their
+    first uses, one event each, a repeated login changes nothing, a refusal is still told."""
+    store = MemoryStore()
+    await store.open()
+    bus = Bus()
+    mqtt = MemoryDeviceAuthority()
+    registry = DeviceRegistry(store, bus, mqtt.hash_secret)
+    identities = CountingStore()
+    clock = Clock()
+    appended: list[int] = []
+
+    async def appender(rows: Sequence[object]) -> None:
+        appended.append(len(rows))
+
+    events = EventRecorder(bus, appender)
+    creds = CredentialService(
+        identities, registry, bus, events, Topics(), authority=mqtt, clock=clock
+    )
+    registry.credentials_hook = mqtt.apply
+    await creds.start()
+    try:
+        ids = [f"fleet-{i:03d}" for i in range(50)]
+        for device_id in ids:
+            await add(registry, creds, device_id)
+        appended.clear()  # their "issued" events
+        observer = LoginObserver(creds, clock=clock)
+        logins: list[AcceptedLogin | RefusedLogin] = [
+            AcceptedLogin(d, "10.0.0.9", "token") for d in ids
+        ]
+        logins += [
+            AcceptedLogin(ids[0], "10.0.0.9", "token"),  # again within the burst
+            RefusedLogin("not_authorised", "10.0.0.8", "token"),
+        ]
+        await observer.on_logins(logins)
+        assert identities.first_use_calls == [50]
+        stored = {c.device_id: c for c in await identities.list_credentials()}
+        assert {d: stored[d].first_used_ms for d in ids} == dict.fromkeys(ids, clock.ms)
+        for d in ids:
+            assert [e.kind.value for e in events.for_device(d)].count("used_first") == 1, d
+        assert events.counts["used_first"] == 50 and events.counts["login_refused"] == 1
+        assert appended == [50, 1]  # the event log: one append for the first uses, one refusal
+        clock.ms += 1000
+        await observer.on_logins([AcceptedLogin(ids[1], "10.0.0.9", "token")])
+        assert identities.first_use_calls == [50]  # already used: no transaction, no event
+        assert appended == [50, 1]
+        assert (await identities.list_credentials(ids[1]))[0].first_used_ms == clock.ms - 1000
+    finally:
+        await creds.stop()

@@ -10,9 +10,14 @@ credential ended within the last hour last logged in from the same address.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from planty_broker.domain.identity import CredentialEventKind, CredentialKind, CredentialState
+from planty_broker.domain.identity import (
+    CredentialEventKind,
+    CredentialKind,
+    CredentialState,
+    DeviceCredential,
+)
 from planty_broker.ports.device_authority import AcceptedLogin, LoginEvent
 from planty_broker.services.credentials.events import CredentialEvent
 from planty_broker.services.credentials.service import CredentialService
@@ -30,31 +35,50 @@ class LoginObserver:
         self._last_login: dict[str, tuple[str, int]] = {}  # device -> (address, at)
 
     async def on_login(self, event: LoginEvent) -> None:
+        await self.on_logins([event])
+
+    async def on_logins(self, events: Sequence[LoginEvent]) -> None:
+        """Login events in the order the MQTT server logged them; the first uses among them
+        are written in one transaction, the refusals in one event-log append."""
         at = self._clock()
-        x509 = event.listener == "x509"
-        if isinstance(event, AcceptedLogin):
-            device_id = event.username
-            if not self._creds.known_device(device_id):
-                return  # claim slots
-            self._last_login[device_id] = (event.address, at)
-            kind = CredentialKind.X509 if x509 else CredentialKind.TOKEN
-            used = [
-                c
-                for c in self._creds.credentials_of(device_id)
-                if c.kind is kind and c.state is CredentialState.ACTIVE
-            ]
-            if len(used) == 1 and used[0].first_used_ms is None:  # else: cannot tell which
-                await self._creds.mark_first_use(used[0], at, event.address)
-            return
-        listener = event.listener
-        await self._creds.events.record(
-            CredentialEvent(
-                CredentialEventKind.LOGIN_REFUSED,
-                self._attribute(event.address, at),
-                at,
-                data={"reason": event.reason, "address": event.address, "listener": listener},
+        first_uses: list[tuple[DeviceCredential, int, str]] = []
+        refused: list[CredentialEvent] = []
+        for event in events:
+            if isinstance(event, AcceptedLogin):
+                self._accepted(event, at, first_uses)
+                continue
+            refused.append(
+                CredentialEvent(
+                    CredentialEventKind.LOGIN_REFUSED,
+                    self._attribute(event.address, at),
+                    at,
+                    data={
+                        "reason": event.reason,
+                        "address": event.address,
+                        "listener": event.listener,
+                    },
+                )
             )
-        )
+        if first_uses:
+            await self._creds.mark_first_uses(first_uses)
+        if refused:
+            await self._creds.events.record_many(refused)
+
+    def _accepted(
+        self, event: AcceptedLogin, at: int, first_uses: list[tuple[DeviceCredential, int, str]]
+    ) -> None:
+        device_id = event.username
+        if not self._creds.known_device(device_id):
+            return  # claim slots
+        self._last_login[device_id] = (event.address, at)
+        kind = CredentialKind.X509 if event.listener == "x509" else CredentialKind.TOKEN
+        used = [
+            c
+            for c in self._creds.credentials_of(device_id)
+            if c.kind is kind and c.state is CredentialState.ACTIVE
+        ]
+        if len(used) == 1 and used[0].first_used_ms is None:  # else: cannot tell which
+            first_uses.append((used[0], at, event.address))
 
     def _attribute(self, address: str | None, at: int) -> str | None:
         if address is None:

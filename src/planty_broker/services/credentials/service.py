@@ -245,12 +245,33 @@ class CredentialService(RotationMixin):
 
     async def mark_first_use(self, cred: DeviceCredential, at_ms: int, address: str) -> None:
         """The MQTT server accepted a login with `cred` for the first time (login events)."""
+        await self.mark_first_uses([(cred, at_ms, address)])
+
+    async def mark_first_uses(self, uses: Sequence[tuple[DeviceCredential, int, str]]) -> None:
+        """First logins of many credentials, written in one transaction and one event-log
+        append (a fleet logging in after a restart or an import: one commit, not one per
+        device). A credential already used, ended meanwhile or named twice keeps its first
+        use."""
         async with self._lock:
-            current = self._creds.get(cred.id)
-            if current is None or current.first_used_ms is not None:
+            fresh: dict[str, tuple[DeviceCredential, str]] = {}
+            for cred, at_ms, address in uses:
+                current = self._creds.get(cred.id)
+                if current is None or current.first_used_ms is not None or cred.id in fresh:
+                    continue
+                fresh[cred.id] = (dataclasses.replace(current, first_used_ms=at_ms), address)
+            if not fresh:
                 return
-            saved = await self._save(dataclasses.replace(current, first_used_ms=at_ms))
-        await self._event(K.USED_FIRST, saved, address=address)
+            await self._store.mark_credentials_used(
+                {cid: c.first_used_ms or 0 for cid, (c, _a) in fresh.items()}
+            )
+            for c, _a in fresh.values():
+                self._keep(c)
+        await self.events.record_many(
+            [
+                CredentialEvent(K.USED_FIRST, c.device_id, self._clock(), c.id, {"address": a})
+                for c, a in fresh.values()
+            ]
+        )
 
     # ------------------------------------------------------------ internals
 
