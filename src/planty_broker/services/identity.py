@@ -155,8 +155,8 @@ class Identity:
         if writer is not None:
 
             async def append(rows: Sequence[tuple[int, str, str | None, dict[str, Any]]]) -> None:
-                for at, kind, device, data in rows:
-                    await writer.write(NewEvent(at, kind, device, data))
+                # in shared batches: 1,000 events awaited one by one were 1,000 commits (~6 s)
+                await writer.write_many([NewEvent(*row) for row in rows])
 
             self.recorder.appender = append
             self.audit.append = writer.write

@@ -150,6 +150,23 @@ class BatchWriter(Generic[T]):
         self.submit(item, done)
         await fut
 
+    async def write_many(self, items: Sequence[T]) -> None:
+        """Queue all of `items` at once (they share batches) and return once every one is
+        committed or set aside; awaiting `write` for each in turn would cost a commit each."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for item in items:
+            fut: asyncio.Future[None] = loop.create_future()
+
+            def done(fut: asyncio.Future[None] = fut) -> None:
+                if not fut.done():
+                    fut.set_result(None)
+
+            self.submit(item, done)
+            futures.append(fut)
+        if futures:
+            await asyncio.gather(*futures)
+
     async def _run(self) -> None:
         backlog = False  # items came in while the last batch was being written
         while not (self._stopping and not self._items):

@@ -39,6 +39,18 @@ async def test_concurrent_writes_share_batches_and_return_after_commit() -> None
     await w.stop()
 
 
+async def test_write_many_shares_batches_and_returns_after_every_commit() -> None:
+    """Credential events for a fleet's logins: one call, a few batches, not one per item."""
+    sink = FlakySink(failures=1)  # a failing first commit is held and retried, nothing lost
+    w: BatchWriter[int] = BatchWriter(sink, max_batch=100, max_wait_ms=5)
+    await w.start()
+    await w.write_many(list(range(250)))
+    assert [i for b in sink.batches for i in b] == list(range(250))
+    assert len(sink.batches) == 3
+    await w.write_many([])  # nothing: returns at once
+    await w.stop()
+
+
 async def test_store_failure_holds_items_and_retries_without_loss() -> None:
     sink = FlakySink(failures=3)
     w: BatchWriter[int] = BatchWriter(sink, max_batch=10, max_wait_ms=1)
