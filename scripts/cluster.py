@@ -172,8 +172,6 @@ shared_dir = "{base / "shared"}"
 ack_timeout_s = 5.0
 max_attempts = 6
 
-[stats]
-enabled = false
 """
     path = data / "planty.toml"
     path.write_text(cfg)

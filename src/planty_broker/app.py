@@ -237,7 +237,10 @@ class Gateway:
             check_every_s=s.presence.check_every_s,
             max_pending=s.presence.max_pending,
         )
-        stats = StatsService(store, bus, registry, presence, s.stats) if s.stats.enabled else None
+        # In a cluster the statistics run on the lease holder only (promote(), below): it alone
+        # sees every message (the control queue), and one instance saves the snapshot.
+        with_stats = s.stats.enabled and not cluster
+        stats = StatsService(store, bus, registry, presence, s.stats) if with_stats else None
         dead_letters = DeadLetterService(
             SqlDeadLetterStore(store), bus, keep_days=s.store.dead_letters_keep_days
         )
@@ -359,6 +362,7 @@ class Gateway:
 
         async def promote() -> None:
             await svc.registry.refresh()
+            await self._lead_stats(svc, ingest, presence)  # before presence: it counts those
             presence.recording = True
             await presence.start()
             stack.push_async_callback(presence.stop)
@@ -377,6 +381,7 @@ class Gateway:
                 svc.topics,
                 UnknownDeviceRefresh(svc.registry, svc.topics, identity.route(ingest.handle)),
                 UnknownDeviceRefresh(svc.registry, svc.topics, ingest.observe),
+                count=ingest.count_control,
             )
             subs = control_subscriptions(svc.topics, identity.subscriptions)
             await link.add_queue(s.cluster.queue + ".control", subs, handler)
@@ -389,6 +394,20 @@ class Gateway:
         stack.push_async_callback(self.leadership.stop)
         await self._start_api(svc)
         await self._announce_ready(svc)
+
+    async def _lead_stats(
+        self, svc: Services, ingest: IngestService, presence: PresenceService
+    ) -> None:
+        """Scale-out: the statistics start on the instance that takes the lease, from the
+        counters the last holder saved (`stats.snapshot_every_s`), counted from its control
+        queue (`IngestService.count_copies`); the API of a worker forwards to it."""
+        if not self.settings.stats.enabled:
+            return
+        stats = StatsService(svc.store, svc.bus, svc.registry, presence, self.settings.stats)
+        await stats.start()
+        self._stack.push_async_callback(stats.stop)
+        svc.stats = stats
+        ingest.count_copies(stats)
 
     async def _start_firestore(self, svc: Services) -> None:
         """The Firestore connector, last: a misconfiguration is one log line, never a stop."""

@@ -124,15 +124,21 @@ def control_subscriptions(
 
 
 def control_handler(
-    topics: Topics, handle: MessageHandler, observe: MessageHandler
+    topics: Topics,
+    handle: MessageHandler,
+    observe: MessageHandler,
+    count: Callable[[str, bytes], None] | None = None,
 ) -> MessageHandler:
-    """Telemetry copies to `observe`; everything else (status, acks, claims) to `handle`."""
+    """Telemetry copies to `observe`; everything else (status, acks, claims) to `handle`,
+    counted in the statistics first (`count`: `IngestService.count_control`)."""
     telemetry = "/" + Channel.TELEMETRY.value
 
     def route(topic: str, payload: bytes, retain: bool, ack: Callable[[], None]) -> None:
         if topic.endswith(telemetry) and topic.startswith(topics.prefix + "/"):
             observe(topic, payload, retain, ack)
         else:
+            if count is not None:
+                count(topic, payload)
             handle(topic, payload, retain, ack)
 
     return route

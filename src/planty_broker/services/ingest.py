@@ -63,6 +63,7 @@ from planty_broker.services.writer import BatchWriter
 from planty_broker.tasks import cancel_and_wait, spawn
 
 if TYPE_CHECKING:
+    from planty_broker.domain.stats.counters import DeviceStats
     from planty_broker.services.dead_letters import DeadLetterService
     from planty_broker.services.stats.service import StatsService
 
@@ -138,6 +139,8 @@ class IngestService:
         self._store = store
         self._stats = stats
         self._stats_of = stats.fleet.device if stats is not None else None  # bound once
+        self._count_stored = True  # readings counted after their commit (not on copies)
+        self._copies_of: Callable[[str, int], DeviceStats] | None = None  # count_copies
         self._bus = bus
         self._registry = registry
         self._presence = presence
@@ -292,23 +295,55 @@ class IngestService:
         else:  # `cmd` and `ota` are our own outbound channels; a device cannot publish there
             ack()
 
+    def count_copies(self, stats: StatsService) -> None:
+        """Scale-out, on the lease holder: statistics are counted here, once per message,
+        from the control queue (every status, ack and a copy of every reading), whichever
+        instance stores the reading; never on the competitive path, which sees only a share."""
+        self._stats = stats
+        self._stats_of = None
+        self._count_stored = False
+        self._copies_of = stats.fleet.device
+
+    def count_control(self, topic: str, payload: bytes) -> None:
+        """A control-queue message other than a telemetry copy (status, acks): counted in."""
+        count = self._copies_of
+        if count is None:
+            return
+        with contextlib.suppress(ProtocolError):
+            device_id = self._topics.parse(topic).device_id
+            if device_id in self._registry:
+                at = now_ms()
+                count(device_id, at).message_in(len(payload), at)
+
     def observe(self, topic: str, payload: bytes, retain: bool, ack: Ack) -> None:
         """Scale-out, on the lease holder: a copy of a telemetry message that some instance
-        stores. Presence and the rules see it (`ReadingObserved`); nothing is stored here."""
+        stores. Presence and the rules see it (`ReadingObserved`), the statistics count it
+        (`count_copies`); nothing is stored here."""
         if self._draining:
             return
+        count = self._copies_of
         try:
             parsed = self._topics.parse(topic)
             if parsed.channel is Channel.TELEMETRY and parsed.device_id in self._registry:
-                tel, _ = decode_telemetry(payload, self._max_payload)
                 at = now_ms()
+                stats = count(parsed.device_id, at) if count is not None else None
+                if stats is not None:
+                    stats.message_in(len(payload), at)
+                try:
+                    tel, _ = decode_telemetry(payload, self._max_payload)
+                except ProtocolError as exc:
+                    if stats is not None:  # reported (event log) by the instance storing it
+                        stats.error(exc.kind, at)
+                    raise
+                if stats is not None:
+                    stats.reading(len(tel.readings))
                 self._presence.on_activity(parsed.device_id, at)
                 reading = Reading(
                     parsed.device_id, tel.seq, tel.ts or at, at, tel.readings, tel.boot
                 )
                 self._bus.publish(ReadingObserved(reading))
         except ProtocolError:
-            pass  # counted by the instance that stores it
+            pass  # reported by the instance that stores it
         ack()
 
     async def _append_timed(self, readings: Sequence[Reading]) -> list[Reading]:
@@ -323,7 +358,8 @@ class IngestService:
         """After a batch commit, for the readings stored now (a duplicate is only
         acknowledged): counters, latest values, ReadingStored events."""
         latest, publish = self.latest, self._bus.publish
-        get_stats = self._stats.fleet.get if self._stats is not None else None
+        counted = self._stats if self._count_stored else None
+        get_stats = counted.fleet.get if counted is not None else None
         for r in readings:
             if get_stats is not None:
                 s = get_stats(r.device_id)

@@ -14,7 +14,7 @@ from planty_broker.mqttserver.rabbit_passwords import (
     to_rabbit,
     verify_secret,
 )
-from planty_broker.northbound.api.forward import LEADER_ONLY
+from planty_broker.northbound.api.forward import LEADER_ONLY, LEADER_READS
 from planty_broker.protocol import Channel, Topics
 from planty_broker.scaleout import UnknownDeviceRefresh, control_handler
 from planty_broker.transport.amqp import binding_key, routing_key
@@ -45,6 +45,17 @@ def test_a_worker_forwards_only_what_the_lease_holder_serves() -> None:
     ]
     assert all(LEADER_ONLY.match(p) for p in forwarded)
     assert not any(LEADER_ONLY.match(p) for p in local)
+
+
+def test_presence_and_statistics_are_read_from_the_lease_holder() -> None:
+    """GETs of the fleet, a device and the statistics go to the lease holder (it sees every
+    message); readings, events and the rest are read from the store by any instance."""
+    from_holder = ["/api/v1/devices", "/api/v1/devices/dev-1", "/api/v1/devices/dev-1/stats",
+                   "/api/v1/stats"]  # fmt: skip
+    local = ["/api/v1/devices/dev-1/telemetry", "/api/v1/events", "/api/v1/pairing",
+             "/api/v1/stats/x"]  # fmt: skip
+    assert all(LEADER_READS.match(p) for p in from_holder)
+    assert not any(LEADER_READS.match(p) for p in local)
 
 
 def test_topics_map_onto_amq_topic_as_the_mqtt_plugin_does() -> None:

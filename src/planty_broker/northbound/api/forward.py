@@ -4,9 +4,11 @@ In a deployment of several instances (docs/scale-out.md) the command outbox, the
 and updates run on the instance holding the PostgreSQL lease.
 Any instance's API takes those requests all the same: a worker forwards them over HTTP
 to the lease holder's API (its address is in the store, `cluster.leader_api`, written
-when it took the lease) and returns the answer as it came, status and body. Everything
-else (devices, telemetry, events, statistics, and pairing and the claim window, whose
-state is shared in the store) a worker answers itself from the store.
+when it took the lease) and returns the answer as it came, status and body. The device
+list, a device and the statistics are read from the lease holder as well: it alone sees
+every message (statuses, wills, a copy of every reading), so presence and the counts are
+its. Everything else (registration, readings, events, and pairing and the claim window,
+whose state is shared in the store) a worker answers itself from the store.
 
 The worker names the caller's address in `x-planty-client` (any such header from the
 caller is dropped). The lease holder keys its per-address limits and the audit's
@@ -38,6 +40,9 @@ LEADER_ONLY = re.compile(
     r"(?:/.*)?"
     r")$"
 )
+# Read from the lease holder too: it alone sees every message (statistics, presence from
+# statuses and wills); a worker sees only the readings it happened to consume.
+LEADER_READS = re.compile(r"^/api/v1/(?:stats|devices|devices/[^/]+|devices/[^/]+/stats)$")
 
 
 def install_forwarding(app: FastAPI, svc: Services) -> None:
@@ -48,7 +53,11 @@ def install_forwarding(app: FastAPI, svc: Services) -> None:
     async def forward(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        if svc.role != "worker" or not LEADER_ONLY.match(request.url.path):
+        path = request.url.path
+        to_leader = LEADER_ONLY.match(path) or (
+            request.method == "GET" and LEADER_READS.match(path)
+        )
+        if svc.role != "worker" or not to_leader:
             return await call_next(request)
         leader = await svc.store.get_meta(LEADER_API_KEY)
         if not isinstance(leader, str) or not leader:
