@@ -9,6 +9,7 @@ import shutil
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,6 +106,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = _xdist_group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+_RERUN_CAUSES: list[tuple[str, str]] = []  # (test id, why its first try failed)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Keep why a test was rerun: the summary lists only its name, and a rerun is a bug to fix."""
+    if report.outcome == "rerun" and len(_RERUN_CAUSES) < 20:
+        text = str(report.longrepr or "")
+        lines = text.splitlines()
+        tail = lines[-40:] if len(lines) > 40 else lines  # the assertion and where it was
+        _RERUN_CAUSES.append((report.nodeid, "\n".join(tail)))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for nodeid, why in _RERUN_CAUSES:
+        terminalreporter.write_sep("-", f"why {nodeid} was rerun (its first try)")
+        terminalreporter.write_line(why)
 
 
 @pytest.fixture
