@@ -129,6 +129,11 @@ class Store(Protocol):
 
     async def set_meta(self, key: str, value: Any) -> None: ...
 
+    async def replace_meta(self, key: str, expected: Any | None, value: Any) -> bool:
+        """Compare-and-set: write `value` only if the key holds `expected` (None: the key is
+        absent), in one transaction; False (nothing written) if another writer got there
+        first. Two gateway instances sharing the store never overwrite each other blindly."""
+
 
 class CommandStore(Protocol):
     """The durable command outbox (issue 3); adapters: SqlStore, MemoryStore."""

@@ -257,6 +257,13 @@ class MemoryStore(MemoryQueueMixin, MemoryRulesMixin, MemoryFirmwareMixin, Memor
         self._check()
         self._meta[key] = _json_copy(value)
 
+    async def replace_meta(self, key: str, expected: Any | None, value: Any) -> bool:
+        self._check()
+        if self._meta.get(key) != expected:
+            return False
+        self._meta[key] = _json_copy(value)
+        return True
+
 
 if TYPE_CHECKING:
     _port_check: Store = MemoryStore()

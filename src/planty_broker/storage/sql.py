@@ -331,6 +331,23 @@ class SqlStore(SqlCommandsMixin, SqlEventsMixin, SqlRulesMixin, SqlFirmwareMixin
         )
         await self._call(self._in_tx, lambda c: c.execute(q))
 
+    async def replace_meta(self, key: str, expected: Any | None, value: Any) -> bool:
+        ins = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(meta)
+
+        def run(c: Connection) -> bool:
+            if expected is None:  # only if absent: the insert of a racing writer wins
+                q_ins = ins.values(key=key, value=value).on_conflict_do_nothing()
+                return c.execute(q_ins.returning(meta.c.key)).first() is not None
+            q = select(meta.c.value).where(meta.c.key == key)
+            if self.dialect == "postgresql":
+                q = q.with_for_update()  # SQLite: the write transaction is already exclusive
+            if c.execute(q).scalar() != expected:
+                return False
+            c.execute(update(meta).where(meta.c.key == key).values(value=value))
+            return True
+
+        return bool(await self._call(self._in_tx, run))
+
     # on the worker thread -----------------------------------------------------
 
     async def _submit(self, fn: Callable[[], T]) -> T:

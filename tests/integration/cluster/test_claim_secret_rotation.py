@@ -10,6 +10,7 @@ ended on the worker too, and the previous secret no longer claims.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from types import ModuleType
 from typing import Any
@@ -74,3 +75,30 @@ async def test_a_rotation_on_one_instance_holds_on_every_instance(
             assert await _claims(new, 60), "the new claim secret stopped claiming"
         finally:
             ok(await on_holder.delete("/provisioning/window"))
+
+
+@pytest.mark.timeout(120)
+async def test_two_rotations_at_once_on_two_instances_one_wins_and_both_say_so(
+    cluster: tuple[ModuleType, Any],
+) -> None:
+    """Compare-and-set on the rotation record: of two rotations sent at once to two instances,
+    one is answered with the new secret and the other with 409; the winner's secret is the
+    one every instance shows (before, the last write won and a returned secret was lost)."""
+    cl, c = cluster
+    holder = await cl.leader(c.gateways)
+    (worker,) = [g for g in c.gateways if g is not holder]
+    async with api(holder, c.token) as on_holder, api(worker, c.token) as on_worker:
+        ok(await on_holder.delete("/provisioning/claim-secret/previous"))
+        for _round in range(3):
+            answers = await asyncio.gather(
+                on_holder.post("/provisioning/claim-secret/rotate", json={"overlap_s": 600}),
+                on_worker.post("/provisioning/claim-secret/rotate", json={"overlap_s": 600}),
+            )
+            codes = sorted(r.status_code for r in answers)
+            assert codes == [200, 409], [(r.status_code, r.text[:200]) for r in answers]
+            (won,) = [r.json() for r in answers if r.status_code == 200]
+            for client in (on_holder, on_worker):
+                shown = ok(await client.get("/provisioning/claim-credential"))
+                assert shown["password"] == won["password"]
+                assert shown["first_slot"] == won["first_slot"]
+            ok(await on_holder.delete("/provisioning/claim-secret/previous"))

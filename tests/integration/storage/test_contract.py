@@ -350,6 +350,32 @@ async def test_meta_overwrites(store: Store) -> None:
     assert await store.get_meta("counter") == 1
 
 
+async def test_replace_meta_is_a_compare_and_set_between_two_handles(
+    store: Store, store_factory: StoreFactory
+) -> None:
+    """Two gateway instances on one store: of two writers that read the same value, the
+    second one's replace fails and writes nothing (the claim-secret rotation record)."""
+    other = store_factory()
+    if other is not store:
+        await other.open()
+    try:
+        assert await store.replace_meta("rot", None, {"v": 1}) is True
+        assert await other.replace_meta("rot", None, {"v": 9}) is False  # already there
+        seen = await other.get_meta("rot")
+        assert await store.replace_meta("rot", seen, {"v": 2}) is True
+        assert await other.replace_meta("rot", seen, {"v": 3}) is False  # it read too early
+        assert await other.get_meta("rot") == {"v": 2}
+        results = await asyncio.gather(
+            store.replace_meta("rot", {"v": 2}, {"v": "a"}),
+            other.replace_meta("rot", {"v": 2}, {"v": "b"}),
+        )
+        assert sorted(results) == [False, True]  # exactly one of two racing writers wins
+        assert await store.get_meta("rot") == ({"v": "a"} if results[0] else {"v": "b"})
+    finally:
+        if other is not store:
+            await other.close()
+
+
 async def test_returned_values_are_copies(store: Store) -> None:
     await store.set_meta("k", {"list": [1]})
     got = await store.get_meta("k")

@@ -222,11 +222,21 @@ class ProvisioningService:
                 "a claim secret rotation is still in its overlap; end it first "
                 "(planty devices claim-secret end-overlap)"
             )
+        seen = self._rotation_seen
         new: str = rotate()
         until = self._clock() + int(overlap_s * 1000)
         self._previous = (self.first_slot, until) if overlap_s > 0 else None
         self.first_slot = self.slots - self.first_slot
-        await self._save_rotation()
+        if not await self._save_rotation(replacing=seen):
+            # Another instance rotated between our read and our write: its rotation stands
+            # (compare-and-set on the record), ours is undone, and the caller is told.
+            self._rotation_seen = None
+            await self._load_rotation()
+            await self._authority.apply()
+            raise ProvisioningError(
+                "another gateway instance rotated the claim secret at the same moment; its "
+                "secret is the current one (GET /api/v1/provisioning/claim-credential)"
+            )
         if self._previous is None:
             self._authority.end_claim_overlap()  # type: ignore[attr-defined]
         await self._authority.apply()
@@ -253,9 +263,12 @@ class ProvisioningService:
         """A cluster: the secrets go through the store, so every instance has the same."""
         return bool(getattr(self._authority, "shares_claim_secrets", False))
 
-    async def _save_rotation(self) -> None:
+    async def _save_rotation(self, *, replacing: dict[str, Any] | bool | None = False) -> bool:
+        """Write the rotation record. In a cluster, `replacing` is the record this instance
+        read before it rotated (None: none yet): written only if the store still holds it,
+        else False. `False` (the default): written as it is (end of the overlap, start)."""
         if self._meta is None:
-            return
+            return True
         p = self._previous
         record: dict[str, Any] = {
             "first_slot": self.first_slot,
@@ -265,8 +278,13 @@ class ProvisioningService:
         if self._shares_secrets:
             record["secret"] = self.claim_secret
             record["previous_secret"] = getattr(self._authority, "previous_claim_secret", None)
-        await self._meta.set_meta(_ROTATION_KEY, record)
+        if self._shares_secrets and replacing is not False:
+            if not await self._meta.replace_meta(_ROTATION_KEY, replacing, record):
+                return False
+        else:
+            await self._meta.set_meta(_ROTATION_KEY, record)
         self._rotation_seen = record
+        return True
 
     def slot_live(self, slot: str) -> bool:
         """True if `slot` belongs to the current claim secret or to the previous one."""
