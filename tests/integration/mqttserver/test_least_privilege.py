@@ -92,7 +92,9 @@ async def test_a_data_folder_mosquitto_cannot_enter_gets_a_fallback_folder(
     # The same data folder gets the same Mosquitto folder (persistence, adoption).
     async with MosquittoSupervisor(make_layout(data_dir), provider({})) as again:
         assert again.layout.directory == d
-    assert remove_mosquitto_fallbacks(tmp_path) == [d]  # what the suite's fixture does
+    # what the suite's fixture does; it also clears folders of data folders gone meanwhile
+    # (another xdist worker's finished test, a killed run), so `d` is one of those removed
+    assert d in remove_mosquitto_fallbacks(tmp_path)
     assert not d.exists()
 
 
