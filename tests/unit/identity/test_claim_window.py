@@ -104,3 +104,44 @@ async def test_the_claim_count_and_its_cap_are_one_for_every_instance() -> None:
     await a.close_window()
     await b.refresh()
     assert (await b.counts())["window_claims"] is None  # closed
+
+
+async def test_a_claim_retried_while_its_first_try_is_answered_gets_the_same_reply() -> None:
+    """Under load a device's claim reply can come after its attempt timed out; the retry (same
+    serial and `req`, another slot) must get that answer, not `already_claimed`."""
+    import asyncio
+
+    from planty_broker.protocol import ClaimReply, ClaimRequest, decode_claim_reply
+    from planty_broker.protocol import encode_provisioning as encode
+
+    prov, _authority = instance(MemoryAccessStore(), [0])
+    prov._grace_s = 0
+    release = asyncio.Event()
+    claims = 0
+    sent: list[tuple[str, ClaimReply]] = []
+
+    async def slow_claim(_slot: str, req: ClaimRequest) -> ClaimReply:
+        nonlocal claims
+        claims += 1
+        await release.wait()  # the registration, the reload: slow under load
+        return ClaimReply(req=req.req, ok=True, id="sn-1", token="t0k3n")
+
+    async def send(slot: str, raw: bytes) -> None:
+        sent.append((slot, decode_claim_reply(raw)))
+
+    async def cut(_slot: str) -> None:
+        return None
+
+    prov._claim = slow_claim  # type: ignore[method-assign]
+    prov._send = send  # type: ignore[method-assign]
+    prov._cut = cut  # type: ignore[method-assign]
+    raw = encode(ClaimRequest(req="r-1", serial="SN-1"))
+    first = asyncio.ensure_future(prov._serve("planty-claim-0", raw))
+    await asyncio.sleep(0)
+    retry = asyncio.ensure_future(prov._serve("planty-claim-1", raw))
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(first, retry)
+    assert claims == 1  # the retry did not claim again
+    assert sorted(slot for slot, _ in sent) == ["planty-claim-0", "planty-claim-1"]
+    assert {(r.ok, r.id, r.token) for _, r in sent} == {(True, "sn-1", "t0k3n")}

@@ -144,6 +144,9 @@ class ProvisioningService:
         self._replies: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._gate = asyncio.Semaphore(4)
+        # requests being answered, by (serial, req): a retry of one (its reply slow under
+        # load) waits for that answer instead of being refused `already_claimed`
+        self._answering: dict[tuple[str, str], asyncio.Future[bytes | None]] = {}
         self.max_claims = max_claims
         self.claims_per_s = claims_per_s
         self._meta = meta
@@ -484,10 +487,24 @@ class ProvisioningService:
             if cached is not None:  # the same request again: the reply was lost
                 await self._send(slot, cached[0])
                 return
-            reply = await self._claim(slot, req)
-            raw = encode_provisioning(reply)
-            if reply.ok:
-                self._replies[key] = (raw, asyncio.get_running_loop().time() + REPLY_CACHE_S)
+            answering = self._answering.get(key)
+            if answering is not None:  # the same request again while it is being answered
+                raw_first = await asyncio.shield(answering)
+                if raw_first is not None:
+                    await self._send(slot, raw_first)
+                return
+            first: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            self._answering[key] = first
+            try:
+                reply = await self._claim(slot, req)
+                raw = encode_provisioning(reply)
+                if reply.ok:
+                    self._replies[key] = (raw, asyncio.get_running_loop().time() + REPLY_CACHE_S)
+                first.set_result(raw)
+            finally:
+                if not first.done():
+                    first.set_result(None)
+                del self._answering[key]
             await self._send(slot, raw)
         if reply.ok:
             await asyncio.sleep(self._grace_s)
