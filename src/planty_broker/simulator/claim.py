@@ -63,6 +63,25 @@ class ClaimCredentials:
     slots: int = 64
     prefix: str = DEFAULT_PREFIX
     first_slot: int = 0  # claim-credential's `first_slot` (it moves at a claim secret rotation)
+    # claim-credential's `mqtt.endpoints` on a cluster: every node, host:port first. A claim
+    # attempt that cannot reach one node tries the next; the credential keeps them.
+    endpoints: tuple[tuple[str, int], ...] = ()
+
+    def endpoint(self, n: int) -> tuple[str, int]:
+        """The `n`-th node to try (host:port first, then the others), round robin."""
+        every = [(self.host, self.port)]
+        every += [(h, int(p)) for h, p in self.endpoints if (h, int(p)) not in every]
+        return every[n % len(every)]
+
+    @classmethod
+    def from_claim_credential(cls, data: dict[str, Any]) -> ClaimCredentials:
+        """From GET /api/v1/provisioning/claim-credential's answer."""
+        m = data["mqtt"]
+        return cls(
+            m["host"], m["port"], m["ca_pem"], data["password"], data["slots"],
+            first_slot=data.get("first_slot", 0),
+            endpoints=tuple((h, int(p)) for h, p in m.get("endpoints") or ()),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +165,19 @@ async def claim(identity: FactoryIdentity, give_up_s: float = 60.0) -> DeviceCre
     deadline = loop.time() + give_up_s
     last = "no attempt"
     attempt = 0
+    node = 0  # which of the credential's nodes (a cluster) this attempt uses
     while loop.time() < deadline:
         attempt += 1
         slot = claim_slot_name(c.first_slot + rng.randrange(c.slots))
+        host, port = c.endpoint(node)
         try:
             reply = await _Attempt(slot, c.password, request, c.prefix).run(
-                c.host, c.port, tls, identity.attempt_timeout_s
+                host, port, tls, identity.attempt_timeout_s
             )
         except (OSError, TimeoutError, gmqtt.MQTTConnectError, ConnectionError) as exc:
             last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if not isinstance(exc, gmqtt.MQTTConnectError):
+                node += 1  # not reached, or cut: the next node of a cluster (if any)
         else:
             if reply.ok:
                 return _credentials(reply, own, c)
@@ -181,6 +204,7 @@ def _credentials(reply: ClaimReply, own: str | None, c: ClaimCredentials) -> Dev
         ca_pem=c.ca_pem,
         cert_pem=reply.cert_pem,
         key_pem=reply.key_pem,
+        alternates=tuple(e for e in c.endpoints if e != (c.host, c.port)),
     )
 
 

@@ -11,6 +11,8 @@ ended on the worker too, and the previous secret no longer claims.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 import uuid
 from types import ModuleType
 from typing import Any
@@ -102,3 +104,34 @@ async def test_two_rotations_at_once_on_two_instances_one_wins_and_both_say_so(
                 assert shown["password"] == won["password"]
                 assert shown["first_slot"] == won["first_slot"]
             ok(await on_holder.delete("/provisioning/claim-secret/previous"))
+
+
+@pytest.mark.timeout(120)
+async def test_factory_firmware_gets_every_node_and_claims_past_a_dead_one(
+    cluster: tuple[ModuleType, Any],
+) -> None:
+    """claim-credential gives `mqtt.endpoints` (every node, host:port first) as POST /devices
+    does; firmware whose first node is down claims through the next and keeps the list."""
+    cl, c = cluster
+    nodes = [["localhost", p] for p in c.spec.mqtts_ports()]
+    holder = await cl.leader(c.gateways)
+    (worker,) = [g for g in c.gateways if g is not holder]
+    async with api(worker, c.token) as on_worker:
+        data = ok(await on_worker.get("/provisioning/claim-credential"))
+        assert [data["mqtt"]["host"], data["mqtt"]["port"]] == nodes[0]
+        assert data["mqtt"]["endpoints"] == nodes
+        creds = ClaimCredentials.from_claim_credential(data)
+        with socket.socket() as s:  # a port nobody listens on: a node that is down
+            s.bind(("localhost", 0))
+            dead = ("localhost", s.getsockname()[1])
+        firmware = dataclasses.replace(
+            creds, host=dead[0], port=dead[1], endpoints=(dead, *creds.endpoints)
+        )
+        ok(await on_worker.post("/provisioning/window", json={"duration_s": 120}))
+        try:
+            serial = f"SN-{uuid.uuid4().hex[:10].upper()}"
+            got = await claim(FactoryIdentity(firmware, serial), give_up_s=60)
+        finally:
+            ok(await on_worker.delete("/provisioning/window"))
+        assert got.device_id == serial.lower() and got.token
+        assert [list(e) for e in got.alternates] == nodes  # every node beside host:port

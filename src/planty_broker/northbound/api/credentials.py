@@ -297,6 +297,8 @@ async def claim_credential(svc: SvcDep, audit: AuditDep) -> dict[str, Any]:
             "x509_port": x509_port or None,
             "tls": True,
             "ca_pem": svc.endpoint.ca_pem,
+            # A cluster: every node, host:port first, as POST /devices gives (docs/scale-out.md)
+            **({"endpoints": [[h, p] for h, p in e.endpoints]} if e.endpoints else {}),
         },
         "topics": {
             "request": f"{svc.topics.prefix}/provision/<username>/request",
