@@ -387,6 +387,12 @@ class Gateway:
             await link.add_queue(s.cluster.queue + ".control", subs, handler)
             await svc.store.set_meta(LEADER_API_KEY, s.cluster.api_url or self._own_api_url())
             svc.role = "leader"
+            # One connector for the cluster, on the lease holder: its event-log cursor
+            # (`firestore`) and the log are in PostgreSQL, so it writes every instance's
+            # readings once and a new holder goes on from the cursor the last one confirmed.
+            # Stopped with the instance (the stack), which stops when the lease is lost.
+            if s.firestore.enabled:
+                await self._start_firestore(svc)
 
         name = f"planty-lease-{s.api.port}-{os.getpid()}"
         self.leadership = Leadership(s, name, promote, self.stop)
