@@ -32,6 +32,7 @@ import sqlite3
 import ssl
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,8 @@ from planty_broker.transport.mqtt import LinkConfig, MqttLink
 TOPICS = Topics()
 
 
-async def _noop(_t: str, _p: bytes, _r: bool) -> None:
-    return None
+def _noop(_t: str, _p: bytes, _r: bool, ack: Callable[[], None]) -> None:
+    ack()
 
 
 async def _worker_main(
@@ -191,6 +192,26 @@ async def online_count(api: Any) -> int:
     return int(r.json()["count"])
 
 
+async def fleet_page(api: Any) -> str:
+    """Latency of the fleet page: 10 x (first page, online filter, search), limit 100."""
+    times = []
+    pages: list[dict[str, str | int]] = [
+        {"limit": 100},
+        {"state": "online", "limit": 100},
+        {"q": "pot-0042"},
+    ]
+    for params in pages:
+        for _ in range(10):
+            s = time.perf_counter()
+            r = await api.get("/api/v1/devices", params=params)
+            r.raise_for_status()
+            times.append((time.perf_counter() - s) * 1000)
+    return (
+        f"(limit 100 / online filter / search): p50 {pct(times, 0.5):.1f} ms, "
+        f"p95 {pct(times, 0.95):.1f} ms, max {max(times):.1f} ms"
+    )
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--devices", type=int, default=10_000)
@@ -232,9 +253,7 @@ async def main() -> None:
             for k in range(args.procs):
                 chunk = creds[k * share : (k + 1) * share]
                 interval = args.interval if args.minutes else 0.0
-                proc = ctx.Process(
-                    target=_worker, args=(chunk, port, ca, ready, stop, interval)
-                )
+                proc = ctx.Process(target=_worker, args=(chunk, port, ca, ready, stop, interval))
                 proc.start()
                 procs.append(proc)
             connected = failed = 0
@@ -263,18 +282,7 @@ async def main() -> None:
                 f"over idle; Mosquitto RSS {mq_rss / 1024:.1f} MiB: "
                 f"+{(mq_rss - idle_mq) / n:.1f} KiB/device"
             )
-            times = []
-            for params in ({"limit": 100}, {"state": "online", "limit": 100}, {"q": "pot-0042"}):
-                for _ in range(10):
-                    s = time.perf_counter()
-                    r = await api.get("/api/v1/devices", params=params)
-                    r.raise_for_status()
-                    times.append((time.perf_counter() - s) * 1000)
-            print(
-                f"fleet page with {online:,} online (limit 100 / online filter / search): "
-                f"p50 {pct(times, 0.5):.1f} ms, p95 {pct(times, 0.95):.1f} ms, "
-                f"max {max(times):.1f} ms"
-            )
+            print(f"fleet page with {online:,} online {await fleet_page(api)}")
             if args.minutes:
                 await _run_for(args, gw, mosq, idle_gw, idle_mq, connected, ready, stop)
             stop.set()
@@ -334,6 +342,7 @@ async def _run_for(
         )
         if minute >= args.minutes:
             break
+    print(f"fleet page at the end, the fleet still reporting {await fleet_page(gw.api)}")
     stop.set()
     published = pending = pings = 0
     for _ in range(args.procs):
