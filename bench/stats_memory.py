@@ -54,8 +54,8 @@ def one_rtt(rng: random.Random, mu: float, sigma: float) -> float:
     return min(value, 60_000.0)
 
 
-def week_of_counters(rng: random.Random, days: int) -> dict[str, int]:
-    msgs = days * 1440 + rng.randint(0, 50)  # telemetry every 60 s
+def week_of_counters(rng: random.Random, days: float) -> dict[str, int]:
+    msgs = int(days * 1440) + rng.randint(0, 50)  # telemetry every 60 s
     return {
         "msgs_in": msgs,
         "msgs_out": msgs // 20,
@@ -74,7 +74,7 @@ def week_of_counters(rng: random.Random, days: int) -> dict[str, int]:
     }
 
 
-def populate(n: int, days: int, every_s: int, spread: str) -> tuple[FleetStats, int]:
+def populate(n: int, days: float, every_s: int, spread: str) -> tuple[FleetStats, int]:
     rng = random.Random(42)
     fleet = FleetStats(T0)
     devices: list[tuple[DeviceStats, float, float, int]] = []
@@ -97,7 +97,7 @@ def populate(n: int, days: int, every_s: int, spread: str) -> tuple[FleetStats, 
         mu, sigma = rtt_source(rng, spread)
         devices.append((stats, mu, sigma, rng.randrange(every_s * 1000)))
     step_ms = every_s * 1000
-    end = T0 + days * DAY_MS
+    end = T0 + int(days * DAY_MS)
     t = T0
     while t < end:
         for stats, mu, sigma, offset in devices:
@@ -141,7 +141,7 @@ def per_call_ns(stmt: Any, number: int = 200_000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--days", type=float, default=7, help="e.g. 0.0417 for an hour")
     parser.add_argument("--rtt-every-s", type=int, default=300)
     parser.add_argument("--spread", choices=("normal", "wide"), default="normal")
     args = parser.parse_args()
@@ -161,7 +161,7 @@ def main() -> None:
     tracemalloc.stop()
     assert len(clone) == args.devices
     del clone, blob
-    samples = args.days * 86_400 // args.rtt_every_s
+    samples = int(args.days * 86_400) // args.rtt_every_s
 
     sample_ids = [f"plant-{i:05d}" for i in range(0, args.devices, max(args.devices // 50, 1))]
     sketch_sizes, counter_sizes = [], []
@@ -173,7 +173,7 @@ def main() -> None:
     n = args.devices
     sketch_kib = sum(sketch_sizes) / len(sketch_sizes) / KIB
     counters_kib = sum(counter_sizes) / len(counter_sizes) / KIB
-    print(f"fleet: {n} devices, {args.days} days, a round trip every {args.rtt_every_s} s")
+    print(f"fleet: {n} devices, {args.days:g} days, a round trip every {args.rtt_every_s} s")
     print(f"  ({samples} per device, spread {args.spread}); built in {build_s:.0f} s")
     print("memory per device (aim < 20 KiB):")
     print(f"  tracemalloc, pickled copy of the fleet: {traced / n / KIB:6.2f} KiB")
