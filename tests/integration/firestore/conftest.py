@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -235,13 +236,29 @@ class Gateways:
             await self.stop(gw)
 
 
+STOP_TIMEOUT_S = 90.0  # a gateway's stop takes a few seconds; a hang is a bug to see
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def gateways(tmp_path: Path, emulator: Emulator) -> AsyncIterator[Gateways]:
     g = Gateways(tmp_path, emulator)
     try:
         yield g
     finally:
-        await g.stop_all()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await g.stop_all()
+        except TimeoutError:
+            # A gateway that never stops (seen a few times under load, test timeout 300 s):
+            # say what every task was waiting on, then fail here rather than hang.
+            buf = io.StringIO()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    buf.write(f"task {task.get_name()}: ")
+                    task.print_stack(limit=4, file=buf)
+            raise AssertionError(
+                f"a gateway did not stop within {STOP_TIMEOUT_S} s; tasks:\n{buf.getvalue()}"
+            ) from None
 
 
 async def doc(db: Any, path: str) -> dict[str, Any] | None:
