@@ -34,9 +34,6 @@ class LoginObserver:
         self._clock = clock
         self._last_login: dict[str, tuple[str, int]] = {}  # device -> (address, at)
 
-    async def on_login(self, event: LoginEvent) -> None:
-        await self.on_logins([event])
-
     async def on_logins(self, events: Sequence[LoginEvent]) -> None:
         """Login events in the order the MQTT server logged them; the first uses among them
         are written in one transaction, the refusals in one event-log append."""

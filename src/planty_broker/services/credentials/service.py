@@ -243,10 +243,6 @@ class CredentialService(RotationMixin):
         )
         return ended
 
-    async def mark_first_use(self, cred: DeviceCredential, at_ms: int, address: str) -> None:
-        """The MQTT server accepted a login with `cred` for the first time (login events)."""
-        await self.mark_first_uses([(cred, at_ms, address)])
-
     async def mark_first_uses(self, uses: Sequence[tuple[DeviceCredential, int, str]]) -> None:
         """First logins of many credentials, written in one transaction and one event-log
         append (a fleet logging in after a restart or an import: one commit, not one per
