@@ -139,8 +139,8 @@ class IngestService:
         self._store = store
         self._stats = stats
         self._stats_of = stats.fleet.device if stats is not None else None  # bound once
-        self._count_stored = True  # readings counted after their commit (not on copies)
-        self._copies_of: Callable[[str, int], DeviceStats] | None = None  # count_copies
+        # count_copies: counted from the control queue's copies, not after the commit
+        self._copies_of: Callable[[str, int], DeviceStats] | None = None
         self._bus = bus
         self._registry = registry
         self._presence = presence
@@ -301,7 +301,6 @@ class IngestService:
         instance stores the reading; never on the competitive path, which sees only a share."""
         self._stats = stats
         self._stats_of = None
-        self._count_stored = False
         self._copies_of = stats.fleet.device
 
     def count_control(self, topic: str, payload: bytes) -> None:
@@ -358,7 +357,7 @@ class IngestService:
         """After a batch commit, for the readings stored now (a duplicate is only
         acknowledged): counters, latest values, ReadingStored events."""
         latest, publish = self.latest, self._bus.publish
-        counted = self._stats if self._count_stored else None
+        counted = self._stats if self._copies_of is None else None
         get_stats = counted.fleet.get if counted is not None else None
         for r in readings:
             if get_stats is not None:
