@@ -141,6 +141,17 @@ class BatchWriter(Generic[T]):
 
     async def write(self, item: T) -> None:
         """Queue `item` and return once it is committed (or set aside as a dead letter)."""
+        await self._queued(item)
+
+    async def write_many(self, items: Sequence[T]) -> None:
+        """Queue all of `items` at once (they share batches) and return once every one is
+        committed or set aside; awaiting `write` for each in turn would cost a commit each."""
+        futures = [self._queued(item) for item in items]
+        if futures:
+            await asyncio.gather(*futures)
+
+    def _queued(self, item: T) -> asyncio.Future[None]:
+        """Submit `item`; the future is done once it is committed (or set aside)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def done() -> None:
@@ -148,24 +159,7 @@ class BatchWriter(Generic[T]):
                 fut.set_result(None)
 
         self.submit(item, done)
-        await fut
-
-    async def write_many(self, items: Sequence[T]) -> None:
-        """Queue all of `items` at once (they share batches) and return once every one is
-        committed or set aside; awaiting `write` for each in turn would cost a commit each."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[None]] = []
-        for item in items:
-            fut: asyncio.Future[None] = loop.create_future()
-
-            def done(fut: asyncio.Future[None] = fut) -> None:
-                if not fut.done():
-                    fut.set_result(None)
-
-            self.submit(item, done)
-            futures.append(fut)
-        if futures:
-            await asyncio.gather(*futures)
+        return fut
 
     async def _run(self) -> None:
         backlog = False  # items came in while the last batch was being written
