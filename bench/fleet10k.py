@@ -49,13 +49,49 @@ from planty_broker.protocol import (
     decode_command,
     encode,
 )
-from planty_broker.transport.mqtt import LinkConfig, MqttLink
+from planty_broker.transport.mqtt import LinkConfig, MessageHandler, MqttLink
 
 TOPICS = Topics()
 
 
 def _noop(_t: str, _p: bytes, _r: bool, ack: Callable[[], None]) -> None:
     ack()
+
+
+def bench_link(
+    device_id: str,
+    token: str,
+    port: int,
+    tls: ssl.SSLContext | None,
+    subs: list[tuple[str, int]] | None = None,
+    handler: MessageHandler = _noop,
+) -> MqttLink:
+    """A bench device's link to the gateway's Mosquitto on localhost: its own credentials,
+    keepalive 300 s, 10 QoS 1 messages in flight, a clean session, MQTT 3.1.1."""
+    config = LinkConfig(
+        host="localhost",
+        port=port,
+        client_id=device_id,
+        username=device_id,
+        password=token,
+        tls=tls,
+        keepalive_s=300,
+        max_inflight=10,
+        persistent_session=False,
+        mqtt5=False,
+    )
+    return MqttLink(config, subs or [], handler)
+
+
+async def connect_retrying(link: MqttLink, tries: int = 5) -> bool:
+    """Connect, up to `tries` times 1 s apart (a burst of TLS handshakes gets some refused)."""
+    for _attempt in range(tries):
+        try:
+            await link.connect()
+            return True
+        except Exception:
+            await asyncio.sleep(1)
+    return False
 
 
 async def _worker_main(
@@ -112,30 +148,10 @@ async def _worker_main(
         async with gate:
             link_of: dict[str, MqttLink] = {}
             subs = [(TOPICS.device(device_id, Channel.CMD), 1)] if interval_s else []
-            link = MqttLink(
-                LinkConfig(
-                    host="localhost",
-                    port=port,
-                    client_id=device_id,
-                    username=device_id,
-                    password=token,
-                    tls=tls,
-                    keepalive_s=300,
-                    max_inflight=10,
-                    persistent_session=False,
-                    mqtt5=False,
-                ),
-                subs,
-                answer(link_of) if interval_s else _noop,
-            )
+            handler = answer(link_of) if interval_s else _noop
+            link = bench_link(device_id, token, port, tls, subs, handler)
             link_of[device_id] = link
-            for _attempt in range(5):
-                try:
-                    await link.connect()
-                    break
-                except Exception:
-                    await asyncio.sleep(1)
-            else:
+            if not await connect_retrying(link):
                 failed += 1
                 return
             links.append(link)

@@ -37,23 +37,18 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet10k import raise_fd_limit
+from fleet10k import bench_link, connect_retrying, raise_fd_limit
 from gateway_proc import import_devices, rss_kib, running_gateway
 from measure import machine_line, pct
 
 from planty_broker.protocol import Channel, Telemetry, Topics, encode
-from planty_broker.transport.mqtt import LinkConfig, MqttLink
+from planty_broker.transport.mqtt import MqttLink
 
 TOPICS = Topics()
-
-
-def _noop(_t: str, _p: bytes, _r: bool, ack: Callable[[], None]) -> None:
-    ack()
 
 
 def _reading(seq: int) -> bytes:
@@ -78,29 +73,8 @@ async def _worker_main(
     async def connect(device_id: str, token: str) -> None:
         nonlocal failed
         async with gate:
-            link = MqttLink(
-                LinkConfig(
-                    host="localhost",
-                    port=port,
-                    client_id=device_id,
-                    username=device_id,
-                    password=token,
-                    tls=tls,
-                    keepalive_s=300,
-                    max_inflight=10,
-                    persistent_session=False,
-                    mqtt5=False,
-                ),
-                [],
-                _noop,
-            )
-            for _attempt in range(5):
-                try:
-                    await link.connect()
-                    break
-                except Exception:
-                    await asyncio.sleep(1)
-            else:
+            link = bench_link(device_id, token, port, tls)
+            if not await connect_retrying(link):
                 failed += 1
                 return
             links.append((device_id, link))
