@@ -11,21 +11,16 @@ next test finds the set-up as it was.
 from __future__ import annotations
 
 import asyncio
-import random
 import signal
 import time
-import uuid
-from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
 import pytest
 
 from planty_broker.simulator.device import SimDevice
-from planty_broker.simulator.profile import DeviceProfile
-from planty_broker.simulator.provision import provision_devices
 from tests.integration.cluster.conftest import restart
-from tests.integration.cluster.test_cluster_stats import _stream, api
+from tests.integration.cluster.test_cluster_stats import _stream, api, fleet_of
 from tests.integration.firestore.conftest import (  # noqa: F401  (fixtures)
     PROJECT,
     Emulator,
@@ -92,19 +87,7 @@ async def test_connector_runs_on_the_lease_holder_and_writes_every_reading_once(
         holder = await cl.leader(c.gateways)
         (other,) = [g for g in c.gateways if g is not holder]
 
-        ids = [f"fs-{uuid.uuid4().hex[:6]}-{i}" for i in range(4)]
-        creds = await provision_devices(holder.url + "/api/v1", c.token, ids, concurrency=4)
-        ports = c.spec.mqtts_ports()
-        alternates = tuple(("localhost", p) for p in ports)
-        creds = [
-            replace(cr, host="localhost", port=ports[i % len(ports)], alternates=alternates)
-            for i, cr in enumerate(creds)
-        ]
-        profile = DeviceProfile(
-            interval_s=0.1, reconnect_min_s=0.5, reconnect_max_s=4.0, keepalive_s=10, ota=False
-        )
-        rng = random.Random(15)
-        fleet = [SimDevice(cr, profile, seed=rng.randrange(1 << 30)) for cr in creds]
+        fleet = await fleet_of(c, holder, "fs")
         for d in fleet:
             await d.start()
 

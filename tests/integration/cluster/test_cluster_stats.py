@@ -75,14 +75,11 @@ async def _stream(fleet: list[SimDevice], readings: int) -> dict[str, int]:
     return {d.device_id: d.stats.telemetry_acked for d in fleet}
 
 
-@pytest.mark.timeout(400)
-async def test_every_reading_is_counted_once_and_both_instances_say_so(
-    cluster: tuple[ModuleType, Any],
-) -> None:
-    cl, c = cluster
-    holder = await cl.leader(c.gateways)
-    ids = [f"st-{uuid.uuid4().hex[:6]}-{i}" for i in range(4)]
-    creds = await provision_devices(holder.url + "/api/v1", c.token, ids, concurrency=4)
+async def fleet_of(c: Any, via: Any, prefix: str, n: int = 4) -> list[SimDevice]:
+    """`n` devices registered through instance `via`, spread over the nodes' TLS ports (each
+    with the others as alternates), a reading every 0.1 s once started; not started yet."""
+    ids = [f"{prefix}-{uuid.uuid4().hex[:6]}-{i}" for i in range(n)]
+    creds = await provision_devices(via.url + "/api/v1", c.token, ids, concurrency=4)
     ports = c.spec.mqtts_ports()
     alternates = tuple(("localhost", p) for p in ports)
     creds = [
@@ -93,7 +90,17 @@ async def test_every_reading_is_counted_once_and_both_instances_say_so(
         interval_s=0.1, reconnect_min_s=0.5, reconnect_max_s=4.0, keepalive_s=10, ota=False
     )
     rng = random.Random(15)
-    fleet = [SimDevice(cr, profile, seed=rng.randrange(1 << 30)) for cr in creds]
+    return [SimDevice(cr, profile, seed=rng.randrange(1 << 30)) for cr in creds]
+
+
+@pytest.mark.timeout(400)
+async def test_every_reading_is_counted_once_and_both_instances_say_so(
+    cluster: tuple[ModuleType, Any],
+) -> None:
+    cl, c = cluster
+    holder = await cl.leader(c.gateways)
+    fleet = await fleet_of(c, holder, "st")
+    ids = [d.device_id for d in fleet]
     for d in fleet:
         await d.start()
     try:
