@@ -329,9 +329,13 @@ async def rotate_claim_secret(body: ClaimSecretRotation, svc: SvcDep) -> dict[st
 
 @router.delete("/provisioning/claim-secret/previous", dependencies=[AdminOnly])
 async def end_claim_overlap(svc: SvcDep) -> dict[str, Any]:
-    """End a claim secret rotation's overlap now: the previous claim secret is refused."""
+    """End a claim secret rotation's overlap now: the previous claim secret is refused.
+    409 if another instance rotated the secret at the same moment (its overlap stands)."""
     prov = provisioning_of(svc)
-    await prov.end_claim_overlap()
+    try:
+        await prov.end_claim_overlap()
+    except ProvisioningError as exc:
+        raise ApiError(409, "unavailable", str(exc)) from None
     return {"previous": None}
 
 

@@ -137,7 +137,7 @@ class ProvisioningService:
         self.first_slot = 0
         self._previous: tuple[int, int] | None = None  # (first slot, overlap end ms)
         self._previous_hash: tuple[str, str] | None = None
-        self._rotation_seen: dict[str, Any] | None = None  # the record as last read or written
+        self._rotation_seen: Any = None  # the record as last read or written (None: none)
         self.publish: Publisher | None = None
         self._window: ClaimWindow | None = None  # as last read from the store
         self._seen_open = False  # window_open at the last refresh, open or close
@@ -230,7 +230,7 @@ class ProvisioningService:
         until = self._clock() + int(overlap_s * 1000)
         self._previous = (self.first_slot, until) if overlap_s > 0 else None
         self.first_slot = self.slots - self.first_slot
-        if not await self._save_rotation(replacing=seen):
+        if not await self._save_rotation(seen):
             # Another instance rotated between our read and our write: its rotation stands
             # (compare-and-set on the record), ours is undone, and the caller is told.
             self._rotation_seen = None
@@ -253,12 +253,29 @@ class ProvisioningService:
         return new
 
     async def end_claim_overlap(self) -> None:
-        """Refuse the previous claim secret from now on."""
+        """Refuse the previous claim secret from now on. The record is written by
+        compare-and-set, as a rotation is: if another instance wrote it between this one's
+        read and write, the store keeps theirs; that is no error when theirs has no overlap
+        either (both ended it), else ProvisioningError (a rotation meanwhile: its overlap
+        stands, and ending it is the operator's next decision, not this request's)."""
+        if self._shares_secrets:
+            await self._load_rotation()  # another instance may have rotated or ended it
+        seen = self._rotation_seen
         self._previous = None
         end = getattr(self._authority, "end_claim_overlap", None)
         if end is not None:
             end()
-        await self._save_rotation()
+        if not await self._save_rotation(seen):
+            self._rotation_seen = None
+            await self._load_rotation()
+            await self._authority.apply()
+            if self.previous_claim is not None:
+                raise ProvisioningError(
+                    "another gateway instance rotated the claim secret at the same moment; "
+                    "its overlap stands (GET /api/v1/provisioning/claim-credential); end it "
+                    "again if it should end now"
+                )
+            return  # another instance ended it too
         await self._authority.apply()
 
     @property
@@ -266,10 +283,11 @@ class ProvisioningService:
         """A cluster: the secrets go through the store, so every instance has the same."""
         return bool(getattr(self._authority, "shares_claim_secrets", False))
 
-    async def _save_rotation(self, *, replacing: dict[str, Any] | bool | None = False) -> bool:
-        """Write the rotation record. In a cluster, `replacing` is the record this instance
-        read before it rotated (None: none yet): written only if the store still holds it,
-        else False. `False` (the default): written as it is (end of the overlap, start)."""
+    async def _save_rotation(self, seen: Any) -> bool:
+        """Write this instance's rotation record if the store still holds `seen`: the record
+        as this instance last read or wrote it (`_rotation_seen`; None: no record yet).
+        False, nothing written, if another instance wrote the record in between: a
+        compare-and-set (`Store.replace_meta`), so no write undoes another's unseen."""
         if self._meta is None:
             return True
         p = self._previous
@@ -281,11 +299,8 @@ class ProvisioningService:
         if self._shares_secrets:
             record["secret"] = self.claim_secret
             record["previous_secret"] = getattr(self._authority, "previous_claim_secret", None)
-        if self._shares_secrets and replacing is not False:
-            if not await self._meta.replace_meta(_ROTATION_KEY, replacing, record):
-                return False
-        else:
-            await self._meta.set_meta(_ROTATION_KEY, record)
+        if not await self._meta.replace_meta(_ROTATION_KEY, seen, record):
+            return False
         self._rotation_seen = record
         return True
 
@@ -361,8 +376,12 @@ class ProvisioningService:
             return False
         rotation = await self._meta.get_meta(_ROTATION_KEY)
         if not isinstance(rotation, dict):
-            if self._shares_secrets and self.claim_secret:
-                await self._save_rotation()  # the first instance: its secret is everybody's
+            self._rotation_seen = rotation  # what a compare-and-set must find (None: none)
+            founding = rotation is None and self._shares_secrets and bool(self.claim_secret)
+            # The first instance: its secret is everybody's. Two starting at once: the first
+            # write wins and the other adopts it at once.
+            if founding and not await self._save_rotation(None):
+                return await self._load_rotation()
             return False
         if rotation == self._rotation_seen:
             return False
@@ -379,8 +398,8 @@ class ProvisioningService:
                 self._authority.set_claim_secrets(  # type: ignore[attr-defined]
                     secret, previous if isinstance(previous, str) and previous else None
                 )
-            elif self.claim_secret:
-                await self._save_rotation()  # a record from a single gateway: add the secret
+            elif self.claim_secret:  # a record from a single gateway: add the secret
+                await self._save_rotation(rotation)  # (another writer first: next refresh)
         return before != (
             self.first_slot, self._previous, self.claim_secret, self._previous_secret()
         )  # fmt: skip
@@ -456,7 +475,12 @@ class ProvisioningService:
                 log.warning("claim window: re-reading it failed (%s); retrying", exc)
             if self._previous is not None and self._clock() >= self._previous[1]:
                 log.info("claim secret overlap over: the previous claim secret is refused")
-                await self.end_claim_overlap()
+                try:
+                    await self.end_claim_overlap()
+                except ProvisioningError as exc:  # a rotation meanwhile: its overlap stands
+                    log.info("claim secret overlap: %s", exc)
+                except Exception as exc:  # the store away: next round
+                    log.warning("claim secret overlap: ending it failed (%s); retrying", exc)
 
     # ------------------------------------------------------------ requests
 
