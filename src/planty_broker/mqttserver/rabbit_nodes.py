@@ -31,7 +31,7 @@ from typing import Any
 from planty_broker.errors import MqttServerError
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
-PLUGINS = "rabbitmq_mqtt,rabbitmq_management"
+PLUGINS = "rabbitmq_mqtt,rabbitmq_management,rabbitmq_event_exchange"
 ADMIN_USER = "planty-admin"
 # A channel on a quorum queue pipelines at most this many Raft commands (acks are `settle`
 # commands) before it keeps further ones in its own memory until earlier ones are
