@@ -117,6 +117,7 @@ class RefusedLogin:
     reason: str  # "not_authorised", "tls: certificate verify failed", ...
     address: str | None
     listener: Listener | None
+    username: str | None = None  # the username it tried, when the server says (RabbitMQ)
 
 
 LoginEvent = AcceptedLogin | RefusedLogin

@@ -256,3 +256,19 @@ async def test_a_fleet_logging_in_marks_its_first_uses_in_one_transaction(tmp_pa
         assert (await identities.list_credentials(ids[1]))[0].first_used_ms == clock.ms - 1000
     finally:
         await creds.stop()
+
+
+async def test_a_refusal_that_names_a_known_device_is_that_devices(world) -> None:  # type: ignore[no-untyped-def]
+    registry, creds, _mqtt, clock, _sent = world
+    await add(registry, creds, "dev-r")
+    observer = LoginObserver(creds, clock=clock)
+    await observer.on_logins(
+        [
+            RefusedLogin("not_authorised", None, "token", "dev-r"),  # RabbitMQ names it
+            RefusedLogin("not_authorised", None, "token", "nobody-we-know"),
+        ]
+    )
+    refused = [e for e in creds.events.for_device("dev-r") if e.kind.value == "login_refused"]
+    assert len(refused) == 1 and refused[0].data["reason"] == "not_authorised"
+    assert [e.kind.value for e in creds.events.unattributed()] == ["login_refused"]
+    assert "nobody-we-know" not in str(creds.events.unattributed()[0].data)

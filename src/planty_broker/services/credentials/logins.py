@@ -2,10 +2,10 @@
 
 An accepted login on a device listener marks the device's credential of that type
 as used (`used_first`, once); a refused one becomes a `login_refused` event with
-its reason. A refusal often comes without a username, so it is named for a device
-only when that is unambiguous: exactly one device whose
-credential ended within the last hour last logged in from the same address.
-(Mosquitto, for one, logs a refusal before it knows the username.)
+its reason. A refusal that names a known device's username (RabbitMQ's do) is that
+device's. Without a username, it is named for a device only when that is unambiguous:
+exactly one device whose credential ended within the last hour last logged in from the
+same address. (Mosquitto, for one, logs a refusal before it knows the username.)
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class LoginObserver:
             refused.append(
                 CredentialEvent(
                     CredentialEventKind.LOGIN_REFUSED,
-                    self._attribute(event.address, at),
+                    self._attribute(event.username, event.address, at),
                     at,
                     data={
                         "reason": event.reason,
@@ -77,7 +77,9 @@ class LoginObserver:
         if len(used) == 1 and used[0].first_used_ms is None:  # else: cannot tell which
             first_uses.append((used[0], at, event.address))
 
-    def _attribute(self, address: str | None, at: int) -> str | None:
+    def _attribute(self, username: str | None, address: str | None, at: int) -> str | None:
+        if username is not None and self._creds.known_device(username):
+            return username  # the server named it (RabbitMQ does)
         if address is None:
             return None
         matches = [
