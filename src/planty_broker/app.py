@@ -386,6 +386,12 @@ class Gateway:
             subs = control_subscriptions(svc.topics, identity.subscriptions)
             await link.add_queue(s.cluster.queue + ".control", subs, handler)
             await svc.store.set_meta(LEADER_API_KEY, s.cluster.api_url or self._own_api_url())
+            # RabbitMQ's events: logins reported (first use, refusals) and a client id that
+            # is not its username closed, once for the cluster (rabbit_events.py).
+            if isinstance(svc.authority, RabbitAuthority):
+                watch = svc.authority.event_watch(s.cluster.split(s.cluster.amqp_urls))
+                await watch.start()
+                stack.push_async_callback(watch.stop)
             svc.role = "leader"
             # One connector for the cluster, on the lease holder: its event-log cursor
             # (`firestore`) and the log are in PostgreSQL, so it writes every instance's

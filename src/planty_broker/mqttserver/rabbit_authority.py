@@ -15,7 +15,10 @@ How the port maps onto RabbitMQ 3.10 (measured in the spike, docs/scale-out.md):
   keys under its own tree (`planty.v1.devices.<id>.`: RabbitMQ's MQTT plugin maps `/` to
   `.` and `.` to `/`, so a dot in an id is a slash in the routing key);
 - `kick(username)` closes every connection of that user (management API);
-- logins are not reported (RabbitMQ has no log we tail): `watch_logins` keeps the sink;
+- client id = username and the login reports come from RabbitMQ's event exchange, on the
+  lease holder (`event_watch`, `rabbit_events.py`): RabbitMQ 3.10 cannot force the client
+  id, so a connection whose client id is not its username has its user's connections
+  closed; accepted and refused MQTT logins go to the `watch_logins` sinks;
 - X.509 device certificates are not offered on the cluster (AuthorityUnavailableError).
 """
 
@@ -32,6 +35,7 @@ from typing import Any, Self
 
 from planty_broker.mqttserver.atomic import load_or_create_secret, write_atomic
 from planty_broker.mqttserver.passwords import new_token
+from planty_broker.mqttserver.rabbit_events import RabbitEventWatch
 from planty_broker.mqttserver.rabbit_mgmt import RabbitApi, RabbitApiError, q
 from planty_broker.mqttserver.rabbit_passwords import (
     ALGORITHM,
@@ -46,6 +50,7 @@ from planty_broker.ports.device_authority import (
     AuthorityUnavailableError,
     DeviceEndpoint,
     IssuedCertificate,
+    LoginEvent,
 )
 
 log = logging.getLogger("planty_broker.mqttserver")
@@ -217,7 +222,26 @@ class RabbitAuthority(AuthorityBasics):
         await self.apply()
         await self._close_connections([username])
 
-    # watch_logins (AuthorityBasics) keeps the sink: RabbitMQ's logins are not reported here
+    # watch_logins (AuthorityBasics) keeps the sinks; `event_watch` (on the lease holder)
+    # reports to them.
+
+    def event_watch(self, amqp_urls: Sequence[str]) -> RabbitEventWatch:
+        """RabbitMQ's events (`rabbitmq_event_exchange`) as login reports, and a client id
+        other than the username closed (`rabbit_events.py`); the lease holder runs it."""
+        return RabbitEventWatch(amqp_urls, self._report_login, self.close_connections_of)
+
+    def _report_login(self, event: LoginEvent) -> None:
+        for sink in self._sinks:
+            sink(event)
+
+    async def close_connections_of(self, username: str, reason: str) -> None:
+        """Close every connection of `username` now (RabbitMQ logs `reason`)."""
+        await self._api.call(
+            "DELETE",
+            f"/api/connections/username/{q(username)}",
+            ok=(404,),
+            headers={"X-Reason": reason},
+        )
 
     # ------------------------------------------------------------ internals
 

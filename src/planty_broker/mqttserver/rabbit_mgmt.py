@@ -50,9 +50,16 @@ class RabbitApi:
             self._client = None
 
     async def call(
-        self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = ()
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        ok: tuple[int, ...] = (),
+        headers: dict[str, str] | None = None,
     ) -> Any:
-        """The decoded JSON answer (None when empty). Statuses in `ok` count as success."""
+        """The decoded JSON answer (None when empty). Statuses in `ok` count as success.
+        `headers`: extra request headers (`X-Reason` of a closed connection)."""
         client = self._client
         if client is None:
             raise RabbitApiError("RabbitApi is not open")
@@ -62,7 +69,7 @@ class RabbitApi:
             i = (self._first + k) % n
             url = self._urls[i] + path
             try:
-                resp = await client.request(method, url, json=body)
+                resp = await client.request(method, url, json=body, headers=headers)
             except httpx.HTTPError as exc:
                 errors.append(f"{self._urls[i]}: {exc.__class__.__name__} {exc}")
                 continue
