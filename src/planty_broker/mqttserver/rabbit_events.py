@@ -164,6 +164,7 @@ class RabbitEventWatch:
         self._conn: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing: dict[str, asyncio.Task[None]] = {}  # username -> its close
+        self._again: set[str] = set()  # users connected again while being closed
         self._next = 0
         self._warned_at: float | None = None
         self.connected = asyncio.Event()
@@ -264,7 +265,10 @@ class RabbitEventWatch:
             REASON,
         )  # fmt: skip
         if user in self._closing:
-            return  # being closed: that close ends this connection too
+            # A close of this user is under way; it may have listed the user's connections
+            # before this one existed, so one more close follows it.
+            self._again.add(user)
+            return
         if len(self._closing) >= MAX_CLOSING:
             self.not_closed += 1
             self._warn(f"rabbitmq events: {self.not_closed} client-id close(s) not done")
@@ -274,12 +278,16 @@ class RabbitEventWatch:
         task.add_done_callback(lambda _t: self._closing.pop(user, None))
 
     async def _close_user(self, user: str) -> None:
-        try:
-            await self._close(user, REASON)
-            self.closed += 1
-        except Exception as exc:
-            self.not_closed += 1
-            log.warning("rabbitmq: closing the connections of %s failed: %s", user, exc)
+        while True:
+            self._again.discard(user)
+            try:
+                await self._close(user, REASON)
+                self.closed += 1
+            except Exception as exc:
+                self.not_closed += 1
+                log.warning("rabbitmq: closing the connections of %s failed: %s", user, exc)
+            if user not in self._again:
+                return
 
     def _warn(self, message: str) -> None:
         now = asyncio.get_running_loop().time()

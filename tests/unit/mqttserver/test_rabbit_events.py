@@ -130,15 +130,20 @@ async def test_malformed_events_are_counted_and_the_next_one_is_handled() -> Non
     assert w.reported[-1] == RefusedLogin("not_authorised", None, "token", "dev-a")
 
 
-async def test_closes_at_once_are_bounded_and_one_per_user() -> None:
+async def test_closes_at_once_are_bounded_and_one_more_for_a_user_back_meanwhile() -> None:
     w = Watch()
     w.release.clear()
     for n in range(MAX_CLOSING + 10):
         w.watch.handle("connection.created", created(f"dev-{n}", "victim", 40000 + n))
-    w.watch.handle("connection.created", created("dev-0", "victim", 50000))  # being closed
+    w.watch.handle("connection.created", created("dev-1", "victim", 50000))  # not begun yet
+    await asyncio.sleep(0)  # the closes begin (and wait)
+    # dev-0 connects again while its close runs (it may have listed its connections before)
+    w.watch.handle("connection.created", created("dev-0", "victim", 50001))
+    w.watch.handle("connection.created", created("dev-0", "victim", 50002))
     assert w.watch.not_closed == 10
     w.release.set()
-    for _ in range(5):
+    for _ in range(10):
         await asyncio.sleep(0)
-    assert len(w.closes) == MAX_CLOSING == w.watch.closed
+    assert len(w.closes) == MAX_CLOSING + 1 == w.watch.closed
+    assert [u for u, _ in w.closes].count("dev-0") == 2
     await w.watch.stop()
