@@ -2,8 +2,9 @@
 
 Each node gets its own folder, node name, AMQP/distribution/management/MQTT-TLS ports,
 Erlang cookie (shared by the nodes of one cluster, never the system's), config file and
-plugins (`rabbitmq_mqtt`, `rabbitmq_management`). The system instance (5672/1883) is
-never touched. Nodes of one cluster find each other by `classic_config` peer discovery.
+plugins (`rabbitmq_mqtt`, `rabbitmq_management`, `rabbitmq_event_exchange`). The system
+instance (5672/1883) is never touched. Nodes of one cluster find each other by
+`classic_config` peer discovery.
 
     spec = ClusterSpec.new(base_dir, nodes=3, pki=pki)
     nodes = [RabbitNode(spec, i) for i in range(3)]
