@@ -206,6 +206,13 @@ class RabbitEventWatch:
                 self.connected.set()
                 log.info("rabbitmq events: watching logins and client ids")
                 await asyncio.wait({asyncio.ensure_future(conn.closing)})
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:  # no event exchange
+                log.error(
+                    "rabbitmq events: %s; enable the plugin rabbitmq_event_exchange on every "
+                    "node (docs/scale-out.md): until then client ids are not held to the "
+                    "username and logins are not reported",
+                    exc,
+                )
             except Exception as exc:  # the loop goes on whatever happened: reconnect
                 log.warning("rabbitmq events: %r", exc)
             finally:
