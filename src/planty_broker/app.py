@@ -386,12 +386,7 @@ class Gateway:
             subs = control_subscriptions(svc.topics, identity.subscriptions)
             await link.add_queue(s.cluster.queue + ".control", subs, handler)
             await svc.store.set_meta(LEADER_API_KEY, s.cluster.api_url or self._own_api_url())
-            # RabbitMQ's events: logins reported (first use, refusals) and a client id that
-            # is not its username closed, once for the cluster (rabbit_events.py).
-            if isinstance(svc.authority, RabbitAuthority):
-                watch = svc.authority.event_watch(s.cluster.split(s.cluster.amqp_urls))
-                await watch.start()
-                stack.push_async_callback(watch.stop)
+            await self._watch_rabbit_events(svc)
             svc.role = "leader"
             # One connector for the cluster, on the lease holder: its event-log cursor
             # (`firestore`) and the log are in PostgreSQL, so it writes every instance's
@@ -406,6 +401,19 @@ class Gateway:
         stack.push_async_callback(self.leadership.stop)
         await self._start_api(svc)
         await self._announce_ready(svc)
+
+    async def _watch_rabbit_events(self, svc: Services) -> None:
+        """Scale-out, on the lease holder: RabbitMQ's events report logins (first use,
+        refusals) and close a client id that is not its username, once for the cluster
+        (rabbit_events.py). Returns once it watches (at most 10 s: it goes on connecting)."""
+        if not isinstance(svc.authority, RabbitAuthority):
+            return
+        c = self.settings.cluster
+        watch = svc.authority.event_watch(c.split(c.amqp_urls))
+        await watch.start()
+        self._stack.push_async_callback(watch.stop)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(watch.connected.wait(), 10)
 
     async def _lead_stats(
         self, svc: Services, ingest: IngestService, presence: PresenceService
