@@ -55,6 +55,7 @@ from planty_broker.scaleout import (
     control_handler,
     control_subscriptions,
     refresh_registry,
+    send_lease_owner,
     stop_instance,
 )
 from planty_broker.services.bus import Bus, ReadingObserved
@@ -369,7 +370,7 @@ class Gateway:
             if svc.history is not None:
                 await svc.history.start()
                 stack.push_async_callback(svc.history.stop)
-            commands = await start_commands(svc, stack)
+            commands = await start_commands(svc, stack, lease_owner=send_lease_owner())
             firmware = await start_firmware(svc, commands, stack)
             rules = await start_rules(svc, stack)
             if rules is not None:

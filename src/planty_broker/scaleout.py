@@ -23,6 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -42,6 +45,12 @@ log = logging.getLogger(__name__)
 REGISTRY_EVERY_S = 2.0
 INGEST_CHANNELS = (Channel.TELEMETRY,)
 CONTROL_CHANNELS = (Channel.STATUS, Channel.ACK, Channel.OTA_ACK)
+
+
+def send_lease_owner() -> str:
+    """This process's name on the outbox's send leases: host, pid and a random part, so a
+    restarted instance (same host and pid after a reboot) never passes for its predecessor."""
+    return f"{socket.gethostname()[:64]}/{os.getpid()}/{secrets.token_hex(4)}"
 
 
 def cluster_authority(settings: Settings) -> RabbitAuthority:

@@ -406,7 +406,25 @@ class TokenBucket:
             return True
         return False
 
+    def tokens(self, now: float) -> float:
+        """Tokens available now."""
+        self._refill(now)
+        return self._tokens
+
     def wait_s(self, now: float) -> float:
         """Seconds until a token is available (0 if one is)."""
         self._refill(now)
         return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class SendLeases:
+    """What `CommandStore.lease_commands` answered (issue 15: outbox rows leased per command).
+
+    `granted`: this owner may send these now. `held_until`: refused, another owner holds the
+    lease until then (ms). A refused id in neither was busy at that moment (PostgreSQL skipped
+    its row, locked by another transaction) or is not a stored command.
+    """
+
+    granted: frozenset[str]
+    held_until: Mapping[str, int]

@@ -349,6 +349,17 @@ class GatewayCollector(Collector):
                 "Command transitions waiting for their commit",
                 outbox.journal.pending(),
             )
+            if outbox.lease_owner is not None:  # several instances: each send is leased
+                yield _counter(
+                    "planty_command_lease_refused",
+                    "Sends of a command another instance held the send lease of (waited for)",
+                    outbox.dispatcher.lease_refused,
+                )
+                yield _counter(
+                    "planty_command_lease_failures",
+                    "Send-lease requests the store could not answer (retried after 1 s)",
+                    outbox.dispatcher.lease_failures,
+                )
         if self.log_bounds is not None:
             b = self.log_bounds
             yield _gauge("planty_event_log_last_id", "Id of the newest event", b.last_id)

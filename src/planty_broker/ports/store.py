@@ -14,7 +14,12 @@ from planty_broker.domain.models import DeviceRecord, PresenceTransition, Readin
 from planty_broker.errors import PermanentStoreError, TransientStoreError
 
 if TYPE_CHECKING:
-    from planty_broker.domain.commands import CommandChange, CommandRecord, CommandTransition
+    from planty_broker.domain.commands import (
+        CommandChange,
+        CommandRecord,
+        CommandTransition,
+        SendLeases,
+    )
     from planty_broker.domain.dead_letters import DeadLetter
     from planty_broker.domain.events import (
         Consumer,
@@ -159,6 +164,17 @@ class CommandStore(Protocol):
 
     async def prune_commands(self, final_before_ms: int, limit: int) -> int:
         """Delete up to `limit` final commands that ended before the time; returns how many."""
+
+    async def lease_commands(
+        self, ids: Sequence[str], owner: str, now_ms: int, until_ms: int
+    ) -> SendLeases:
+        """Take or renew the send lease of these commands for `owner`, until `until_ms`.
+
+        Granted where the command is stored and its lease is free, expired (`until` before
+        `now_ms`) or already `owner`'s. On PostgreSQL the lease rows are taken with
+        `FOR UPDATE SKIP LOCKED`: a row another instance is leasing at this moment is
+        refused, not waited for. One transaction for all the ids.
+        """
 
 
 class EventStore(Protocol):

@@ -35,17 +35,18 @@ async def start_events(svc: Services, stack: AsyncExitStack) -> EventService:
     events = EventService(store, svc.bus, svc.settings.events)
     dead = svc.dead_letters
     if dead is not None:  # not reported as a device error: that would be another event
-        events.writer.set_dead_letter(
-            dead.writer_sink(lambda e: f"events/{e.type}", report=False)
-        )
+        events.writer.set_dead_letter(dead.writer_sink(lambda e: f"events/{e.type}", report=False))
     await events.start()
     stack.push_async_callback(events.stop)
     svc.events = events
     return events
 
 
-async def start_commands(svc: Services, stack: AsyncExitStack) -> CommandService:
-    """The command outbox (in a scale-out deployment: on the lease holder only)."""
+async def start_commands(
+    svc: Services, stack: AsyncExitStack, lease_owner: str | None = None
+) -> CommandService:
+    """The command outbox (in a scale-out deployment: on the lease holder only, each send
+    under a send lease in the store named `lease_owner`)."""
     store: Any = svc.store  # SqlStore / MemoryStore: also a CommandStore
     commands = CommandService(
         store,
@@ -56,6 +57,7 @@ async def start_commands(svc: Services, stack: AsyncExitStack) -> CommandService
         svc.settings.commands,
         stats=svc.stats,
         readings=svc.ingest.writer.write,
+        lease_owner=lease_owner,
     )
     dead = svc.dead_letters
     if dead is not None:

@@ -21,6 +21,7 @@ from planty_broker.domain.commands import (
     CommandChange,
     CommandRecord,
     CommandTransition,
+    SendLeases,
     event_data,
 )
 from planty_broker.domain.events import (
@@ -41,6 +42,7 @@ def _json(value: Any) -> Any:
 @dataclass(slots=True)
 class _QueueState:
     commands: dict[str, CommandRecord] = field(default_factory=dict)
+    leases: dict[str, tuple[str, int]] = field(default_factory=dict)  # command id: owner, until
     history: dict[str, list[CommandTransition]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     last_event_id: int = 0
@@ -77,6 +79,7 @@ class MemoryQueueMixin:
         for cid in [c.id for c in q.commands.values() if c.device_id == device_id]:
             del q.commands[cid]
             q.history.pop(cid, None)
+            q.leases.pop(cid, None)
 
     async def append_events(self, new: Sequence[NewEvent]) -> None:
         self._check()
@@ -208,4 +211,23 @@ class MemoryQueueMixin:
         for cid in old:
             del q.commands[cid]
             q.history.pop(cid, None)
+            q.leases.pop(cid, None)
         return len(old)
+
+    async def lease_commands(
+        self, ids: Sequence[str], owner: str, now_ms: int, until_ms: int
+    ) -> SendLeases:
+        self._check()
+        q = self._q
+        granted: set[str] = set()
+        held: dict[str, int] = {}
+        for cid in ids:
+            if cid not in q.commands:
+                continue
+            holder, until = q.leases.get(cid, (owner, 0))
+            if holder == owner or until < now_ms:
+                q.leases[cid] = (owner, until_ms)
+                granted.add(cid)
+            else:
+                held[cid] = until
+        return SendLeases(frozenset(granted), held)

@@ -45,6 +45,22 @@ commands = Table(
     Index("ix_commands_state_updated", "state", "updated_ms"),
 )
 
+# Who may send a command now (issue 15): taken by the outbox of a cluster instance right before
+# each send (`lease_commands`), renewed at each re-send, free once `until_ms` has passed. A table
+# of its own so the journal's row writes and the leases never lock each other's rows.
+command_leases = Table(
+    "command_leases",
+    metadata,
+    Column(
+        "command_id",
+        String(64),
+        ForeignKey("commands.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("owner", String(128), nullable=False),
+    Column("until_ms", BigInteger, nullable=False),
+)
+
 command_transitions = Table(
     "command_transitions",
     metadata,

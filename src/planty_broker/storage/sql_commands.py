@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import JSON, Engine, delete, select
+from sqlalchemy import JSON, Engine, delete, literal, select, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect
 
 from planty_broker.domain.commands import (
@@ -17,10 +19,11 @@ from planty_broker.domain.commands import (
     CommandRecord,
     CommandState,
     CommandTransition,
+    SendLeases,
     event_data,
 )
 from planty_broker.storage.schema_core import devices
-from planty_broker.storage.schema_queue import command_transitions, commands
+from planty_broker.storage.schema_queue import command_leases, command_transitions, commands
 from planty_broker.storage.sql_events import insert_events
 from planty_broker.storage.sql_rows import insert_sql
 
@@ -182,6 +185,46 @@ def _apply(engine: Engine, changes: Sequence[CommandChange]) -> None:
             _write(conn, keep)
 
 
+def _lease(
+    conn: Connection, ids: Sequence[str], owner: str, now_ms: int, until_ms: int
+) -> SendLeases:
+    """One transaction: renew or take over the lease rows this owner may have, create missing
+    ones. On PostgreSQL the existing rows are read `FOR UPDATE SKIP LOCKED`: a row another
+    instance is leasing right now is left to it (refused here), never waited for."""
+    lc = command_leases.c
+    wanted = list(dict.fromkeys(ids))
+    pg = conn.dialect.name == "postgresql"
+    rows_q = select(lc.command_id, lc.owner, lc.until_ms).where(lc.command_id.in_(wanted))
+    if pg:  # SQLite: the write transaction is already exclusive
+        rows_q = rows_q.with_for_update(skip_locked=True)
+    rows = {r.command_id: r for r in conn.execute(rows_q)}
+    free = [cid for cid, r in rows.items() if r.owner == owner or r.until_ms < now_ms]
+    held = {cid: r.until_ms for cid, r in rows.items() if r.owner != owner and r.until_ms >= now_ms}
+    if free:
+        conn.execute(
+            update(command_leases)
+            .where(lc.command_id.in_(free))
+            .values(owner=owner, until_ms=until_ms)
+        )
+    granted = set(free)
+    absent = [cid for cid in wanted if cid not in rows]  # no lease row yet, or skipped (locked)
+    if absent:
+        ins = (pg_insert if pg else sqlite_insert)(command_leases)
+        # Only for stored commands; a row that exists (skipped above: locked) stays as it is.
+        q = (
+            ins.from_select(
+                ["command_id", "owner", "until_ms"],
+                select(commands.c.id, literal(owner), literal(until_ms))
+                .where(commands.c.id.in_(absent))
+                .order_by(commands.c.id),  # one order for every instance: no deadlock
+            )
+            .on_conflict_do_nothing()
+            .returning(lc.command_id)
+        )
+        granted.update(conn.execute(q).scalars())
+    return SendLeases(frozenset(granted), held)
+
+
 class SqlCommandsMixin:
     """`CommandStore` methods of `SqlStore` (which provides `_call` and `_in_tx`)."""
 
@@ -242,3 +285,13 @@ class SqlCommandsMixin:
         q = delete(commands).where(c.id.in_(ids))
         count = await self._call(self._in_tx, lambda conn: conn.execute(q).rowcount)
         return int(count)
+
+    async def lease_commands(
+        self, ids: Sequence[str], owner: str, now_ms: int, until_ms: int
+    ) -> SendLeases:
+        if not ids:
+            return SendLeases(frozenset(), {})
+        answer: SendLeases = await self._call(
+            self._in_tx, lambda conn: _lease(conn, ids, owner, now_ms, until_ms)
+        )
+        return answer

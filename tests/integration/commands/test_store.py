@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from planty_broker.domain import commands as cmds
 from planty_broker.domain.commands import CommandRecord, CommandState
@@ -17,6 +20,8 @@ from planty_broker.domain.models import (
     Reading,
 )
 from planty_broker.protocol import Ack
+from planty_broker.storage.sql import SqlStore
+from planty_broker.storage.sql_engine import normalize_url
 from tests.integration.storage.conftest import StoreFactory
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -177,3 +182,99 @@ async def test_ids_are_not_reused_after_a_full_prune_and_a_reopen(
         assert e.id == base + 4
     finally:
         await s.close()
+
+
+# send leases (issue 15: several gateway instances, one sender per command) --------
+
+
+async def test_a_send_lease_is_granted_renewed_refused_and_taken_over_once_expired(
+    store: Any, store_factory: StoreFactory
+) -> None:
+    await devices(store, "dev-1")
+    await store.apply_command_changes([cmds.queued(rec("c-1")), cmds.queued(rec("c-2"))])
+    other = store_factory()
+    if other is not store:
+        await other.open()
+    try:
+        got = await store.lease_commands(["c-1", "c-2", "c-404"], "gw-a", 1_000, 11_000)
+        assert got.granted == {"c-1", "c-2"} and not got.held_until  # c-404: no such command
+        mine = await store.lease_commands(["c-1"], "gw-a", 5_000, 15_000)  # a re-send renews
+        assert mine.granted == {"c-1"}
+        # Another instance (a second handle on the same store) is refused while it holds...
+        theirs = await other.lease_commands(["c-1", "c-2"], "gw-b", 12_000, 22_000)
+        assert theirs.granted == {"c-2"}  # c-2's lease (until 11,000) has expired
+        assert dict(theirs.held_until) == {"c-1": 15_000}
+        # ...and the first instance has lost c-2 to it: it must not send it any more.
+        back = await store.lease_commands(["c-2"], "gw-a", 13_000, 23_000)
+        assert not back.granted and dict(back.held_until) == {"c-2": 22_000}
+        late = await other.lease_commands(["c-1"], "gw-b", 15_001, 25_001)
+        assert late.granted == {"c-1"}  # gw-a's lease ran out: gw-b takes it over
+    finally:
+        if other is not store:
+            await other.close()
+
+
+async def test_two_instances_leasing_the_same_commands_at_once_split_them(
+    store: Any, store_factory: StoreFactory
+) -> None:
+    await devices(store, "dev-1")
+    ids = [f"c-{i}" for i in range(50)]
+    await store.apply_command_changes([cmds.queued(rec(c, created=i)) for i, c in enumerate(ids)])
+    other = store_factory()
+    if other is not store:
+        await other.open()
+    try:
+        for round_ in range(5):
+            now = 1_000 + round_ * 20_000  # every earlier lease has expired
+            a, b = await asyncio.gather(
+                store.lease_commands(ids, f"gw-a{round_}", now, now + 10_000),
+                other.lease_commands(ids, f"gw-b{round_}", now, now + 10_000),
+            )
+            assert not a.granted & b.granted  # never both
+            assert a.granted | b.granted <= set(ids)
+            refused_a = set(ids) - a.granted
+            # a refused id is held by the other (or was being leased by it at that moment)
+            assert refused_a <= b.granted | set(a.held_until)
+    finally:
+        if other is not store:
+            await other.close()
+
+
+async def test_leases_go_with_their_commands(store: Any) -> None:
+    await devices(store, "dev-1", "dev-2")
+    await store.apply_command_changes([cmds.queued(rec("c-1")), cmds.queued(rec("c-2", "dev-2"))])
+    assert (await store.lease_commands(["c-1", "c-2"], "gw-a", 1_000, 9_000)).granted == {
+        "c-1",
+        "c-2",
+    }
+    await store.remove_device("dev-2")  # its commands and their leases go
+    assert not (await store.lease_commands(["c-2"], "gw-b", 2_000, 9_000)).granted
+
+
+@pytest.mark.integration
+async def test_a_lease_row_locked_by_another_instance_is_skipped_not_waited_for(
+    pg_url: str,
+) -> None:
+    """PostgreSQL: `FOR UPDATE SKIP LOCKED`. While another instance's transaction holds the
+    lease row, leasing it answers at once (refused, holder unknown) instead of queueing
+    behind that transaction; the other rows of the batch are granted."""
+    dev, one, two = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("dev", "skip1", "skip2"))
+    async with SqlStore(pg_url) as store:
+        await devices(store, dev)
+        await store.apply_command_changes([cmds.queued(rec(one, dev)), cmds.queued(rec(two, dev))])
+        assert (await store.lease_commands([one], "gw-a", 1_000, 2_000)).granted
+        engine = sa.create_engine(normalize_url(pg_url))
+        try:
+            with engine.connect() as other:
+                other.execute(
+                    sa.text("SELECT 1 FROM command_leases WHERE command_id = :id FOR UPDATE"),
+                    {"id": one},
+                )
+                async with asyncio.timeout(10):  # without SKIP LOCKED this waits forever
+                    got = await store.lease_commands([one, two], "gw-b", 3_000, 9_000)
+                assert got.granted == {two} and not got.held_until
+                other.rollback()
+            again = await store.lease_commands([one], "gw-b", 3_000, 9_000)
+            assert again.granted == {one}  # free again once that transaction ended
+        finally:
+            engine.dispose()

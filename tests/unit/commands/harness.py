@@ -110,7 +110,9 @@ def settings(**kw: object) -> CommandSettings:
 
 
 @contextlib.asynccontextmanager
-async def harness(store: MemoryStore | None = None, **kw: object) -> AsyncIterator[Harness]:
+async def harness(
+    store: MemoryStore | None = None, lease_owner: str | None = None, **kw: object
+) -> AsyncIterator[Harness]:
     if store is None:
         store = MemoryStore()
     await store.open()
@@ -126,7 +128,16 @@ async def harness(store: MemoryStore | None = None, **kw: object) -> AsyncIterat
     async def keep(r: Reading) -> None:
         readings.append(r)
 
-    service = CommandService(store, bus, registry, presence, TOPICS, settings(**kw), readings=keep)
+    service = CommandService(
+        store,
+        bus,
+        registry,
+        presence,
+        TOPICS,
+        settings(**kw),
+        readings=keep,
+        lease_owner=lease_owner,
+    )
     link = FakeLink()
     service.attach(link)
     await service.start()

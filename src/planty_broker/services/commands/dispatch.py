@@ -4,6 +4,10 @@ Everything the broker publishes to devices goes through here, so a whole fleet
 coming back at once (each device with its backlog, oldest first) reaches the
 MQTT server at `dispatch_rate_per_s` at most, and nothing is published while the
 link is down (it waits, then continues in order).
+
+With send leases (several gateway instances, issue 15) the dispatcher first leases
+the commands it is about to send, as many at once as it has tokens for (one store
+round trip for the lot), and sends only those granted; the others go to `refused`.
 """
 
 from __future__ import annotations
@@ -13,13 +17,17 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from planty_broker.domain.commands import TokenBucket
+from planty_broker.domain.commands import SendLeases, TokenBucket
 from planty_broker.ports.link import Publisher
 from planty_broker.tasks import spawn
 
 log = logging.getLogger(__name__)
+
+Lease = Callable[[Sequence[str]], Awaitable[SendLeases]]
+LEASE_BATCH = 128  # ids leased in one round trip at most
+LEASE_FAILED_PAUSE_S = 1.0  # the store could not answer: wait this long, then lease again
 
 
 class Dispatcher:
@@ -32,8 +40,14 @@ class Dispatcher:
         rate_per_s: float,
         burst: int,
         clock: Callable[[], float] = time.monotonic,
+        lease: Lease | None = None,
+        refused: Callable[[str, int | None], None] | None = None,
     ) -> None:
         self._send = send
+        self._lease = lease
+        self._refused = refused
+        self.lease_refused = 0  # ids another instance held (or was leasing) when asked
+        self.lease_failures = 0  # lease calls the store could not answer
         self._clock = clock
         self.bucket = TokenBucket(rate_per_s, burst, clock())
         self._ready: collections.deque[str] = collections.deque()
@@ -83,12 +97,53 @@ class Dispatcher:
                 self.paced_s += wait_s
                 await asyncio.sleep(wait_s)
                 continue
+            if self._lease is not None:
+                await self._leased_batch(self._lease, link)
+                continue
             self.bucket.take(self._clock())
-            cid = self._ready.popleft()
-            try:
-                await self._send(cid)
-                self.sent += 1
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("commands: sending %s failed; its ack timeout will retry", cid)
+            await self._send_one(self._ready.popleft())
+
+    async def _send_one(self, cid: str) -> None:
+        try:
+            await self._send(cid)
+            self.sent += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("commands: sending %s failed; its ack timeout will retry", cid)
+
+    async def _leased_batch(self, lease: Lease, link: Publisher) -> None:
+        """Lease the next ids (as many as there are tokens for), send the granted ones in order."""
+        n = max(1, min(len(self._ready), LEASE_BATCH, int(self.bucket.tokens(self._clock()))))
+        ids = [self._ready.popleft() for _ in range(n)]
+        try:
+            answer = await lease(ids)
+        except asyncio.CancelledError:
+            self._ready.extendleft(reversed(ids))
+            raise
+        except Exception as e:
+            self.lease_failures += 1
+            log.warning(
+                "commands: could not lease %d command(s) for sending (%s); trying again in %g s",
+                len(ids),
+                e,
+                LEASE_FAILED_PAUSE_S,
+            )
+            self._ready.extendleft(reversed(ids))
+            await asyncio.sleep(LEASE_FAILED_PAUSE_S)
+            return
+        for i, cid in enumerate(ids):
+            if cid not in answer.granted:
+                self.lease_refused += 1
+                if self._refused is not None:
+                    self._refused(cid, answer.held_until.get(cid))
+                continue
+            if not link.connected:  # the rest waits for the link, in order (leased again then)
+                self._ready.extendleft(reversed(ids[i:]))
+                return
+            wait_s = self.bucket.wait_s(self._clock())
+            if wait_s > 0:
+                self.paced_s += wait_s
+                await asyncio.sleep(wait_s)
+            self.bucket.take(self._clock())
+            await self._send_one(cid)

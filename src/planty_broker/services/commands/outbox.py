@@ -15,7 +15,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from planty_broker.config import CommandSettings
@@ -25,6 +25,7 @@ from planty_broker.domain.commands import (
     CommandRecord,
     CommandState,
     CommandTransition,
+    SendLeases,
 )
 from planty_broker.domain.models import PresenceState
 from planty_broker.ports.store import CommandStore
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 _ONLINE = (PresenceState.ONLINE, PresenceState.LATE)
 RECENT = 10_000  # final commands kept in memory for fast GET / wait
 SWEEP_EVERY_S = 1.0
+LEASE_RETRY_MS = 250  # a command whose lease row was busy (another instance leasing it): ask again
 COMPACT_AT = 10_000  # timer entries beyond 4 per live command before dropping stale ones
 
 
@@ -81,7 +83,12 @@ class Outbox:
         settings: CommandSettings,
         stats: RttSink,
         clock: Callable[[], int],
+        lease_owner: str | None = None,
     ) -> None:
+        """`lease_owner`: this instance's name for send leases (several instances, issue 15):
+        each send first takes the command's lease in the store, for one ack timeout, renewed at
+        each re-send; a command leased by another instance waits until that lease ends. None
+        (one gateway): no leases, no store round trip per send."""
         self._store = store
         self._bus = bus
         self._registry = registry
@@ -97,8 +104,13 @@ class Outbox:
         self.recent: collections.OrderedDict[str, CommandRecord] = collections.OrderedDict()
         self.journal = Journal(store.apply_command_changes)
         self.timers = Timers(self._on_timer, clock)
+        self.lease_owner = lease_owner
         self.dispatcher = Dispatcher(
-            self._send, rate_per_s=settings.dispatch_rate_per_s, burst=settings.dispatch_burst
+            self._send,
+            rate_per_s=settings.dispatch_rate_per_s,
+            burst=settings.dispatch_burst,
+            lease=None if lease_owner is None else self._lease,
+            refused=self._lease_refused,
         )
         self.pinger = Pinger(
             self.dispatcher,
@@ -237,6 +249,28 @@ class Outbox:
 
     # ------------------------------------------------------------ delivery
 
+    async def _lease(self, ids: Sequence[str]) -> SendLeases:
+        """Take (or renew) the send leases of the commands about to be sent, for one ack timeout."""
+        assert self.lease_owner is not None
+        now = self._clock()
+        answer = await self._store.lease_commands(ids, self.lease_owner, now, now + self._ack_ms)
+        if answer.held_until:
+            log.info(
+                "commands: %s leased by another instance; sent here once the lease ends "
+                "(same id: the device deduplicates)",
+                plural(len(answer.held_until), "command"),
+            )
+        return answer
+
+    def _lease_refused(self, cid: str, held_until_ms: int | None) -> None:
+        """Not ours to send now: try again when the other instance's lease ends."""
+        live = self.live.get(cid)
+        if live is None:
+            return
+        live.ready = False
+        due = held_until_ms + 1 if held_until_ms is not None else self._clock() + LEASE_RETRY_MS
+        self.timers.add(due, TimerKind.LEASE, cid, live.rec.attempts)
+
     async def _send(self, cid: str) -> None:
         """Publish one command (called by the dispatcher: paced, link up)."""
         live = self.live.get(cid)
@@ -276,6 +310,13 @@ class Outbox:
         if live is None or live.closing:
             return
         rec, now = live.rec, self._clock()
+        if kind is TimerKind.LEASE:
+            if rec.attempts == attempt and not live.ready and not live.parked:
+                if self.online(rec.device_id):
+                    self._enqueue(live)
+                elif rec.state is CommandState.SENT:
+                    self._park(live)  # queued ones go when the device is back (release)
+            return
         if kind is TimerKind.DEADLINE:
             if rec.state is CommandState.QUEUED:
                 reason = "deadline passed before it could be sent (the device was not online)"

@@ -75,9 +75,11 @@ class CommandService:
         stats: RttSink | None = None,
         readings: ReadingSink | None = None,
         clock: Callable[[], int] = now_ms,
+        lease_owner: str | None = None,
     ) -> None:
         """`stats`: where round trips and outcomes are counted (None: our own `rtt_book`).
-        `readings`: where the readings of an acked `read` are stored as telemetry."""
+        `readings`: where the readings of an acked `read` are stored as telemetry.
+        `lease_owner`: send leases under this name (several instances: `Outbox`)."""
         self._store = store
         self._registry = registry
         self.settings = settings
@@ -87,7 +89,9 @@ class CommandService:
             bus.subscribe(DevicesChanged, lambda e: _forget_removed(book, e))
         self._readings = readings
         self._clock = clock
-        self.outbox = Outbox(store, bus, registry, presence, topics, settings, stats or book, clock)
+        self.outbox = Outbox(
+            store, bus, registry, presence, topics, settings, stats or book, clock, lease_owner
+        )
         self._pruner: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle

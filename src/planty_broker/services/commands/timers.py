@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 class TimerKind(StrEnum):
     DEADLINE = "deadline"  # the command's `exp`
     ACK = "ack"  # ack timeout of one attempt
+    LEASE = "lease"  # another instance's send lease of the command ends (issue 15)
 
 
 Fire = Callable[[TimerKind, str, int, int], None]  # kind, command id, attempt, due_ms
