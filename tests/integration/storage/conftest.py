@@ -119,13 +119,18 @@ async def _empty_tables(store: SqlStore) -> None:
     await store.run(lambda c: c.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE")))
 
 
+async def empty_if_shared(store: Store) -> None:
+    """Empty an opened store on the PostgreSQL database the tests of a worker share."""
+    if isinstance(store, SqlStore) and store.dialect == "postgresql":
+        await _empty_tables(store)
+
+
 @pytest_asyncio.fixture
 async def store(store_factory: StoreFactory) -> AsyncIterator[Store]:
     """An opened, empty store; closed after the test."""
     s = store_factory()
     await s.open()
-    if isinstance(s, SqlStore) and s.dialect == "postgresql":
-        await _empty_tables(s)
+    await empty_if_shared(s)
     try:
         yield s
     finally:

@@ -21,7 +21,7 @@ from planty_broker.ports.store import (
     StoreRejectedError,
     StoreUnavailableError,
 )
-from tests.integration.storage.conftest import StoreFactory
+from tests.integration.storage.conftest import StoreFactory, empty_if_shared
 
 
 def device(device_id: str, **kw: Any) -> DeviceRecord:
@@ -389,6 +389,7 @@ async def test_returned_values_are_copies(store: Store) -> None:
 async def test_data_survives_close_and_reopen(store_factory: StoreFactory) -> None:
     first = store_factory()
     async with first:
+        await empty_if_shared(first)  # PostgreSQL: other tests' rows (left for their debugging)
         await first.add_device(FULL)
         await first.append_readings([reading(FULL.id, 1, 10), reading(FULL.id, 2, 20)])
         await first.append_presence([online(FULL.id, 5)])
