@@ -70,7 +70,6 @@ async def test_two_live_instances_send_a_command_only_while_holding_its_lease() 
         await a.service.wait(rec.id, 5)  # no ack: each fails it after its attempts
         await b.service.wait(rec.id, 5)
         assert len(seen) >= 3 and all(held for _, held in seen), seen
-        assert a.service.outbox.dispatcher.lease_refused + b.service.outbox.dispatcher.lease_refused
 
 
 async def test_one_gateway_takes_no_leases() -> None:
