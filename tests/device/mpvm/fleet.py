@@ -78,6 +78,9 @@ class Board:
 R = {"boards": []}
 boards = [Board(i, d[0], d[1]) for i, d in enumerate(CFG["devices"])]
 HEAP = CFG.get("heap")
+# idle: the live heap of the connected board on the last pass before its update began (the
+# baseline of the update's own cost; it was one sample after 50 passes, which a loaded host
+# could reach only after the update had begun: then it stayed None).
 H = {"idle": None, "peak_live": 0, "samples": 0, "pass_alloc_max": 0}
 passes = 0
 
@@ -96,7 +99,7 @@ def tick():
         if staging:
             H["peak_live"] = max(H["peak_live"], live)
             H["samples"] += 1
-        elif boards[0].dev.connected() and H["idle"] is None and passes > 50:
+        elif boards[0].dev.connected() and H["samples"] == 0:
             H["idle"] = live
     for b in boards:
         if b.dev is None:
