@@ -7,6 +7,7 @@ skip with that hint. Screenshots go to test-artifacts/ (gitignored).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
@@ -86,6 +87,19 @@ async def page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterator[An
     await pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-end.png"), full_page=True)
     await context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+async def wait_true(pg: Any, function: str, arg: Any = None, timeout_s: float = 30.0) -> None:
+    """Wait until the JavaScript `function` (given `arg`) returns true on the page.
+
+    Not Playwright's wait_for_function: when its first check is false it polls with a
+    predicate it builds by `eval`, which the dashboard's Content-Security-Policy (no
+    'unsafe-eval') refuses, so the wait failed whenever the page was slower than that first
+    check (seen under load). `page.evaluate` calls the function through the debugger
+    protocol, which the policy does not apply to."""
+    async with asyncio.timeout(timeout_s):
+        while not await pg.evaluate(function, arg):
+            await asyncio.sleep(0.05)
 
 
 async def shot(pg: Any, name: str) -> None:

@@ -16,7 +16,7 @@ from planty_broker.domain.history import DAY_MS, RetentionPolicy
 from planty_broker.domain.models import Reading
 from planty_broker.services.history import HistoryService
 from planty_broker.simulator.fleet import Fleet
-from tests.browser.conftest import FLEET_SIZE, log_in, shot
+from tests.browser.conftest import FLEET_SIZE, log_in, shot, wait_true
 from tests.integration.core.conftest import ADMIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -154,9 +154,10 @@ async def test_long_windows_draw_from_hourly_rollups_after_the_raw_readings_are_
     await shot(page, "device-30d-hourly")
     await page.click("button.window[data-window='7d']")
     await page.wait_for_selector("#device h2:has-text('over 7d')")
-    await page.wait_for_function(
-        "document.querySelector(\"#readings-charts .chart[data-series=temperature]\")"
-        "?.dataset.points < 24 * 8"
+    await wait_true(
+        page,
+        "() => document.querySelector(\"#readings-charts .chart[data-series=temperature]\")"
+        "?.dataset.points < 24 * 8",
     )
     assert await page.get_attribute("#readings-charts", "data-source") == "hourly"
     await shot(page, "device-7d-hourly")

@@ -13,7 +13,7 @@ import pytest
 from planty_broker.app import Gateway
 from planty_broker.northbound.dashboard.views import PAGE_SIZE
 from planty_broker.simulator.fleet import Fleet
-from tests.browser.conftest import log_in, shot
+from tests.browser.conftest import log_in, shot, wait_true
 from tests.integration.core.conftest import ADMIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -51,10 +51,11 @@ async def test_the_fleet_table_pages_and_searches(
             # search: only this test's devices, a page of them, then the rest on the next
             await page.fill("#fleet-search", prefix)
             await page.wait_for_selector(f"#fleet-total:text-is('{len(mine)}')")
-            await page.wait_for_function(
+            await wait_true(
+                page,
                 "p => [...document.querySelectorAll('#fleet-rows tr[data-device]')]"
                 ".every(r => r.dataset.device.startsWith(p))",
-                arg=prefix,
+                prefix,
             )
             one = await row_ids(page)
             assert one == mine[:PAGE_SIZE]
