@@ -82,6 +82,10 @@ class Dispatcher:
         """Take a token for a publish outside the queue (pings); False = skip it this time."""
         return not self._ready and self.bucket.take(self._clock())
 
+    def token_wait_s(self) -> float:
+        """Seconds until the next token (0: one is there)."""
+        return self.bucket.wait_s(self._clock())
+
     async def _run(self) -> None:
         while True:
             if not self._ready:

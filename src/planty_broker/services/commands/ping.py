@@ -157,8 +157,11 @@ class Pinger:
                 continue
             if due > now_ms or device_id in busy:
                 continue
-            if not self._dispatcher.try_token():
-                return  # commands first; the rest of the fleet is pinged next round
+            while not self._dispatcher.try_token():  # paced with the commands, and after them
+                if len(self._dispatcher) or not link.connected:
+                    return  # commands are waiting (or the link went): the rest next round
+                await asyncio.sleep(self._dispatcher.token_wait_s())
+                now_ms = self._clock()
             self._seq += 1
             pid = f"{PING_PREFIX}{now_ms:x}-{self._seq:x}"
             exp = now_ms + self._timeout_ms
