@@ -29,12 +29,19 @@ async def test_fleet_connects_everyone_and_sums_the_counters(
         for i in ids:
             await observer.wait_count(i, Channel.TELEMETRY, 2)
         await asyncio.gather(*(d.wait_acked() for d in fleet.devices))
+        # The total and each device's counters at one moment (no await between): the
+        # devices go on publishing, and their goodbye below waits for the PUBACKs in flight.
         stats = fleet.stats()
+        acked = [d.stats.telemetry_acked for d in fleet.devices]
     assert stats.devices == stats.online == 12
     assert stats.total.connects == 12
     assert stats.total.commands_executed == 1
     assert fleet["fleet-0003"].actuator("lamp").on
-    assert stats.total.telemetry_acked == sum(d.stats.telemetry_acked for d in fleet.devices)
+    assert stats.total.telemetry_acked == sum(acked)
+    assert all(n >= 2 for n in acked), acked
+    # A clean stop waited for every PUBACK of the telemetry it had sent.
+    after = fleet.stats().total
+    assert after.telemetry_acked == after.telemetry_published >= stats.total.telemetry_acked
     assert "12/12 online" in stats.line()
     # Every device said goodbye: the last retained status of each is offline.
     for i in ids:
