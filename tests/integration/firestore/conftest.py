@@ -16,7 +16,10 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
+import traceback
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -160,8 +163,6 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
 def _warm_up(emu: Emulator) -> None:
     """A cold Java emulator may drop a change that lands while its first listeners attach
     (seen here on the first test of a session); one listen-and-write round trip warms it."""
-    import threading
-
     from planty_broker.northbound.firestore.google_port import make_client
 
     client = make_client(FirestoreSettings(emulator_host=emu.host, project_id=PROJECT))
@@ -228,8 +229,15 @@ class Gateways:
         return gw
 
     async def stop(self, gw: Gateway) -> None:
+        """Stop one (a test's restart, or the fixture's end); a stop that hangs fails."""
         if self._running.pop(id(gw), None) is not None:
-            await gw.__aexit__(None, None, None)
+            stopping = asyncio.create_task(gw.__aexit__(None, None, None), name="gateway-stop")
+            await asyncio.wait({stopping}, timeout=STOP_TIMEOUT_S)
+            if not stopping.done():
+                why = _waiting(stopping)
+                stopping.cancel()
+                raise AssertionError(f"a gateway did not stop within {STOP_TIMEOUT_S} s; {why}")
+            stopping.result()
 
     async def stop_all(self) -> None:
         for gw in list(self._running.values()):
@@ -239,26 +247,43 @@ class Gateways:
 STOP_TIMEOUT_S = 90.0  # a gateway's stop takes a few seconds; a hang is a bug to see
 
 
+def _awaiting(coro: Any) -> str:
+    """Where a coroutine waits, down its whole await chain (a task's own stack shows
+    only its outermost frame)."""
+    lines = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            lines.append(f"  awaiting {coro!r}"[:300])
+            break
+        lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return "\n".join(lines)
+
+
+def _waiting(stopping: asyncio.Task[Any]) -> str:
+    """What the stop, every other asyncio task and every thread waits on: a stop that hung
+    (seen a few times under load, test timeout 300 s) says where, rather than hanging."""
+    buf = io.StringIO()
+    buf.write(f"the stop waits at:\n{_awaiting(stopping.get_coro())}\ntasks:\n")
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task() and task is not stopping:
+            buf.write(f"task {task.get_name()}:\n{_awaiting(task.get_coro())}\n")
+    # ... and every thread (a close blocked in the Google client is on one of them).
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        buf.write(f"thread {names.get(ident, ident)}:\n")
+        buf.write("".join(traceback.format_stack(frame, limit=6)))
+    return buf.getvalue()
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def gateways(tmp_path: Path, emulator: Emulator) -> AsyncIterator[Gateways]:
     g = Gateways(tmp_path, emulator)
     try:
         yield g
     finally:
-        try:
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                await g.stop_all()
-        except TimeoutError:
-            # A gateway that never stops (seen a few times under load, test timeout 300 s):
-            # say what every task was waiting on, then fail here rather than hang.
-            buf = io.StringIO()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    buf.write(f"task {task.get_name()}: ")
-                    task.print_stack(limit=4, file=buf)
-            raise AssertionError(
-                f"a gateway did not stop within {STOP_TIMEOUT_S} s; tasks:\n{buf.getvalue()}"
-            ) from None
+        await g.stop_all()
 
 
 async def doc(db: Any, path: str) -> dict[str, Any] | None:
