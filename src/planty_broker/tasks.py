@@ -1,5 +1,6 @@
 """Background tasks: one supervisor runs every long-running loop (restarts with backoff, says
-which loops are down), and one way to stop tasks for every service (cancel, then wait)."""
+which loops are down), one way to stop tasks for every service (cancel, then wait), and one
+way for a loop to wait for an event with a timeout (`wait_event`, never `asyncio.wait_for`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,25 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
                 raise  # we are being cancelled ourselves: do not swallow that
         except Exception:
             log.exception("background task %s had failed", t.get_name())
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until `event` is set (True) or `timeout_s` has passed (False).
+
+    Not `asyncio.wait_for(event.wait(), timeout_s)`: on Python 3.11 a task cancelled in the
+    same loop pass as the event is set gets the event's result back from `wait_for` and the
+    cancellation is lost (CPython issue 86296, fixed in 3.12). A loop built on it runs on
+    after its stop, and whoever awaits its end waits for ever (the Firestore gateway stops
+    that hung under load). `asyncio.timeout` never loses a cancellation.
+    """
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- the supervisor
@@ -107,9 +127,7 @@ class Supervisor:
                 try:
                     await asyncio.wait({inner})
                 except asyncio.CancelledError:  # stopping for good: end the loop, then us
-                    inner.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await inner
+                    await _end(name, inner)
                     raise
                 state.running = False
                 if inner.cancelled():
@@ -137,6 +155,25 @@ class Supervisor:
         finally:
             self._inner.pop(name, None)
             self.loops.pop(name, None)
+
+
+RECANCEL_S = 1.0  # a loop still running this long after its cancel is cancelled again
+
+
+async def _end(name: str, inner: asyncio.Future[Any]) -> None:
+    """Cancel a loop and wait for its end. A loop that swallowed its cancellation (a
+    dependency's `wait_for` on Python 3.11, see `wait_event`) is cancelled again, said in
+    a warning, until it ends: a stop never waits for ever on one lost cancellation."""
+    inner.cancel()
+    while True:
+        with contextlib.suppress(asyncio.CancelledError):  # ours: re-raised by the caller
+            await asyncio.wait({inner}, timeout=RECANCEL_S)
+        if inner.done():
+            break
+        log.warning("background loop %s ran on after its cancellation; cancelling it again", name)
+        inner.cancel()
+    if not inner.cancelled():
+        inner.exception()  # retrieved: a loop that failed as it stopped is no crash to report
 
 
 _default = Supervisor()

@@ -17,7 +17,6 @@ whatever goes around them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from planty_broker.services.commands.outbox import CommandChanged
 from planty_broker.services.device_errors import ErrorCoalescer
 from planty_broker.services.registry import now_ms
 from planty_broker.services.writer import BatchWriter
-from planty_broker.tasks import cancel_and_wait, spawn
+from planty_broker.tasks import cancel_and_wait, spawn, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +159,7 @@ class EventService:
         reading the log), or after `timeout_s`."""
         if self.generation != seen:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._new.wait(), timeout_s)
+        await wait_event(self._new, timeout_s)
 
     # ------------------------------------------------------------ reading
 

@@ -21,7 +21,6 @@ Failures are told apart on purpose (errors.py):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -30,7 +29,7 @@ from typing import Generic, TypeVar
 
 from planty_broker.backoff import Backoff
 from planty_broker.errors import StoreError, TransientStoreError
-from planty_broker.tasks import spawn
+from planty_broker.tasks import spawn, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +169,7 @@ class BatchWriter(Generic[T]):
             if self._stopping:
                 self._full.set()  # no waiting for a fuller batch
             elif not backlog and self._max_wait_s > 0 and len(self._items) < self._max_batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._max_wait_s)
+                await wait_event(self._full, self._max_wait_s)
             await self._flush_once()
             backlog = bool(self._items)
 

@@ -9,7 +9,8 @@ import logging
 
 import pytest
 
-from planty_broker.tasks import Supervisor, cancel_and_wait
+import planty_broker.tasks
+from planty_broker.tasks import Supervisor, cancel_and_wait, wait_event
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -77,3 +78,52 @@ async def test_a_loop_that_finishes_is_not_restarted_and_names_stay_unique() -> 
     assert set(sup.loops) == {"once", "once#2"}
     await asyncio.gather(first, second)
     assert done == 2 and sup.loops == {} and sup.down() == []
+
+
+async def test_wait_event_never_loses_a_cancellation() -> None:
+    """Cancelled in the same loop pass as its event is set, a loop waiting with `wait_event`
+    ends (Python 3.11's `asyncio.wait_for` returned the event instead: the loop ran on)."""
+    kick = asyncio.Event()
+    passes = 0
+
+    async def loop() -> None:
+        nonlocal passes
+        while True:
+            await wait_event(kick, 30)
+            kick.clear()
+            passes += 1
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0)  # waiting on `kick`
+    kick.set()
+    task.cancel()
+    await until(task.done)
+    assert task.cancelled() and passes == 0
+    assert await wait_event(kick, 0) is True
+    kick.clear()
+    assert await wait_event(kick, 0) is False  # not set: the timeout
+
+
+async def test_a_loop_that_swallows_its_cancellation_is_cancelled_again(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(planty_broker.tasks, "RECANCEL_S", 0.01)
+    sup = Supervisor()
+    swallowed = 0
+
+    async def loop() -> None:  # a dependency that loses one cancellation
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1
+
+    task = sup.spawn("stubborn", loop)
+    await until(lambda: sup.loops["stubborn"].running)
+    with caplog.at_level(logging.WARNING, "planty_broker.tasks"):
+        await cancel_and_wait([task])
+    assert task.done() and swallowed == 1
+    assert "background loop stubborn ran on after its cancellation" in caplog.text

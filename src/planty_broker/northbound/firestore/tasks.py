@@ -23,7 +23,7 @@ from planty_broker.northbound.firestore.port import (
     FirestoreUnavailableError,
 )
 from planty_broker.northbound.firestore.sink import PAGE
-from planty_broker.tasks import spawn
+from planty_broker.tasks import spawn, wait_event
 
 if TYPE_CHECKING:
     from planty_broker.northbound.firestore.connector import FirestoreConnector
@@ -63,8 +63,7 @@ class Loops:
         sink, buf, kick = c.sink, c.buffer, c._kick
         backoff = Backoff(1.0, 30.0)
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(kick.wait(), POLL_S)
+            await wait_event(kick, POLL_S)
             kick.clear()
             try:
                 while await sink.pull() == PAGE and sink.has_room:  # noqa: ASYNC110

@@ -41,7 +41,7 @@ from planty_broker.services.bus import Bus, DevicesChanged, DeviceStatusReceived
 from planty_broker.services.firmware.transfer import Transfers
 from planty_broker.services.presence import PresenceService
 from planty_broker.services.registry import DeviceRegistry, now_ms
-from planty_broker.tasks import spawn
+from planty_broker.tasks import spawn, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,7 @@ class RolloutEngine:
                 raise
             except Exception:
                 log.exception("firmware: engine step failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            await wait_event(self._wake, TICK_S)
 
     def _online(self, device_id: str) -> bool:
         p = self._presence.get(device_id)
