@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +46,8 @@ except ImportError as exc:  # pragma: no cover - exercised by the missing-extra 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+CLOSE_S = 5.0  # a stop waits this long at most for the client's close
 
 _CONFIG_ERRORS: tuple[type[Exception], ...] = (
     gexc.PermissionDenied,
@@ -245,6 +248,27 @@ class GoogleFirestore:
             return _Watch(self._client.collection(path).on_snapshot(_callback(on_changes)))
 
     async def close(self) -> None:
+        """Bounded: the client's close runs on a daemon thread of its own and is waited for
+        `CLOSE_S` at most (a close blocked in the library is left behind with a warning),
+        never in the loop's default executor, where a stuck one would take a worker for
+        good (see listeners.py)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(self._client.close)
+        loop = asyncio.get_running_loop()
+        closed: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:
+            if not closed.done():
+                closed.set_result(None)
+
+        def run() -> None:
+            try:
+                self._client.close()
+            except Exception as exc:
+                log.warning("firestore: closing the client failed: %s", exc)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(done)
+
+        threading.Thread(target=run, name="firestore-client-close", daemon=True).start()
+        await asyncio.wait({closed}, timeout=CLOSE_S)
+        if not closed.done():
+            log.warning("firestore: the client did not close within %.0f s; left behind", CLOSE_S)

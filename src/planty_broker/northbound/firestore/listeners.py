@@ -34,7 +34,7 @@ from planty_broker.northbound.firestore.port import (
     Listener,
     Snapshot,
 )
-from planty_broker.tasks import spawn
+from planty_broker.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +89,13 @@ class SupervisedListener:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._tasks = []
-        self._detach()
+        tasks, self._tasks = self._tasks, []
+        try:
+            # not `suppress(CancelledError)` around each await: a caller cancelled while it
+            # stops a listener (the pairing loop withdrawing a code) must end, not run on
+            await cancel_and_wait(tasks)
+        finally:
+            self._detach()
 
     @property
     def active(self) -> bool:
