@@ -155,6 +155,22 @@ def remove_mosquitto_fallbacks(under: Path | None = None) -> list[Path]:
     return removed
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Set-ups a killed test run left running (RabbitMQ nodes, a private PostgreSQL, gateways,
+    Mosquittos in /tmp/planty-cl-* and the like) are stopped and removed, one line each;
+    those of a test run still going (another worktree's) stay (tests/stale.py)."""
+    if worker_id() != "main":
+        return  # the xdist controller (or the only process) sweeps, once
+    from tests.stale import sweep
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in sweep():
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            print(line)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """The xdist controller, once every worker is done: the emptied fallback root goes (a
     worker removing it could race another worker's Mosquitto making its folder in it)."""

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import free_port
+from tests.stale import own
 
 
 def _bin(name: str) -> str | None:
@@ -37,6 +38,7 @@ class PrivateCluster:
         self._pg_ctl = pg_ctl
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="planty-pg-"))
+        own(self.dir)  # a run killed mid-way: the next one stops this server (tests/stale.py)
         self._user: list[str] = []
         if os.geteuid() == 0:
             pwd.getpwnam("postgres")  # KeyError if the user does not exist

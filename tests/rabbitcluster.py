@@ -13,6 +13,7 @@ from pathlib import Path
 
 from planty_broker.mqttserver.pki import ensure_pki
 from planty_broker.mqttserver.rabbit_nodes import ClusterSpec, RabbitNode
+from tests.stale import own
 
 
 class PrivateRabbit:
@@ -20,6 +21,7 @@ class PrivateRabbit:
 
     def __init__(self, nodes: int = 1) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="planty-rmq-", dir="/tmp"))
+        own(self.dir)  # a run killed mid-way: the next one stops these nodes (tests/stale.py)
         self.dir.chmod(0o755)
         self.pki = ensure_pki(self.dir / "pki", ["localhost"])
         os.chmod(self.pki.key_path, 0o644)  # the node reads it; a throw-away test key

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tests.stale import own
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -51,6 +53,7 @@ async def cluster() -> AsyncIterator[tuple[ModuleType, Any]]:
         yield cl, running
         return
     folder = Path(tempfile.mkdtemp(prefix="planty-cl-", dir="/tmp"))
+    own(folder)  # a run killed mid-way: the next one stops this set-up (tests/stale.py)
     folder.chmod(0o755)
     old = os.environ.get("BIN_CLUSTER_DIR")
     os.environ["BIN_CLUSTER_DIR"] = str(folder / "c")

@@ -14,6 +14,7 @@ from planty_broker.mqttserver.layout import MosquittoLayout, MqttAccount
 from planty_broker.mqttserver.passwords import hash_token, new_token
 from planty_broker.mqttserver.supervisor import MosquittoSupervisor
 from tests.conftest import free_port
+from tests.stale import own
 
 OBSERVER = "planty-observer"  # an extra privileged account, like the bench's
 
@@ -42,6 +43,7 @@ def make_layout(data_dir: Path, **kw: object) -> MosquittoLayout:
 def searchable_tmpdir() -> Path:
     """A folder the unprivileged `mosquitto` user can reach (pytest's tmp_path is 0700 root)."""
     path = Path(tempfile.mkdtemp(prefix="planty-mq-", dir="/tmp"))
+    own(path)  # a run killed mid-way: the next one stops its Mosquitto (tests/stale.py)
     path.chmod(0o755)
     return path
 
