@@ -85,3 +85,22 @@ async def test_a_store_that_cannot_register_the_consumer_disables_it(
     assert not await conn.start()
     assert conn.disabled_reason is not None and "cannot start" in conn.disabled_reason
     await svc.store.open()
+
+
+async def test_an_outage_suspends_the_listeners_and_its_end_resumes_them(svc: Services) -> None:
+    fs = MemoryFirestore()
+    conn = FirestoreConnector(svc, SETTINGS, port=fs)
+    assert await conn.start()
+    try:
+        await eventually(lambda: conn.reachable and all(conn.status()["listeners"].values()))
+        fs.offline = True  # writes fail: the forward loop finds Firestore unreachable
+        conn.add_data("brokers/b1", {"x": 1})
+        await eventually(lambda: conn.reachable is False)
+        assert not any(conn.status()["listeners"].values())
+        assert all(lst.suspended for lst in conn._listeners)
+        fs.offline = False
+        await eventually(lambda: conn.reachable is True, timeout=15)
+        await eventually(lambda: all(conn.status()["listeners"].values()))
+        assert not any(lst.suspended for lst in conn._listeners)
+    finally:
+        await conn.stop()

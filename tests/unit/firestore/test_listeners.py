@@ -126,3 +126,30 @@ async def test_listener_closes_that_block_never_starve_the_default_executor() ->
         assert all(name.startswith("firestore-close-") for name in started)
     finally:
         release.set()
+
+
+async def test_a_suspended_listener_holds_no_watch_and_resumes_with_the_whole_state() -> None:
+    """While Firestore is unreachable the connector suspends its listeners: no watch is
+    attached (a library watch re-opens its stream in a tight loop while the server is gone),
+    and `resume` attaches a fresh one at once, which delivers what changed meanwhile."""
+    fs = MemoryFirestore()
+    fs.server_set("b/x/commands/c1", {"v": 1})
+    seen: list[tuple[str, int]] = []
+
+    async def handler(snap: Snapshot) -> None:
+        seen.extend((ch.doc_id, ch.data["v"]) for ch in snap.changes if ch.data is not None)
+
+    lst = SupervisedListener(
+        fs, "b/x/commands", handler, collection=True, name="t", check_every_s=0.01
+    )
+    async with lst:
+        await eventually(lambda: seen == [("c1", 1)], timeout=2)
+        lst.suspend()
+        attaches = lst.attaches
+        assert not lst.active and lst.suspended
+        fs.server_set("b/x/commands/c2", {"v": 2})
+        await asyncio.sleep(0.1)  # ten supervisor checks: none attaches while suspended
+        assert lst.attaches == attaches and not lst.active and ("c2", 2) not in seen
+        lst.resume()
+        await eventually(lambda: ("c2", 2) in seen, timeout=2)
+        assert lst.attaches == attaches + 1 and lst.active and not lst.suspended

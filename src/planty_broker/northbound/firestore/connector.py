@@ -221,12 +221,20 @@ class FirestoreConnector:
             )
         self.reachable = False
         self.last_error = str(exc)
+        for lst in self._all_listeners():
+            lst.suspend()  # no watch spinning on a server that is gone (listeners.py)
 
     def _reached(self) -> None:
         if self.reachable is False:
             log.info("firestore: reachable again; catching up")
         self.reachable = True
         self.last_error = None
+        for lst in self._all_listeners():
+            lst.resume()
+
+    def _all_listeners(self) -> list[SupervisedListener]:
+        code = self.pairing_docs.listener if self.pairing_docs is not None else None
+        return self._listeners + ([code] if code is not None else [])
 
     # ------------------------------------------------------------ the design's names
 
@@ -289,6 +297,8 @@ class FirestoreConnector:
         if any(lst.name == name for lst in self._listeners):
             return  # listening already (a restarted start-up)
         lst = SupervisedListener(self.port, path, handler, collection=collection, name=name)
+        if self.reachable is False:
+            lst.suspend()
         await lst.start()
         self._listeners.append(lst)
 

@@ -7,6 +7,13 @@ the listener (with backoff) once its stream has died, e.g. after a network
 loss; the fresh listener delivers every document again (as `added`), so
 handlers compare with what they last applied and are idempotent.
 
+While Firestore is unreachable the connector suspends its listeners (`suspend`): their
+watches are closed, and `resume` attaches fresh ones once a write went through again. A
+library watch never gives up by itself: it re-opens its stream in a tight loop for as long
+as the server is gone (measured: 10,000 re-opens, each with a thread, in a 40 s outage of
+the emulator, five listeners), which starved the machine, the restarting server with it,
+and left the listeners to the gRPC channel's growing reconnect delay afterwards.
+
 The hand-over queue is bounded (`MAX_QUEUED` snapshots): if the handler falls that
 far behind, the queue is emptied, counted in `overflows`, and the listener is
 re-attached, whose first snapshot is the whole current state: nothing is lost,
@@ -69,6 +76,8 @@ class SupervisedListener:
         self._listener: Listener | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._max_queued = max_queued
+        self._suspended = False
+        self._resumed = asyncio.Event()
         self.attaches = 0
         self.delivered = 0
         self.overflows = 0  # times the queue was full: emptied and the listener re-attached
@@ -100,6 +109,23 @@ class SupervisedListener:
     @property
     def active(self) -> bool:
         return self._listener is not None and self._listener.active
+
+    @property
+    def suspended(self) -> bool:
+        return self._suspended
+
+    def suspend(self) -> None:
+        """Firestore is unreachable: close the watch, attach none until `resume`."""
+        if not self._suspended:
+            self._suspended = True
+            self._resumed.clear()
+            self._detach()
+
+    def resume(self) -> None:
+        """Firestore answers again: attach a fresh watch now (it delivers the whole state)."""
+        if self._suspended:
+            self._suspended = False
+            self._resumed.set()
 
     def _callback(self, generation: int) -> Callable[[Snapshot], None]:
         def on_changes(snapshot: Snapshot) -> None:
@@ -141,6 +167,9 @@ class SupervisedListener:
     async def _supervise(self) -> None:
         backoff = Backoff(1.0, MAX_BACKOFF_S)
         while True:
+            if self._suspended:
+                await self._resumed.wait()
+                continue
             if not self.active:
                 if self._listener is not None:
                     log.warning("firestore: listener %s lost its stream; re-attaching", self.name)

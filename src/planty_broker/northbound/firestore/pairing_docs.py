@@ -109,6 +109,11 @@ class PairingDocs:
             self._published = None
             self._wake()
 
+    @property
+    def listener(self) -> SupervisedListener | None:
+        """The code document's listener, while a code is published."""
+        return self._listener
+
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # the event log is read at least this often
+# While Firestore is unreachable a write is tried again at most this often. Its success is
+# what resumes the listeners (suspended meanwhile, listeners.py), so this bounds how long
+# after Firestore's return the broker hears commands again; one small commit each 5 s of an
+# outage costs nothing (it was 30 s: a command written after an outage of 30 s waited up
+# to 30 s more, and the outage test's 30 s for it failed under load).
+OUTAGE_RETRY_MAX_S = 5.0
 MIN_CYCLE_S = 0.05  # at most ~20 write cycles a second, whatever arrives
 PAIRING_EVERY_S = 2.0
 HOUR_MS = 3_600_000
@@ -61,7 +67,7 @@ class Loops:
         assert c.sink is not None
         assert c.buffer is not None
         sink, buf, kick = c.sink, c.buffer, c._kick
-        backoff = Backoff(1.0, 30.0)
+        backoff = Backoff(1.0, OUTAGE_RETRY_MAX_S)
         while True:
             await wait_event(kick, POLL_S)
             kick.clear()
