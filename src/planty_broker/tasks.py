@@ -157,7 +157,8 @@ class Supervisor:
             self.loops.pop(name, None)
 
 
-RECANCEL_S = 1.0  # a loop still running this long after its cancel is cancelled again
+RECANCEL_S = 5.0  # a loop still running this long after its cancel is cancelled again (its
+# clean-up after a cancel is short and synchronous in every loop here: 5 s leaves it room)
 
 
 async def _end(name: str, inner: asyncio.Future[Any]) -> None:
