@@ -25,12 +25,15 @@ class PrivateRabbit:
         self.dir.chmod(0o755)
         self.pki = ensure_pki(self.dir / "pki", ["localhost"])
         os.chmod(self.pki.key_path, 0o644)  # the node reads it; a throw-away test key
+        self.crl_dir = self.dir / "crl"  # the device CA's CRL (rabbit_pki.write_crl)
+        self.crl_dir.mkdir()
         self.spec = ClusterSpec.new(
             self.dir,
             nodes,
             ca_cert=self.pki.ca_cert_path,
             server_cert=self.pki.cert_path,
             server_key=self.pki.key_path,
+            crl_dir=self.crl_dir,
         )
         self.spec.save()
         self.nodes = [RabbitNode(self.spec, i) for i in range(nodes)]

@@ -45,6 +45,32 @@ QUORUM_COMMANDS_SOFT_LIMIT = 4096
 ADVANCED_CONFIG = f"[{{rabbit, [{{quorum_commands_soft_limit, {QUORUM_COMMANDS_SOFT_LIMIT}}}]}}].\n"
 
 
+def advanced_config(crl_dir: str = "", ca_cert: str = "", cert: str = "", key: str = "") -> str:
+    """`advanced.config`: the soft limit, and with `crl_dir` the device CA's CRL check: the
+    TLS options with `{crl_check, peer}` and a CRL cache that reads the CA's CRL from that
+    folder at every handshake (`<hash>.r0`, written by the gateways: rabbit_pki.py).
+    rabbitmq.conf has no key for `crl_cache`, and `ssl_options` given here replace those of
+    rabbitmq.conf as a whole (measured: the node did not start, `no_cert`), so all of them
+    are repeated here."""
+    if not crl_dir:
+        return ADVANCED_CONFIG
+    tls = ", ".join(
+        [
+            f'{{cacertfile, "{ca_cert}"}}',
+            f'{{certfile, "{cert}"}}',
+            f'{{keyfile, "{key}"}}',
+            "{verify, verify_peer}",
+            "{fail_if_no_peer_cert, false}",
+            "{crl_check, peer}",
+            f'{{crl_cache, {{ssl_crl_hash_dir, {{internal, [{{dir, "{crl_dir}"}}]}}}}}}',
+        ]
+    )
+    return (
+        f"[{{rabbit, [{{quorum_commands_soft_limit, {QUORUM_COMMANDS_SOFT_LIMIT}}},\n"
+        f"            {{ssl_options, [{tls}]}}]}}].\n"
+    )
+
+
 class RabbitNodeError(MqttServerError):
     """A RabbitMQ node could not be started or did not become ready."""
 
@@ -75,10 +101,20 @@ class ClusterSpec:
     server_cert: str
     server_key: str
     nodes: list[NodePorts] = field(default_factory=list)
+    # Device certificates (CN = device id) log in on the MQTT-over-TLS listener; the CRL of
+    # the CA is read from this folder at every handshake ("": no CRL check).
+    crl_dir: str = ""
 
     @classmethod
     def new(
-        cls, base_dir: Path, count: int, *, ca_cert: Path, server_cert: Path, server_key: Path
+        cls,
+        base_dir: Path,
+        count: int,
+        *,
+        ca_cert: Path,
+        server_cert: Path,
+        server_key: Path,
+        crl_dir: Path | None = None,
     ) -> ClusterSpec:
         ports = [
             NodePorts(free_port(), free_port(), free_port(), free_port()) for _ in range(count)
@@ -92,6 +128,7 @@ class ClusterSpec:
             str(server_cert),
             str(server_key),
             ports,
+            str(crl_dir or ""),
         )
 
     def save(self) -> None:
@@ -147,8 +184,12 @@ class RabbitNode:
             f"ssl_options.cacertfile = {s.ca_cert}",
             f"ssl_options.certfile = {s.server_cert}",
             f"ssl_options.keyfile = {s.server_key}",
-            "ssl_options.verify = verify_none",
+            # A device may present a client certificate from the CA (checked; CN = username,
+            # no password) or log in with username and password (no certificate).
+            "ssl_options.verify = verify_peer",
             "ssl_options.fail_if_no_peer_cert = false",
+            "mqtt.ssl_cert_login = true",
+            "ssl_cert_login_from = common_name",
             f"default_user = {ADMIN_USER}",
             f"default_pass = {s.admin_password}",
             "default_user_tags.administrator = true",
@@ -194,7 +235,10 @@ class RabbitNode:
         (d / "log").mkdir(parents=True, exist_ok=True)
         (d / "mnesia").mkdir(parents=True, exist_ok=True)
         (d / "rabbitmq.conf").write_text(self._config())
-        (d / "advanced.config").write_text(ADVANCED_CONFIG)
+        s = self.spec
+        (d / "advanced.config").write_text(
+            advanced_config(s.crl_dir, s.ca_cert, s.server_cert, s.server_key)
+        )
         (d / "rabbitmq-env.conf").write_text("")
         (d / "enabled_plugins").write_text(f"[{PLUGINS}].\n")
         cookie = d / ".erlang.cookie"
