@@ -8,8 +8,8 @@ makes the MQTT server enforce it. Adapters:
 - `mqttserver.unmanaged.UnmanagedAuthority`: an external MQTT server (`mqtt.url`) that
   nobody here manages: every management call says so in one line;
 - `ports.memory_authority.MemoryDeviceAuthority`: the fake for unit tests;
-- next (issue 15): the clustered engine, with its own hash format, applying changes
-  through its management API instead of files and a signal.
+- `mqttserver.rabbit_authority.RabbitAuthority`: the RabbitMQ cluster (issue 15), with its
+  own hash format, applying changes through its management API.
 
 The contract:
 - Secrets are never kept. `hash_secret` turns one into an opaque *verifier* in the
@@ -72,11 +72,16 @@ class DesiredAccess:
     `devices`: device id (= username) -> verifier; each device may use only its own
     topic tree. Devices without a token (certificate only, revoked) are absent.
     `revoked_serials`: device certificates that must be refused although unexpired.
+    `certificate_devices`: devices holding a live certificate (CN = their id), with or
+    without a token. An adapter whose server checks only that a certificate is from the
+    CA and not revoked (Mosquitto: `%u` ACL, CRL) needs nothing more; one whose server
+    wants an account per certificate login (RabbitMQ) makes one, without a password.
     """
 
     devices: Mapping[str, str] = field(default_factory=dict)
     accounts: tuple[Account, ...] = ()
     revoked_serials: frozenset[int] = frozenset()
+    certificate_devices: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,7 +141,14 @@ class CredentialService(RotationMixin):
         """What the MQTT server must enforce now: device tokens, claim slots, the CRL."""
         accounts = tuple(a for extra in self.extra_accounts for a in extra())
         return DesiredAccess(
-            self._registry.credentials(), accounts, frozenset(self.revoked_serials())
+            self._registry.credentials(),
+            accounts,
+            frozenset(self.revoked_serials()),
+            frozenset(
+                c.device_id
+                for c in self._creds.values()
+                if c.kind is CredentialKind.X509 and c.live and c.device_id in self._registry
+            ),
         )
 
     def revoked_serials(self) -> list[int]:
@@ -155,6 +162,33 @@ class CredentialService(RotationMixin):
             and not c.live
             and (c.not_after_ms or 0) > now
         )
+
+    async def reload_certificates(self) -> bool:
+        """Re-read the certificates from the store (scale-out: another instance issued,
+        rotated or revoked some), so this instance's desired state (certificate devices, the
+        CRL) is the fleet's, not what it saw at its start. True when something changed."""
+        now = self._clock()
+        fresh = {
+            c.id: c
+            for c in await self._store.list_credentials()
+            if c.kind is CredentialKind.X509 and (c.live or (c.not_after_ms or 0) > now)
+        }
+        async with self._lock:
+            mine = {i: c for i, c in self._creds.items() if c.kind is CredentialKind.X509}
+            if mine == fresh:
+                return False
+            for cred_id in mine.keys() - fresh.keys():  # expired: not live, not on the CRL
+                del self._creds[cred_id]
+                self._replacing.discard(cred_id)
+                ids = self._by_device.get(mine[cred_id].device_id)
+                if ids is not None:
+                    ids.discard(cred_id)
+                    if not ids:
+                        del self._by_device[mine[cred_id].device_id]
+            for c in fresh.values():
+                if mine.get(c.id) != c:
+                    self._keep(c)
+            return True
 
     def known_device(self, device_id: str) -> bool:
         return device_id in self._registry
@@ -413,6 +447,8 @@ class CredentialService(RotationMixin):
             await self._set_token_hash(cred.device_id, cred.secret_hash)
             if apply:
                 await self._apply()
+        elif apply and getattr(self.authority, "certificate_accounts", False):
+            await self._apply()  # its server wants an account for a certificate (RabbitMQ)
         await self._event(K.ACTIVATED, cred, kind=cred.kind.value)
 
     async def _end(
