@@ -19,7 +19,13 @@ How the port maps onto RabbitMQ 3.10 (measured in the spike, docs/scale-out.md):
   lease holder (`event_watch`, `rabbit_events.py`): RabbitMQ 3.10 cannot force the client
   id, so a connection whose client id is not its username has its user's connections
   closed; accepted and refused MQTT logins go to the `watch_logins` sinks;
-- X.509 device certificates are not offered on the cluster (AuthorityUnavailableError).
+- X.509 device certificates (with `pki`: the cluster's CA and its key) log in on the same
+  TLS listener as tokens: the node checks the certificate against the CA and the CRL
+  (`crl_dir`, re-read at every handshake) and takes the CN as the username
+  (`mqtt.ssl_cert_login`), checking no password. So a device with a live certificate is a
+  user (with its token's hash, or with none: nobody logs in as it with a password), and
+  a revoked one is deleted with its connections closed. A withdrawn token of a device
+  whose certificate stays closes only its connections without a client certificate.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any, Self
 
 from planty_broker.mqttserver.atomic import load_or_create_secret, write_atomic
 from planty_broker.mqttserver.passwords import new_token
+from planty_broker.mqttserver.pki import Pki, cert_info, issue_client_cert
 from planty_broker.mqttserver.rabbit_events import RabbitEventWatch
 from planty_broker.mqttserver.rabbit_mgmt import RabbitApi, RabbitApiError, q
 from planty_broker.mqttserver.rabbit_passwords import (
@@ -43,6 +50,7 @@ from planty_broker.mqttserver.rabbit_passwords import (
     to_rabbit,
     verify_secret,
 )
+from planty_broker.mqttserver.rabbit_pki import write_crl
 from planty_broker.ports.device_authority import (
     AccessSource,
     AclGrant,
@@ -129,6 +137,8 @@ class RabbitAuthority(AuthorityBasics):
         *,
         topic_prefix: str = "planty/v1",
         secret_dir: Path | None = None,
+        pki: Pki | None = None,
+        crl_dir: Path | None = None,
     ) -> None:
         super().__init__(endpoint)  # the claim secret: read at start, from secret_dir
         self._api = RabbitApi(management_urls, admin_user, admin_password)
@@ -136,6 +146,9 @@ class RabbitAuthority(AuthorityBasics):
         self._secret_dir = secret_dir
         self._previous_claim_secret: str | None = None
         self._applied: dict[str, UserSpec] | None = None  # None: not synced with the server
+        self._pki = pki  # None: no device certificates (tokens only)
+        self._crl_dir = crl_dir
+        self._applied_crl: frozenset[int] | None = None  # the serials last written
         self._apply = _Coalescer(self._apply_once)
         self.applies = 0
 
@@ -170,6 +183,9 @@ class RabbitAuthority(AuthorityBasics):
     # and hands them here (`set_claim_secrets`); the files in `secret_dir` (0600) follow.
 
     shares_claim_secrets = True
+    # A device certificate logs in only as an existing user: the credential service applies
+    # when it issues one (Mosquitto needs no apply for a certificate from its CA).
+    certificate_accounts = True
 
     @property
     def previous_claim_secret(self) -> str | None:
@@ -208,8 +224,15 @@ class RabbitAuthority(AuthorityBasics):
         return verify_secret(secret, verifier)
 
     async def issue_certificate(self, common_name: str, days: int) -> IssuedCertificate:
-        raise AuthorityUnavailableError(
-            "X.509 device certificates are not offered on the RabbitMQ cluster; use tokens"
+        if self._pki is None:
+            raise AuthorityUnavailableError(
+                "X.509 device certificates on the cluster need the CA's key: "
+                "set cluster.ca_key_file"
+            )
+        cert_pem, key_pem = await asyncio.to_thread(issue_client_cert, self._pki, common_name, days)
+        info = cert_info(cert_pem)
+        return IssuedCertificate(
+            cert_pem, key_pem, info.serial, info.fingerprint, info.not_after_ms
         )
 
     def set_source(self, source: AccessSource) -> None:
@@ -245,10 +268,9 @@ class RabbitAuthority(AuthorityBasics):
 
     # ------------------------------------------------------------ internals
 
-    def _device(self, device_id: str, verifier: str) -> UserSpec | None:
-        raw = to_rabbit(verifier)
-        if raw is None:
-            return None  # a verifier of another adapter: cannot log in here
+    def _device(self, device_id: str, raw: str) -> UserSpec:
+        """A device user: `raw` is its RabbitMQ password hash, "" for a certificate-only
+        device (RabbitMQ refuses every password login of a user without a hash)."""
         rk = re.escape(routing_key(device_id))
         queues = f"mqtt-subscription-{rk}qos[01]"
         tree = f"^{re.escape(routing_key(self._prefix))}\\.devices\\.{rk}\\."
@@ -277,9 +299,13 @@ class RabbitAuthority(AuthorityBasics):
         wanted = self._source()
         out: dict[str, UserSpec] = {}
         for device_id, verifier in wanted.devices.items():
-            spec = self._device(device_id, verifier)
-            if spec is not None:
-                out[device_id] = spec
+            raw = to_rabbit(verifier)
+            if raw is not None:  # else a verifier of another adapter: cannot log in here
+                out[device_id] = self._device(device_id, raw)
+        if self._pki is not None:
+            for device_id in wanted.certificate_devices:
+                if device_id not in out:
+                    out[device_id] = self._device(device_id, "")
         for a in wanted.accounts:
             if a.verifier:
                 spec = self._account(a.username, a.verifier, a.grants)
@@ -302,26 +328,33 @@ class RabbitAuthority(AuthorityBasics):
     async def _apply_once(self) -> None:
         wanted = self._wanted()
         self.applies += 1
+        await self._write_crl()  # first: a certificate withdrawn below cannot log in again
         if self._applied is None:  # first apply: against what the server holds
-            server = await self._server_users()
-            changed = [s for s in wanted.values() if server.get(s.name) != s.password_hash]
-            removed = [n for n in server if n not in wanted]
-            kick = [s.name for s in changed if s.name in server]
+            hashes = await self._server_users()
+            changed = [s for s in wanted.values() if hashes.get(s.name) != s.password_hash]
+            removed = [n for n in hashes if n not in wanted]
         else:
             before = self._applied
+            hashes = {n: s.password_hash for n, s in before.items()}
             changed = [s for s in wanted.values() if before.get(s.name) != s]
             removed = [n for n in before if n not in wanted]
-            kick = [
-                s.name
-                for s in changed
-                if s.name in before and before[s.name].password_hash != s.password_hash
-            ]
+        # A token withdrawn or replaced: its sessions end (RabbitMQ keeps them through a
+        # password change). Withdrawn while a certificate stays: only the sessions without
+        # a client certificate. A token added beside a certificate withdraws nothing.
+        kick = [
+            s.name
+            for s in changed
+            if hashes.get(s.name) and hashes[s.name] != s.password_hash and s.password_hash
+        ]
+        token_only = [s.name for s in changed if hashes.get(s.name) and not s.password_hash]
         if changed:
             await self._api.call("POST", "/api/definitions", self._definitions(changed))
         if removed:
             await self._remove_users(removed)
         if removed or kick:
             await self._close_connections([*removed, *kick])
+        if token_only:
+            await self._close_connections(token_only, without_certificate=True)
         self._applied = wanted
         if changed or removed:
             log.info("rabbitmq: %d account(s) written, %d removed", len(changed), len(removed))
@@ -370,14 +403,34 @@ class RabbitAuthority(AuthorityBasics):
             ],
         }
 
-    async def _close_connections(self, usernames: Sequence[str]) -> None:
-        results = await asyncio.gather(
-            *(
-                self._api.call("DELETE", f"/api/connections/username/{q(u)}", ok=(404,))
-                for u in usernames
-            ),
-            return_exceptions=True,
-        )
+    async def _write_crl(self) -> None:
+        """The CA's CRL where the nodes read it, when the revoked serials changed since this
+        instance last wrote it (so an instance that saw fewer revocations than another
+        does not write an older list over a newer one; the first apply writes it)."""
+        if self._pki is None or self._crl_dir is None:
+            return
+        serials = frozenset(self._source().revoked_serials)
+        if serials == self._applied_crl:
+            return
+        await asyncio.to_thread(write_crl, self._pki, self._crl_dir, serials)
+        self._applied_crl = serials
+
+    async def _close_connections(
+        self, usernames: Sequence[str], *, without_certificate: bool = False
+    ) -> None:
+        close = self._close_uncertified if without_certificate else self._close_all
+        results = await asyncio.gather(*(close(u) for u in usernames), return_exceptions=True)
         for u, r in zip(usernames, results, strict=True):
             if isinstance(r, BaseException):
                 log.warning("rabbitmq: closing the sessions of %s failed: %s", u, r)
+
+    async def _close_all(self, username: str) -> None:
+        await self._api.call("DELETE", f"/api/connections/username/{q(username)}", ok=(404,))
+
+    async def _close_uncertified(self, username: str) -> None:
+        """Close the user's connections that presented no client certificate (a password
+        login); its certificate sessions stay."""
+        found = await self._api.call("GET", f"/api/connections/username/{q(username)}", ok=(404,))
+        for c in found if isinstance(found, list) else []:
+            if not c.get("peer_cert_subject"):
+                await self._api.call("DELETE", f"/api/connections/{q(str(c['name']))}", ok=(404,))
