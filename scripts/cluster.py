@@ -166,6 +166,8 @@ admin_user = "{ADMIN_USER}"
 admin_password = "{spec.admin_password}"
 device_endpoints = "{endpoints}"
 ca_file = "{spec.ca_cert}"
+ca_key_file = "{Path(spec.ca_cert).with_name("ca.key")}"
+crl_dir = "{spec.crl_dir}"
 shared_dir = "{base / "shared"}"
 
 [commands]
@@ -280,8 +282,14 @@ async def start(gateways: int, nodes: int = 3) -> Cluster:
     base.chmod(0o755)
     (base / "shared").mkdir(exist_ok=True)
     pki = ensure_pki(base / "pki", ["localhost"])
+    (base / "crl").mkdir(exist_ok=True)  # the device CA's CRL: gateways write, nodes read
     spec = ClusterSpec.new(
-        base, nodes, ca_cert=pki.ca_cert_path, server_cert=pki.cert_path, server_key=pki.key_path
+        base,
+        nodes,
+        ca_cert=pki.ca_cert_path,
+        server_cert=pki.cert_path,
+        server_key=pki.key_path,
+        crl_dir=base / "crl",
     )
     spec.save()
     rabbit = [RabbitNode(spec, i) for i in range(nodes)]

@@ -356,7 +356,9 @@ class Gateway:
         self.link = link
         svc.link = link
         stack.push_async_callback(stop_instance, link, ingest)  # no delivery, commit, ack, close
-        refresher = spawn("registry-refresh", lambda: refresh_registry(svc.registry))
+        # device certificates on the cluster: re-read too (the whole credential table)
+        certs = identity.credentials.reload_certificates if s.cluster.ca_key_file else None
+        refresher = spawn("registry-refresh", lambda: refresh_registry(svc.registry, certs))
         stack.push_async_callback(cancel_and_wait, [refresher])
 
         svc.role = "worker"

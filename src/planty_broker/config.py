@@ -109,6 +109,12 @@ class ClusterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # (a device tries them in turn), and the CA file they must trust.
     device_endpoints: str = ""
     ca_file: str = ""
+    # Device certificates (X.509, CN = device id) on the nodes' listeners: the key of the CA
+    # in ca_file signs them (every instance reads it, 0600); "": tokens only.
+    ca_key_file: str = ""
+    # Where the instances write the CA's CRL (<hash>.r0) that the nodes read at every TLS
+    # handshake (ssl_options.crl_check = peer, docs/scale-out.md); "": none is written.
+    crl_dir: str = ""
     # A folder every instance reads: the fleet's claim secret (mqtt-claim.secret) lives there.
     shared_dir: str = ""
     queue: str = "planty.ingest"  # the quorum queue every instance consumes
@@ -443,6 +449,8 @@ def _check(s: Settings) -> None:
                 raise ConfigError(f"config: cluster.{key}: required with cluster.engine")
         if not s.store.url.startswith("postgresql"):
             raise ConfigError("config: store.url: cluster.engine needs a PostgreSQL store.url")
+        if c.ca_key_file and not c.ca_file:
+            raise ConfigError("config: cluster.ca_key_file: needs cluster.ca_file (its CA)")
     if s.provisioning.default_window_s > s.provisioning.max_window_s:
         raise ConfigError(
             "config: provisioning.default_window_s: must be <= provisioning.max_window_s"

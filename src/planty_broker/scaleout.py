@@ -31,6 +31,7 @@ from pathlib import Path
 
 from planty_broker.config import Settings
 from planty_broker.mqttserver.rabbit_authority import RabbitAuthority
+from planty_broker.mqttserver.rabbit_pki import cluster_pki
 from planty_broker.ports.device_authority import DeviceEndpoint
 from planty_broker.protocol import Channel, Topics
 from planty_broker.services.ingest import IngestService
@@ -54,16 +55,23 @@ def send_lease_owner() -> str:
 
 
 def cluster_authority(settings: Settings) -> RabbitAuthority:
+    """The RabbitMQ authority. With `cluster.ca_key_file`, device certificates are issued
+    by the cluster's CA and log in on the same listeners as tokens (`x509_port` = the token
+    port), their CRL written to `cluster.crl_dir`."""
     c = settings.cluster
     nodes = tuple(_host_port(e) for e in c.split(c.device_endpoints))
     ca_pem = Path(c.ca_file).read_text() if c.ca_file else None
+    pki = cluster_pki(Path(c.ca_file), Path(c.ca_key_file)) if c.ca_key_file else None
+    x509_port = nodes[0][1] if pki is not None else 0
     return RabbitAuthority(
         c.split(c.management_urls),
         c.admin_user,
         c.admin_password,
-        DeviceEndpoint(*nodes[0], True, ca_pem, endpoints=nodes),
+        DeviceEndpoint(*nodes[0], True, ca_pem, x509_port, endpoints=nodes),
         topic_prefix=settings.mqtt.topic_prefix,
         secret_dir=Path(c.shared_dir) if c.shared_dir else settings.data_dir,
+        pki=pki,
+        crl_dir=Path(c.crl_dir) if c.crl_dir else None,
     )
 
 
@@ -223,11 +231,17 @@ async def stop_instance(link: AmqpLink, ingest: IngestService) -> None:
     await link.close()
 
 
-async def refresh_registry(registry: DeviceRegistry) -> None:
-    """Every instance: devices added or removed through another instance show up here."""
+async def refresh_registry(
+    registry: DeviceRegistry, certificates: Callable[[], Awaitable[bool]] | None = None
+) -> None:
+    """Every instance: devices added or removed through another instance show up here, and
+    the device certificates another instance issued, rotated or revoked (`certificates`:
+    `CredentialService.reload_certificates`)."""
     while True:
         await asyncio.sleep(REGISTRY_EVERY_S)
         try:
             await registry.refresh()
+            if certificates is not None:
+                await certificates()
         except Exception as exc:
             log.warning("registry refresh failed (%s); retrying", exc)

@@ -85,7 +85,10 @@ def _mqtt(svc: Services, kind: CredentialKind) -> dict[str, Any]:
     credentials_of(svc)
     e = svc.endpoint
     port = e.x509_port if (e.x509_port and kind is CredentialKind.X509) else e.port
-    return {"host": e.host, "port": port, "tls": e.tls, "ca_pem": e.ca_pem}
+    out: dict[str, Any] = {"host": e.host, "port": port, "tls": e.tls, "ca_pem": e.ca_pem}
+    if e.endpoints:  # a cluster: certificates log in on the same listeners as tokens
+        out["endpoints"] = [[host, p] for host, p in e.endpoints]
+    return out
 
 
 class NewCredential(BaseModel):
