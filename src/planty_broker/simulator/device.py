@@ -280,7 +280,7 @@ class SimDevice:
                 return
             link = MqttLink(
                 self.device_id,
-                creds.token,
+                None if creds.cert_pem else creds.token,
                 will_topic=self._status_topic,
                 will_payload=offline_will(),
                 clean_session=self.profile.clean_session,

@@ -85,7 +85,7 @@ class MqttLink:
     def __init__(
         self,
         client_id: str,
-        password: str,
+        password: str | None,
         *,
         will_topic: str,
         will_payload: bytes,
@@ -108,7 +108,9 @@ class MqttLink:
             logger=_GMQTT_LOG,
             on_lost=self._mark_lost,
         )
-        self._client.set_auth_credentials(client_id, password)
+        if password is not None:  # None: a client certificate logs in, with no username
+            # (RabbitMQ takes a username with a certificate for a password login)
+            self._client.set_auth_credentials(client_id, password)
         self._client.on_message = self._message
         self._client.on_disconnect = self._disconnected
         self._open = False
