@@ -10,6 +10,8 @@ from typing import Any
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv311
 
+from planty_broker.simulator.profile import client_cert_context
+
 
 def device_tls(ca_pem: str) -> ssl.SSLContext:
     """What a device does: trust only our CA, check the host name, TLS 1.2 or newer."""
@@ -20,14 +22,22 @@ def device_tls(ca_pem: str) -> ssl.SSLContext:
     return ctx
 
 
+def cert_tls(ca_pem: str, cert_pem: str, key_pem: str) -> ssl.SSLContext:
+    """`device_tls` presenting a client certificate (the simulator's context)."""
+    return client_cert_context.__wrapped__(ca_pem, cert_pem, key_pem)
+
+
 class TestClient:
     """One MQTT 3.1.1 connection; received messages land in `messages`."""
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, client_id: str, username: str, password: str, *, clean: bool = True) -> None:
+    def __init__(
+        self, client_id: str, username: str | None, password: str | None, *, clean: bool = True
+    ) -> None:
         self.client = gmqtt.Client(client_id, clean_session=clean)
-        self.client.set_auth_credentials(username, password)
+        if username is not None:  # None: no username, a client certificate logs in
+            self.client.set_auth_credentials(username, password)
         # Never reconnect on its own: a test wants to see the kick, not a new session.
         # (gmqtt reconnects while failures <= retries, so 0 would still allow one.)
         self.client.set_config({"reconnect_retries": -2})

@@ -24,9 +24,10 @@ from planty_broker.ports.device_authority import (
     DesiredAccess,
     DeviceAuthority,
     DeviceEndpoint,
+    IssuedCertificate,
 )
 from planty_broker.ports.memory_authority import MemoryDeviceAuthority
-from tests.integration.mqttserver.clients import TestClient, device_tls
+from tests.integration.mqttserver.clients import TestClient, cert_tls, device_tls
 from tests.integration.mqttserver.conftest import make_layout, searchable_tmpdir
 from tests.rabbitcluster import PrivateRabbit
 
@@ -37,9 +38,13 @@ pytestmark = pytest.mark.integration
 class Desired:
     devices: dict[str, str] = field(default_factory=dict)
     accounts: tuple[Account, ...] = ()
+    revoked: set[int] = field(default_factory=set)
+    certified: set[str] = field(default_factory=set)
 
     def __call__(self) -> DesiredAccess:
-        return DesiredAccess(dict(self.devices), self.accounts)
+        return DesiredAccess(
+            dict(self.devices), self.accounts, frozenset(self.revoked), frozenset(self.certified)
+        )
 
 
 class Session:
@@ -53,19 +58,32 @@ class Session:
         return await self._cut(timeout)
 
 
+CertLogin = Callable[[str, IssuedCertificate], Awaitable[Session | None]]
+
+
 @dataclass
 class Harness:
     authority: DeviceAuthority
     desired: Desired
     login: Callable[[str, str], Awaitable[Session | None]]
     real: bool
+    cert_login: CertLogin | None = None  # a device logging in with its certificate alone
 
 
-async def _real_login(endpoint: DeviceEndpoint, user: str, secret: str) -> Session | None:
+async def _real_login(
+    endpoint: DeviceEndpoint, user: str, secret: str, cert: IssuedCertificate | None = None
+) -> Session | None:
+    """A device's login: with its token, or (`cert`) with its certificate alone on the
+    X.509 listener (no username, no password)."""
     assert endpoint.ca_pem
-    client = TestClient(user, user, secret)
+    if cert is None:
+        client = TestClient(user, user, secret)
+        port, tls = endpoint.port, device_tls(endpoint.ca_pem)
+    else:
+        client = TestClient(user, None, None)
+        port, tls = endpoint.x509_port, cert_tls(endpoint.ca_pem, cert.cert_pem, cert.key_pem)
     try:
-        await client.connect("localhost", endpoint.port, device_tls(endpoint.ca_pem))
+        await client.connect("localhost", port, tls)
     except Exception:
         await client.close()
         return None
@@ -130,7 +148,7 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     desired = Desired()
     if kind == "mosquitto":
         data_dir = searchable_tmpdir()
-        auth = MosquittoAuthority(make_layout(data_dir))
+        auth = MosquittoAuthority(make_layout(data_dir, pick_x509=True))
         auth.set_source(desired)
         try:
             async with auth:
@@ -138,15 +156,25 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
                 async def login(user: str, secret: str) -> Session | None:
                     return await _real_login(auth.endpoint, user, secret)
 
-                yield Harness(auth, desired, login, real=True)
+                async def cert_login(user: str, cert: IssuedCertificate) -> Session | None:
+                    return await _real_login(auth.endpoint, user, "", cert)
+
+                yield Harness(auth, desired, login, real=True, cert_login=cert_login)
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
         return
     cluster = await _rabbit_node()
     spec = cluster.spec
-    endpoint = DeviceEndpoint("localhost", spec.nodes[0].mqtts, True, cluster.ca_pem)
+    port = spec.nodes[0].mqtts
+    endpoint = DeviceEndpoint("localhost", port, True, cluster.ca_pem, port)
     rauth = RabbitAuthority(
-        spec.management_urls(), ADMIN_USER, spec.admin_password, endpoint, secret_dir=cluster.dir
+        spec.management_urls(),
+        ADMIN_USER,
+        spec.admin_password,
+        endpoint,
+        secret_dir=cluster.dir,
+        pki=cluster.pki,
+        crl_dir=cluster.crl_dir,
     )
     rauth.set_source(desired)
     async with rauth:
@@ -155,8 +183,12 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         async def rlogin(user: str, secret: str) -> Session | None:
             return await _real_login(endpoint, user, secret)
 
-        yield Harness(rauth, desired, rlogin, real=True)
+        async def rcert_login(user: str, cert: IssuedCertificate) -> Session | None:
+            return await _real_login(endpoint, user, "", cert)
+
+        yield Harness(rauth, desired, rlogin, real=True, cert_login=rcert_login)
         desired.devices.clear()
+        desired.certified.clear()
         desired.accounts = ()
         await rauth.apply()
 
@@ -196,6 +228,51 @@ async def test_register_rotate_revoke_and_kick_work_the_same_on_every_adapter(
     await auth.apply()
     assert await session.cut()
     assert await harness.login(dev, t2) is None
+
+
+async def test_a_certificate_logs_in_until_it_is_retired_or_revoked(harness: Harness) -> None:
+    """Issued, a certificate logs in alone (CN = the device); a password login as a
+    certificate-only device is refused; a rotated-away certificate is refused while the
+    new one logs in; a token added beside a certificate leaves its session alone; revoked,
+    the live session ends and neither certificate logs in."""
+    if harness.cert_login is None:
+        pytest.skip("certificates are the server's: the fake checks none")
+    auth, desired, cert_login = harness.authority, harness.desired, harness.cert_login
+    dev = f"crt-{new_token()[:6].lower().replace('_', 'x').replace('-', 'y')}"
+    first = await auth.issue_certificate(dev, 2)
+    desired.certified.add(dev)
+    await auth.apply()
+    session = await cert_login(dev, first)
+    assert session is not None, "an issued certificate was refused"
+    assert await harness.login(dev, new_token()) is None
+
+    # rotated to a new certificate: the old one is retired (CRL) and its session cut
+    second = await auth.issue_certificate(dev, 2)
+    desired.revoked.add(first.serial)
+    await auth.kick(dev)
+    assert await session.cut()
+    assert await cert_login(dev, first) is None, "a retired certificate logged in"
+    session = await cert_login(dev, second)
+    assert session is not None
+
+    # a token beside it (a rotation to a token, in its overlap): both log in
+    token = new_token()
+    desired.devices[dev] = auth.hash_secret(token)
+    await auth.apply()
+    assert not await session.cut(1.0), "adding a token cut the certificate session"
+    token_session = await harness.login(dev, token)
+    assert token_session is not None
+    assert token_session.client is not None
+    await token_session.client.close()
+
+    # revoked: every credential ends, the live session with them
+    del desired.devices[dev]
+    desired.certified.discard(dev)
+    desired.revoked.add(second.serial)
+    await auth.kick(dev)
+    assert await session.cut()
+    assert await cert_login(dev, second) is None
+    assert await harness.login(dev, token) is None
 
 
 async def test_an_account_with_grants_logs_in_only_while_it_has_a_verifier(
