@@ -373,6 +373,7 @@ class Gateway:
                 await svc.history.start()
                 stack.push_async_callback(svc.history.stop)
             commands = await start_commands(svc, stack, lease_owner=send_lease_owner())
+            identity.attach_commands(svc)  # credential acks before the outbox's
             firmware = await start_firmware(svc, commands, stack)
             rules = await start_rules(svc, stack)
             if rules is not None:

@@ -209,6 +209,18 @@ class Identity:
 
         self.credentials.publish = publish
         self.provisioning.publish = publish
+        self.attach_commands(svc)
+        presence = svc.presence
+        self.credentials.mark_revoked = lambda device_id: presence.mark(
+            device_id, PresenceState.OFFLINE, PresenceCause.REVOKED
+        )
+
+    def attach_commands(self, svc: Services) -> None:
+        """Take credential acks before the command outbox does (a rotation's delivery is
+        acked on the ack topic), and cancel queued commands at revocation. A cluster
+        instance calls it again when it takes the lease: its command service starts then
+        and installs its own ack handler, which would otherwise take the credential acks
+        too ("unknown command id") and no rotation would switch on the cluster."""
         ingest = svc.ingest
         previous = ingest.ack_handler
 
@@ -222,10 +234,6 @@ class Identity:
         commands = svc.commands
         if commands is not None:
             self.credentials.cancel_commands = _canceller(commands)
-        presence = svc.presence
-        self.credentials.mark_revoked = lambda device_id: presence.mark(
-            device_id, PresenceState.OFFLINE, PresenceCause.REVOKED
-        )
 
 
 def _single(
