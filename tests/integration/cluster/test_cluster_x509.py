@@ -56,7 +56,7 @@ async def _login(
 async def _cert_login(port: int, device_id: str, tls: ssl.SSLContext) -> str:
     """One login with a certificate alone, by hand (nothing waits on a refused handshake):
     "accepted", "refused: CONNACK <code>" or "tls: <why>"."""
-    client_id = f"probe-{device_id}".encode()  # not the device's: its session stays
+    client_id = device_id.encode()  # client id = username, as a device does
     body = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client_id).to_bytes(2, "big") + client_id
     connect = b"\x10" + bytes([len(body)]) + body
     try:
