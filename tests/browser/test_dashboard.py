@@ -79,10 +79,17 @@ async def test_device_page_charts_timeline_and_windows(
     await page.wait_for_selector("#readings-charts .chart[data-series=temperature]", timeout=15_000)
     assert await page.locator("#readings-charts .chart canvas").count() >= 3
     assert await page.locator("svg.timeline rect.online").count() >= 1
-    # 100.0 %, or a blip of lateness when a loaded CI machine delays a 1 s reading (99.9 %
-    # once, at load average 8): the page's headline is what is checked here
+    # The headline says what the statistics say: between the API's figure just before and
+    # just after it is read. Not a fixed 99-100 %: a loaded machine delays readings, the
+    # device is late for a while, and the page must show that (97.3 % once, at load 27).
+    before = await _availability(base, dev.device_id)
     headline = await page.text_content("#device h2") or ""
-    assert re.fullmatch(r"Presence over 1h: (100\.0|99\.\d)% online", headline), headline
+    after = await _availability(base, dev.device_id)
+    shown = re.fullmatch(r"Presence over 1h: (\d+\.\d)% online", headline)
+    assert shown is not None, headline
+    low, high = sorted((before, after))
+    assert low * 100 - 0.05 <= float(shown[1]) <= high * 100 + 0.05, (headline, before, after)
+    assert float(shown[1]) > 50  # online for most of the test session
     # buttons for what the device declared
     for action in ("read", "ping", "pump.on", "pump.off", "lamp.on", "lamp.off"):
         assert await page.locator(f"#actions button[data-action='{action}']").count() == 1
@@ -90,6 +97,14 @@ async def test_device_page_charts_timeline_and_windows(
     await page.wait_for_selector("#device h2:has-text('over 7d')")
     assert page.url.endswith("?window=7d")
     await shot(page, "device-7d")
+
+
+async def _availability(base: str, device_id: str) -> float:
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+        r = await c.get(f"/api/v1/devices/{device_id}/stats", params={"window": "1h"})
+    r.raise_for_status()
+    share: float = r.json()["availability"]["share"]
+    return share
 
 
 async def _has_command_api(base: str) -> bool:
