@@ -72,7 +72,10 @@ class PgLease:
             if conn is None:
                 return
             try:
-                await asyncio.wait_for(conn.execute("SELECT 1"), max(self._every * 3, 3.0))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation
+                # that comes as the query returns (tasks.wait_event says more)
+                async with asyncio.timeout(max(self._every * 3, 3.0)):
+                    await conn.execute("SELECT 1")
             except (psycopg.Error, TimeoutError) as exc:
                 log.error("lease %x lost (%s)", self._key, exc)
                 await self._drop()

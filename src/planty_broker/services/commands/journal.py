@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from planty_broker.backoff import Backoff
 from planty_broker.domain.commands import CommandChange
 from planty_broker.services.writer import is_transient
-from planty_broker.tasks import spawn
+from planty_broker.tasks import spawn, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ class Journal:
         while True:
             if not self._eager.is_set():
                 if self._lazy.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._eager.wait(), self._lazy_wait_s)
+                    await wait_event(self._eager, self._lazy_wait_s)
                 else:
                     await self._eager.wait()
             await self._flush()

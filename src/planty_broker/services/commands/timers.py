@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from enum import StrEnum
 
-from planty_broker.tasks import spawn
+from planty_broker.tasks import spawn, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,6 @@ class Timers:
             self.fire_due(self._clock())
             if self._heap:
                 wait_s = max(0.0, (self._heap[0][0] - self._clock()) / 1000)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), wait_s + 0.001)
+                await wait_event(self._changed, wait_s + 0.001)
             else:
                 await self._changed.wait()
