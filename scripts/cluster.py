@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from planty_broker.domain.commands import FINAL_STATES
 from planty_broker.mqttserver.pki import ensure_pki
 from planty_broker.mqttserver.rabbit_nodes import ADMIN_USER, ClusterSpec, RabbitNode, free_port
 from planty_broker.simulator.device import SimDevice
@@ -367,6 +368,8 @@ class Outcome:
     acked: int
     stored: int
     lost_keys: frozenset[tuple[str, int]] = frozenset()
+    not_final: tuple[tuple[str, str], ...] = ()  # (command id, state) of those not final
+    final_states: tuple[tuple[str, int], ...] = ()  # (state, commands) of the final ones
 
     @property
     def ok(self) -> bool:
@@ -439,7 +442,12 @@ async def _count(pg: str, fleet: list[SimDevice], sent: list[str], cooldown_ms: 
     lost_keys = frozenset(acked - stored.keys())
     lost = len(lost_keys)
     doubled = sum(n - 1 for n in stored.values() if n > 1)
-    final = sum(1 for c in sent if states.get(c) in ("acked", "failed", "expired"))
+    # every final state: a queued pump.on superseded by a newer one for the same actuator
+    # (or cancelled) has ended too, and ran nowhere
+    final_names = {s.value for s in FINAL_STATES}
+    final = sum(1 for c in sent if states.get(c) in final_names)
+    not_final = tuple((c, str(states.get(c))) for c in sent if states.get(c) not in final_names)
+    by_state = Counter(str(states.get(c)) for c in sent if states.get(c) in final_names)
     runs: Counter[str] = Counter()
     for d in fleet:
         for e in d.executions():
@@ -455,7 +463,7 @@ async def _count(pg: str, fleet: list[SimDevice], sent: list[str], cooldown_ms: 
         last[device_id] = at
     return Outcome(
         lost, doubled, final, len(sent), twice, len(fires), double_fires, len(acked),
-        sum(stored.values()), lost_keys,
+        sum(stored.values()), lost_keys, not_final[:20], tuple(sorted(by_state.items())),
     )  # fmt: skip
 
 
@@ -557,11 +565,14 @@ async def _scenario(  # noqa: PLR0915 - one scenario, step by step
             break
     if outcome.lost:
         say(f"lost (device, seq): {sorted(outcome.lost_keys)[:20]}")
+    if outcome.not_final:
+        say(f"commands not final (id, state in the store): {list(outcome.not_final)}")
     for d in fleet:
         await d.stop()
     say(
-        f"telemetry: {outcome.acked} PUBACKed, {outcome.stored} stored; commands run twice: "
-        f"{outcome.commands_run_twice}; rule fires: {outcome.rule_fires}"
+        f"telemetry: {outcome.acked} PUBACKed, {outcome.stored} stored; commands "
+        f"{dict(outcome.final_states)}, run twice: {outcome.commands_run_twice}; "
+        f"rule fires: {outcome.rule_fires}"
     )
     return outcome
 
