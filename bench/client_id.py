@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import logging
 import statistics
 import sys
@@ -25,10 +24,9 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 
 import httpx
-from measure import machine_line
+from measure import cluster_script, machine_line
 
 from planty_broker.simulator.device import SimDevice
 from planty_broker.simulator.profile import DeviceProfile
@@ -37,16 +35,6 @@ from planty_broker.simulator.provision import provision_devices
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.integration.cluster.test_client_id import RawSession  # noqa: E402
-
-
-def _cluster_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cluster_script", REPO / "scripts" / "cluster.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cluster_script"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 async def _attempt(
@@ -68,7 +56,7 @@ def _spread(values: list[float]) -> str:
 
 
 async def main(away_n: int, online_n: int) -> None:
-    cl = _cluster_module()
+    cl = cluster_script()
     cluster = cl.Cluster.load(cl.base_dir())
     if cluster is None:
         raise SystemExit(f"no set-up in {cl.base_dir()}: bin/cluster start")

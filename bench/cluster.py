@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import logging
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
 import psycopg
-from measure import machine_line
+from measure import cluster_script, machine_line
 
 from planty_broker.simulator.device import SimDevice
 from planty_broker.simulator.profile import DeviceProfile
@@ -37,15 +35,6 @@ from planty_broker.simulator.provision import provision_devices
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def _cluster_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("cluster_script", REPO / "scripts" / "cluster.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cluster_script"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def cpu_seconds(pid: int) -> float:
@@ -152,7 +141,7 @@ async def one_round(  # type: ignore[no-untyped-def]
 
 
 async def main_async(devices: int, seconds: float, counts: list[int], interval_s: float) -> None:
-    cl = _cluster_module()
+    cl = cluster_script()
     print(machine_line(), flush=True)
     owned = cl.Cluster.load(cl.base_dir()) is None
     cluster = await cl.start(max(counts)) if owned else cl.Cluster.load(cl.base_dir())

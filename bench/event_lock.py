@@ -14,27 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import multiprocessing
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from measure import free_port, machine_line
+from measure import cluster_script, free_port, machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def _cluster_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("cluster_script", REPO / "scripts" / "cluster.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cluster_script"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _writer(url: str, index: int, batches: int, size: int, lock: bool, start: float) -> None:
@@ -89,7 +78,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--batch", type=int, default=500)
     args = ap.parse_args()
-    cl = _cluster_module()
+    cl = cluster_script()
     print(machine_line(), flush=True)
     base = Path(tempfile.mkdtemp(prefix="planty-evlock-", dir="/tmp"))
     base.chmod(0o755)

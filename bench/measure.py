@@ -1,15 +1,19 @@
-"""What every benchmark here needs: a free port, percentiles, and the machine it ran on.
+"""What every benchmark here needs: a free port, percentiles, the machine it ran on, and
+scripts/cluster.py (bin/cluster) as a module.
 
 The scripts run as `python bench/<name>.py`, so this folder is on sys.path.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import socket
+import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 
 def free_port() -> int:
@@ -42,3 +46,15 @@ def machine_line() -> str:
         f"machine: {os.cpu_count()} cpu ({cpu}), Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M')}, load average {load}"
     )
+
+
+def cluster_script() -> ModuleType:
+    """scripts/cluster.py loaded as a module (its PostgreSQL and RabbitMQ set-up helpers)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "cluster.py"
+    spec = importlib.util.spec_from_file_location("cluster_script", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cluster_script"] = module
+    spec.loader.exec_module(module)
+    return module

@@ -16,26 +16,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from measure import free_port, machine_line, pct
+from measure import cluster_script, free_port, machine_line, pct
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def _cluster_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("cluster_script", REPO / "scripts" / "cluster.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cluster_script"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 async def lease_round_trips(url: str, rounds: int) -> None:
@@ -154,7 +143,7 @@ def main() -> None:
         "--concurrency", type=int, default=50, help="devices, one command in flight each"
     )
     args = ap.parse_args()
-    cl = _cluster_module()
+    cl = cluster_script()
     print(machine_line(), flush=True)
     base = Path(tempfile.mkdtemp(prefix="planty-sendlease-", dir="/tmp"))
     base.chmod(0o755)

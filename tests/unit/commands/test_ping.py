@@ -18,15 +18,9 @@ async def test_a_round_pings_every_due_device_even_beyond_the_token_burst() -> N
     """The dispatcher's bucket holds 5 tokens; 500 devices are due: the round waits for
     tokens (paced) instead of leaving the rest to the next round. Before, a round stopped at
     the first missing token, and 10,000 devices got ~8 of their 60 pings an hour."""
-    link = FakeLink()
-    dispatcher = Dispatcher(_never, rate_per_s=50_000, burst=5)
-    dispatcher.link = link
     devices = [f"dev-{i}" for i in range(500)]
     now = [NOW]
-    pinger = Pinger(
-        dispatcher, TOPICS, Bus(), RttBook(), lambda: devices, lambda: now[0],
-        interval_s=60, ack_timeout_s=10,
-    )  # fmt: skip
+    link, dispatcher, pinger = _pinger(devices, now)
     await pinger.tick(NOW)  # first sight: each device's first ping is spread over an interval
     assert pinger.sent == 0
     now[0] = NOW + 60_000
@@ -36,15 +30,8 @@ async def test_a_round_pings_every_due_device_even_beyond_the_token_burst() -> N
 
 
 async def test_waiting_commands_go_before_the_rest_of_a_round() -> None:
-    link = FakeLink()
-    dispatcher = Dispatcher(_never, rate_per_s=50_000, burst=5)
-    dispatcher.link = link
-    devices = [f"dev-{i}" for i in range(50)]
     now = [NOW]
-    pinger = Pinger(
-        dispatcher, TOPICS, Bus(), RttBook(), lambda: devices, lambda: now[0],
-        interval_s=60, ack_timeout_s=10,
-    )  # fmt: skip
+    _link, dispatcher, pinger = _pinger([f"dev-{i}" for i in range(50)], now)
     await pinger.tick(NOW)
     dispatcher.enqueue("c-1")  # a command waits (the dispatcher's task is not running here)
     now[0] = NOW + 60_000
@@ -54,3 +41,15 @@ async def test_waiting_commands_go_before_the_rest_of_a_round() -> None:
 
 async def _never(cid: str) -> None:
     raise AssertionError("no command is sent in these tests")
+
+
+def _pinger(devices: list[str], now: list[int]) -> tuple[FakeLink, Dispatcher, Pinger]:
+    """A pinger of these online devices on a dispatcher whose bucket holds 5 tokens."""
+    link = FakeLink()
+    dispatcher = Dispatcher(_never, rate_per_s=50_000, burst=5)
+    dispatcher.link = link
+    pinger = Pinger(
+        dispatcher, TOPICS, Bus(), RttBook(), lambda: devices, lambda: now[0],
+        interval_s=60, ack_timeout_s=10,
+    )  # fmt: skip
+    return link, dispatcher, pinger
