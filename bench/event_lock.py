@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from measure import cluster_script, free_port, machine_line
+from measure import machine_line, private_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,12 +76,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--batch", type=int, default=500)
     args = ap.parse_args()
-    cl = cluster_script()
     print(machine_line(), flush=True)
-    base = Path(tempfile.mkdtemp(prefix="planty-evlock-", dir="/tmp"))
-    base.chmod(0o755)
-    try:
-        url = cl.pg_start(base, free_port())
+    with private_postgres("planty-evlock-") as url:
         from planty_broker.storage.sql import SqlStore
 
         async def migrate() -> None:
@@ -100,10 +94,6 @@ def main() -> None:
                 f"{without:,.0f} readings/s ({with_lock / without:.2f}x)",
                 flush=True,
             )
-    finally:
-        cl.pg_stop(base)
-        shutil.rmtree(base, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

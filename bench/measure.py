@@ -6,12 +6,16 @@ The scripts run as `python bench/<name>.py`, so this folder is on sys.path.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
+import shutil
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -58,3 +62,16 @@ def cluster_script() -> ModuleType:
     sys.modules["cluster_script"] = module
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def private_postgres(prefix: str) -> Iterator[str]:
+    """A throw-away PostgreSQL (bin/cluster's, on a free port) for one run: its URL."""
+    cl = cluster_script()
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        yield cl.pg_start(base, free_port())
+    finally:
+        cl.pg_stop(base)
+        shutil.rmtree(base, ignore_errors=True)

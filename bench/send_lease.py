@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from measure import cluster_script, free_port, machine_line, pct
+from measure import machine_line, pct, private_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,12 +141,8 @@ def main() -> None:
         "--concurrency", type=int, default=50, help="devices, one command in flight each"
     )
     args = ap.parse_args()
-    cl = cluster_script()
     print(machine_line(), flush=True)
-    base = Path(tempfile.mkdtemp(prefix="planty-sendlease-", dir="/tmp"))
-    base.chmod(0o755)
-    try:
-        url = cl.pg_start(base, free_port())
+    with private_postgres("planty-sendlease-") as url:
         asyncio.run(lease_round_trips(url, args.rounds))
         for r in range(args.rounds):
             for leased in (False, True):
@@ -161,10 +155,6 @@ def main() -> None:
                     f"submit->acked p50 {pct(lat, 0.5):.1f} ms p99 {pct(lat, 0.99):.1f} ms",
                     flush=True,
                 )
-    finally:
-        cl.pg_stop(base)
-        shutil.rmtree(base, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()
