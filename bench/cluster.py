@@ -57,6 +57,7 @@ async def one_round(  # type: ignore[no-untyped-def]
     for gw in gws[n:]:
         if gw.alive():
             cl.gateway_kill(gw, 15)
+    cluster.save()  # the restarted instances' pids: bin/cluster stop reads them from the state
     for gw in gws[:n]:
         await cl.wait_healthy(gw)
     await cl.leader(gws[:n])
