@@ -31,25 +31,12 @@ from typing import Any
 import httpx
 import pytest
 
+from planty_broker.mqttserver.probe import connect_packet
 from planty_broker.simulator.device import SimDevice
 from planty_broker.simulator.profile import DeviceProfile
 from planty_broker.simulator.provision import provision_devices
 
 pytestmark = pytest.mark.integration
-
-
-def _utf8(s: str) -> bytes:
-    raw = s.encode()
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 class RawSession:
@@ -69,10 +56,7 @@ class RawSession:
         """(CONNACK return code or None: closed without one, the session)."""
         ctx = ssl.create_default_context(cadata=ca_pem)
         reader, writer = await asyncio.open_connection("localhost", port, ssl=ctx)
-        flags = 0x80 | 0x40 | 0x02  # username, password, clean session
-        body = _utf8("MQTT") + bytes([4, flags]) + (120).to_bytes(2, "big")
-        body += _utf8(client_id) + _utf8(username) + _utf8(password)
-        writer.write(bytes([0x10]) + _length(len(body)) + body)
+        writer.write(connect_packet(client_id, username, password, keepalive=120))
         await writer.drain()
         sent = time.monotonic()
         try:
