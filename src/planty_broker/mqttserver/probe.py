@@ -43,16 +43,25 @@ async def mqtt_connect(host: str, port: int, username: str, password: str) -> in
             await writer.wait_closed()
 
 
-def connect_packet(client_id: str, username: str, password: str, keepalive: int = 10) -> bytes:
-    """An MQTT 3.1.1 CONNECT with clean session, username and password."""
-    flags = 0x80 | 0x40 | 0x02
+def connect_packet(
+    client_id: str, username: str | None, password: str | None, keepalive: int = 10
+) -> bytes:
+    """An MQTT 3.1.1 CONNECT with clean session and the username and password given (None:
+    left out, as a device with a client certificate sends it)."""
+    flags = 0x02
+    creds = b""
+    if username is not None:
+        flags |= 0x80
+        creds += _string(username.encode())
+        if password is not None:
+            flags |= 0x40
+            creds += _string(password.encode())
     body = (
         _string(b"MQTT")
         + bytes([4, flags])
         + keepalive.to_bytes(2, "big")
         + _string(client_id.encode())
-        + _string(username.encode())
-        + _string(password.encode())
+        + creds
     )
     return b"\x10" + _remaining_length(len(body)) + body
 

@@ -32,6 +32,7 @@ from planty_broker.simulator.device import SimDevice
 from planty_broker.simulator.profile import DeviceProfile
 from planty_broker.simulator.stats import DeviceState
 from tests.integration.cluster.test_shared_access import api, ok
+from tests.integration.identity.conftest import try_login
 from tests.integration.mqttserver.clients import TestClient, cert_tls, device_tls
 
 pytestmark = pytest.mark.integration
@@ -55,26 +56,9 @@ async def _login(
 
 async def _cert_login(port: int, device_id: str, tls: ssl.SSLContext) -> str:
     """One login with a certificate alone, by hand (nothing waits on a refused handshake):
-    "accepted", "refused: CONNACK <code>" or "tls: <why>"."""
-    client_id = device_id.encode()  # client id = username, as a device does
-    body = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client_id).to_bytes(2, "big") + client_id
-    connect = b"\x10" + bytes([len(body)]) + body
-    try:
-        async with asyncio.timeout(10):
-            reader, writer = await asyncio.open_connection("localhost", port, ssl=tls)
-            try:
-                writer.write(connect)
-                await writer.drain()
-                head = await reader.readexactly(4)
-            finally:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
-    except ssl.SSLError as exc:
-        return f"tls: {exc.reason or exc}"
-    except (asyncio.IncompleteReadError, ConnectionError) as exc:
-        return f"tls: connection closed ({type(exc).__name__})"
-    return "accepted" if head[:2] == b"\x20\x02" and head[3] == 0 else f"refused: {head.hex()}"
+    "accepted", "refused: CONNACK <code>" or "tls: <why>"; client id = username, as a device
+    does."""
+    return await try_login("localhost", port, tls, None, None, client_id=device_id)
 
 
 async def _stored(on: httpx.AsyncClient, device_id: str, want: int) -> int:

@@ -99,8 +99,9 @@ async def try_login(
     host: str,
     port: int,
     ctx: ssl.SSLContext,
-    username: str,
+    username: str | None,
     password: str | None,
+    client_id: str | None = None,
 ) -> str:
     """One MQTT 3.1.1 login over TLS: "accepted", "refused: <CONNACK code>" or "tls: <why>".
 
@@ -111,7 +112,13 @@ async def try_login(
         async with asyncio.timeout(10):
             reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
             try:
-                writer.write(connect_packet(f"probe-{username}", username, password or ""))
+                if username is None:  # a client certificate alone
+                    packet = connect_packet(client_id or "probe", None, None)
+                else:
+                    packet = connect_packet(
+                        client_id or f"probe-{username}", username, password or ""
+                    )
+                writer.write(packet)
                 await writer.drain()
                 head = await reader.readexactly(4)
             finally:
